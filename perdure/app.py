@@ -1,0 +1,207 @@
+"""The App: registry of tasks and steps, holder of the store, starter of workers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+from perdure.blobs import open_blobs
+from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL, WorkerConfig, env_float
+from perdure.errors import ConfigurationError, RunNotFound, TaskNotFound
+from perdure.executor import Executor
+from perdure.retry import Retry
+from perdure.step import Step
+from perdure.store import open_store
+from perdure.store.base import Store
+from perdure.store.sqlite import DEFAULT_INLINE_LIMIT
+from perdure.task import RunHandle, Task
+from perdure.worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskDecorator(Protocol):
+    """What `@app.task(...)` returns."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class StepDecorator(Protocol):
+    """What `@app.step(...)` returns."""
+
+    def __call__(self, fn: Callable[P, R], /) -> Step[P, R]: ...
+
+
+class App:
+    """A perdure application: its tasks, its store and its blob store.
+
+    `database` defaults to $PERDURE_DATABASE_URL, else sqlite:///.perdure/perdure.db;
+    `blobs` to $PERDURE_BLOB_URL, else file://.perdure/blobs; `inline_limit` (bytes above which
+    values go to the blob store) to $PERDURE_INLINE_LIMIT, else 256 KiB.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        database: str | None = None,
+        blobs: str | None = None,
+        inline_limit: int | None = None,
+    ) -> None:
+        if not name:
+            raise ConfigurationError("App needs a name")
+        self.name = name
+        self.database = database or os.environ.get("PERDURE_DATABASE_URL") or DEFAULT_DATABASE_URL
+        self.blobs = blobs or os.environ.get("PERDURE_BLOB_URL") or DEFAULT_BLOB_URL
+        self.inline_limit = (
+            inline_limit
+            if inline_limit is not None
+            else int(env_float("PERDURE_INLINE_LIMIT", DEFAULT_INLINE_LIMIT))
+        )
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.steps: dict[str, Step[Any, Any]] = {}
+        self._store: Store | None = None
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, database={self.database!r})"
+
+    @property
+    def store(self) -> Store:
+        """The store (opened on first use)."""
+        if self._store is None:
+            self._store = open_store(
+                self.database, blobs=open_blobs(self.blobs), inline_limit=self.inline_limit
+            )
+        return self._store
+
+    async def close(self) -> None:
+        """Flush and close the store."""
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.close()
+
+    # -- registration ------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        queue: str = "default",
+        timeout: float | None = None,
+        serializer: str = "msgpack",
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        queue: str = "default",
+        timeout: float | None = None,
+        serializer: str = "msgpack",
+    ) -> Any:
+        """Register a durable task (sync or async). Options: `retry` (task-level retries from
+        the last checkpoint), `queue`, `timeout` (seconds per attempt), `serializer`
+        ("msgpack", or "pickle" to opt in to pickle)."""
+
+        def register(fn: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or fn.__qualname__
+            if task_name in self.tasks:
+                raise ConfigurationError(
+                    f"task {task_name!r} is registered twice in app {self.name!r}"
+                )
+            task: Task[Any, Any] = Task(
+                self,
+                fn,
+                name=task_name,
+                retry=retry,
+                queue=queue,
+                timeout=timeout,
+                serializer=serializer,
+            )
+            self.tasks[task_name] = task
+            return task
+
+        return register if fn is None else register(fn)
+
+    @overload
+    def step(self, fn: Callable[P, R], /) -> Step[P, R]: ...
+    @overload
+    def step(
+        self,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+    ) -> StepDecorator: ...
+
+    def step(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register a checkpointed step (sync or async). Options: `retry`, `timeout`."""
+
+        def register(fn: Callable[..., Any]) -> Step[Any, Any]:
+            step: Step[Any, Any] = Step(
+                fn, name=name or fn.__qualname__, retry=retry, timeout=timeout
+            )
+            self.steps[step.name] = step
+            return step
+
+        return register if fn is None else register(fn)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The registered task `name`."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise TaskNotFound(
+                f"task {name!r} is not registered in app {self.name!r} (known: {known}); "
+                "did you import the module that defines it?"
+            ) from None
+
+    async def handle(self, run_id: str) -> RunHandle[Any]:
+        """The handle of an existing run."""
+        run = await self.store.get_run(run_id)
+        task = self.tasks.get(run.task)
+        if run.app != self.name:
+            raise RunNotFound(f"run {run_id} belongs to app {run.app!r}, not {self.name!r}")
+        return RunHandle(self, run_id, task.result_type if task else Any)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def worker(self, *, concurrency: int | None = None, **settings: Any) -> Worker:
+        """A worker for this app's tasks (settings: see WorkerConfig)."""
+        if concurrency is not None:
+            settings["concurrency"] = concurrency
+        config = WorkerConfig(**settings)
+        executor = Executor(
+            self.store, {name: t.definition for name, t in self.tasks.items()}, config
+        )
+        return Worker(
+            self.store, app=self.name, tasks=list(self.tasks), execute=executor, config=config
+        )
+
+    async def run_worker(self, *, concurrency: int | None = None, **settings: Any) -> None:
+        """Run a worker until SIGTERM/SIGINT, then drain."""
+        await self.store.open()
+        await self.worker(concurrency=concurrency, **settings).run()

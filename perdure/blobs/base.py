@@ -1,0 +1,62 @@
+"""The blob store protocol: content-addressed storage for values too big for the journal."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import zstandard
+
+_RAW = b"\x00"
+_ZSTD = b"\x01"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobRef:
+    """Where a value went and what it cost."""
+
+    key: str
+    """Content address: the SHA-256 of the raw bytes, in hex."""
+    raw_size: int
+    """Size of the value before compression, in bytes."""
+    stored_size: int
+    """Size of what was written, in bytes."""
+
+
+class BlobStore(Protocol):
+    """Content-addressed, immutable blobs. Writing the same bytes twice stores them once."""
+
+    url: str
+    """Where the blobs live, as configured (file://..., s3://...)."""
+
+    async def put(self, data: bytes) -> BlobRef:
+        """Store `data` durably (compressed when that pays) and return its reference."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """The raw bytes stored under `key`."""
+        ...
+
+
+def content_key(data: bytes) -> str:
+    """The content address of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def pack(data: bytes, level: int) -> bytes:
+    """Compress `data` with zstd, or keep it raw when compression does not pay; one header byte."""
+    compressed = zstandard.ZstdCompressor(level=level).compress(data)
+    if len(compressed) < len(data):
+        return _ZSTD + compressed
+    return _RAW + data
+
+
+def unpack(stored: bytes) -> bytes:
+    """Undo pack()."""
+    header, body = stored[:1], stored[1:]
+    if header == _ZSTD:
+        return bytes(zstandard.ZstdDecompressor().decompress(body))
+    if header == _RAW:
+        return body
+    raise ValueError(f"unknown blob header {header!r}")

@@ -1,0 +1,148 @@
+"""The run context: what a task's code sees while it runs on a worker (the journal cursor,
+the pending recorded values, the lease), reachable from steps and waits through a ContextVar."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from perdure import serde
+from perdure.config import WorkerConfig
+from perdure.errors import CancelSignal, NonDeterminismError
+from perdure.retry import Retry
+from perdure.store.base import EntryKind, EntryStatus, JournalEntry, RunRecord, Store, Value
+from perdure.worker import RunControl
+
+log = logging.getLogger("perdure.run")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskOptions:
+    """What the runtime needs to know about a task to execute it."""
+
+    name: str
+    """Registered name."""
+    retry: Retry
+    """Task-level retry policy."""
+    timeout: float | None
+    """Seconds one attempt may run on a worker; None for no limit."""
+    codec: serde.Codec
+    """Codec of every value the task's runs store."""
+
+
+@dataclass(slots=True, kw_only=True)
+class RunContext:
+    """The state of one execution of one run on one worker."""
+
+    run: RunRecord
+    """The claimed run (its lease fences every write)."""
+    task: TaskOptions
+    """The task being run."""
+    store: Store
+    """Where the journal lives."""
+    control: RunControl
+    """Stop requests from the worker."""
+    config: WorkerConfig
+    """Worker settings."""
+    loop: asyncio.AbstractEventLoop
+    """The worker's event loop (sync tasks run in threads and call back into it)."""
+    journal: dict[int, JournalEntry]
+    """Finished entries by seq, loaded at claim."""
+    step_attempts: dict[int, int]
+    """Attempts already made in this task attempt, by seq (for steps retried across suspends)."""
+    seq: int = 0
+    """The last seq handed out."""
+    pending: list[JournalEntry] = field(default_factory=list)
+    """Recorded values (now/uuid4/random, zero sleeps) not yet written; they ride along with the
+    next durable write of this run."""
+    closed: bool = False
+    """Set when the execution ended; late step calls (orphans of a gather) then stop."""
+
+    @property
+    def replaying(self) -> bool:
+        """True while the task re-walks journal positions already recorded (logs stay quiet)."""
+        return self.seq <= max(self.journal, default=0)
+
+    def next_seq(self) -> int:
+        """The next journal position, in call order."""
+        self.seq += 1
+        return self.seq
+
+    def take_pending(self) -> list[JournalEntry]:
+        """Hand the pending entries to a write."""
+        pending, self.pending = self.pending, []
+        return pending
+
+    def check_active(self) -> None:
+        """Stop the run here if it was cancelled, released or has ended."""
+        if self.closed or self.control.stop_reason is not None:
+            raise CancelSignal(self.control.stop_reason or "closed")
+
+    def recorded(self, seq: int, kind: EntryKind, name: str) -> JournalEntry | None:
+        """The entry recorded at `seq`, after checking that it is the same call."""
+        entry = self.journal.get(seq)
+        if entry is None:
+            return None
+        if entry.kind != kind or entry.name != name:
+            raise NonDeterminismError(
+                f"run {self.run.id} (task {self.task.name!r}): at journal position {seq} the "
+                f"task now calls {kind} {name!r}, but the journal recorded {entry.kind} "
+                f"{entry.name!r}. The task's code changed under a running run, or it branches "
+                "on something unrecorded; use perdure.now()/uuid4()/random() for such values."
+            )
+        return entry
+
+    def value_entry(
+        self, seq: int, kind: EntryKind, name: str, value: Any, started: float
+    ) -> tuple[JournalEntry, bytes]:
+        """A completed entry holding `value`, and its encoding."""
+        data = serde.encode(value, codec=self.task.codec, what=f"{kind} {name!r}")
+        entry = JournalEntry(
+            seq=seq,
+            kind=kind,
+            name=name,
+            status=EntryStatus.COMPLETED,
+            value=Value(codec=str(self.task.codec), data=data, raw_size=len(data)),
+            started_at=started,
+            finished_at=time.time(),
+        )
+        return entry, data
+
+
+_current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+    "perdure_run", default=None
+)
+_in_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("perdure_step", default=None)
+
+
+def current() -> RunContext | None:
+    """The run context of the calling code, or None outside a run."""
+    return _current.get()
+
+
+def activate(ctx: RunContext) -> contextvars.Token[RunContext | None]:
+    """Make `ctx` the current run context."""
+    return _current.set(ctx)
+
+
+def decode_entry(ctx: RunContext, entry: JournalEntry, type_: Any) -> Any:
+    """The value recorded in `entry`, decoded to `type_`."""
+    assert entry.value is not None
+    return serde.decode(
+        entry.value.data,
+        codec=serde.Codec(entry.value.codec),
+        type_=type_,
+        what=f"run {ctx.run.id} journal position {entry.seq} ({entry.kind} {entry.name!r})",
+    )
+
+
+def in_thread_of_loop(ctx: RunContext) -> bool:
+    """True when called on the worker's event loop thread (async code)."""
+    try:
+        return asyncio.get_running_loop() is ctx.loop
+    except RuntimeError:
+        return False

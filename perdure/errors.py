@@ -1,0 +1,177 @@
+"""Every error perdure raises, under one base class.
+
+```
+PerdureError
+├── ConfigurationError          bad App / worker settings, unknown URL scheme
+├── TaskNotFound                trigger of a task the app does not know
+├── InvalidArguments            trigger arguments that do not fit the task's signature
+├── RunNotFound                 no run with that id
+├── RunTimeout                  RunHandle.result(timeout=) ran out
+├── TaskFailed                  the run failed for good (RunHandle.result)
+├── RunCancelled                the run was cancelled (RunHandle.result)
+├── StepFailed                  a step spent its retries (raised in the task, live and on replay)
+├── StepTimeout                 one attempt of a step or task ran over its timeout
+├── NonRetryableError           raise it (or perdure.NonRetryable(exc)) to stop retries
+├── NonDeterminismError         replay met a different step than the journal recorded
+├── SerializationError          a value msgspec (or pickle) cannot encode or decode
+├── SecretLeakError             a Secret, or a secret's value, was about to be stored
+├── PayloadTooLarge             a value over the configured hard limit
+├── CorruptJournal              a journal row that cannot be read back
+├── LeaseLost                   this worker no longer owns the run (another worker took it)
+└── StoreError
+    ├── StoreUnavailable        the database cannot be reached
+    ├── SchemaTooNew            the database was migrated by a newer perdure
+    └── SchemaOutdated          the database needs `perdure migrate`
+```
+
+Control-flow signals (`Suspend`, `CancelSignal`) derive from `BaseException`, so user code
+catching `Exception` cannot swallow them.
+"""
+
+from __future__ import annotations
+
+
+class PerdureError(Exception):
+    """A perdure error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (type(self).__doc__ or type(self).__name__).strip())
+
+
+class ConfigurationError(PerdureError):
+    """perdure is configured wrongly."""
+
+
+class TaskNotFound(PerdureError):
+    """No task of that name is registered in this app."""
+
+
+class InvalidArguments(PerdureError):
+    """The trigger arguments do not fit the task's signature."""
+
+
+class RunNotFound(PerdureError):
+    """No run with that id exists."""
+
+
+class RunTimeout(PerdureError):
+    """The run did not finish within the timeout given to result()."""
+
+
+class TaskFailed(PerdureError):
+    """The run failed after spending its retries."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        run_id: str = "",
+        error_type: str = "",
+        error_message: str = "",
+        traceback: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+
+
+class RunCancelled(PerdureError):
+    """The run was cancelled."""
+
+
+class StepFailed(PerdureError):
+    """A step failed after spending its retries.
+
+    The same error is raised when the task runs live and when the failure is replayed from the
+    journal, so a task that catches it behaves the same on resume.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        step: str = "",
+        error_type: str = "",
+        error_message: str = "",
+        traceback: str = "",
+        retryable: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.step = step
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+        self.retryable = retryable
+
+
+class StepTimeout(PerdureError):
+    """An attempt ran over its timeout."""
+
+
+class NonRetryableError(PerdureError):
+    """An error that must not be retried: the step (and the run) fail at once."""
+
+
+class NonDeterminismError(PerdureError):
+    """The task called a different step than the journal recorded at this position.
+
+    The task's code changed while runs were in flight, or it branches on something that is not
+    recorded (wall-clock time, randomness, environment). Use perdure.now()/uuid4()/random().
+    """
+
+
+class SerializationError(PerdureError):
+    """A value cannot be serialised or deserialised."""
+
+
+class SecretLeakError(PerdureError):
+    """A secret was about to be written to storage."""
+
+
+class PayloadTooLarge(PerdureError):
+    """A value is over the configured size limit."""
+
+
+class CorruptJournal(PerdureError):
+    """A journal row cannot be read back."""
+
+
+class LeaseLost(PerdureError):
+    """This worker no longer holds the run's lease; another worker has taken it over."""
+
+
+class StoreError(PerdureError):
+    """The store failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached."""
+
+
+class SchemaTooNew(StoreError):
+    """The database schema is newer than this version of perdure understands."""
+
+
+class SchemaOutdated(StoreError):
+    """The database schema is older than this version of perdure; run `perdure migrate`."""
+
+
+def NonRetryable(exc: BaseException) -> NonRetryableError:
+    """Wrap `exc` so that raising the result stops retries: `raise perdure.NonRetryable(e)`."""
+    err = NonRetryableError(f"{type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+class Suspend(BaseException):
+    """Internal: the run waits (sleep, later tokens/events/children) and leaves the worker."""
+
+    def __init__(self, wake_at: float | None) -> None:
+        super().__init__(wake_at)
+        self.wake_at = wake_at
+
+
+class CancelSignal(BaseException):
+    """Internal: the run was cancelled while it executed."""

@@ -1,0 +1,242 @@
+"""Executing a claimed run: load its journal, call the task function from the top (steps replay
+what is recorded), and end the worker's hold with one transition: completed, failed, retried
+from the last checkpoint, suspended, cancelled or released."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from perdure import serde
+from perdure.config import WorkerConfig
+from perdure.context import RunContext, TaskOptions, _current, activate
+from perdure.errors import (
+    CancelSignal,
+    LeaseLost,
+    PerdureError,
+    StepTimeout,
+    Suspend,
+)
+from perdure.step import error_info, return_type
+from perdure.store.base import Attempt, RunRecord, RunStatus, Store, Transition, Value
+from perdure.worker import RunControl
+
+log = logging.getLogger("perdure.run")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDef:
+    """A task function and what is needed to call it from stored arguments."""
+
+    options: TaskOptions
+    """Name, retry policy, timeout, codec."""
+    fn: Callable[..., Any]
+    """The task function."""
+
+    @property
+    def is_async(self) -> bool:
+        """True for `async def` tasks."""
+        return inspect.iscoroutinefunction(self.fn)
+
+    def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Value:
+        """Check the arguments against the signature and encode them."""
+        data = serde.encode(
+            [list(args), kwargs],
+            codec=self.options.codec,
+            what=f"arguments of task {self.options.name!r}",
+        )
+        return Value(codec=str(self.options.codec), data=data, raw_size=len(data))
+
+    def decode_args(self, run_id: str, value: Value) -> tuple[list[Any], dict[str, Any]]:
+        """Stored arguments, converted to the parameters' annotated types."""
+        codec = serde.Codec(value.codec)
+        what = f"arguments of run {run_id}"
+        raw = serde.decode(value.data, codec=codec, what=what)
+        args, kwargs = list(raw[0]), dict(raw[1])
+        if codec is serde.Codec.PICKLE:
+            return args, kwargs
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception:
+            return args, kwargs
+        bound = inspect.signature(self.fn).bind(*args, **kwargs)
+        for name, val in list(bound.arguments.items()):
+            param = bound.signature.parameters[name]
+            if name in hints and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                bound.arguments[name] = serde.convert(val, hints[name], what=f"{what}: {name}")
+        return list(bound.args), dict(bound.kwargs)
+
+
+class Executor:
+    """The worker's `execute` callback for one app's tasks."""
+
+    def __init__(self, store: Store, tasks: Mapping[str, TaskDef], config: WorkerConfig) -> None:
+        self.store = store
+        self.tasks = tasks
+        self.config = config
+
+    async def __call__(self, run: RunRecord, control: RunControl) -> None:
+        task = self.tasks[run.task]
+        started = time.time()
+        journal = await self.store.load_journal(run.id)
+        step_attempts: dict[int, int] = {}
+        for attempt in await self.store.load_attempts(run.id):
+            if attempt.run_attempt == run.attempt and attempt.seq > 0:
+                step_attempts[attempt.seq] = max(step_attempts.get(attempt.seq, 0), attempt.attempt)
+        ctx = RunContext(
+            run=run,
+            task=task.options,
+            store=self.store,
+            control=control,
+            config=self.config,
+            loop=asyncio.get_running_loop(),
+            journal={entry.seq: entry for entry in journal},
+            step_attempts=step_attempts,
+        )
+        if not journal:
+            log.info(
+                "run %s of %s started (attempt %d)",
+                run.id,
+                run.task,
+                run.attempt,
+                extra={"run_id": run.id, "task": run.task, "action": "run_start"},
+            )
+        transition = await self._run(task, ctx, started)
+        if transition is None:
+            return
+        try:
+            await self.store.finish_attempt(
+                run.id, run.lease, transition, entries=ctx.take_pending()
+            )
+        except LeaseLost:
+            log.warning(
+                "run %s was taken over by another worker; this worker's outcome is dropped",
+                run.id,
+                extra={"run_id": run.id, "task": run.task, "action": "lease_lost"},
+            )
+            return
+        log.info(
+            "run %s of %s: %s",
+            run.id,
+            run.task,
+            transition.status,
+            extra={"run_id": run.id, "task": run.task, "action": f"run_{transition.status}"},
+        )
+
+    async def _run(self, task: TaskDef, ctx: RunContext, started: float) -> Transition | None:
+        run = ctx.run
+        token = activate(ctx)
+        try:
+            assert run.args is not None
+            args, kwargs = task.decode_args(run.id, run.args)
+            result = await self._call(task, args, kwargs)
+            data = serde.encode(
+                result, codec=task.options.codec, what=f"result of task {task.options.name!r}"
+            )
+        except Suspend as suspend:
+            return Transition(status=RunStatus.WAITING, available_at=suspend.wake_at)
+        except (CancelSignal, asyncio.CancelledError):
+            reason = ctx.control.stop_reason
+            if reason == "cancel":
+                return Transition(status=RunStatus.CANCELLED, attempt=self._attempt(ctx, started))
+            if reason == "release":
+                return Transition(status=RunStatus.QUEUED, available_at=time.time())
+            if reason is None:
+                raise
+            return None  # lease lost: another worker owns the run now
+        except LeaseLost:
+            log.warning(
+                "run %s was taken over by another worker; stopping here",
+                run.id,
+                extra={"run_id": run.id, "task": run.task, "action": "lease_lost"},
+            )
+            return None
+        except Exception as exc:
+            return self._failure(task, ctx, started, exc)
+        finally:
+            ctx.closed = True
+            _current.reset(token)
+        return Transition(
+            status=RunStatus.COMPLETED,
+            result=Value(codec=str(task.options.codec), data=data, raw_size=len(data)),
+            attempt=self._attempt(ctx, started),
+        )
+
+    async def _call(self, task: TaskDef, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        timeout = task.options.timeout
+        if task.is_async:
+            call = task.fn(*args, **kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()
+            call = loop.run_in_executor(None, lambda: context.run(task.fn, *args, **kwargs))
+        if timeout is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            raise StepTimeout(
+                f"task {task.options.name!r} ran over its timeout of {timeout}s"
+            ) from None
+
+    def _attempt(
+        self, ctx: RunContext, started: float, exc: BaseException | None = None
+    ) -> Attempt:
+        return Attempt(
+            run_id=ctx.run.id,
+            run_attempt=ctx.run.attempt,
+            seq=0,
+            attempt=ctx.run.attempt,
+            started_at=started,
+            finished_at=time.time(),
+            error=None if exc is None else error_info(exc),
+        )
+
+    def _failure(
+        self, task: TaskDef, ctx: RunContext, started: float, exc: Exception
+    ) -> Transition:
+        run = ctx.run
+        attempt = self._attempt(ctx, started, exc)
+        assert attempt.error is not None
+        policy = task.options.retry
+        if attempt.error.retryable and run.attempt < policy.max_attempts:
+            delay = policy.delay(run.attempt)
+            log.warning(
+                "run %s attempt %d failed (%s: %s); retrying from its last checkpoint in %.2fs",
+                run.id,
+                run.attempt,
+                type(exc).__name__,
+                exc,
+                delay,
+                extra={"run_id": run.id, "task": run.task, "action": "run_retry"},
+            )
+            return Transition(
+                status=RunStatus.QUEUED,
+                available_at=time.time() + delay,
+                error=attempt.error,
+                next_attempt=True,
+                attempt=attempt,
+            )
+        level = logging.ERROR if not isinstance(exc, PerdureError) else logging.WARNING
+        log.log(
+            level,
+            "run %s failed after %d attempt(s): %s: %s",
+            run.id,
+            run.attempt,
+            type(exc).__name__,
+            exc,
+            extra={"run_id": run.id, "task": run.task, "action": "run_failed"},
+        )
+        return Transition(status=RunStatus.FAILED, error=attempt.error, attempt=attempt)
+
+
+def task_return_type(fn: Callable[..., Any]) -> Any:
+    """Type a task's result decodes to."""
+    return return_type(fn)

@@ -1,0 +1,162 @@
+"""Leases: a worker's identity, its heartbeat thread, and the reaping of dead or stalled workers.
+
+A run's lease is held through its worker: the worker heartbeats once per interval (one write,
+however many runs it holds). Any worker takes over the runs of a worker that is
+- provably dead: same host, and its PID is gone or now belongs to a process with another start
+  time (checked every `reap_interval`, so within a second), or
+- stalled: no heartbeat for `missed_heartbeats` intervals.
+The heartbeat runs in its own thread with its own event loop, so a blocked worker loop cannot
+keep beating while a crashed thread cannot fake one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from perdure.config import WorkerConfig
+from perdure.store.base import Store, WorkerRecord
+
+log = logging.getLogger("perdure.lease")
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of process `pid` in clock ticks since boot; None if it does not exist.
+
+    Returns 0 where /proc is not available (the PID fast path is then off).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return 0
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])  # field 22 overall
+
+
+def is_process_alive(pid: int, started: int) -> bool:
+    """True unless we can prove that the process `pid` started at `started` is gone."""
+    if not os.path.exists("/proc/self/stat") or started == 0:
+        return True
+    current = process_start_time(pid)
+    if current is None:
+        return False
+    if current == 0:
+        return True
+    if current != started:
+        return False  # the PID was reused by another process
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in (b"Z", b"X")  # a zombie has finished running
+
+
+def new_worker_record(worker_id: str, app: str, tasks: list[str]) -> WorkerRecord:
+    """This process as a worker."""
+    now = time.time()
+    pid = os.getpid()
+    return WorkerRecord(
+        id=worker_id,
+        app=app,
+        host=socket.gethostname(),
+        pid=pid,
+        pid_started=process_start_time(pid) or 0,
+        started_at=now,
+        heartbeat_at=now,
+        tasks=tasks,
+    )
+
+
+async def reap_dead_workers(store: Store, me: WorkerRecord, config: WorkerConfig) -> int:
+    """Requeue the runs of workers that are provably dead or stalled; returns runs requeued."""
+    now = time.time()
+    dead: dict[str, str] = {}
+    for worker in await store.live_workers(app=me.app):
+        if worker.id == me.id:
+            continue
+        if (
+            config.pid_check
+            and worker.host == me.host
+            and not is_process_alive(worker.pid, worker.pid_started)
+        ):
+            dead[worker.id] = f"died (process {worker.pid} on {worker.host} is gone)"
+        elif now - worker.heartbeat_at > config.stalled_after:
+            dead[worker.id] = f"stalled (no heartbeat for {now - worker.heartbeat_at:.1f}s)"
+    requeued = 0
+    for worker_id, reason in dead.items():
+        count = await store.reap_workers([worker_id], reason=reason)
+        requeued += count
+        log.warning(
+            "worker %s %s; requeued %d run(s)",
+            worker_id,
+            reason,
+            count,
+            extra={"action": "reap", "worker": worker_id},
+        )
+    return requeued
+
+
+class LeaseKeeper:
+    """The heartbeat thread: beats every `heartbeat_interval`, reaps every `reap_interval`."""
+
+    def __init__(
+        self,
+        store: Store,
+        me: WorkerRecord,
+        config: WorkerConfig,
+        *,
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._me = me
+        self._config = config
+        self._on_lost = on_lost
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._main, name=f"perdure-heartbeat-{me.id[-6:]}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Start beating."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and wait for the thread."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _main(self) -> None:
+        asyncio.run(self._loop())
+
+    async def _loop(self) -> None:
+        next_beat = time.monotonic() + self._config.heartbeat_interval
+        while not self._stop.is_set():
+            wait = min(self._config.reap_interval, max(0.0, next_beat - time.monotonic()))
+            self._stop.wait(wait)  # this thread's loop has nothing else to run
+            if self._stop.is_set():
+                return
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self._config.heartbeat_interval
+                    if not await self._store.heartbeat(self._me.id):
+                        log.error(
+                            "worker %s was declared dead by another worker; its runs were "
+                            "taken over",
+                            self._me.id,
+                            extra={"action": "lease_lost"},
+                        )
+                        self._on_lost()
+                        return
+                await reap_dead_workers(self._store, self._me, self._config)
+            except Exception:
+                log.exception("heartbeat failed; retrying", extra={"action": "heartbeat"})

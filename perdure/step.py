@@ -1,0 +1,248 @@
+"""Steps: checkpointed calls. Inside a run, a step call takes the next journal position at call
+time (so `asyncio.gather` over steps is deterministic), replays a recorded result or error, or
+runs the body with retries and records the outcome exactly once. Outside a run, a step is a plain
+call of its function."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import time
+import traceback
+import typing
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from perdure import serde
+from perdure.context import (
+    RunContext,
+    _in_step,
+    current,
+    decode_entry,
+    in_thread_of_loop,
+)
+from perdure.errors import (
+    CorruptJournal,
+    NonDeterminismError,
+    NonRetryableError,
+    SecretLeakError,
+    SerializationError,
+    StepFailed,
+    StepTimeout,
+    Suspend,
+)
+from perdure.retry import DEFAULT_RETRY, Retry
+from perdure.store.base import Attempt, EntryKind, EntryStatus, ErrorInfo, JournalEntry
+
+log = logging.getLogger("perdure.run")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_NOT_RETRYABLE = (
+    NonRetryableError,
+    SerializationError,
+    SecretLeakError,
+    NonDeterminismError,
+    CorruptJournal,
+)
+
+
+def error_info(exc: BaseException, *, retryable: bool | None = None) -> ErrorInfo:
+    """An exception as stored."""
+    cls = type(exc)
+    if retryable is None:
+        retryable = not isinstance(exc, _NOT_RETRYABLE) and not (
+            isinstance(exc, StepFailed) and not exc.retryable
+        )
+    return ErrorInfo(
+        type=f"{cls.__module__}.{cls.__qualname__}",
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        retryable=retryable,
+    )
+
+
+def return_type(fn: Callable[..., Any]) -> Any:
+    """The annotated return type of `fn` (Any when missing or unresolvable)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return Any
+    return hints.get("return", Any)
+
+
+class Step(Generic[P, R]):
+    """A step function. Call it like the function it wraps; inside an async task, await it."""
+
+    def __init__(
+        self, fn: Callable[P, R], *, name: str, retry: Retry | None, timeout: float | None
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry or DEFAULT_RETRY
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._return_type: Any = None
+        functools.update_wrapper(self, fn)
+
+    @property
+    def return_type(self) -> Any:
+        """Type the recorded result decodes to."""
+        if self._return_type is None:
+            self._return_type = return_type(self.fn)
+        return self._return_type
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        ctx = current()
+        if ctx is None or _in_step.get() is not None:
+            return self.fn(*args, **kwargs)  # outside a run, or a step called from a step
+        seq = ctx.next_seq()  # at call time, before any await: deterministic under gather
+        coro = execute_step(ctx, self, seq, args, kwargs)
+        if in_thread_of_loop(ctx):
+            return coro
+        # a sync task's thread: run on the worker loop and wait
+        return asyncio.run_coroutine_threadsafe(coro, ctx.loop).result()
+
+    def __repr__(self) -> str:
+        return f"<perdure step {self.name!r}>"
+
+
+async def _run_body(step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    token = _in_step.set(step.name)
+    try:
+        if step.is_async:
+            call: Awaitable[Any] = typing.cast(Coroutine[Any, Any, Any], step.fn(*args, **kwargs))
+        else:
+            loop = asyncio.get_running_loop()
+            ctx = contextvars.copy_context()
+            call = loop.run_in_executor(None, lambda: ctx.run(step.fn, *args, **kwargs))
+        if step.timeout is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, step.timeout)
+        except TimeoutError:
+            raise StepTimeout(
+                f"step {step.name!r} ran over its timeout of {step.timeout}s"
+            ) from None
+    finally:
+        _in_step.reset(token)
+
+
+async def execute_step(
+    ctx: RunContext,
+    step: Step[Any, Any],
+    seq: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Replay or run the step at `seq` of the current run."""
+    entry = ctx.recorded(seq, EntryKind.STEP, step.name)
+    if entry is not None:
+        if entry.status is EntryStatus.FAILED:
+            raise _step_failed(step.name, entry.error)
+        return decode_entry(ctx, entry, step.return_type)
+    ctx.check_active()
+    attempt = ctx.step_attempts.get(seq, 0)
+    first_started = time.time()
+    while True:
+        attempt += 1
+        started = time.time()
+        try:
+            result = await _run_body(step, args, kwargs)
+            entry, data = ctx.value_entry(seq, EntryKind.STEP, step.name, result, first_started)
+        except Exception as exc:
+            info = error_info(exc)
+            record = Attempt(
+                run_id=ctx.run.id,
+                run_attempt=ctx.run.attempt,
+                seq=seq,
+                attempt=attempt,
+                started_at=started,
+                finished_at=time.time(),
+                error=info,
+            )
+            ctx.check_active()
+            if info.retryable and attempt < step.retry.max_attempts:
+                delay = step.retry.delay(attempt)
+                log.warning(
+                    "step %s attempt %d failed (%s: %s); retrying in %.2fs",
+                    step.name,
+                    attempt,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    extra=_extra(ctx, step.name, attempt, "step_retry"),
+                )
+                await ctx.store.append(
+                    ctx.run.id, ctx.run.lease, entries=ctx.take_pending(), attempts=[record]
+                )
+                if delay >= ctx.config.retry_suspend_after:
+                    raise Suspend(time.time() + delay) from None
+                await asyncio.sleep(delay)
+                ctx.check_active()
+                continue
+            failed = JournalEntry(
+                seq=seq,
+                kind=EntryKind.STEP,
+                name=step.name,
+                status=EntryStatus.FAILED,
+                error=info,
+                started_at=first_started,
+                finished_at=time.time(),
+            )
+            await ctx.store.append(
+                ctx.run.id,
+                ctx.run.lease,
+                entries=[*ctx.take_pending(), failed],
+                attempts=[record],
+            )
+            log.warning(
+                "step %s failed after %d attempt(s): %s: %s",
+                step.name,
+                attempt,
+                type(exc).__name__,
+                exc,
+                extra=_extra(ctx, step.name, attempt, "step_failed"),
+            )
+            raise _step_failed(step.name, info) from exc
+        ctx.check_active()
+        record = Attempt(
+            run_id=ctx.run.id,
+            run_attempt=ctx.run.attempt,
+            seq=seq,
+            attempt=attempt,
+            started_at=started,
+            finished_at=entry.finished_at,
+        )
+        await ctx.store.append(
+            ctx.run.id, ctx.run.lease, entries=[*ctx.take_pending(), entry], attempts=[record]
+        )
+        # hand back what a replay would: the decoded record, not the live object
+        return serde.decode(data, codec=ctx.task.codec, type_=step.return_type, what=step.name)
+
+
+def _step_failed(name: str, info: ErrorInfo | None) -> StepFailed:
+    if info is None:
+        info = ErrorInfo(type="unknown", message="no error recorded")
+    return StepFailed(
+        f"step {name!r} failed: {info.type.rsplit('.', 1)[-1]}: {info.message}",
+        step=name,
+        error_type=info.type,
+        error_message=info.message,
+        traceback=info.traceback,
+        retryable=info.retryable,
+    )
+
+
+def _extra(ctx: RunContext, step: str, attempt: int, action: str) -> dict[str, Any]:
+    return {
+        "run_id": ctx.run.id,
+        "task": ctx.task.name,
+        "step": step,
+        "attempt": attempt,
+        "action": action,
+    }

@@ -1,0 +1,39 @@
+"""Stores: where runs, journals and workers live."""
+
+from __future__ import annotations
+
+from perdure.blobs import BlobStore
+from perdure.errors import ConfigurationError
+from perdure.store.base import Store
+from perdure.store.sqlite import DEFAULT_INLINE_LIMIT, SQLiteStore
+
+__all__ = ["Store", "open_store", "sqlite_path"]
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a sqlite:///path URL (sqlite:////abs/path for an absolute one), else None."""
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///")
+    if url.startswith("sqlite://"):
+        raise ConfigurationError(f"SQLite URL {url!r} needs three slashes: sqlite:///path/to.db")
+    return None
+
+
+def open_store(
+    url: str,
+    *,
+    blobs: BlobStore,
+    inline_limit: int = DEFAULT_INLINE_LIMIT,
+    auto_migrate: bool = True,
+) -> Store:
+    """The store for a database URL; connections open on first use."""
+    path = sqlite_path(url)
+    if path is not None:
+        return SQLiteStore(path, blobs=blobs, inline_limit=inline_limit, auto_migrate=auto_migrate)
+    if url.startswith(("postgresql://", "postgres://")):
+        raise ConfigurationError(
+            "the PostgreSQL store is not in this version of perdure yet; use sqlite:///path"
+        )
+    raise ConfigurationError(
+        f"database URL {url!r} is not supported; use sqlite:///path/to/perdure.db"
+    )

@@ -1,0 +1,347 @@
+"""The storage contract: records, statuses and the `Store` protocol of domain operations.
+
+Every backend (SQLite now, PostgreSQL next) implements `Store`; one contract test suite runs
+against each. Times are POSIX seconds (float). Writes that belong to a run carry the run's `lease`
+(a counter bumped by every claim): a write with a stale lease raises `LeaseLost`, so a worker that
+lost its run can never record into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import msgspec
+
+from perdure.blobs.base import BlobStore
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life."""
+
+    QUEUED = "queued"
+    """Waiting for a worker (new, released, or backing off before a task retry)."""
+    RUNNING = "running"
+    """Leased by a worker that executes it."""
+    WAITING = "waiting"
+    """Suspended by a durable wait (sleep); holds no worker slot; a timer wakes it."""
+    COMPLETED = "completed"
+    """Finished with a result."""
+    FAILED = "failed"
+    """Finished with an error after spending its retries."""
+    CANCELLED = "cancelled"
+    """Stopped by a cancel request."""
+
+    @property
+    def terminal(self) -> bool:
+        """True when the run will never change again."""
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class EntryKind(StrEnum):
+    """What a journal entry records. New kinds of waits are new members, not new mechanisms."""
+
+    STEP = "step"
+    """A step's result or final error."""
+    SLEEP = "sleep"
+    """A durable sleep; the value is the wake-up time."""
+    NOW = "now"
+    """A recorded perdure.now()."""
+    UUID = "uuid4"
+    """A recorded perdure.uuid4()."""
+    RANDOM = "random"
+    """A recorded perdure.random()."""
+
+
+class EntryStatus(StrEnum):
+    """How a journal entry ended."""
+
+    COMPLETED = "completed"
+    """It holds a value."""
+    FAILED = "failed"
+    """It holds an error, replayed as StepFailed."""
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """An error as stored: enough to show it and to raise it again on replay."""
+
+    type: str
+    """Qualified name of the exception class."""
+    message: str
+    """str() of the exception."""
+    traceback: str = ""
+    """The formatted traceback of the attempt that raised it."""
+    retryable: bool = True
+    """False when retrying cannot help (NonRetryableError, serialisation errors)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Value:
+    """A stored value: inline bytes, or a blob reference that the store resolves on read."""
+
+    codec: str
+    """serde.Codec of the bytes."""
+    data: bytes
+    """The encoded value (already fetched from the blob store when it lived there)."""
+    blob_key: str | None = None
+    """Content address in the blob store, when the value was offloaded."""
+    raw_size: int = 0
+    """Encoded size in bytes."""
+    stored_size: int = 0
+    """Bytes written (compressed blob, or the inline size)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRun:
+    """A run to create."""
+
+    id: str
+    """The new run's id (ids.new_id())."""
+    app: str
+    """App name; workers only claim runs of their own app."""
+    task: str
+    """Registered task name."""
+    queue: str
+    """Queue name."""
+    args: Value
+    """Encoded [positional, keyword] arguments."""
+    idempotency_key: str | None = None
+    """A second create with the same (app, task, key) returns the first run."""
+    available_at: float
+    """Earliest time a worker may start it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecord:
+    """A run as stored."""
+
+    id: str
+    """Run id."""
+    app: str
+    """App name."""
+    task: str
+    """Task name."""
+    queue: str
+    """Queue name."""
+    status: RunStatus
+    """Current status."""
+    args: Value | None
+    """Encoded arguments (None in listings, which do not load them)."""
+    result: Value | None
+    """Encoded result once completed (None in listings)."""
+    error: ErrorInfo | None
+    """Final error once failed (or the last attempt's error while retrying)."""
+    idempotency_key: str | None
+    """Idempotency key given at trigger."""
+    attempt: int
+    """Task-level attempt number, from 1."""
+    lease: int
+    """Claim counter; writes must carry the current value."""
+    worker_id: str | None
+    """Worker that holds the lease while RUNNING."""
+    available_at: float | None
+    """When a QUEUED/WAITING run becomes claimable."""
+    cancel_requested: bool
+    """A cancel was asked for while the run was RUNNING."""
+    note: str | None
+    """Why the run is not progressing, when perdure knows (e.g. no worker knows its task)."""
+    created_at: float
+    """Creation time."""
+    started_at: float | None
+    """First claim."""
+    updated_at: float
+    """Last change."""
+    finished_at: float | None
+    """Terminal time."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One attempt of a step (seq >= 1) or of the task itself (seq 0)."""
+
+    run_id: str
+    """Run id."""
+    run_attempt: int
+    """Task-level attempt during which this attempt ran."""
+    seq: int
+    """Journal position of the step; 0 for the task-level attempt."""
+    attempt: int
+    """Attempt number, from 1."""
+    started_at: float
+    """Start time."""
+    finished_at: float
+    """End time."""
+    error: ErrorInfo | None = None
+    """None when the attempt succeeded."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalEntry:
+    """One finished position of a run's journal."""
+
+    seq: int
+    """Position, from 1, in call order."""
+    kind: EntryKind
+    """What it records."""
+    name: str
+    """Step name (or the kind, for recorded values)."""
+    status: EntryStatus
+    """Completed with a value or failed with an error."""
+    value: Value | None = None
+    """The recorded value."""
+    error: ErrorInfo | None = None
+    """The recorded error."""
+    started_at: float
+    """When the first attempt started."""
+    finished_at: float
+    """When it was recorded."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecord:
+    """A worker process, as registered."""
+
+    id: str
+    """Worker id."""
+    app: str
+    """App it serves."""
+    host: str
+    """Host name."""
+    pid: int
+    """Process id."""
+    pid_started: int
+    """Process start time (clock ticks since boot), so a reused PID is never mistaken for it."""
+    started_at: float
+    """Registration time."""
+    heartbeat_at: float
+    """Last heartbeat."""
+    tasks: list[str] = field(default_factory=list)
+    """Tasks it can run."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    """How a worker ends its hold on a run; see Store.finish_attempt."""
+
+    status: RunStatus
+    """New status: COMPLETED, FAILED, CANCELLED, WAITING (suspend) or QUEUED (retry/release)."""
+    available_at: float | None = None
+    """For WAITING and QUEUED: when it becomes claimable again."""
+    result: Value | None = None
+    """For COMPLETED."""
+    error: ErrorInfo | None = None
+    """For FAILED, and for QUEUED when it is a task retry."""
+    next_attempt: bool = False
+    """QUEUED as a task retry: bump the attempt and drop failed journal entries from the first."""
+    attempt: Attempt | None = None
+    """The task-level attempt that ends here, if one ends."""
+
+
+class Store(Protocol):
+    """Domain operations on runs, journals and workers. Every method is safe to call
+    concurrently from many coroutines and processes."""
+
+    blobs: BlobStore
+    """Where values over `inline_limit` go."""
+    inline_limit: int
+    """Encoded values larger than this many bytes are offloaded to the blob store."""
+
+    async def open(self) -> None:
+        """Connect and check (or apply) the schema version."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending writes and disconnect."""
+        ...
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        """Apply (or list, with dry_run) the pending migrations; returns their names."""
+        ...
+
+    async def create_run(self, run: NewRun) -> tuple[str, bool]:
+        """Insert a run; returns (run_id, created). With an idempotency key that already has a
+        run, nothing is inserted and the existing id is returned with created=False."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """The run with its arguments and result; RunNotFound when there is none."""
+        ...
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """Newest runs first, without arguments or results."""
+        ...
+
+    async def claim_runs(
+        self, *, app: str, worker_id: str, tasks: list[str], limit: int
+    ) -> list[RunRecord]:
+        """Lease up to `limit` claimable runs of `tasks` (QUEUED or WAITING with
+        available_at <= now) to `worker_id`; each claim bumps the run's lease."""
+        ...
+
+    async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
+        """The earliest future available_at among claimable runs of `tasks`."""
+        ...
+
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        """The run's finished journal entries in seq order, values resolved."""
+        ...
+
+    async def load_attempts(self, run_id: str) -> list[Attempt]:
+        """Every attempt of the run, oldest first."""
+        ...
+
+    async def append(
+        self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
+    ) -> None:
+        """Record journal entries and attempts in one durable write (group-committed with other
+        runs' writes). LeaseLost when `lease` is stale; an entry at an occupied seq is kept as
+        it was (the first record wins) and raises LeaseLost too."""
+        ...
+
+    async def finish_attempt(
+        self, run_id: str, lease: int, transition: Transition, *, entries: list[JournalEntry]
+    ) -> None:
+        """End the worker's hold on the run: complete, fail, cancel, suspend, retry or release,
+        with any pending journal entries, in one durable write. LeaseLost when stale."""
+        ...
+
+    async def cancel_run(self, run_id: str) -> RunStatus:
+        """Cancel a run: at once if it is not running, else ask its worker. Returns the status
+        after the call (CANCELLED, or RUNNING while the worker stops it)."""
+        ...
+
+    async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
+        """(run_id, lease) of this worker's running runs that were asked to cancel."""
+        ...
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        """Record a worker as alive."""
+        ...
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        """One small write per worker per interval; False if the worker was declared dead."""
+        ...
+
+    async def live_workers(self, *, app: str) -> list[WorkerRecord]:
+        """Workers not declared dead."""
+        ...
+
+    async def reap_workers(self, worker_ids: list[str], *, reason: str) -> int:
+        """Declare workers dead and requeue their running runs at once; returns runs requeued."""
+        ...
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        """A worker that stopped cleanly."""
+        ...
+
+    async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
+        """Set `note` on claimable runs whose task is not in `tasks`; returns how many."""
+        ...
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        """Return when the store may have changed (a commit here or in another process), or
+        after `timeout` seconds (then False)."""
+        ...

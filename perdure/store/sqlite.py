@@ -1,0 +1,597 @@
+"""The embedded store: one SQLite file in WAL mode with synchronous=FULL.
+
+Writes go through one group-commit writer thread per process (see group_commit.py); reads use a
+connection per thread and never wait for writers. Other processes on the same file are noticed
+through `PRAGMA data_version`, polled every `poll_interval` seconds while someone waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from perdure.blobs.base import BlobStore
+from perdure.errors import (
+    CorruptJournal,
+    LeaseLost,
+    RunNotFound,
+    SchemaOutdated,
+    SchemaTooNew,
+    StoreUnavailable,
+)
+from perdure.store.base import (
+    Attempt,
+    EntryKind,
+    EntryStatus,
+    ErrorInfo,
+    JournalEntry,
+    NewRun,
+    RunRecord,
+    RunStatus,
+    Transition,
+    Value,
+    WorkerRecord,
+)
+from perdure.store.group_commit import GroupCommitWriter
+from perdure.store.notify import ChangeNotifier
+from perdure.store.queries import load_migrations, load_queries
+
+log = logging.getLogger("perdure.store")
+
+Q = load_queries("sqlite")
+MIGRATIONS = load_migrations("sqlite")
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+DEFAULT_INLINE_LIMIT = 256 * 1024
+
+
+def _encode_error(error: ErrorInfo | None) -> bytes | None:
+    return None if error is None else msgspec.msgpack.encode(error)
+
+
+def _decode_error(data: bytes | None, where: str) -> ErrorInfo | None:
+    if data is None:
+        return None
+    try:
+        return msgspec.msgpack.decode(data, type=ErrorInfo)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptJournal(f"{where}: stored error cannot be read ({exc})") from exc
+
+
+class SQLiteStore:
+    """`Store` on a SQLite file."""
+
+    listen_notify = False
+    """Capability: no server push; other processes are noticed by polling data_version."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        blobs: BlobStore,
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
+        auto_migrate: bool = True,
+        poll_interval: float = 0.01,
+    ) -> None:
+        self.path = Path(path)
+        self.blobs = blobs
+        self.inline_limit = inline_limit
+        self.auto_migrate = auto_migrate
+        self.poll_interval = poll_interval
+        self._notifier = ChangeNotifier()
+        self._local = threading.local()
+        self._writer: GroupCommitWriter | None = None
+        self._open_lock = threading.Lock()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _read(self, sql: str, params: dict[str, Any]) -> list[sqlite3.Row]:
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite read failed on {self.path}: {exc}") from exc
+
+    async def _write(self, write: Any) -> Any:
+        if self._writer is None:
+            await self.open()
+        assert self._writer is not None
+        return await asyncio.wrap_future(self._writer.submit(write))
+
+    # -- lifecycle and schema ----------------------------------------------------------------
+
+    def _version(self, conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _pending(self, version: int) -> list[tuple[int, str, str]]:
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database {self.path} has schema version {version}, but this perdure knows "
+                f"versions up to {SCHEMA_VERSION}; upgrade perdure"
+            )
+        return [m for m in MIGRATIONS if m[0] > version]
+
+    def _apply(self, conn: sqlite3.Connection, dry_run: bool) -> list[str]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            pending = self._pending(self._version(conn))
+            if not dry_run:
+                for version, _name, sql in pending:
+                    for statement in sql.split(";\n"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("ROLLBACK" if dry_run else "COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return [name for _v, name, _sql in pending]
+
+    async def open(self) -> None:
+        with self._open_lock:
+            if self._writer is not None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                pending = self._pending(self._version(conn))
+                if pending and not self.auto_migrate:
+                    raise SchemaOutdated(
+                        f"database {self.path} is at schema version {self._version(conn)}, "
+                        f"this perdure needs {SCHEMA_VERSION}; run `perdure migrate`"
+                    )
+                if pending:
+                    applied = self._apply(conn, dry_run=False)
+                    if applied:
+                        log.info("migrated %s: %s", self.path, ", ".join(applied))
+            finally:
+                conn.close()
+            writer = GroupCommitWriter(self._connect, on_commit=self._notifier.notify)
+            writer.start()
+            self._writer = writer
+
+    async def close(self) -> None:
+        with self._open_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            await asyncio.to_thread(writer.stop)
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return self._apply(conn, dry_run)
+        finally:
+            conn.close()
+
+    # -- values ------------------------------------------------------------------------------
+
+    async def _offload(self, value: Value | None) -> Value | None:
+        if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:
+            return value
+        ref = await self.blobs.put(value.data)
+        return Value(
+            codec=value.codec,
+            data=value.data,
+            blob_key=ref.key,
+            raw_size=ref.raw_size,
+            stored_size=ref.stored_size,
+        )
+
+    async def _resolve(
+        self, codec: str | None, data: bytes | None, blob_key: str | None, raw: int, stored: int
+    ) -> Value | None:
+        if codec is None:
+            return None
+        if blob_key is not None:
+            data = await self.blobs.get(blob_key)
+        return Value(
+            codec=codec, data=data or b"", blob_key=blob_key, raw_size=raw, stored_size=stored
+        )
+
+    @staticmethod
+    def _value_params(prefix: str, value: Value | None) -> dict[str, Any]:
+        if value is None:
+            return {
+                f"{prefix}_codec": None,
+                prefix: None,
+                f"{prefix}_blob": None,
+                f"{prefix}_raw_size": 0,
+                f"{prefix}_stored_size": 0,
+            }
+        inline = value.blob_key is None
+        return {
+            f"{prefix}_codec": value.codec,
+            prefix: value.data if inline else None,
+            f"{prefix}_blob": value.blob_key,
+            f"{prefix}_raw_size": len(value.data) if inline else value.raw_size,
+            f"{prefix}_stored_size": len(value.data) if inline else value.stored_size,
+        }
+
+    async def _run_record(self, row: sqlite3.Row, *, full: bool) -> RunRecord:
+        keys = row.keys()
+        args = result = None
+        if full:
+            args = await self._resolve(
+                row["args_codec"],
+                row["args"],
+                row["args_blob"],
+                row["args_raw_size"],
+                row["args_stored_size"],
+            )
+            result = await self._resolve(
+                row["result_codec"],
+                row["result"],
+                row["result_blob"],
+                row["result_raw_size"],
+                row["result_stored_size"],
+            )
+        return RunRecord(
+            id=row["id"],
+            app=row["app"],
+            task=row["task"],
+            queue=row["queue"],
+            status=RunStatus(row["status"]),
+            args=args,
+            result=result,
+            error=_decode_error(row["error"], f"run {row['id']}") if "error" in keys else None,
+            idempotency_key=row["idempotency_key"],
+            attempt=row["attempt"],
+            lease=row["lease"],
+            worker_id=row["worker_id"],
+            available_at=row["available_at"],
+            cancel_requested=bool(row["cancel_requested"]),
+            note=row["note"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            updated_at=row["updated_at"],
+            finished_at=row["finished_at"],
+        )
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def create_run(self, run: NewRun) -> tuple[str, bool]:
+        args = await self._offload(run.args)
+        params = {
+            "id": run.id,
+            "app": run.app,
+            "task": run.task,
+            "queue": run.queue,
+            "idempotency_key": run.idempotency_key,
+            "available_at": run.available_at,
+            "now": time.time(),
+            **self._value_params("args", args),
+        }
+
+        def write(conn: sqlite3.Connection) -> tuple[str, bool]:
+            if conn.execute(Q["insert_run"], params).rowcount == 1:
+                return run.id, True
+            row = conn.execute(Q["run_by_idempotency_key"], params).fetchone()
+            return str(row["id"]), False
+
+        result: tuple[str, bool] = await self._write(write)
+        return result
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        rows = self._read(Q["get_run"], {"id": run_id})
+        if not rows:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.path}")
+        return await self._run_record(rows[0], full=True)
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        rows = self._read(
+            Q["list_runs"],
+            {"status": None if status is None else str(status), "task": task, "limit": limit},
+        )
+        return [await self._run_record(row, full=False) for row in rows]
+
+    async def claim_runs(
+        self, *, app: str, worker_id: str, tasks: list[str], limit: int
+    ) -> list[RunRecord]:
+        params = {
+            "app": app,
+            "worker_id": worker_id,
+            "tasks": json.dumps(tasks),
+            "limit": limit,
+            "now": time.time(),
+        }
+
+        def write(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute(Q["claim_runs"], params).fetchall()
+
+        rows: list[sqlite3.Row] = await self._write(write)
+        return [await self._run_record(row, full=True) for row in rows]
+
+    async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
+        rows = self._read(
+            Q["next_wake_at"], {"app": app, "tasks": json.dumps(tasks), "now": time.time()}
+        )
+        value = rows[0][0] if rows else None
+        return None if value is None else float(value)
+
+    # -- journal -----------------------------------------------------------------------------
+
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        entries = []
+        for row in self._read(Q["load_journal"], {"run_id": run_id}):
+            where = f"journal row (run {run_id}, seq {row['seq']})"
+            try:
+                kind = EntryKind(row["kind"])
+                status = EntryStatus(row["status"])
+            except ValueError as exc:
+                raise CorruptJournal(f"{where}: {exc}") from exc
+            entries.append(
+                JournalEntry(
+                    seq=row["seq"],
+                    kind=kind,
+                    name=row["name"],
+                    status=status,
+                    value=await self._resolve(
+                        row["codec"],
+                        row["value"],
+                        row["blob_key"],
+                        row["raw_size"],
+                        row["stored_size"],
+                    ),
+                    error=_decode_error(row["error"], where),
+                    started_at=row["started_at"],
+                    finished_at=row["finished_at"],
+                )
+            )
+        return entries
+
+    async def load_attempts(self, run_id: str) -> list[Attempt]:
+        return [
+            Attempt(
+                run_id=run_id,
+                run_attempt=row["run_attempt"],
+                seq=row["seq"],
+                attempt=row["attempt"],
+                started_at=row["started_at"],
+                finished_at=row["finished_at"],
+                error=_decode_error(row["error"], f"attempt row (run {run_id}, seq {row['seq']})"),
+            )
+            for row in self._read(Q["load_attempts"], {"run_id": run_id})
+        ]
+
+    async def _entry_params(self, run_id: str, entries: list[JournalEntry]) -> list[dict[str, Any]]:
+        params = []
+        for entry in entries:
+            value = await self._offload(entry.value)
+            vp = self._value_params("value", value)
+            params.append(
+                {
+                    "run_id": run_id,
+                    "seq": entry.seq,
+                    "kind": str(entry.kind),
+                    "name": entry.name,
+                    "status": str(entry.status),
+                    "codec": vp["value_codec"],
+                    "value": vp["value"],
+                    "blob_key": vp["value_blob"],
+                    "raw_size": vp["value_raw_size"],
+                    "stored_size": vp["value_stored_size"],
+                    "error": _encode_error(entry.error),
+                    "started_at": entry.started_at,
+                    "finished_at": entry.finished_at,
+                }
+            )
+        return params
+
+    @staticmethod
+    def _attempt_params(attempt: Attempt) -> dict[str, Any]:
+        return {
+            "run_id": attempt.run_id,
+            "run_attempt": attempt.run_attempt,
+            "seq": attempt.seq,
+            "attempt": attempt.attempt,
+            "started_at": attempt.started_at,
+            "finished_at": attempt.finished_at,
+            "error": _encode_error(attempt.error),
+        }
+
+    @staticmethod
+    def _insert_entries(
+        conn: sqlite3.Connection, run_id: str, entry_params: list[dict[str, Any]]
+    ) -> None:
+        for params in entry_params:
+            try:
+                conn.execute(Q["insert_entry"], params)
+            except sqlite3.IntegrityError as exc:
+                raise LeaseLost(
+                    f"run {run_id}: journal position {params['seq']} is already recorded"
+                ) from exc
+
+    async def append(
+        self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
+    ) -> None:
+        entry_params = await self._entry_params(run_id, entries)
+        attempt_params = [self._attempt_params(a) for a in attempts]
+
+        def write(conn: sqlite3.Connection) -> None:
+            row = conn.execute(Q["check_lease"], {"id": run_id}).fetchone()
+            if row is None or row["lease"] != lease or row["status"] != "running":
+                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+            self._insert_entries(conn, run_id, entry_params)
+            for params in attempt_params:
+                conn.execute(Q["insert_attempt"], params)
+
+        await self._write(write)
+
+    async def finish_attempt(
+        self, run_id: str, lease: int, transition: Transition, *, entries: list[JournalEntry]
+    ) -> None:
+        entry_params = await self._entry_params(run_id, entries)
+        result = await self._offload(transition.result)
+        now = time.time()
+        params = {
+            "id": run_id,
+            "lease": lease,
+            "status": str(transition.status),
+            "available_at": transition.available_at,
+            "error": _encode_error(transition.error),
+            "bump": 1 if transition.next_attempt else 0,
+            "now": now,
+            "finished_at": now if transition.status.terminal else None,
+            **self._value_params("result", result),
+        }
+        attempt = transition.attempt
+
+        def write(conn: sqlite3.Connection) -> None:
+            if conn.execute(Q["finish_attempt"], params).rowcount != 1:
+                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+            self._insert_entries(conn, run_id, entry_params)
+            if attempt is not None:
+                conn.execute(Q["insert_attempt"], self._attempt_params(attempt))
+            if transition.next_attempt:
+                conn.execute(Q["drop_failed_entries"], {"run_id": run_id})
+
+        await self._write(write)
+
+    async def cancel_run(self, run_id: str) -> RunStatus:
+        params = {"id": run_id, "now": time.time()}
+
+        def write(conn: sqlite3.Connection) -> RunStatus:
+            if conn.execute(Q["cancel_idle_run"], params).rowcount == 1:
+                return RunStatus.CANCELLED
+            if conn.execute(Q["request_cancel"], params).rowcount == 1:
+                return RunStatus.RUNNING
+            row = conn.execute(Q["check_lease"], params).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r} in {self.path}")
+            return RunStatus(row["status"])
+
+        status: RunStatus = await self._write(write)
+        return status
+
+    async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
+        rows = self._read(Q["cancel_requests"], {"worker_id": worker_id})
+        return [(row["id"], row["lease"]) for row in rows]
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        params = {
+            "id": worker.id,
+            "app": worker.app,
+            "host": worker.host,
+            "pid": worker.pid,
+            "pid_started": worker.pid_started,
+            "tasks": json.dumps(worker.tasks),
+            "started_at": worker.started_at,
+            "heartbeat_at": worker.heartbeat_at,
+        }
+        await self._write(lambda conn: conn.execute(Q["register_worker"], params))
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        params = {"id": worker_id, "now": time.time()}
+
+        def write(conn: sqlite3.Connection) -> bool:
+            return conn.execute(Q["heartbeat"], params).rowcount == 1
+
+        alive: bool = await self._write(write)
+        return alive
+
+    async def live_workers(self, *, app: str) -> list[WorkerRecord]:
+        return [
+            WorkerRecord(
+                id=row["id"],
+                app=row["app"],
+                host=row["host"],
+                pid=row["pid"],
+                pid_started=row["pid_started"],
+                started_at=row["started_at"],
+                heartbeat_at=row["heartbeat_at"],
+                tasks=json.loads(row["tasks"]),
+            )
+            for row in self._read(Q["live_workers"], {"app": app})
+        ]
+
+    async def reap_workers(self, worker_ids: list[str], *, reason: str) -> int:
+        now = time.time()
+
+        def write(conn: sqlite3.Connection) -> int:
+            requeued = 0
+            for worker_id in worker_ids:
+                conn.execute(Q["mark_worker_dead"], {"id": worker_id, "status": "dead"})
+                requeued += conn.execute(
+                    Q["requeue_worker_runs"],
+                    {
+                        "worker_id": worker_id,
+                        "now": now,
+                        "note": f"requeued: worker {worker_id} {reason}",
+                    },
+                ).rowcount
+            return requeued
+
+        count: int = await self._write(write)
+        return count
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self._write(
+            lambda conn: conn.execute(Q["mark_worker_dead"], {"id": worker_id, "status": "stopped"})
+        )
+
+    async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
+        params = {"app": app, "tasks": json.dumps(tasks), "note": note, "now": time.time()}
+
+        def write(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(Q["note_unclaimable"], params).rowcount)
+
+        count: int = await self._write(write)
+        return count
+
+    # -- change notification -----------------------------------------------------------------
+
+    def _data_version(self) -> int:
+        return int(self._reader().execute("PRAGMA data_version").fetchone()[0])
+
+    async def wait_for_change(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen = self._notifier.generation
+        version = self._data_version()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            if await self._notifier.wait(seen, min(self.poll_interval, remaining)):
+                return True
+            if self._data_version() != version:
+                return True

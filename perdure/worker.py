@@ -1,0 +1,217 @@
+"""The worker: claims runs into `concurrency` slots, keeps their leases, stops them on cancel
+requests, and drains on SIGTERM/SIGINT (finish within `drain_timeout`, else release).
+
+It knows nothing of task functions: the runtime hands it an `execute(run, control)` coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from perdure.config import WorkerConfig
+from perdure.ids import new_id
+from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers
+from perdure.store.base import RunRecord, Store
+
+log = logging.getLogger("perdure.worker")
+
+_IDLE_WAIT = 1.0
+_CANCEL_CHECK_EVERY = 0.05
+_UNKNOWN_CHECK_EVERY = 5.0
+
+
+@dataclass(slots=True)
+class RunControl:
+    """What the worker tells a run while it executes."""
+
+    worker_id: str
+    """The worker executing the run."""
+    stop_reason: str | None = None
+    """Set before the run's task is cancelled: "cancel" (user request) or "release" (drain)."""
+
+
+Execute = Callable[[RunRecord, RunControl], Awaitable[None]]
+
+
+class Worker:
+    """One worker process's claim loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        app: str,
+        tasks: list[str],
+        execute: Execute,
+        config: WorkerConfig,
+    ) -> None:
+        self.store = store
+        self.app = app
+        self.tasks = sorted(tasks)
+        self.execute = execute
+        self.config = config
+        self.id = new_id()
+        self._active: dict[str, tuple[asyncio.Task[None], RunControl]] = {}
+        self._stopping = asyncio.Event()
+        self._lost = threading.Event()
+        self._force = False
+
+    def stop(self) -> None:
+        """Stop claiming and drain (call from the worker's loop; a second call releases at once)."""
+        if self._stopping.is_set():
+            self._force = True
+        self._stopping.set()
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Run until stop() (or SIGTERM/SIGINT), then drain."""
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(
+            max_workers=self.config.concurrency * 2 + 4, thread_name_prefix="perdure-step"
+        )
+        loop.set_default_executor(pool)
+        me = new_worker_record(self.id, self.app, self.tasks)
+        await self.store.register_worker(me)
+        await reap_dead_workers(self.store, me, self.config)
+        keeper = LeaseKeeper(
+            self.store, me, self.config, on_lost=lambda: self._call_soon(loop, self._on_lost)
+        )
+        keeper.start()
+        installed = []
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+                installed.append(sig)
+        log.info(
+            "worker %s started: app %s, %d slot(s), tasks %s",
+            self.id,
+            self.app,
+            self.config.concurrency,
+            ", ".join(self.tasks),
+            extra={"action": "worker_start"},
+        )
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            keeper.stop()
+            if not self._lost.is_set():
+                await self.store.deregister_worker(self.id)
+            log.info("worker %s stopped", self.id, extra={"action": "worker_stop"})
+
+    @staticmethod
+    def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
+        loop.call_soon_threadsafe(fn)
+
+    def _on_lost(self) -> None:
+        self._lost.set()
+        for task, control in self._active.values():
+            control.stop_reason = "lost"
+            task.cancel()
+        self._stopping.set()
+
+    async def _claim_loop(self) -> None:
+        last_cancel_check = 0.0
+        last_unknown_check = 0.0
+        while not self._stopping.is_set():
+            free = self.config.concurrency - len(self._active)
+            claimed: list[RunRecord] = []
+            if free > 0:
+                claimed = await self.store.claim_runs(
+                    app=self.app, worker_id=self.id, tasks=self.tasks, limit=free
+                )
+                for run in claimed:
+                    self._start(run)
+                if len(claimed) == free:
+                    continue  # there may be more waiting
+            now = time.monotonic()
+            if self._active and now - last_cancel_check >= _CANCEL_CHECK_EVERY:
+                last_cancel_check = now
+                await self._check_cancel_requests()
+            if now - last_unknown_check >= _UNKNOWN_CHECK_EVERY:
+                last_unknown_check = now
+                await self._note_unknown_tasks()
+            timeout = _IDLE_WAIT
+            if free > 0:
+                wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
+                if wake_at is not None:
+                    timeout = max(0.0, min(timeout, wake_at - time.time()))
+            if timeout > 0:
+                stop_wait = asyncio.ensure_future(self._stopping.wait())
+                change = asyncio.ensure_future(self.store.wait_for_change(timeout))
+                await asyncio.wait([stop_wait, change], return_when=asyncio.FIRST_COMPLETED)
+                for fut in (stop_wait, change):
+                    if not fut.done():
+                        fut.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await fut
+
+    def _start(self, run: RunRecord) -> None:
+        control = RunControl(worker_id=self.id)
+        task = asyncio.create_task(self._guarded(run, control), name=f"perdure-run-{run.id}")
+        self._active[run.id] = (task, control)
+
+    async def _guarded(self, run: RunRecord, control: RunControl) -> None:
+        try:
+            await self.execute(run, control)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception(
+                "run %s: unexpected error in the worker; the run stays leased until reclaimed",
+                run.id,
+                extra={"run_id": run.id, "task": run.task, "action": "worker_error"},
+            )
+        finally:
+            self._active.pop(run.id, None)
+
+    async def _check_cancel_requests(self) -> None:
+        for run_id, _lease in await self.store.cancel_requests(self.id):
+            entry = self._active.get(run_id)
+            if entry is not None and entry[1].stop_reason is None:
+                entry[1].stop_reason = "cancel"
+                entry[0].cancel()
+
+    async def _note_unknown_tasks(self) -> None:
+        note = (
+            f"no worker for this task: worker {self.id} (app {self.app!r}) knows only "
+            f"{', '.join(self.tasks) or 'no tasks'}; start a worker that imports it"
+        )
+        count = await self.store.note_unclaimable(app=self.app, tasks=self.tasks, note=note)
+        if count:
+            log.warning(
+                "%d run(s) wait for a task this worker does not know (it knows: %s)",
+                count,
+                ", ".join(self.tasks),
+                extra={"action": "unknown_task"},
+            )
+
+    async def _drain(self) -> None:
+        if not self._active:
+            return
+        log.info(
+            "draining %d run(s) (up to %.0fs)",
+            len(self._active),
+            self.config.drain_timeout,
+            extra={"action": "drain"},
+        )
+        deadline = time.monotonic() + self.config.drain_timeout
+        while self._active and time.monotonic() < deadline and not self._force:
+            tasks = [task for task, _ in self._active.values()]
+            await asyncio.wait(tasks, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+        for task, control in list(self._active.values()):
+            if control.stop_reason is None:
+                control.stop_reason = "release"
+            task.cancel()
+        remaining = [task for task, _ in self._active.values()]
+        if remaining:
+            await asyncio.wait(remaining)
