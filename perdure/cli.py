@@ -1,0 +1,355 @@
+"""The `perdure` command: a thin shell over the App and Store APIs. Every command takes --json."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from perdure import serde
+from perdure.app import App
+from perdure.blobs import open_blobs
+from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL
+from perdure.errors import PerdureError
+from perdure.store import open_store
+from perdure.store.base import Attempt, JournalEntry, RunRecord, RunStatus, Store
+
+T = TypeVar("T")
+
+cli = typer.Typer(help="perdure: durable execution for Python.", no_args_is_help=True)
+runs_cli = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
+cli.add_typer(runs_cli, name="runs")
+console = Console()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+AppOpt = Annotated[
+    str | None, typer.Option("--app", help="MODULE:APP whose database to use.", show_default=False)
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database", envvar="PERDURE_DATABASE_URL", help=f"Database URL [{DEFAULT_DATABASE_URL}]"
+    ),
+]
+BlobOpt = Annotated[
+    str | None,
+    typer.Option("--blobs", envvar="PERDURE_BLOB_URL", help=f"Blob URL [{DEFAULT_BLOB_URL}]"),
+]
+
+
+def load_app(spec: str) -> App:
+    """Import MODULE:APP (the current directory is on the path)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise typer.BadParameter(f"{spec!r} is not MODULE:APP (e.g. shop.tasks:app)")
+    sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise typer.BadParameter(f"{spec!r} is not a perdure.App (found {type(app).__name__})")
+    return app
+
+
+def _store(app: str | None, database: str | None, blobs: str | None) -> Store:
+    if app is not None:
+        return load_app(app).store
+    return open_store(
+        database or DEFAULT_DATABASE_URL, blobs=open_blobs(blobs or DEFAULT_BLOB_URL)
+    )
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except PerdureError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _time(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _value_json(value: Any) -> Any:
+    return json.loads(msgspec.json.encode(value, enc_hook=repr))
+
+
+def _decoded(data: bytes, codec: str) -> Any:
+    try:
+        return serde.decode(data, codec=serde.Codec(codec), what="value")
+    except PerdureError as exc:
+        return f"<{exc}>"
+
+
+def _run_dict(run: RunRecord) -> dict[str, Any]:
+    out = {
+        "id": run.id,
+        "app": run.app,
+        "task": run.task,
+        "queue": run.queue,
+        "status": str(run.status),
+        "attempt": run.attempt,
+        "worker_id": run.worker_id,
+        "idempotency_key": run.idempotency_key,
+        "note": run.note,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "available_at": run.available_at,
+        "error": None if run.error is None else msgspec.to_builtins(run.error),
+    }
+    if run.result is not None:
+        out["result"] = _value_json(_decoded(run.result.data, run.result.codec))
+        out["result_size"] = {"raw": run.result.raw_size, "stored": run.result.stored_size}
+    if run.args is not None:
+        out["args"] = _value_json(_decoded(run.args.data, run.args.codec))
+    return out
+
+
+@cli.command()
+def worker(
+    app: Annotated[str, typer.Argument(help="MODULE:APP, e.g. shop.tasks:app")],
+    concurrency: Annotated[int | None, typer.Option(help="Runs executed at once.")] = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+) -> None:
+    """Run a worker until SIGTERM/SIGINT (then drain: finish or release every run)."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _run(load_app(app).run_worker(concurrency=concurrency))
+
+
+@cli.command()
+def trigger(
+    app: Annotated[str, typer.Argument(help="MODULE:APP")],
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    args_json: Annotated[
+        str, typer.Argument(help="Arguments: a JSON list (positional) or object (keyword).")
+    ] = "[]",
+    idempotency_key: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the result.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="With --wait: seconds.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Trigger a run of TASK."""
+    the_app = load_app(app)
+    try:
+        parsed = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"ARGS_JSON is not JSON: {exc}") from None
+    args, kwargs = (parsed, {}) if isinstance(parsed, list) else ([], parsed)
+    if not isinstance(kwargs, dict):
+        raise typer.BadParameter("ARGS_JSON must be a JSON list or object")
+
+    async def go() -> dict[str, Any]:
+        try:
+            task_obj = the_app.get_task(task)
+            if idempotency_key is not None:
+                kwargs["idempotency_key"] = idempotency_key
+            handle = await task_obj.trigger(*args, **kwargs)
+            out: dict[str, Any] = {"id": handle.id}
+            if wait:
+                out["result"] = _value_json(await handle.result(timeout))
+            out["status"] = str(await handle.status())
+            return out
+        finally:
+            await the_app.close()
+
+    out = _run(go())
+    if as_json:
+        print(json.dumps(out))
+    else:
+        console.print(f"run [bold]{out['id']}[/bold] {out['status']}")
+        if "result" in out:
+            console.print_json(data=out["result"])
+
+
+@runs_cli.command("list")
+def runs_list(
+    status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only runs of this task.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 50,
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List runs, newest first."""
+    store = _store(app, database, blobs)
+
+    async def go() -> list[RunRecord]:
+        try:
+            return await store.list_runs(status=status, task=task, limit=limit)
+        finally:
+            await store.close()
+
+    found = _run(go())
+    if as_json:
+        print(json.dumps([_run_dict(r) for r in found]))
+        return
+    table = Table("id", "task", "status", "attempt", "created", "finished", "note")
+    for r in found:
+        table.add_row(
+            r.id,
+            r.task,
+            str(r.status),
+            str(r.attempt),
+            _time(r.created_at),
+            _time(r.finished_at),
+            r.note or "",
+        )
+    console.print(table)
+
+
+def _entry_dict(entry: JournalEntry, attempts: list[Attempt]) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "kind": str(entry.kind),
+        "name": entry.name,
+        "status": str(entry.status),
+        "started_at": entry.started_at,
+        "finished_at": entry.finished_at,
+        "duration_ms": round((entry.finished_at - entry.started_at) * 1000, 3),
+        "attempts": len(attempts),
+        "raw_size": entry.value.raw_size if entry.value else 0,
+        "stored_size": entry.value.stored_size if entry.value else 0,
+        "in_blob_store": bool(entry.value and entry.value.blob_key),
+        "error": None if entry.error is None else msgspec.to_builtins(entry.error),
+    }
+
+
+def _attempt_dict(a: Attempt) -> dict[str, Any]:
+    return {
+        "run_attempt": a.run_attempt,
+        "seq": a.seq,
+        "attempt": a.attempt,
+        "started_at": a.started_at,
+        "finished_at": a.finished_at,
+        "error": None if a.error is None else msgspec.to_builtins(a.error),
+    }
+
+
+@runs_cli.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a run: its steps with timing, attempts, errors with tracebacks, stored sizes."""
+    store = _store(app, database, blobs)
+
+    async def go() -> tuple[RunRecord, list[JournalEntry], list[Attempt]]:
+        try:
+            run = await store.get_run(run_id)
+            return run, await store.load_journal(run_id), await store.load_attempts(run_id)
+        finally:
+            await store.close()
+
+    run, journal, attempts = _run(go())
+    entries = [_entry_dict(e, [a for a in attempts if a.seq == e.seq]) for e in journal]
+    if as_json:
+        out = _run_dict(run)
+        out["journal"] = entries
+        out["attempts"] = [_attempt_dict(a) for a in attempts]
+        print(json.dumps(out))
+        return
+    console.print(f"[bold]run {run.id}[/bold]  task {run.task}  [bold]{run.status}[/bold]")
+    console.print(
+        f"attempt {run.attempt}  created {_time(run.created_at)}  started "
+        f"{_time(run.started_at)}  finished {_time(run.finished_at)}"
+    )
+    if run.note:
+        console.print(f"[yellow]note:[/yellow] {run.note}")
+    table = Table("seq", "kind", "name", "status", "start", "ms", "attempts", "stored bytes")
+    for e in entries:
+        size = f"{e['stored_size']}" + (" (blob)" if e["in_blob_store"] else "")
+        table.add_row(
+            str(e["seq"]),
+            e["kind"],
+            e["name"],
+            e["status"],
+            _time(e["started_at"]),
+            f"{e['duration_ms']:.1f}",
+            str(e["attempts"]),
+            size,
+        )
+    console.print(table)
+    failed = [a for a in attempts if a.error is not None]
+    for a in failed:
+        where = f"step #{a.seq}" if a.seq else "task"
+        assert a.error is not None
+        console.print(
+            f"[red]{where} attempt {a.attempt} (run attempt {a.run_attempt}) at "
+            f"{_time(a.started_at)}: {a.error.type}: {a.error.message}[/red]"
+        )
+        console.print(a.error.traceback.rstrip(), markup=False, highlight=False)
+    if run.result is not None:
+        console.print("result:")
+        console.print_json(data=_value_json(_decoded(run.result.data, run.result.codec)))
+
+
+@runs_cli.command("cancel")
+def runs_cancel(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a run (at once if queued or sleeping; a running run stops at its next await)."""
+    store = _store(app, database, blobs)
+
+    async def go() -> RunStatus:
+        try:
+            return await store.cancel_run(run_id)
+        finally:
+            await store.close()
+
+    status = _run(go())
+    if as_json:
+        print(json.dumps({"id": run_id, "status": str(status)}))
+    else:
+        console.print(f"run {run_id}: {status}")
+
+
+@cli.command()
+def migrate(
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be applied.")] = False,
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply the database migrations this perdure needs (or list them with --dry-run)."""
+    store = _store(app, database, blobs)
+    applied = _run(store.migrate(dry_run=dry_run))
+    if as_json:
+        print(json.dumps({"dry_run": dry_run, "migrations": applied}))
+    elif not applied:
+        console.print("the schema is up to date")
+    else:
+        verb = "would apply" if dry_run else "applied"
+        for name in applied:
+            console.print(f"{verb} {name}")
+
+
+def main() -> None:
+    """Entry point of the `perdure` command."""
+    cli()

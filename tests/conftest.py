@@ -1,0 +1,107 @@
+"""Shared fixtures: apps on a fresh SQLite file, in-process workers, worker subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import perdure
+from perdure.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Callable[..., perdure.App]:
+    """A factory of apps on this test's own SQLite file and blob folder."""
+
+    def make(name: str = "test", **kwargs: Any) -> perdure.App:
+        return perdure.App(
+            name,
+            database=f"sqlite:///{tmp_path}/perdure.db",
+            blobs=f"file://{tmp_path}/blobs",
+            **kwargs,
+        )
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def running_worker(app: perdure.App, **settings: Any) -> AsyncIterator[Worker]:
+    """Run a worker of `app` in this event loop for the duration of the block."""
+    await app.store.open()
+    worker = app.worker(**settings)
+    task = asyncio.create_task(worker.run(install_signal_handlers=False))
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await task
+        await app.close()
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Poll `predicate` (sync or async) until it is true, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+class WorkerProcess:
+    """`perdure worker MODULE:APP` in a subprocess."""
+
+    def __init__(self, spec: str, env: dict[str, str], *, concurrency: int = 4) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "perdure", "worker", spec, "--concurrency", str(concurrency)],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no drain."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait for the drain."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        return code
+
+
+@pytest.fixture
+def worker_processes() -> Iterator[list[WorkerProcess]]:
+    """Worker subprocesses started by a test; any left alive are killed at the end."""
+    started: list[WorkerProcess] = []
+    yield started
+    for proc in started:
+        proc.kill()
