@@ -64,9 +64,7 @@ def load_app(spec: str) -> App:
 def _store(app: str | None, database: str | None, blobs: str | None) -> Store:
     if app is not None:
         return load_app(app).store
-    return open_store(
-        database or DEFAULT_DATABASE_URL, blobs=open_blobs(blobs or DEFAULT_BLOB_URL)
-    )
+    return open_store(database or DEFAULT_DATABASE_URL, blobs=open_blobs(blobs or DEFAULT_BLOB_URL))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

@@ -31,7 +31,7 @@ def _enc_hook(obj: Any) -> Any:
     model_dump = getattr(obj, "model_dump", None)  # pydantic v2 models
     if callable(model_dump):
         return model_dump(mode="python")
-    raise NotImplementedError(type(obj))
+    raise TypeError(f"Encoding objects of type {type(obj).__qualname__} is unsupported")
 
 
 def _dec_hook(type_: type, obj: Any) -> Any:
@@ -59,7 +59,14 @@ def encode(value: Any, *, codec: Codec, what: str) -> bytes:
             data = _encoder.encode(value)
     except SecretLeakError as exc:
         raise SecretLeakError(f"{what}: {exc}") from None
-    except (TypeError, ValueError, OverflowError, pickle.PicklingError, AttributeError) as exc:
+    except (
+        TypeError,
+        ValueError,
+        OverflowError,
+        NotImplementedError,
+        pickle.PicklingError,
+        AttributeError,
+    ) as exc:
         raise SerializationError(
             f"{what} cannot be serialised: {type(value).__name__} is not supported by msgspec "
             f"({exc}). Return bytes, str, numbers, lists, dicts, dataclasses, msgspec.Struct or "

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from perdure import serde
 from perdure.context import TaskOptions
@@ -168,16 +168,28 @@ class Task(Generic[P, R]):
         """Call the function directly, not durably (for tests and scripts)."""
         return self.fn(*args, **kwargs)
 
-    async def trigger(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+    @overload
+    async def trigger(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]: ...
+    @overload
+    async def trigger(self, *args: Any, idempotency_key: str, **kwargs: Any) -> RunHandle[R]: ...
+
+    async def trigger(self, *args: Any, **kwargs: Any) -> RunHandle[R]:
         """Start a run with these arguments; returns at once with its handle.
 
         `idempotency_key=` (a keyword reserved for the run, not passed to the task): a second
-        trigger with the same key returns the first run instead of starting another.
+        trigger with the same key returns the first run instead of starting another. Type
+        checkers check the arguments against the task's signature (when run options are given
+        too, the arguments are checked at trigger time instead).
         """
         options = {key: kwargs.pop(key) for key in TRIGGER_OPTIONS if key in kwargs}
         return await self._trigger(args, kwargs, idempotency_key=options.get("idempotency_key"))
 
-    def trigger_sync(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]:
+    @overload
+    def trigger_sync(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]: ...
+    @overload
+    def trigger_sync(self, *args: Any, idempotency_key: str, **kwargs: Any) -> RunHandle[R]: ...
+
+    def trigger_sync(self, *args: Any, **kwargs: Any) -> RunHandle[R]:
         """trigger() for synchronous callers."""
         return run_sync(self.trigger(*args, **kwargs))
 

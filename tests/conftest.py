@@ -67,13 +67,15 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Non
 class WorkerProcess:
     """`perdure worker MODULE:APP` in a subprocess."""
 
-    def __init__(self, spec: str, env: dict[str, str], *, concurrency: int = 4) -> None:
+    def __init__(self, spec: str, env: dict[str, str], *, log: Path, concurrency: int = 4) -> None:
+        self.log = log
+        self._log_file = open(log, "ab")  # noqa: SIM115 - closed in kill()/terminate()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "perdure", "worker", spec, "--concurrency", str(concurrency)],
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._log_file,
         )
 
     @property
@@ -85,16 +87,14 @@ class WorkerProcess:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        self._log_file.close()
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait for the drain."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        self._log_file.close()
         return code
 
 

@@ -1,7 +1,7 @@
 """An app for crash tests: every step appends a line to $CRASH_LOG before and after its body.
 
-Steps are sync (they run in the worker's thread pool). Their bodies wait while the file $CRASH_GATE exists, so a test can kill the worker at a known
-point; runs are fully determined by their arguments.
+Steps are sync (they run in the worker's thread pool). Step N and later wait while the file
+$CRASH_GATE exists (N = $CRASH_GATE_STEP), so a test can kill the worker at a known point.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ def _log(line: str) -> None:
 
 @app.step(name="work", retry=perdure.Retry(max_attempts=1))
 def work(run_key: str, index: int, delay: float) -> str:
-    _log(f"start {run_key} {index}")
+    _log(f"start {run_key} {index} {time.time():.6f}")
     gate = os.environ.get("CRASH_GATE")
     while gate and Path(gate).exists() and index >= int(os.environ.get("CRASH_GATE_STEP", "0")):
         time.sleep(0.01)
     if delay:
         time.sleep(delay)
-    _log(f"done {run_key} {index}")
+    _log(f"done {run_key} {index} {time.time():.6f}")
     return f"{run_key}:{index}"
 
 

@@ -105,7 +105,8 @@ async def test_changed_step_order_raises_non_determinism(
         with pytest.raises(TaskFailed) as info:
             await handle.result(timeout=10)
     assert info.value.error_type == "perdure.errors.NonDeterminismError"
-    assert "'two'" in info.value.error_message and "'one'" in info.value.error_message
+    assert "'two'" in info.value.error_message
+    assert "'one'" in info.value.error_message
     assert NonDeterminismError.__name__ in info.value.traceback
 
 
@@ -201,5 +202,6 @@ async def test_failed_entry_is_stored_with_error(make_app: Callable[..., perdure
         journal = await app.store.load_journal(handle.id)
     assert run.status is RunStatus.FAILED
     assert journal[0].status is EntryStatus.FAILED
-    assert journal[0].error is not None and journal[0].error.type == "builtins.KeyError"
+    assert journal[0].error is not None
+    assert journal[0].error.type == "builtins.KeyError"
     assert "raise KeyError" in journal[0].error.traceback

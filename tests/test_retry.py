@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 
@@ -64,7 +65,7 @@ async def test_step_retry_waits_between_attempts_and_stores_each(
     assert [a.attempt for a in attempts] == [1, 2, 3]
     assert [a.error.message if a.error else None for a in attempts] == ["try 1", "try 2", None]
     assert all(a.error is None or "ConnectionError" in a.error.traceback for a in attempts)
-    for n, (before, after) in enumerate(zip(attempts, attempts[1:], strict=False), start=1):
+    for n, (before, after) in enumerate(itertools.pairwise(attempts), start=1):
         gap = after.started_at - before.finished_at
         base = min(1.0, 0.05 * 2.0 ** (n - 1))
         assert base <= gap < 2 * base + 0.5, (n, gap)
@@ -119,7 +120,8 @@ async def test_non_retryable_error_stops_all_retries(make_app: Callable[..., per
             await handle.result(timeout=10)
         run = await app.store.get_run(handle.id)
     assert calls == [1]
-    assert run.attempt == 1 and run.status is RunStatus.FAILED
+    assert run.attempt == 1
+    assert run.status is RunStatus.FAILED
 
 
 async def test_long_backoff_suspends_the_run(make_app: Callable[..., perdure.App]) -> None:

@@ -298,7 +298,7 @@ class Store(Protocol):
     ) -> None:
         """Record journal entries and attempts in one durable write (group-committed with other
         runs' writes). LeaseLost when `lease` is stale; an entry at an occupied seq is kept as
-        it was (the first record wins) and raises LeaseLost too."""
+        it was (the first record wins) and raises CorruptJournal."""
         ...
 
     async def finish_attempt(

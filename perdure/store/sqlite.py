@@ -111,7 +111,9 @@ class SQLiteStore:
             self._local.conn = conn
         return conn
 
-    def _read(self, sql: str, params: dict[str, Any]) -> list[sqlite3.Row]:
+    async def _read(self, sql: str, params: dict[str, Any]) -> list[sqlite3.Row]:
+        if self._writer is None:
+            await self.open()
         try:
             return self._reader().execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
@@ -307,7 +309,7 @@ class SQLiteStore:
         return result
 
     async def get_run(self, run_id: str) -> RunRecord:
-        rows = self._read(Q["get_run"], {"id": run_id})
+        rows = await self._read(Q["get_run"], {"id": run_id})
         if not rows:
             raise RunNotFound(f"no run with id {run_id!r} in {self.path}")
         return await self._run_record(rows[0], full=True)
@@ -315,7 +317,7 @@ class SQLiteStore:
     async def list_runs(
         self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
     ) -> list[RunRecord]:
-        rows = self._read(
+        rows = await self._read(
             Q["list_runs"],
             {"status": None if status is None else str(status), "task": task, "limit": limit},
         )
@@ -339,7 +341,7 @@ class SQLiteStore:
         return [await self._run_record(row, full=True) for row in rows]
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
-        rows = self._read(
+        rows = await self._read(
             Q["next_wake_at"], {"app": app, "tasks": json.dumps(tasks), "now": time.time()}
         )
         value = rows[0][0] if rows else None
@@ -349,7 +351,7 @@ class SQLiteStore:
 
     async def load_journal(self, run_id: str) -> list[JournalEntry]:
         entries = []
-        for row in self._read(Q["load_journal"], {"run_id": run_id}):
+        for row in await self._read(Q["load_journal"], {"run_id": run_id}):
             where = f"journal row (run {run_id}, seq {row['seq']})"
             try:
                 kind = EntryKind(row["kind"])
@@ -387,7 +389,7 @@ class SQLiteStore:
                 finished_at=row["finished_at"],
                 error=_decode_error(row["error"], f"attempt row (run {run_id}, seq {row['seq']})"),
             )
-            for row in self._read(Q["load_attempts"], {"run_id": run_id})
+            for row in await self._read(Q["load_attempts"], {"run_id": run_id})
         ]
 
     async def _entry_params(self, run_id: str, entries: list[JournalEntry]) -> list[dict[str, Any]]:
@@ -434,8 +436,9 @@ class SQLiteStore:
             try:
                 conn.execute(Q["insert_entry"], params)
             except sqlite3.IntegrityError as exc:
-                raise LeaseLost(
-                    f"run {run_id}: journal position {params['seq']} is already recorded"
+                raise CorruptJournal(
+                    f"run {run_id}: journal position {params['seq']} is already recorded; "
+                    "the same position was written twice under one lease"
                 ) from exc
 
     async def append(
@@ -501,7 +504,7 @@ class SQLiteStore:
         return status
 
     async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
-        rows = self._read(Q["cancel_requests"], {"worker_id": worker_id})
+        rows = await self._read(Q["cancel_requests"], {"worker_id": worker_id})
         return [(row["id"], row["lease"]) for row in rows]
 
     # -- workers -----------------------------------------------------------------------------
@@ -540,7 +543,7 @@ class SQLiteStore:
                 heartbeat_at=row["heartbeat_at"],
                 tasks=json.loads(row["tasks"]),
             )
-            for row in self._read(Q["live_workers"], {"app": app})
+            for row in await self._read(Q["live_workers"], {"app": app})
         ]
 
     async def reap_workers(self, worker_ids: list[str], *, reason: str) -> int:
@@ -583,6 +586,8 @@ class SQLiteStore:
         return int(self._reader().execute("PRAGMA data_version").fetchone()[0])
 
     async def wait_for_change(self, timeout: float) -> bool:
+        if self._writer is None:
+            await self.open()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         seen = self._notifier.generation

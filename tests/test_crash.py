@@ -1,0 +1,183 @@
+"""Crash safety with real processes: workers killed with SIGKILL, side effects checked on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import perdure
+from perdure.store.base import EntryKind, RunStatus
+
+from . import crashapp
+from .conftest import WorkerProcess, wait_until
+
+pytestmark = pytest.mark.crash
+
+
+@dataclass
+class CrashEnv:
+    """One test's database, side-effect log and gate file."""
+
+    tmp: Path
+    app: perdure.App
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "side-effects.log"
+
+    @property
+    def gate(self) -> Path:
+        return self.tmp / "gate"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "PERDURE_DATABASE_URL": self.app.database,
+            "PERDURE_BLOB_URL": self.app.blobs,
+            "CRASH_LOG": str(self.log),
+            "CRASH_GATE": str(self.gate),
+            **extra,
+        }
+
+    def lines(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        return [line.split() for line in self.log.read_text().splitlines() if line]
+
+    def count(self, event: str, run_key: str, index: int) -> int:
+        return sum(1 for parts in self.lines() if parts[:3] == [event, run_key, str(index)])
+
+
+@pytest.fixture
+def crash(tmp_path: Path) -> CrashEnv:
+    app = perdure.App(
+        "crash", database=f"sqlite:///{tmp_path}/perdure.db", blobs=f"file://{tmp_path}/blobs"
+    )
+    app.task(name="pipeline")(crashapp.pipeline.fn)
+    return CrashEnv(tmp_path, app)
+
+
+def _start(crash: CrashEnv, procs: list[WorkerProcess], **env: str) -> WorkerProcess:
+    proc = WorkerProcess(
+        "tests.crashapp:app",
+        crash.env(**env),
+        log=crash.tmp / f"worker-{len(procs)}.log",
+    )
+    procs.append(proc)
+    return proc
+
+
+async def test_kill_during_step_3_of_5_resumes_after_step_2(
+    crash: CrashEnv, worker_processes: list[WorkerProcess]
+) -> None:
+    crash.gate.touch()
+    first = _start(crash, worker_processes, CRASH_GATE_STEP="3")
+    handle = await crash.app.get_task("pipeline").trigger("r", 5)
+    await wait_until(lambda: crash.count("start", "r", 3) == 1, timeout=30)
+    first.kill()
+    crash.gate.unlink()
+    _start(crash, worker_processes)
+    result = await handle.result(timeout=30)
+    assert result == [f"r:{i}" for i in range(1, 6)]
+    for index in (1, 2):
+        assert crash.count("start", "r", index) == 1, f"step {index} ran again"
+        assert crash.count("done", "r", index) == 1
+    assert crash.count("start", "r", 3) == 2  # interrupted by the kill, then run again
+    for index in (3, 4, 5):
+        assert crash.count("done", "r", index) == 1
+    await crash.app.close()
+
+
+async def test_kill_loop_loses_nothing_and_repeats_no_recorded_step(
+    crash: CrashEnv, worker_processes: list[WorkerProcess]
+) -> None:
+    runs, steps, kills = 50, 5, 20
+    task = crash.app.get_task("pipeline")
+    handles = [await task.trigger(f"k{i}", steps, 0.01) for i in range(runs)]
+    rng = random.Random(20261125)
+    for _ in range(kills):
+        proc = _start(crash, worker_processes)
+        await asyncio.sleep(rng.uniform(0.3, 0.9))  # includes the interpreter's start-up
+        proc.kill()
+    _start(crash, worker_processes)
+    for handle in handles:
+        key = f"k{handles.index(handle)}"
+        assert await handle.result(timeout=120) == [f"{key}:{i}" for i in range(1, steps + 1)]
+
+    starts: dict[tuple[str, int], list[float]] = {}
+    for parts in crash.lines():
+        if parts[0] == "start":
+            starts.setdefault((parts[1], int(parts[2])), []).append(float(parts[3]))
+    store = crash.app.store
+    repeated = 0
+    for i, handle in enumerate(handles):
+        run = await store.get_run(handle.id)
+        assert run.status is RunStatus.COMPLETED
+        completions = [
+            a for a in await store.load_attempts(handle.id) if a.seq == 0 and a.error is None
+        ]
+        assert len(completions) == 1, f"run {handle.id} completed {len(completions)} times"
+        journal = await store.load_journal(handle.id)
+        assert [e.seq for e in journal if e.kind is EntryKind.STEP] == list(range(1, steps + 1))
+        for entry in journal:
+            times = starts[(f"k{i}", entry.seq)]
+            # a step may run again only if it was never recorded: no start after the record
+            assert all(t < entry.finished_at for t in times), (handle.id, entry.seq, times)
+            repeated += len(times) - 1
+    # the kills did interrupt work (else this test proves nothing)
+    assert repeated > 0 or len(crash.lines()) > runs * steps * 2
+    await crash.app.close()
+
+
+async def _takeover_seconds(
+    crash: CrashEnv, worker_processes: list[WorkerProcess], **env: str
+) -> tuple[float, Any]:
+    crash.gate.touch()
+    victim = _start(crash, worker_processes, CRASH_GATE_STEP="2", **env)
+    handle = await crash.app.get_task("pipeline").trigger("t", 3)
+    await wait_until(lambda: crash.count("start", "t", 2) == 1, timeout=30)
+    survivor = _start(crash, worker_processes, **env)
+    store = crash.app.store
+    await wait_until(lambda: _alive_workers(store, 2), timeout=30)
+    crash.gate.unlink()  # the victim's step would now finish, but it is killed first
+    victim.kill()
+    killed_at = time.time()
+    await wait_until(lambda: crash.count("start", "t", 2) == 2, timeout=30)
+    takeover = max(float(p[3]) for p in crash.lines() if p[:3] == ["start", "t", "2"])
+    assert await handle.result(timeout=30) == ["t:1", "t:2", "t:3"]
+    assert crash.count("start", "t", 1) == 1
+    survivor.terminate()
+    await crash.app.close()
+    return takeover - killed_at, survivor
+
+
+async def _alive_workers(store: Any, count: int) -> bool:
+    return len(await store.live_workers(app="crash")) >= count
+
+
+async def test_dead_worker_on_same_host_is_taken_over_within_a_second(
+    crash: CrashEnv, worker_processes: list[WorkerProcess]
+) -> None:
+    seconds, survivor = await _takeover_seconds(crash, worker_processes)
+    assert seconds < 1.0, f"takeover took {seconds:.2f}s"
+    assert "died (process" in survivor.log.read_text()
+
+
+async def test_stalled_worker_is_taken_over_through_lease_expiry(
+    crash: CrashEnv, worker_processes: list[WorkerProcess]
+) -> None:
+    seconds, survivor = await _takeover_seconds(
+        crash,
+        worker_processes,
+        PERDURE_PID_CHECK="0",
+        PERDURE_HEARTBEAT_INTERVAL="0.2",
+        PERDURE_MISSED_HEARTBEATS="3",
+    )
+    assert seconds >= 0.4, "taken over before the lease could expire"
+    assert seconds < 5.0
+    assert "stalled (no heartbeat" in survivor.log.read_text()
