@@ -31,6 +31,8 @@ cli = typer.Typer(help="perdure: durable execution for Python.", no_args_is_help
 runs_cli = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 cli.add_typer(runs_cli, name="runs")
 console = Console()
+if not console.is_terminal:
+    console = Console(width=max(console.width, 140))
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 AppOpt = Annotated[

@@ -10,6 +10,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
 import time
 import traceback
 import typing
@@ -39,6 +40,7 @@ from perdure.store.base import Attempt, EntryKind, EntryStatus, ErrorInfo, Journ
 
 log = logging.getLogger("perdure.run")
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -58,10 +60,13 @@ def error_info(exc: BaseException, *, retryable: bool | None = None) -> ErrorInf
         retryable = not isinstance(exc, _NOT_RETRYABLE) and not (
             isinstance(exc, StepFailed) and not exc.retryable
         )
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next  # perdure's own frames say nothing about the user's error
     return ErrorInfo(
         type=f"{cls.__module__}.{cls.__qualname__}",
         message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
+        traceback="".join(traceback.format_exception(cls, exc, tb or exc.__traceback__)),
         retryable=retryable,
     )
 
