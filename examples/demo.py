@@ -111,10 +111,14 @@ async def main() -> int:
         f"'summarise' was interrupted and ran again in worker 2; "
         f"the run finished {done_at - killed_at:.1f}s after the kill"
     )
-    subprocess.run(
-        [sys.executable, "-m", "perdure", "runs", "show", handle.id], cwd=ROOT, env=env, check=True
-    )
     await app.close()
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "perdure", "runs", "show", handle.id],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
     if repeated != ["summarise"]:
         console.print(f"[red]unexpected re-runs: {repeated}[/red]")
         return 1

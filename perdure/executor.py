@@ -19,6 +19,7 @@ from perdure.config import WorkerConfig
 from perdure.context import RunContext, TaskOptions, _current, activate
 from perdure.errors import (
     CancelSignal,
+    CorruptJournal,
     LeaseLost,
     PerdureError,
     StepTimeout,
@@ -85,29 +86,35 @@ class Executor:
     async def __call__(self, run: RunRecord, control: RunControl) -> None:
         task = self.tasks[run.task]
         started = time.time()
-        journal = await self.store.load_journal(run.id)
-        step_attempts: dict[int, int] = {}
-        for attempt in await self.store.load_attempts(run.id):
-            if attempt.run_attempt == run.attempt and attempt.seq > 0:
-                step_attempts[attempt.seq] = max(step_attempts.get(attempt.seq, 0), attempt.attempt)
-        ctx = RunContext(
-            run=run,
-            task=task.options,
-            store=self.store,
-            control=control,
-            config=self.config,
-            loop=asyncio.get_running_loop(),
-            journal={entry.seq: entry for entry in journal},
-            step_attempts=step_attempts,
-        )
-        if not journal:
-            log.info(
-                "run %s of %s started (attempt %d)",
+        try:
+            ctx = await self._context(run, control, task)
+        except CorruptJournal as exc:
+            log.error(
+                "run %s cannot be resumed: %s",
                 run.id,
-                run.task,
-                run.attempt,
-                extra={"run_id": run.id, "task": run.task, "action": "run_start"},
+                exc,
+                extra={"run_id": run.id, "task": run.task, "action": "corrupt_journal"},
             )
+            failed = error_info(exc)
+            await self.store.finish_attempt(
+                run.id,
+                run.lease,
+                Transition(
+                    status=RunStatus.FAILED,
+                    error=failed,
+                    attempt=Attempt(
+                        run_id=run.id,
+                        run_attempt=run.attempt,
+                        seq=0,
+                        attempt=run.attempt,
+                        started_at=started,
+                        finished_at=time.time(),
+                        error=failed,
+                    ),
+                ),
+                entries=[],
+            )
+            return
         transition = await self._run(task, ctx, started)
         if transition is None:
             return
@@ -128,6 +135,31 @@ class Executor:
             run.task,
             transition.status,
             extra={"run_id": run.id, "task": run.task, "action": f"run_{transition.status}"},
+        )
+
+    async def _context(self, run: RunRecord, control: RunControl, task: TaskDef) -> RunContext:
+        journal = await self.store.load_journal(run.id)
+        step_attempts: dict[int, int] = {}
+        for attempt in await self.store.load_attempts(run.id):
+            if attempt.run_attempt == run.attempt and attempt.seq > 0:
+                step_attempts[attempt.seq] = max(step_attempts.get(attempt.seq, 0), attempt.attempt)
+        if not journal:
+            log.info(
+                "run %s of %s started (attempt %d)",
+                run.id,
+                run.task,
+                run.attempt,
+                extra={"run_id": run.id, "task": run.task, "action": "run_start"},
+            )
+        return RunContext(
+            run=run,
+            task=task.options,
+            store=self.store,
+            control=control,
+            config=self.config,
+            loop=asyncio.get_running_loop(),
+            journal={entry.seq: entry for entry in journal},
+            step_attempts=step_attempts,
         )
 
     async def _run(self, task: TaskDef, ctx: RunContext, started: float) -> Transition | None:

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from perdure.config import WorkerConfig
 from perdure.ids import new_id
 from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers
-from perdure.store.base import RunRecord, Store
+from perdure.store.base import RunRecord, RunStatus, Store, Transition
 
 log = logging.getLogger("perdure.worker")
 
 _IDLE_WAIT = 1.0
 _CANCEL_CHECK_EVERY = 0.05
 _UNKNOWN_CHECK_EVERY = 5.0
+_RELEASE_DELAY = 5.0
 
 
 @dataclass(slots=True)
@@ -167,10 +168,17 @@ class Worker:
             pass
         except Exception:
             log.exception(
-                "run %s: unexpected error in the worker; the run stays leased until reclaimed",
+                "run %s: unexpected error in the worker; releasing the run for a later retry",
                 run.id,
                 extra={"run_id": run.id, "task": run.task, "action": "worker_error"},
             )
+            with contextlib.suppress(Exception):
+                await self.store.finish_attempt(
+                    run.id,
+                    run.lease,
+                    Transition(status=RunStatus.QUEUED, available_at=time.time() + _RELEASE_DELAY),
+                    entries=[],
+                )
         finally:
             self._active.pop(run.id, None)
 

@@ -1,0 +1,255 @@
+"""The Store contract: every backend passes this suite (the PostgreSQL store joins the `store`
+fixture's parameters)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from perdure.blobs import LocalBlobStore
+from perdure.errors import CorruptJournal, LeaseLost, RunNotFound
+from perdure.ids import new_id
+from perdure.store.base import (
+    Attempt,
+    EntryKind,
+    EntryStatus,
+    ErrorInfo,
+    JournalEntry,
+    NewRun,
+    RunStatus,
+    Store,
+    Transition,
+    Value,
+    WorkerRecord,
+)
+from perdure.store.sqlite import SQLiteStore
+
+APP = "contract"
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    the_store: Store = SQLiteStore(tmp_path / "perdure.db", blobs=blobs, inline_limit=1024)
+    await the_store.open()
+    yield the_store
+    await the_store.close()
+
+
+def _value(data: bytes = b"\x01") -> Value:
+    return Value(codec="msgpack", data=data, raw_size=len(data))
+
+
+def _new_run(task: str = "t", key: str | None = None, at: float | None = None) -> NewRun:
+    return NewRun(
+        id=new_id(),
+        app=APP,
+        task=task,
+        queue="default",
+        args=_value(),
+        idempotency_key=key,
+        available_at=time.time() if at is None else at,
+    )
+
+
+def _entry(
+    seq: int, data: bytes = b"\x02", status: EntryStatus = EntryStatus.COMPLETED
+) -> JournalEntry:
+    now = time.time()
+    return JournalEntry(
+        seq=seq,
+        kind=EntryKind.STEP,
+        name=f"s{seq}",
+        status=status,
+        value=_value(data) if status is EntryStatus.COMPLETED else None,
+        error=ErrorInfo(type="builtins.ValueError", message="x")
+        if status is EntryStatus.FAILED
+        else None,
+        started_at=now,
+        finished_at=now,
+    )
+
+
+async def _claim_one(store: Store, worker: str = "w1") -> tuple[str, int]:
+    (run,) = await store.claim_runs(app=APP, worker_id=worker, tasks=["t"], limit=1)
+    return run.id, run.lease
+
+
+async def test_create_and_idempotency(store: Store) -> None:
+    first, created = await store.create_run(_new_run(key="k"))
+    again, created_again = await store.create_run(_new_run(key="k"))
+    other, _ = await store.create_run(_new_run(key="other"))
+    assert created
+    assert not created_again
+    assert first == again != other
+    run = await store.get_run(first)
+    assert run.status is RunStatus.QUEUED
+    assert run.args is not None
+    assert (run.args.data, run.args.stored_size) == (b"\x01", 1)
+    with pytest.raises(RunNotFound):
+        await store.get_run("missing")
+
+
+async def test_claim_respects_tasks_time_and_limit(store: Store) -> None:
+    await store.create_run(_new_run(task="other"))
+    later, _ = await store.create_run(_new_run(at=time.time() + 60))
+    ready = [(await store.create_run(_new_run()))[0] for _ in range(3)]
+    claimed = await store.claim_runs(app=APP, worker_id="w1", tasks=["t"], limit=2)
+    assert [r.id for r in claimed] == ready[:2]
+    assert all(r.status is RunStatus.RUNNING and r.lease == 1 for r in claimed)
+    rest = await store.claim_runs(app=APP, worker_id="w2", tasks=["t"], limit=10)
+    assert [r.id for r in rest] == ready[2:]
+    assert await store.claim_runs(app=APP, worker_id="w2", tasks=["t"], limit=10) == []
+    wake = await store.next_wake_at(app=APP, tasks=["t"])
+    assert wake is not None
+    assert abs(wake - (await store.get_run(later)).created_at - 60) < 1
+
+
+async def test_append_is_fenced_by_the_lease(store: Store) -> None:
+    await store.create_run(_new_run())
+    run_id, lease = await _claim_one(store)
+    await store.append(run_id, lease, entries=[_entry(1)], attempts=[])
+    with pytest.raises(LeaseLost):
+        await store.append(run_id, lease + 1, entries=[_entry(2)], attempts=[])
+    with pytest.raises(CorruptJournal):
+        await store.append(run_id, lease, entries=[_entry(1, b"other")], attempts=[])
+    journal = await store.load_journal(run_id)
+    assert [(e.seq, e.value.data if e.value else None) for e in journal] == [(1, b"\x02")]
+
+
+async def test_big_values_are_offloaded_and_resolved(store: Store) -> None:
+    await store.create_run(_new_run())
+    run_id, lease = await _claim_one(store)
+    big = bytes(range(256)) * 64  # 16 KiB > inline limit of 1 KiB
+    await store.append(run_id, lease, entries=[_entry(1, big)], attempts=[])
+    (entry,) = await store.load_journal(run_id)
+    assert entry.value is not None
+    assert entry.value.data == big
+    assert entry.value.blob_key is not None
+    assert entry.value.raw_size == len(big)
+    assert 0 < entry.value.stored_size < len(big)
+
+
+async def test_suspend_then_wake(store: Store) -> None:
+    await store.create_run(_new_run())
+    run_id, lease = await _claim_one(store)
+    wake_at = time.time() + 0.2
+    await store.finish_attempt(
+        run_id,
+        lease,
+        Transition(status=RunStatus.WAITING, available_at=wake_at),
+        entries=[_entry(1)],
+    )
+    assert (await store.get_run(run_id)).status is RunStatus.WAITING
+    assert await store.claim_runs(app=APP, worker_id="w1", tasks=["t"], limit=1) == []
+    await asyncio.sleep(max(0.0, wake_at - time.time()) + 0.01)
+    again_id, again_lease = await _claim_one(store)
+    assert again_id == run_id
+    assert again_lease == lease + 1
+    with pytest.raises(LeaseLost):  # the old lease is dead
+        await store.finish_attempt(
+            run_id, lease, Transition(status=RunStatus.COMPLETED, result=_value()), entries=[]
+        )
+
+
+async def test_task_retry_drops_failed_entries_from_the_first_failure(store: Store) -> None:
+    await store.create_run(_new_run())
+    run_id, lease = await _claim_one(store)
+    entries = [_entry(1), _entry(2, status=EntryStatus.FAILED), _entry(3)]
+    await store.append(run_id, lease, entries=entries, attempts=[])
+    error = ErrorInfo(type="builtins.RuntimeError", message="boom")
+    attempt = Attempt(
+        run_id=run_id,
+        run_attempt=1,
+        seq=0,
+        attempt=1,
+        started_at=time.time(),
+        finished_at=time.time(),
+        error=error,
+    )
+    await store.finish_attempt(
+        run_id,
+        lease,
+        Transition(
+            status=RunStatus.QUEUED,
+            available_at=time.time(),
+            error=error,
+            next_attempt=True,
+            attempt=attempt,
+        ),
+        entries=[],
+    )
+    run = await store.get_run(run_id)
+    assert run.attempt == 2
+    assert run.status is RunStatus.QUEUED
+    assert [e.seq for e in await store.load_journal(run_id)] == [1]
+    assert [a.error for a in await store.load_attempts(run_id)] == [error]
+
+
+async def test_complete_is_recorded_once(store: Store) -> None:
+    await store.create_run(_new_run())
+    run_id, lease = await _claim_one(store)
+    done = Transition(status=RunStatus.COMPLETED, result=_value(b"\x07"))
+    await store.finish_attempt(run_id, lease, done, entries=[])
+    with pytest.raises(LeaseLost):
+        await store.finish_attempt(run_id, lease, done, entries=[])
+    run = await store.get_run(run_id)
+    assert run.status is RunStatus.COMPLETED
+    assert run.result is not None
+    assert run.result.data == b"\x07"
+    assert run.finished_at is not None
+
+
+async def test_cancel(store: Store) -> None:
+    queued, _ = await store.create_run(_new_run())
+    assert await store.cancel_run(queued) is RunStatus.CANCELLED
+    await store.create_run(_new_run())
+    running, _lease = await _claim_one(store)
+    assert await store.cancel_run(running) is RunStatus.RUNNING
+    assert await store.cancel_requests("w1") == [(running, 1)]
+    assert await store.cancel_run(queued) is RunStatus.CANCELLED
+    with pytest.raises(RunNotFound):
+        await store.cancel_run("missing")
+
+
+async def test_reaping_a_worker_requeues_its_runs(store: Store) -> None:
+    now = time.time()
+    for worker_id in ("w1", "w2"):
+        await store.register_worker(
+            WorkerRecord(
+                id=worker_id,
+                app=APP,
+                host="h",
+                pid=1,
+                pid_started=1,
+                started_at=now,
+                heartbeat_at=now,
+                tasks=["t"],
+            )
+        )
+    await store.create_run(_new_run())
+    run_id, _ = await _claim_one(store, "w1")
+    assert await store.heartbeat("w1")
+    assert await store.reap_workers(["w1"], reason="died") == 1
+    assert not await store.heartbeat("w1")  # a reaped worker learns it lost its leases
+    assert [w.id for w in await store.live_workers(app=APP)] == ["w2"]
+    run = await store.get_run(run_id)
+    assert run.status is RunStatus.QUEUED
+    assert run.note is not None
+    assert "died" in run.note
+    again_id, lease = await _claim_one(store, "w2")
+    assert (again_id, lease) == (run_id, 2)
+
+
+async def test_wait_for_change_wakes_on_a_commit(store: Store) -> None:
+    waiter = asyncio.create_task(store.wait_for_change(5.0))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await store.create_run(_new_run())
+    assert await waiter
+    assert time.monotonic() - started < 5.0
+    assert not await store.wait_for_change(0.05)

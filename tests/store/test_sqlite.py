@@ -1,0 +1,149 @@
+"""What only the SQLite store does: group commit, schema versions, other processes' commits."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import perdure
+from perdure.blobs import LocalBlobStore
+from perdure.errors import SchemaOutdated, SchemaTooNew, TaskFailed
+from perdure.ids import new_id
+from perdure.store.base import NewRun, RunStatus, Value
+from perdure.store.sqlite import SCHEMA_VERSION, SQLiteStore
+
+from ..conftest import ROOT, running_worker, wait_until
+
+
+def _store(tmp_path: Path, **kwargs: bool) -> SQLiteStore:
+    return SQLiteStore(tmp_path / "p.db", blobs=LocalBlobStore(tmp_path / "b"), **kwargs)
+
+
+def _run(task: str = "t") -> NewRun:
+    return NewRun(
+        id=new_id(),
+        app="a",
+        task=task,
+        queue="default",
+        args=Value(codec="msgpack", data=b"\x90"),
+        available_at=time.time(),
+    )
+
+
+async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.open()
+    await asyncio.gather(*(store.create_run(_run()) for _ in range(200)))
+    writer = store._writer
+    assert writer is not None
+    assert writer.writes == 200
+    assert writer.batches < 100  # many writes per transaction (one fsync each)
+    assert len(await store.list_runs(limit=500)) == 200
+    await store.close()
+
+
+async def test_one_failing_write_does_not_undo_its_batch(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.open()
+    duplicate = _run()
+    await store.create_run(duplicate)
+
+    async def bad() -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO runs (id) VALUES (?)", (duplicate.id,))
+
+        await store._write(write)
+
+    results = await asyncio.gather(
+        *(store.create_run(_run()) for _ in range(20)), bad(), return_exceptions=True
+    )
+    assert sum(isinstance(r, sqlite3.IntegrityError) for r in results) == 1
+    assert len(await store.list_runs(limit=100)) == 21
+    await store.close()
+
+
+async def test_schema_versions(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    assert await store.migrate(dry_run=True) == ["0001_initial"]
+    await store.open()
+    await store.close()
+    assert await store.migrate(dry_run=True) == []
+    conn = sqlite3.connect(tmp_path / "p.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    conn.close()
+    with pytest.raises(SchemaTooNew, match=f"{SCHEMA_VERSION + 5}.*{SCHEMA_VERSION}"):
+        await _store(tmp_path).open()
+
+    fresh = _store(tmp_path / "other", auto_migrate=False)
+    with pytest.raises(SchemaOutdated, match="perdure migrate"):
+        await fresh.open()
+
+
+async def test_a_commit_from_another_process_is_noticed_quickly(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.open()
+    script = (
+        "import asyncio, time, sys\n"
+        "from perdure.blobs import LocalBlobStore\n"
+        "from perdure.store.sqlite import SQLiteStore\n"
+        "from tests.store.test_sqlite import _run\n"
+        "async def main():\n"
+        f"    s = SQLiteStore({str(tmp_path / 'p.db')!r}, blobs=LocalBlobStore('b'))\n"
+        "    await s.open()\n"
+        "    await s.create_run(_run('remote'))\n"
+        "    print(time.time(), flush=True)\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=ROOT, stdout=subprocess.PIPE
+    )
+    changed = await store.wait_for_change(30.0)
+    noticed = time.time()
+    stdout, _ = await proc.communicate()
+    assert changed
+    claimed = await store.claim_runs(app="a", worker_id="w", tasks=["remote"], limit=1)
+    assert len(claimed) == 1
+    committed = float(stdout.decode().split()[0])
+    # the poll interval is 10 ms; noticed well before any long poll would have fired
+    assert noticed - committed < 1.0, noticed - committed
+    await store.close()
+
+
+async def test_corrupt_journal_row_fails_only_its_run(make_app: Callable[..., perdure.App]) -> None:
+    app = make_app()
+
+    @app.step
+    async def one() -> int:
+        return 1
+
+    @app.task
+    async def flow(n: int) -> int:
+        value: int = await one()
+        await perdure.sleep(0.3)
+        return value + n
+
+    async with running_worker(app):
+        bad = await flow.trigger(1)
+        good = await flow.trigger(2)
+        await wait_until(lambda: _is_waiting(bad))
+        conn = sqlite3.connect(app.database.removeprefix("sqlite:///"))
+        conn.execute("UPDATE journal SET kind = 'garbage' WHERE run_id = ?", (bad.id,))
+        conn.commit()
+        conn.close()
+        with pytest.raises(TaskFailed, match=r"journal row \(run .*, seq 1\)"):
+            await bad.result(timeout=10)
+        assert await good.result(timeout=10) == 3
+
+
+async def _is_waiting(handle: perdure.RunHandle[int]) -> bool:
+    return await handle.status() is RunStatus.WAITING
