@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -131,7 +132,31 @@ def worker(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    _run(load_app(app).run_worker(concurrency=concurrency))
+    the_app = load_app(app)
+
+    async def go() -> None:
+        try:
+            await the_app.run_worker(concurrency=concurrency)
+        finally:
+            await the_app.close()
+
+    code = 1
+    # not asyncio.run(): at exit it would wait for the step threads, see below
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(go())
+        code = 0
+    except PerdureError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+    except Exception:
+        traceback.print_exc()
+    finally:
+        # Every run was finished or released and the store is closed. A sync step still
+        # blocked in a thread cannot be interrupted; do not wait for it at interpreter exit.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 @cli.command()

@@ -1,0 +1,120 @@
+"""The perdure command, run as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ROOT, WorkerProcess
+
+
+def perdure_cli(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PERDURE_DATABASE_URL": f"sqlite:///{tmp_path}/perdure.db",
+        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
+        "CRASH_LOG": str(tmp_path / "side-effects.log"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "perdure", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def as_json(done: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(done.stdout)
+
+
+def test_trigger_worker_list_show_cancel(
+    tmp_path: Path, worker_processes: list[WorkerProcess]
+) -> None:
+    assert as_json(perdure_cli(tmp_path, "migrate", "--json")) == {
+        "dry_run": False,
+        "migrations": ["0001_initial"],
+    }
+    assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []
+
+    app = "tests.crashapp:app"
+    queued = as_json(perdure_cli(tmp_path, "trigger", app, "pipeline", '["c", 1]', "--json"))
+    assert queued["status"] == "queued"
+    cancelled = as_json(perdure_cli(tmp_path, "runs", "cancel", queued["id"], "--json"))
+    assert cancelled == {"id": queued["id"], "status": "cancelled"}
+
+    env = {
+        "PERDURE_DATABASE_URL": f"sqlite:///{tmp_path}/perdure.db",
+        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
+        "CRASH_LOG": str(tmp_path / "side-effects.log"),
+    }
+    worker_processes.append(WorkerProcess(app, env, log=tmp_path / "worker.log"))
+    done = as_json(
+        perdure_cli(
+            tmp_path,
+            "trigger",
+            app,
+            "pipeline",
+            '{"run_key": "d", "steps": 2}',
+            "--idempotency-key",
+            "once",
+            "--wait",
+            "--timeout",
+            "30",
+            "--json",
+        )
+    )
+    assert done["status"] == "completed"
+    assert done["result"] == ["d:1", "d:2"]
+    again = as_json(
+        perdure_cli(
+            tmp_path, "trigger", app, "pipeline", '["d", 2]', "--idempotency-key", "once", "--json"
+        )
+    )
+    assert again["id"] == done["id"]
+
+    listed = as_json(perdure_cli(tmp_path, "runs", "list", "--json"))
+    assert {(r["id"], r["status"]) for r in listed} == {
+        (queued["id"], "cancelled"),
+        (done["id"], "completed"),
+    }
+    only = as_json(perdure_cli(tmp_path, "runs", "list", "--status", "completed", "--json"))
+    assert [r["id"] for r in only] == [done["id"]]
+
+    shown = as_json(perdure_cli(tmp_path, "runs", "show", done["id"], "--json"))
+    assert [(e["seq"], e["name"], e["status"], e["attempts"]) for e in shown["journal"]] == [
+        (1, "work", "completed", 1),
+        (2, "work", "completed", 1),
+    ]
+    assert all(e["stored_size"] > 0 for e in shown["journal"])
+    table = perdure_cli(tmp_path, "runs", "show", done["id"]).stdout
+    assert "completed" in table
+    assert "work" in table
+    assert worker_processes[0].terminate() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trigger", "tests.crashapp:app", "nope"], "not registered"),
+        (["trigger", "tests.crashapp:app", "pipeline", '["x"]'], "do not fit"),
+        (["trigger", "tests.crashapp:app", "pipeline", "{bad"], "not JSON"),
+        (["runs", "show", "missing"], "no run with id"),
+        (["worker", "tests.crashapp"], "MODULE:APP"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(tmp_path: Path, args: list[str], message: str) -> None:
+    done = perdure_cli(tmp_path, *args, check=False)
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr

@@ -1,0 +1,80 @@
+"""Worker life cycle: graceful drain on SIGTERM, release when the drain runs out."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import perdure
+from perdure.store.base import RunStatus
+
+from . import crashapp
+from .conftest import WorkerProcess, wait_until
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PERDURE_DATABASE_URL": f"sqlite:///{tmp_path}/perdure.db",
+        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
+        "CRASH_LOG": str(tmp_path / "side-effects.log"),
+        "CRASH_GATE": str(tmp_path / "gate"),
+        "CRASH_GATE_STEP": "2",
+        **extra,
+    }
+
+
+def _app(tmp_path: Path) -> perdure.App:
+    app = perdure.App(
+        "crash", database=f"sqlite:///{tmp_path}/perdure.db", blobs=f"file://{tmp_path}/blobs"
+    )
+    app.task(name="pipeline")(crashapp.pipeline.fn)
+    return app
+
+
+def _started(tmp_path: Path, key: str, index: int) -> int:
+    log = tmp_path / "side-effects.log"
+    if not log.exists():
+        return 0
+    return sum(
+        line.split()[:3] == ["start", key, str(index)] for line in log.read_text().splitlines()
+    )
+
+
+async def test_sigterm_lets_running_runs_finish(
+    tmp_path: Path, worker_processes: list[WorkerProcess]
+) -> None:
+    app = _app(tmp_path)
+    (tmp_path / "gate").touch()
+    worker = WorkerProcess("tests.crashapp:app", _env(tmp_path), log=tmp_path / "w.log")
+    worker_processes.append(worker)
+    handle = await app.get_task("pipeline").trigger("g", 3)
+    await wait_until(lambda: _started(tmp_path, "g", 2) == 1, timeout=30)
+    worker.proc.send_signal(15)
+    await asyncio.sleep(0.3)  # the worker is draining: it must not have exited
+    assert worker.proc.poll() is None
+    (tmp_path / "gate").unlink()
+    assert await asyncio.to_thread(worker.proc.wait, 30) == 0
+    assert await handle.status() is RunStatus.COMPLETED
+    assert "draining 1 run(s)" in worker.log.read_text()
+    await app.close()
+
+
+async def test_sigterm_releases_runs_that_outlast_the_drain(
+    tmp_path: Path, worker_processes: list[WorkerProcess]
+) -> None:
+    app = _app(tmp_path)
+    (tmp_path / "gate").touch()
+    env = _env(tmp_path, PERDURE_DRAIN_TIMEOUT="0.3")
+    worker = WorkerProcess("tests.crashapp:app", env, log=tmp_path / "w1.log")
+    worker_processes.append(worker)
+    handle = await app.get_task("pipeline").trigger("r", 3)
+    await wait_until(lambda: _started(tmp_path, "r", 2) == 1, timeout=30)
+    assert worker.terminate(timeout=30) == 0
+    run = await app.store.get_run(handle.id)
+    assert run.status is RunStatus.QUEUED  # released, not lost and not failed
+    assert run.worker_id is None
+    (tmp_path / "gate").unlink()
+    worker_processes.append(WorkerProcess("tests.crashapp:app", env, log=tmp_path / "w2.log"))
+    assert await handle.result(timeout=30) == ["r:1", "r:2", "r:3"]
+    assert _started(tmp_path, "r", 1) == 1
+    await app.close()
