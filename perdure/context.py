@@ -14,7 +14,15 @@ from perdure import serde
 from perdure.config import WorkerConfig
 from perdure.errors import CancelSignal, NonDeterminismError
 from perdure.retry import Retry
-from perdure.store.base import EntryKind, EntryStatus, JournalEntry, RunRecord, Store, Value
+from perdure.store.base import (
+    Attempt,
+    EntryKind,
+    EntryStatus,
+    JournalEntry,
+    RunRecord,
+    Store,
+    Value,
+)
 from perdure.worker import RunControl
 
 log = logging.getLogger("perdure.run")
@@ -57,8 +65,12 @@ class RunContext:
     seq: int = 0
     """The last seq handed out."""
     pending: list[JournalEntry] = field(default_factory=list)
-    """Recorded values (now/uuid4/random, zero sleeps) not yet written; they ride along with the
-    next durable write of this run."""
+    """Journal entries not yet written (step results, recorded values, sleeps). They are written
+    before the next step body starts (flush) or with the run's transition, whichever is first."""
+    pending_attempts: list[Attempt] = field(default_factory=list)
+    """Attempt records not yet written; they travel with `pending`."""
+    flushing: asyncio.Future[None] | None = None
+    """The last flush, which later step bodies wait for too."""
     closed: bool = False
     """Set when the execution ended; late step calls (orphans of a gather) then stop."""
 
@@ -72,10 +84,22 @@ class RunContext:
         self.seq += 1
         return self.seq
 
-    def take_pending(self) -> list[JournalEntry]:
-        """Hand the pending entries to a write."""
+    def take_pending(self) -> tuple[list[JournalEntry], list[Attempt]]:
+        """Hand the pending entries and attempts to a write."""
         pending, self.pending = self.pending, []
-        return pending
+        attempts, self.pending_attempts = self.pending_attempts, []
+        return pending, attempts
+
+    async def flush(self) -> None:
+        """Write-ahead: make every pending record durable before a step body (a side effect
+        that may depend on them) starts. Concurrent steps share the flush in flight."""
+        if self.pending or self.pending_attempts:
+            entries, attempts = self.take_pending()
+            self.flushing = asyncio.ensure_future(
+                self.store.append(self.run.id, self.run.lease, entries=entries, attempts=attempts)
+            )
+        if self.flushing is not None:
+            await asyncio.shield(self.flushing)
 
     def check_active(self) -> None:
         """Stop the run here if it was cancelled, released or has ended."""

@@ -113,14 +113,18 @@ class Executor:
                     ),
                 ),
                 entries=[],
+                attempts=[],
             )
             return
         transition = await self._run(task, ctx, started)
         if transition is None:
             return
+        entries, attempts = ctx.take_pending()
         try:
+            if ctx.flushing is not None:
+                await ctx.flushing  # surfaces a LeaseLost the last flush met
             await self.store.finish_attempt(
-                run.id, run.lease, transition, entries=ctx.take_pending()
+                run.id, run.lease, transition, entries=entries, attempts=attempts
             )
         except LeaseLost:
             log.warning(

@@ -15,6 +15,7 @@ import time
 import traceback
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from perdure import serde
@@ -81,7 +82,12 @@ def return_type(fn: Callable[..., Any]) -> Any:
 
 
 class Step(Generic[P, R]):
-    """A step function. Call it like the function it wraps; inside an async task, await it."""
+    """A step function: call it like the function it wraps (`R` is that function's return type,
+    a coroutine for `async def` steps, so `await step(...)` is typed as usual).
+
+    A sync step called from an async task runs in the worker's thread pool and returns an
+    awaitable: `await step(...)` (type checkers see the sync signature there; prefer async
+    steps in async tasks and sync steps in sync tasks)."""
 
     def __init__(
         self, fn: Callable[P, R], *, name: str, retry: Retry | None, timeout: float | None
@@ -101,16 +107,16 @@ class Step(Generic[P, R]):
             self._return_type = return_type(self.fn)
         return self._return_type
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         ctx = current()
         if ctx is None or _in_step.get() is not None:
             return self.fn(*args, **kwargs)  # outside a run, or a step called from a step
         seq = ctx.next_seq()  # at call time, before any await: deterministic under gather
         coro = execute_step(ctx, self, seq, args, kwargs)
         if in_thread_of_loop(ctx):
-            return coro
+            return typing.cast(R, coro)
         # a sync task's thread: run on the worker loop and wait
-        return asyncio.run_coroutine_threadsafe(coro, ctx.loop).result()
+        return typing.cast(R, asyncio.run_coroutine_threadsafe(coro, ctx.loop).result())
 
     def __repr__(self) -> str:
         return f"<perdure step {self.name!r}>"
@@ -150,27 +156,30 @@ async def execute_step(
         if entry.status is EntryStatus.FAILED:
             raise _step_failed(step.name, entry.error)
         return decode_entry(ctx, entry, step.return_type)
-    ctx.check_active()
     attempt = ctx.step_attempts.get(seq, 0)
     first_started = time.time()
     while True:
         attempt += 1
+        await ctx.flush()  # earlier records are durable before this body's side effects
+        ctx.check_active()
         started = time.time()
         try:
             result = await _run_body(step, args, kwargs)
             entry, data = ctx.value_entry(seq, EntryKind.STEP, step.name, result, first_started)
         except Exception as exc:
-            info = error_info(exc)
-            record = Attempt(
-                run_id=ctx.run.id,
-                run_attempt=ctx.run.attempt,
-                seq=seq,
-                attempt=attempt,
-                started_at=started,
-                finished_at=time.time(),
-                error=info,
-            )
             ctx.check_active()
+            info = error_info(exc)
+            ctx.pending_attempts.append(
+                Attempt(
+                    run_id=ctx.run.id,
+                    run_attempt=ctx.run.attempt,
+                    seq=seq,
+                    attempt=attempt,
+                    started_at=started,
+                    finished_at=time.time(),
+                    error=info,
+                )
+            )
             if info.retryable and attempt < step.retry.max_attempts:
                 delay = step.retry.delay(attempt)
                 log.warning(
@@ -182,28 +191,20 @@ async def execute_step(
                     delay,
                     extra=_extra(ctx, step.name, attempt, "step_retry"),
                 )
-                await ctx.store.append(
-                    ctx.run.id, ctx.run.lease, entries=ctx.take_pending(), attempts=[record]
-                )
                 if delay >= ctx.config.retry_suspend_after:
                     raise Suspend(time.time() + delay) from None
                 await asyncio.sleep(delay)
-                ctx.check_active()
                 continue
-            failed = JournalEntry(
-                seq=seq,
-                kind=EntryKind.STEP,
-                name=step.name,
-                status=EntryStatus.FAILED,
-                error=info,
-                started_at=first_started,
-                finished_at=time.time(),
-            )
-            await ctx.store.append(
-                ctx.run.id,
-                ctx.run.lease,
-                entries=[*ctx.take_pending(), failed],
-                attempts=[record],
+            ctx.pending.append(
+                JournalEntry(
+                    seq=seq,
+                    kind=EntryKind.STEP,
+                    name=step.name,
+                    status=EntryStatus.FAILED,
+                    error=info,
+                    started_at=first_started,
+                    finished_at=time.time(),
+                )
             )
             log.warning(
                 "step %s failed after %d attempt(s): %s: %s",
@@ -215,16 +216,18 @@ async def execute_step(
             )
             raise _step_failed(step.name, info) from exc
         ctx.check_active()
-        record = Attempt(
-            run_id=ctx.run.id,
-            run_attempt=ctx.run.attempt,
-            seq=seq,
-            attempt=attempt,
-            started_at=started,
-            finished_at=entry.finished_at,
-        )
-        await ctx.store.append(
-            ctx.run.id, ctx.run.lease, entries=[*ctx.take_pending(), entry], attempts=[record]
+        ctx.pending.append(
+            replace(
+                entry,
+                attempt=Attempt(
+                    run_id=ctx.run.id,
+                    run_attempt=ctx.run.attempt,
+                    seq=seq,
+                    attempt=attempt,
+                    started_at=started,
+                    finished_at=entry.finished_at,
+                ),
+            )
         )
         # hand back what a replay would: the decoded record, not the live object
         return serde.decode(data, codec=ctx.task.codec, type_=step.return_type, what=step.name)

@@ -22,6 +22,7 @@ from perdure.executor import TaskDef, task_return_type
 from perdure.ids import new_id
 from perdure.retry import DEFAULT_RETRY, Retry
 from perdure.store.base import NewRun, RunStatus
+from perdure.store.notify import run_topic
 
 if TYPE_CHECKING:
     from perdure.app import App
@@ -70,7 +71,9 @@ class RunHandle(Generic[R]):
         """
         store = self._app.store
         deadline = None if timeout is None else time.monotonic() + timeout
+        topics = (run_topic(self.id),)
         while True:
+            token = store.change_token()
             run = await store.get_run(self.id)
             if run.status is RunStatus.COMPLETED:
                 assert run.result is not None
@@ -100,7 +103,7 @@ class RunHandle(Generic[R]):
                     raise RunTimeout(
                         f"run {self.id} of task {run.task!r} is still {run.status} after {timeout}s"
                     )
-            await store.wait_for_change(wait)
+            await store.wait_for_change(wait, topics=topics, since=token)
 
     def result_sync(self, timeout: float | None = None) -> R:
         """result() for synchronous callers."""

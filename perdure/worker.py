@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from perdure.config import WorkerConfig
 from perdure.ids import new_id
 from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers
-from perdure.store.base import RunRecord, RunStatus, Store, Transition
+from perdure.store.base import ChangeToken, RunRecord, RunStatus, Store, Transition
+from perdure.store.notify import CANCEL, CLAIMABLE
 
 log = logging.getLogger("perdure.worker")
 
@@ -27,6 +28,7 @@ _IDLE_WAIT = 1.0
 _CANCEL_CHECK_EVERY = 0.05
 _UNKNOWN_CHECK_EVERY = 5.0
 _RELEASE_DELAY = 5.0
+_WAKE_TOPICS = (CLAIMABLE, CANCEL)
 
 
 @dataclass(slots=True)
@@ -62,6 +64,7 @@ class Worker:
         self.id = new_id()
         self._active: dict[str, tuple[asyncio.Task[None], RunControl]] = {}
         self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
         self._lost = threading.Event()
         self._force = False
 
@@ -124,8 +127,9 @@ class Worker:
         last_cancel_check = 0.0
         last_unknown_check = 0.0
         while not self._stopping.is_set():
+            token = self.store.change_token()
+            self._slot_freed.clear()
             free = self.config.concurrency - len(self._active)
-            claimed: list[RunRecord] = []
             if free > 0:
                 claimed = await self.store.claim_runs(
                     app=self.app, worker_id=self.id, tasks=self.tasks, limit=free
@@ -147,14 +151,23 @@ class Worker:
                 if wake_at is not None:
                     timeout = max(0.0, min(timeout, wake_at - time.time()))
             if timeout > 0:
-                stop_wait = asyncio.ensure_future(self._stopping.wait())
-                change = asyncio.ensure_future(self.store.wait_for_change(timeout))
-                await asyncio.wait([stop_wait, change], return_when=asyncio.FIRST_COMPLETED)
-                for fut in (stop_wait, change):
-                    if not fut.done():
-                        fut.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await fut
+                await self._wait(token, timeout)
+
+    async def _wait(self, token: ChangeToken, timeout: float) -> None:
+        """Until a run may be claimable or cancelled, a slot frees, stop(), or `timeout`."""
+        waits = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._slot_freed.wait()),
+            asyncio.ensure_future(
+                self.store.wait_for_change(timeout, topics=_WAKE_TOPICS, since=token)
+            ),
+        ]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for fut in waits:
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fut
 
     def _start(self, run: RunRecord) -> None:
         control = RunControl(worker_id=self.id)
@@ -178,9 +191,11 @@ class Worker:
                     run.lease,
                     Transition(status=RunStatus.QUEUED, available_at=time.time() + _RELEASE_DELAY),
                     entries=[],
+                    attempts=[],
                 )
         finally:
             self._active.pop(run.id, None)
+            self._slot_freed.set()
 
     async def _check_cancel_requests(self) -> None:
         for run_id, _lease in await self.store.cancel_requests(self.id):

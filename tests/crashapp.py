@@ -1,11 +1,12 @@
 """An app for crash tests: every step appends a line to $CRASH_LOG before and after its body.
 
-Steps are sync (they run in the worker's thread pool). Step N and later wait while the file
+Step N and later wait while the file
 $CRASH_GATE exists (N = $CRASH_GATE_STEP), so a test can kill the worker at a known point.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -22,14 +23,22 @@ def _log(line: str) -> None:
         os.fsync(f.fileno())
 
 
-@app.step(name="work", retry=perdure.Retry(max_attempts=1))
-def work(run_key: str, index: int, delay: float) -> str:
-    _log(f"start {run_key} {index} {time.time():.6f}")
+def _gated(index: int) -> bool:
     gate = os.environ.get("CRASH_GATE")
-    while gate and Path(gate).exists() and index >= int(os.environ.get("CRASH_GATE_STEP", "0")):
-        time.sleep(0.01)
+    return (
+        bool(gate)
+        and index >= int(os.environ.get("CRASH_GATE_STEP", "0"))
+        and Path(str(gate)).exists()
+    )
+
+
+@app.step(name="work", retry=perdure.Retry(max_attempts=1))
+async def work(run_key: str, index: int, delay: float) -> str:
+    _log(f"start {run_key} {index} {time.time():.6f}")
+    while _gated(index):  # noqa: ASYNC110 - the gate is a file another process removes
+        await asyncio.sleep(0.01)
     if delay:
-        time.sleep(delay)
+        await asyncio.sleep(delay)
     _log(f"done {run_key} {index} {time.time():.6f}")
     return f"{run_key}:{index}"
 

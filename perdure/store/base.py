@@ -8,6 +8,7 @@ lost its run can never record into it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -15,6 +16,9 @@ from typing import Protocol
 import msgspec
 
 from perdure.blobs.base import BlobStore
+
+ChangeToken = int
+"""Opaque: what a store needs to tell whether anything changed since (see change_token)."""
 
 
 class RunStatus(StrEnum):
@@ -196,6 +200,8 @@ class JournalEntry:
     """When the first attempt started."""
     finished_at: float
     """When it was recorded."""
+    attempt: Attempt | None = None
+    """The attempt that succeeded (stored in the entry's row; load_attempts lists it)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -302,10 +308,17 @@ class Store(Protocol):
         ...
 
     async def finish_attempt(
-        self, run_id: str, lease: int, transition: Transition, *, entries: list[JournalEntry]
+        self,
+        run_id: str,
+        lease: int,
+        transition: Transition,
+        *,
+        entries: list[JournalEntry],
+        attempts: list[Attempt],
     ) -> None:
         """End the worker's hold on the run: complete, fail, cancel, suspend, retry or release,
-        with any pending journal entries, in one durable write. LeaseLost when stale."""
+        with any pending journal entries and attempts, in one durable write. LeaseLost when
+        stale."""
         ...
 
     async def cancel_run(self, run_id: str) -> RunStatus:
@@ -341,7 +354,18 @@ class Store(Protocol):
         """Set `note` on claimable runs whose task is not in `tasks`; returns how many."""
         ...
 
-    async def wait_for_change(self, timeout: float) -> bool:
-        """Return when the store may have changed (a commit here or in another process), or
-        after `timeout` seconds (then False)."""
+    def change_token(self) -> ChangeToken:
+        """A marker of "now", to pass to wait_for_change(since=) after reading some state."""
+        ...
+
+    async def wait_for_change(
+        self,
+        timeout: float,
+        *,
+        topics: Collection[str] | None = None,
+        since: ChangeToken | None = None,
+    ) -> bool:
+        """Return True as soon as `topics` (see store.notify; None: anything) may have changed
+        since `since` (default: now), here or in another process; False after `timeout`
+        seconds. May wake spuriously: callers re-read the state they wait on."""
         ...

@@ -1,26 +1,46 @@
 """Group commit for SQLite: one writer thread puts every write waiting in its queue into one
 transaction, so concurrent runs share one fsync. Each write runs under its own savepoint: a write
 that fails is rolled back alone and its caller gets the error; the others commit.
+
+Writes that need not survive a power cut (a claim, a heartbeat: losing one only means the run is
+claimed again) are marked `durable=False`; a batch made only of such writes commits without the
+fsync (synchronous=NORMAL: still safe against a process crash). The next durable commit makes
+them durable too, since the WAL is fsynced in order.
+
+The writer thread also watches `PRAGMA data_version` on its own connection, which changes only
+when another connection (another process) commits: that is how this process notices triggers
+and completions made elsewhere, within `poll_interval`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 from perdure.errors import StoreUnavailable
 
 log = logging.getLogger("perdure.store")
 
-Write = Callable[[sqlite3.Connection], Any]
+WriteFn = Callable[[sqlite3.Connection], Any]
+Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 _MAX_BATCH = 512
 _STOP = object()
+
+
+@dataclass(slots=True)
+class _Write:
+    fn: WriteFn
+    future: asyncio.Future[Any]
+    topics: Collection[str]
+    durable: bool
 
 
 class GroupCommitWriter:
@@ -30,17 +50,22 @@ class GroupCommitWriter:
         self,
         connect: Callable[[], sqlite3.Connection],
         *,
-        on_commit: Callable[[], None],
+        on_commit: Callable[[set[str] | None], None],
+        poll_interval: float,
         name: str = "perdure-writer",
     ) -> None:
         self._connect = connect
         self._on_commit = on_commit
+        self._poll_interval = poll_interval
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._started = threading.Event()
         self._error: BaseException | None = None
+        self._synchronous = "FULL"
+        self._data_version = 0
         self.batches = 0
         self.writes = 0
+        self.fsyncs = 0
 
     def start(self) -> None:
         """Open the connection in the writer thread; raise if that fails."""
@@ -55,18 +80,23 @@ class GroupCommitWriter:
             self._queue.put(_STOP)
             self._thread.join()
 
-    def submit(self, write: Write) -> Future[Any]:
-        """Queue `write(connection)`; the future resolves once its batch is durable."""
-        fut: Future[Any] = Future()
+    def submit(
+        self, fn: WriteFn, topics: Collection[str] = (), *, durable: bool = True
+    ) -> asyncio.Future[Any]:
+        """Queue `fn(connection)` from a running event loop; the future resolves once its batch
+        is committed (and fsynced if `durable`); `topics` are announced to on_commit if the
+        write succeeded."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not self._thread.is_alive():
             fut.set_exception(StoreUnavailable("the store is closed"))
             return fut
-        self._queue.put((write, fut))
+        self._queue.put(_Write(fn, fut, topics, durable))
         return fut
 
     def _main(self) -> None:
         try:
             conn = self._connect()
+            self._data_version = self._read_data_version(conn)
         except BaseException as exc:
             self._error = exc
             self._started.set()
@@ -74,7 +104,11 @@ class GroupCommitWriter:
         self._started.set()
         try:
             while True:
-                item = self._queue.get()
+                try:
+                    item = self._queue.get(timeout=self._poll_interval)
+                except queue.Empty:
+                    self._check_foreign(conn)
+                    continue
                 if item is _STOP:
                     return
                 batch = [item]
@@ -88,30 +122,62 @@ class GroupCommitWriter:
                         stop = True
                         break
                     batch.append(item)
+                self._check_foreign(conn)
                 self._commit(conn, batch)
                 if stop:
                     return
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Write, Future[Any]]]) -> None:
+    @staticmethod
+    def _read_data_version(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _check_foreign(self, conn: sqlite3.Connection) -> None:
+        try:
+            version = self._read_data_version(conn)
+        except sqlite3.Error:
+            return
+        if version != self._data_version:
+            self._data_version = version
+            self._on_commit(None)  # another process committed: it may have changed anything
+
+    def _set_synchronous(self, conn: sqlite3.Connection, durable: bool) -> None:
+        wanted = "FULL" if durable else "NORMAL"
+        if wanted != self._synchronous:
+            conn.execute(f"PRAGMA synchronous = {wanted}")
+            self._synchronous = wanted
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
         delay = 0.005
+        durable = any(w.durable for w in batch)
+        # a batch of one needs no savepoint: if the write fails, the transaction is only its own
+        isolate = len(batch) > 1
         while True:
-            outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            topics: set[str] = set()
             try:
+                self._set_synchronous(conn, durable)
                 conn.execute("BEGIN IMMEDIATE")
-                for write, fut in batch:
-                    conn.execute("SAVEPOINT w")
+                for write in batch:
+                    if isolate:
+                        conn.execute("SAVEPOINT w")
                     try:
-                        result = write(conn)
+                        result = write.fn(conn)
                     except Exception as exc:
-                        conn.execute("ROLLBACK TO w")
-                        conn.execute("RELEASE w")
-                        outcomes.append((fut, None, exc))
+                        if isolate:
+                            conn.execute("ROLLBACK TO w")
+                            conn.execute("RELEASE w")
+                        else:
+                            conn.execute("ROLLBACK")
+                        outcomes.append((write.future, None, exc))
                     else:
-                        conn.execute("RELEASE w")
-                        outcomes.append((fut, result, None))
-                conn.execute("COMMIT")
+                        if isolate:
+                            conn.execute("RELEASE w")
+                        outcomes.append((write.future, result, None))
+                        topics.update(write.topics)
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -127,14 +193,25 @@ class GroupCommitWriter:
                 delay = min(delay * 2, 1.0)
                 continue
             break
+        # our own commit does not move data_version on this connection; nothing to re-read
         self.batches += 1
         self.writes += len(batch)
-        for fut, result, error in outcomes:
-            try:
-                if error is not None:
-                    fut.set_exception(error)
-                else:
-                    fut.set_result(result)
-            except InvalidStateError:  # the caller stopped waiting; the write stands
-                pass
-        self._on_commit()
+        self.fsyncs += durable
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+        for loop, resolved in by_loop.items():  # one wake-up per loop and batch
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, resolved)
+        if topics:
+            self._on_commit(topics)
+
+
+def _resolve(outcomes: list[Outcome]) -> None:
+    for fut, result, error in outcomes:
+        if fut.done():  # the caller stopped waiting; the write stands
+            continue
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)

@@ -13,6 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from perdure.errors import (
 )
 from perdure.store.base import (
     Attempt,
+    ChangeToken,
     EntryKind,
     EntryStatus,
     ErrorInfo,
@@ -41,7 +43,7 @@ from perdure.store.base import (
     WorkerRecord,
 )
 from perdure.store.group_commit import GroupCommitWriter
-from perdure.store.notify import ChangeNotifier
+from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
 
 log = logging.getLogger("perdure.store")
@@ -119,11 +121,13 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"SQLite read failed on {self.path}: {exc}") from exc
 
-    async def _write(self, write: Any) -> Any:
+    async def _write(
+        self, write: Any, topics: Collection[str] = (), *, durable: bool = True
+    ) -> Any:
         if self._writer is None:
             await self.open()
         assert self._writer is not None
-        return await asyncio.wrap_future(self._writer.submit(write))
+        return await self._writer.submit(write, topics, durable=durable)
 
     # -- lifecycle and schema ----------------------------------------------------------------
 
@@ -176,7 +180,9 @@ class SQLiteStore:
                         log.info("migrated %s: %s", self.path, ", ".join(applied))
             finally:
                 conn.close()
-            writer = GroupCommitWriter(self._connect, on_commit=self._notifier.notify)
+            writer = GroupCommitWriter(
+                self._connect, on_commit=self._notifier.notify, poll_interval=self.poll_interval
+            )
             writer.start()
             self._writer = writer
 
@@ -305,7 +311,7 @@ class SQLiteStore:
             row = conn.execute(Q["run_by_idempotency_key"], params).fetchone()
             return str(row["id"]), False
 
-        result: tuple[str, bool] = await self._write(write)
+        result: tuple[str, bool] = await self._write(write, (CLAIMABLE,))
         return result
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -337,7 +343,8 @@ class SQLiteStore:
         def write(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             return conn.execute(Q["claim_runs"], params).fetchall()
 
-        rows: list[sqlite3.Row] = await self._write(write)
+        # not fsynced: a claim lost to a power cut only means the run is claimed again
+        rows: list[sqlite3.Row] = await self._write(write, durable=False)
         return [await self._run_record(row, full=True) for row in rows]
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
@@ -412,6 +419,9 @@ class SQLiteStore:
                     "error": _encode_error(entry.error),
                     "started_at": entry.started_at,
                     "finished_at": entry.finished_at,
+                    "run_attempt": entry.attempt.run_attempt if entry.attempt else 1,
+                    "attempt": entry.attempt.attempt if entry.attempt else 0,
+                    "attempt_started_at": entry.attempt.started_at if entry.attempt else None,
                 }
             )
         return params
@@ -458,9 +468,16 @@ class SQLiteStore:
         await self._write(write)
 
     async def finish_attempt(
-        self, run_id: str, lease: int, transition: Transition, *, entries: list[JournalEntry]
+        self,
+        run_id: str,
+        lease: int,
+        transition: Transition,
+        *,
+        entries: list[JournalEntry],
+        attempts: list[Attempt],
     ) -> None:
         entry_params = await self._entry_params(run_id, entries)
+        attempt_params = [self._attempt_params(a) for a in attempts]
         result = await self._offload(transition.result)
         now = time.time()
         params = {
@@ -480,12 +497,17 @@ class SQLiteStore:
             if conn.execute(Q["finish_attempt"], params).rowcount != 1:
                 raise LeaseLost(f"run {run_id} is no longer leased to this worker")
             self._insert_entries(conn, run_id, entry_params)
+            for one in attempt_params:
+                conn.execute(Q["insert_attempt"], one)
             if attempt is not None:
                 conn.execute(Q["insert_attempt"], self._attempt_params(attempt))
             if transition.next_attempt:
                 conn.execute(Q["drop_failed_entries"], {"run_id": run_id})
 
-        await self._write(write)
+        topics = [run_topic(run_id)]
+        if transition.status in (RunStatus.QUEUED, RunStatus.WAITING):
+            topics.append(CLAIMABLE)
+        await self._write(write, topics)
 
     async def cancel_run(self, run_id: str) -> RunStatus:
         params = {"id": run_id, "now": time.time()}
@@ -500,7 +522,7 @@ class SQLiteStore:
                 raise RunNotFound(f"no run with id {run_id!r} in {self.path}")
             return RunStatus(row["status"])
 
-        status: RunStatus = await self._write(write)
+        status: RunStatus = await self._write(write, (run_topic(run_id), CANCEL))
         return status
 
     async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
@@ -520,7 +542,7 @@ class SQLiteStore:
             "started_at": worker.started_at,
             "heartbeat_at": worker.heartbeat_at,
         }
-        await self._write(lambda conn: conn.execute(Q["register_worker"], params))
+        await self._write(lambda conn: conn.execute(Q["register_worker"], params), durable=False)
 
     async def heartbeat(self, worker_id: str) -> bool:
         params = {"id": worker_id, "now": time.time()}
@@ -528,7 +550,7 @@ class SQLiteStore:
         def write(conn: sqlite3.Connection) -> bool:
             return conn.execute(Q["heartbeat"], params).rowcount == 1
 
-        alive: bool = await self._write(write)
+        alive: bool = await self._write(write, durable=False)
         return alive
 
     async def live_workers(self, *, app: str) -> list[WorkerRecord]:
@@ -563,13 +585,12 @@ class SQLiteStore:
                 ).rowcount
             return requeued
 
-        count: int = await self._write(write)
+        count: int = await self._write(write, (CLAIMABLE,))
         return count
 
     async def deregister_worker(self, worker_id: str) -> None:
-        await self._write(
-            lambda conn: conn.execute(Q["mark_worker_dead"], {"id": worker_id, "status": "stopped"})
-        )
+        params = {"id": worker_id, "status": "stopped"}
+        await self._write(lambda conn: conn.execute(Q["mark_worker_dead"], params), durable=False)
 
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
         params = {"app": app, "tasks": json.dumps(tasks), "note": note, "now": time.time()}
@@ -577,26 +598,25 @@ class SQLiteStore:
         def write(conn: sqlite3.Connection) -> int:
             return int(conn.execute(Q["note_unclaimable"], params).rowcount)
 
-        count: int = await self._write(write)
+        count: int = await self._write(write, durable=False)
         return count
 
     # -- change notification -----------------------------------------------------------------
 
-    def _data_version(self) -> int:
-        return int(self._reader().execute("PRAGMA data_version").fetchone()[0])
+    def change_token(self) -> ChangeToken:
+        return self._notifier.token()
 
-    async def wait_for_change(self, timeout: float) -> bool:
+    async def wait_for_change(
+        self,
+        timeout: float,
+        *,
+        topics: Collection[str] | None = None,
+        since: ChangeToken | None = None,
+    ) -> bool:
         if self._writer is None:
             await self.open()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        seen = self._notifier.generation
-        version = self._data_version()
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            if await self._notifier.wait(seen, min(self.poll_interval, remaining)):
-                return True
-            if self._data_version() != version:
-                return True
+        wanted = None if topics is None else frozenset(topics)
+        # commits of other processes reach the notifier through the writer's data_version watch
+        return await self._notifier.wait(
+            self._notifier.token() if since is None else since, wanted, timeout
+        )

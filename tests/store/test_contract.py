@@ -143,6 +143,7 @@ async def test_suspend_then_wake(store: Store) -> None:
         lease,
         Transition(status=RunStatus.WAITING, available_at=wake_at),
         entries=[_entry(1)],
+        attempts=[],
     )
     assert (await store.get_run(run_id)).status is RunStatus.WAITING
     assert await store.claim_runs(app=APP, worker_id="w1", tasks=["t"], limit=1) == []
@@ -152,7 +153,11 @@ async def test_suspend_then_wake(store: Store) -> None:
     assert again_lease == lease + 1
     with pytest.raises(LeaseLost):  # the old lease is dead
         await store.finish_attempt(
-            run_id, lease, Transition(status=RunStatus.COMPLETED, result=_value()), entries=[]
+            run_id,
+            lease,
+            Transition(status=RunStatus.COMPLETED, result=_value()),
+            entries=[],
+            attempts=[],
         )
 
 
@@ -182,6 +187,7 @@ async def test_task_retry_drops_failed_entries_from_the_first_failure(store: Sto
             attempt=attempt,
         ),
         entries=[],
+        attempts=[],
     )
     run = await store.get_run(run_id)
     assert run.attempt == 2
@@ -194,9 +200,9 @@ async def test_complete_is_recorded_once(store: Store) -> None:
     await store.create_run(_new_run())
     run_id, lease = await _claim_one(store)
     done = Transition(status=RunStatus.COMPLETED, result=_value(b"\x07"))
-    await store.finish_attempt(run_id, lease, done, entries=[])
+    await store.finish_attempt(run_id, lease, done, entries=[], attempts=[])
     with pytest.raises(LeaseLost):
-        await store.finish_attempt(run_id, lease, done, entries=[])
+        await store.finish_attempt(run_id, lease, done, entries=[], attempts=[])
     run = await store.get_run(run_id)
     assert run.status is RunStatus.COMPLETED
     assert run.result is not None

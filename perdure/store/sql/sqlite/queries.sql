@@ -18,7 +18,7 @@ SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, wor
        available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at
 FROM runs
 WHERE (:status IS NULL OR status = :status) AND (:task IS NULL OR task = :task)
-ORDER BY created_at DESC, id DESC
+ORDER BY id DESC
 LIMIT :limit;
 
 -- name: claim_runs
@@ -44,9 +44,11 @@ SELECT lease, status FROM runs WHERE id = :id;
 
 -- name: insert_entry
 INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
-                     stored_size, error, started_at, finished_at)
+                     stored_size, error, started_at, finished_at, run_attempt, attempt,
+                     attempt_started_at)
 VALUES (:run_id, :seq, :kind, :name, :status, :codec, :value, :blob_key, :raw_size,
-        :stored_size, :error, :started_at, :finished_at);
+        :stored_size, :error, :started_at, :finished_at, :run_attempt, :attempt,
+        :attempt_started_at);
 
 -- name: insert_attempt
 INSERT INTO attempts (run_id, run_attempt, seq, attempt, started_at, finished_at, error)
@@ -56,7 +58,12 @@ VALUES (:run_id, :run_attempt, :seq, :attempt, :started_at, :finished_at, :error
 SELECT * FROM journal WHERE run_id = :run_id ORDER BY seq;
 
 -- name: load_attempts
-SELECT * FROM attempts WHERE run_id = :run_id ORDER BY run_attempt, seq, attempt;
+SELECT run_id, run_attempt, seq, attempt, started_at, finished_at, error
+FROM attempts WHERE run_id = :run_id
+UNION ALL
+SELECT run_id, run_attempt, seq, attempt, attempt_started_at, finished_at, NULL
+FROM journal WHERE run_id = :run_id AND attempt > 0
+ORDER BY run_attempt, seq, attempt;
 
 -- name: finish_attempt
 UPDATE runs

@@ -1,4 +1,5 @@
 -- perdure schema 1: runs, their journal and attempts, and workers.
+-- Run ids sort by creation time, so runs are clustered by id and listed newest first by id.
 
 CREATE TABLE runs (
     id                 TEXT PRIMARY KEY,
@@ -28,12 +29,11 @@ CREATE TABLE runs (
     started_at         REAL,
     updated_at         REAL NOT NULL,
     finished_at        REAL
-);
+) WITHOUT ROWID;
 CREATE UNIQUE INDEX runs_idempotency ON runs (app, task, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX runs_claimable ON runs (app, available_at) WHERE status IN ('queued', 'waiting');
 CREATE INDEX runs_worker ON runs (worker_id) WHERE worker_id IS NOT NULL;
-CREATE INDEX runs_created ON runs (created_at);
 
 CREATE TABLE journal (
     run_id       TEXT NOT NULL,
@@ -49,6 +49,10 @@ CREATE TABLE journal (
     error        BLOB,
     started_at   REAL NOT NULL,
     finished_at  REAL NOT NULL,
+    -- the attempt that succeeded lives here, not in attempts: one row per step, one page
+    run_attempt         INTEGER NOT NULL DEFAULT 1,
+    attempt             INTEGER NOT NULL DEFAULT 0,
+    attempt_started_at  REAL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 

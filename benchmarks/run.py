@@ -1,0 +1,273 @@
+"""perdure benchmarks: the workloads of PRODUCT.md, as JSON lines (one object per metric).
+
+    scripts/bench [--quick] [--only W1,W2,W5] [--store sqlite] [--out FILE]
+
+W1 throughput (runs x 3 trivial steps, concurrency 50), W2 step overhead (one run of sequential
+steps), W3 crash resume (kill -9 during step 3 of 5), W4 big values (3 steps of 8 MiB), W5
+latency (one-step runs one after another, submit -> result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import perdure  # noqa: E402
+from perdure.worker import Worker  # noqa: E402
+
+Metric = dict[str, Any]
+
+
+def new_app(workdir: Path) -> perdure.App:
+    return perdure.App(
+        "bench", database=f"sqlite:///{workdir}/perdure.db", blobs=f"file://{workdir}/blobs"
+    )
+
+
+async def with_worker(
+    app: perdure.App, concurrency: int, body: Callable[[], Awaitable[Metric]]
+) -> Metric:
+    await app.store.open()
+    worker: Worker = app.worker(concurrency=concurrency)
+    task = asyncio.create_task(worker.run(install_signal_handlers=False))
+    try:
+        return await body()
+    finally:
+        worker.stop()
+        await task
+        await app.close()
+
+
+async def w1_throughput(workdir: Path, quick: bool) -> list[Metric]:
+    runs = 200 if quick else 500
+    app = new_app(workdir)
+
+    @app.step(name="noop")
+    async def noop(i: int) -> int:
+        return i
+
+    @app.task(name="three")
+    async def three(i: int) -> int:
+        return await noop(i) + await noop(i) + await noop(i)
+
+    async def body() -> Metric:
+        start = time.perf_counter()
+        handles = await asyncio.gather(*(three.trigger(i) for i in range(runs)))
+        for h in handles:
+            await h.result(timeout=300)
+        elapsed = time.perf_counter() - start
+        return {"runs": runs, "seconds": elapsed}
+
+    out = await with_worker(app, 50, body)
+    return [
+        {"workload": "W1", "metric": "runs_per_s", "value": out["runs"] / out["seconds"], **out}
+    ]
+
+
+async def w2_step_overhead(workdir: Path, quick: bool) -> list[Metric]:
+    steps = 200
+    app = new_app(workdir)
+
+    @app.step(name="inc")
+    async def inc(i: int) -> int:
+        return i + 1
+
+    @app.task(name="chain")
+    async def chain() -> int:
+        value = 0
+        for _ in range(steps):
+            value = await inc(value)
+        return value
+
+    async def body() -> Metric:
+        handle = await chain.trigger()
+        assert await handle.result(timeout=300) == steps
+        run = await app.store.get_run(handle.id)
+        assert run.started_at is not None
+        assert run.finished_at is not None
+        return {"steps": steps, "seconds": run.finished_at - run.started_at}
+
+    out = await with_worker(app, 1, body)
+    return [
+        {
+            "workload": "W2",
+            "metric": "ms_per_step",
+            "value": out["seconds"] * 1000 / steps,
+            **out,
+        }
+    ]
+
+
+async def w4_big_values(workdir: Path, quick: bool) -> list[Metric]:
+    app = new_app(workdir)
+    size = 8 * 1024 * 1024
+
+    @app.step(name="big")
+    async def big(i: int) -> bytes:
+        return os.urandom(size // 2) + bytes(size // 2)  # half incompressible
+
+    @app.task(name="bigs")
+    async def bigs() -> int:
+        return sum([len(await big(i)) for i in range(3)])
+
+    async def body() -> Metric:
+        start = time.perf_counter()
+        handle = await bigs.trigger()
+        assert await handle.result(timeout=300) == 3 * size
+        return {"steps": 3, "seconds": time.perf_counter() - start}
+
+    out = await with_worker(app, 1, body)
+    return [{"workload": "W4", "metric": "ms_per_step", "value": out["seconds"] * 1000 / 3, **out}]
+
+
+async def w5_latency(workdir: Path, quick: bool) -> list[Metric]:
+    runs = 100
+    app = new_app(workdir)
+
+    @app.step(name="one")
+    async def one(i: int) -> int:
+        return i
+
+    @app.task(name="single")
+    async def single(i: int) -> int:
+        return await one(i)
+
+    async def body() -> Metric:
+        latencies = []
+        for i in range(runs + 5):
+            start = time.perf_counter()
+            handle = await single.trigger(i)
+            await handle.result(timeout=60)
+            if i >= 5:  # warm-up
+                latencies.append((time.perf_counter() - start) * 1000)
+        latencies.sort()
+        return {
+            "runs": runs,
+            "p50": statistics.median(latencies),
+            "p95": latencies[int(0.95 * len(latencies)) - 1],
+        }
+
+    out = await with_worker(app, 10, body)
+    return [
+        {"workload": "W5", "metric": "p50_ms", "value": out["p50"]},
+        {"workload": "W5", "metric": "p95_ms", "value": out["p95"]},
+    ]
+
+
+async def wait_for_line(path: Path, prefix: str, timeout: float = 60.0) -> None:
+    """Poll a side-effect log until a line starts with `prefix`."""
+    deadline = time.monotonic() + timeout
+    while not has_line(path, prefix):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no line {prefix!r} in {path} within {timeout}s")
+        await asyncio.sleep(0.005)
+
+
+def has_line(path: Path, prefix: str) -> bool:
+    """True once a line of `path` starts with `prefix`."""
+    return path.exists() and f"\n{prefix}" in "\n" + path.read_text()
+
+
+async def w3_crash_resume(workdir: Path, quick: bool) -> list[Metric]:
+    """Kill -9 during step 3 of 5 (crash-test app), restart, count re-executed steps."""
+    log, gate = workdir / "side-effects.log", workdir / "gate"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PERDURE_DATABASE_URL": f"sqlite:///{workdir}/perdure.db",
+        "PERDURE_BLOB_URL": f"file://{workdir}/blobs",
+        "CRASH_LOG": str(log),
+        "CRASH_GATE": str(gate),
+        "CRASH_GATE_STEP": "3",
+    }
+    from tests import crashapp
+
+    app = new_app(workdir)
+    app.name = "crash"
+    app.task(name="pipeline")(crashapp.pipeline.fn)
+    cmd = [sys.executable, "-m", "perdure", "worker", "tests.crashapp:app"]
+    gate.touch()
+    first = await asyncio.create_subprocess_exec(*cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    handle = await app.get_task("pipeline").trigger("w3", 5)
+    await wait_for_line(log, "start w3 3")
+    first.kill()
+    await first.wait()
+    gate.unlink()
+    restarted = time.perf_counter()
+    second = await asyncio.create_subprocess_exec(
+        *cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL
+    )
+    await handle.result(timeout=60)
+    seconds = time.perf_counter() - restarted
+    second.send_signal(signal.SIGTERM)
+    await second.wait()
+    starts = [line.split()[2] for line in log.read_text().splitlines() if line.startswith("start")]
+    reexecuted = sum(starts.count(str(i)) - 1 for i in (1, 2))
+    await app.close()
+    return [
+        {"workload": "W3", "metric": "completed_steps_reexecuted", "value": reexecuted},
+        {"workload": "W3", "metric": "restart_to_completion_s", "value": seconds},
+    ]
+
+
+WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] = {
+    "W1": w1_throughput,
+    "W2": w2_step_overhead,
+    "W3": w3_crash_resume,
+    "W4": w4_big_values,
+    "W5": w5_latency,
+}
+
+
+def machine() -> Metric:
+    return {
+        "python": platform.python_version(),
+        "perdure": perdure.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller, faster runs")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
+    parser.add_argument("--store", default="sqlite", choices=["sqlite"], help="store to measure")
+    parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    args = parser.parse_args()
+    selected = [w.strip().upper() for w in args.only.split(",") if w.strip()]
+    unknown = [w for w in selected if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}")
+    facts = machine()
+    for name in selected:
+        with tempfile.TemporaryDirectory(prefix=f"perdure-bench-{name}-") as tmp:
+            metrics = asyncio.run(WORKLOADS[name](Path(tmp), args.quick))
+        for metric in metrics:
+            line = json.dumps(
+                {**metric, "store": args.store, "quick": args.quick, "date": time.time(), **facts}
+            )
+            print(line, flush=True)
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
