@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from perdure import serde
+from perdure import logs, serde
 from perdure.app import App
 from perdure.blobs import open_blobs
 from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL
@@ -125,13 +125,10 @@ def worker(
     app: Annotated[str, typer.Argument(help="MODULE:APP, e.g. shop.tasks:app")],
     concurrency: Annotated[int | None, typer.Option(help="Runs executed at once.")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    as_json: Annotated[bool, typer.Option("--json", help="Log JSON lines to stderr.")] = False,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (then drain: finish or release every run)."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(log_level, as_json=as_json)
     the_app = load_app(app)
 
     async def go() -> None:

@@ -148,6 +148,11 @@ def current() -> RunContext | None:
     return _current.get()
 
 
+def in_step() -> bool:
+    """True inside a step body (where durable calls are plain calls)."""
+    return _in_step.get() is not None
+
+
 def activate(ctx: RunContext) -> contextvars.Token[RunContext | None]:
     """Make `ctx` the current run context."""
     return _current.set(ctx)

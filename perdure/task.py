@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from perdure import serde
-from perdure.context import TaskOptions
+from perdure.context import TaskOptions, current, decode_entry, in_step
 from perdure.errors import (
     ConfigurationError,
     InvalidArguments,
@@ -21,7 +21,7 @@ from perdure.errors import (
 from perdure.executor import TaskDef, task_return_type
 from perdure.ids import new_id
 from perdure.retry import DEFAULT_RETRY, Retry
-from perdure.store.base import NewRun, RunStatus
+from perdure.store.base import EntryKind, NewRun, RunStatus
 from perdure.store.notify import run_topic
 
 if TYPE_CHECKING:
@@ -210,6 +210,17 @@ class Task(Generic[P, R]):
                 f"idempotency_key must be a str, got {type(idempotency_key).__name__}"
             )
         value = self.definition.encode_args(args, kwargs)
+        ctx = current()
+        seq = None
+        if ctx is not None and not in_step():
+            # inside a task: journaled, so a replay returns the same run instead of a new one
+            ctx.check_active()
+            seq = ctx.next_seq()
+            entry = ctx.recorded(seq, EntryKind.TRIGGER, self.name)
+            if entry is not None:
+                return RunHandle(self.app, decode_entry(ctx, entry, str), self.result_type)
+            if idempotency_key is None:  # a crash before the entry is written: same run
+                idempotency_key = f"perdure:{ctx.run.id}:{seq}"
         run_id, _created = await self.app.store.create_run(
             NewRun(
                 id=new_id(),
@@ -221,4 +232,7 @@ class Task(Generic[P, R]):
                 available_at=time.time(),
             )
         )
+        if ctx is not None and seq is not None:
+            entry, _data = ctx.value_entry(seq, EntryKind.TRIGGER, self.name, run_id, time.time())
+            ctx.pending.append(entry)
         return RunHandle(self.app, run_id, self.result_type)

@@ -67,11 +67,28 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Non
 class WorkerProcess:
     """`perdure worker MODULE:APP` in a subprocess."""
 
-    def __init__(self, spec: str, env: dict[str, str], *, log: Path, concurrency: int = 4) -> None:
+    def __init__(
+        self,
+        spec: str,
+        env: dict[str, str],
+        *,
+        log: Path,
+        concurrency: int = 4,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.log = log
         self._log_file = open(log, "ab")  # noqa: SIM115 - closed in kill()/terminate()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "perdure", "worker", spec, "--concurrency", str(concurrency)],
+            [
+                sys.executable,
+                "-m",
+                "perdure",
+                "worker",
+                spec,
+                "--concurrency",
+                str(concurrency),
+                *args,
+            ],
             env={**os.environ, "PYTHONPATH": str(ROOT), **env},
             cwd=ROOT,
             stdout=subprocess.DEVNULL,

@@ -118,3 +118,24 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, args: list[str], message:
     done = perdure_cli(tmp_path, *args, check=False)
     assert done.returncode != 0
     assert message in done.stdout + done.stderr
+
+
+def test_worker_logs_json_lines(tmp_path: Path, worker_processes: list[WorkerProcess]) -> None:
+    env = {
+        "PERDURE_DATABASE_URL": f"sqlite:///{tmp_path}/perdure.db",
+        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
+        "CRASH_LOG": str(tmp_path / "side-effects.log"),
+    }
+    worker = WorkerProcess("tests.crashapp:app", env, log=tmp_path / "worker.log", args=("--json",))
+    worker_processes.append(worker)
+    done = as_json(
+        perdure_cli(
+            tmp_path, "trigger", "tests.crashapp:app", "pipeline", '["j", 1]', "--wait", "--json"
+        )
+    )
+    assert worker.terminate() == 0
+    records = [json.loads(line) for line in worker.log.read_text().splitlines()]
+    mine = [r for r in records if r.get("run_id") == done["id"]]
+    assert [r["action"] for r in mine] == ["run_start", "run_completed"]
+    assert all(r["task"] == "pipeline" for r in mine)
+    assert {"worker_start", "worker_stop"} <= {r.get("action") for r in records}

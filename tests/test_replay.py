@@ -205,3 +205,59 @@ async def test_failed_entry_is_stored_with_error(make_app: Callable[..., perdure
     assert journal[0].error is not None
     assert journal[0].error.type == "builtins.KeyError"
     assert "raise KeyError" in journal[0].error.traceback
+
+
+async def test_trigger_inside_a_task_is_journaled(make_app: Callable[..., perdure.App]) -> None:
+    app = make_app()
+
+    @app.task
+    async def child(n: int) -> int:
+        return n * 10
+
+    @app.task
+    async def parent() -> list[int]:
+        first = await child.trigger(1)
+        await perdure.sleep(0.05)  # the replay must not trigger the child again
+        second = await child.trigger(2)
+        return [await first.result(timeout=10), await second.result(timeout=10)]
+
+    async with running_worker(app, concurrency=4):
+        handle = await parent.trigger()
+        assert await handle.result(timeout=10) == [10, 20]
+        runs = await app.store.list_runs()
+    assert sorted(r.task for r in runs) == sorted([parent.name, child.name, child.name])
+    keys = {r.idempotency_key for r in runs if r.task == child.name}
+    assert keys == {f"perdure:{handle.id}:1", f"perdure:{handle.id}:3"}
+
+
+async def test_logs_carry_stable_keys_and_stay_quiet_on_replay(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    from perdure.testing import capture_logs
+
+    app = make_app()
+
+    @app.step(retry=perdure.Retry(max_attempts=2, min_timeout=0.01))
+    async def flaky() -> int:
+        flaky_calls.append(1)
+        if len(flaky_calls) == 1:
+            raise ConnectionError("once")
+        return 1
+
+    flaky_calls: list[int] = []
+
+    @app.task
+    async def flow() -> int:
+        value: int = await flaky()
+        await perdure.sleep(0.05)  # replays flaky: no second retry log, no second start log
+        return value
+
+    with capture_logs() as logs:
+        async with running_worker(app):
+            handle = await flow.trigger()
+            assert await handle.result(timeout=10) == 1
+    mine = [r for r in logs.for_run(handle.id)]
+    actions = [str(getattr(r, "action", "")) for r in mine]
+    assert actions == ["run_start", "step_retry", "run_waiting", "run_completed"]
+    retry = mine[1]
+    assert (getattr(retry, "step", None), getattr(retry, "attempt", None)) == (flaky.name, 1)

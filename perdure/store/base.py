@@ -56,6 +56,8 @@ class EntryKind(StrEnum):
     """A recorded perdure.uuid4()."""
     RANDOM = "random"
     """A recorded perdure.random()."""
+    TRIGGER = "trigger"
+    """A run this run triggered; the value is its id."""
 
 
 class EntryStatus(StrEnum):
