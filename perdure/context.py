@@ -74,11 +74,6 @@ class RunContext:
     closed: bool = False
     """Set when the execution ended; late step calls (orphans of a gather) then stop."""
 
-    @property
-    def replaying(self) -> bool:
-        """True while the task re-walks journal positions already recorded (logs stay quiet)."""
-        return self.seq <= max(self.journal, default=0)
-
     def next_seq(self) -> int:
         """The next journal position, in call order."""
         self.seq += 1

@@ -2,8 +2,8 @@
 
 A run's lease is held through its worker: the worker heartbeats once per interval (one write,
 however many runs it holds). Any worker takes over the runs of a worker that is
-- provably dead: same host, and its PID is gone or now belongs to a process with another start
-  time (checked every `reap_interval`, so within a second), or
+- provably dead: same host (and boot, and PID namespace), and its PID is gone or now belongs to
+  a process with another start time (checked every `reap_interval`, so within a second), or
 - stalled: no heartbeat for `missed_heartbeats` intervals.
 The heartbeat runs in its own thread with its own event loop, so a blocked worker loop cannot
 keep beating while a crashed thread cannot fake one.
@@ -61,6 +61,18 @@ def is_process_alive(pid: int, started: int) -> bool:
     return state not in (b"Z", b"X")  # a zombie has finished running
 
 
+def host_key() -> str:
+    """What makes PIDs comparable: the host name, its boot, and the PID namespace."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    return "|".join(parts)
+
+
 def new_worker_record(worker_id: str, app: str, tasks: list[str]) -> WorkerRecord:
     """This process as a worker."""
     now = time.time()
@@ -69,6 +81,7 @@ def new_worker_record(worker_id: str, app: str, tasks: list[str]) -> WorkerRecor
         id=worker_id,
         app=app,
         host=socket.gethostname(),
+        host_key=host_key(),
         pid=pid,
         pid_started=process_start_time(pid) or 0,
         started_at=now,
@@ -86,7 +99,7 @@ async def reap_dead_workers(store: Store, me: WorkerRecord, config: WorkerConfig
             continue
         if (
             config.pid_check
-            and worker.host == me.host
+            and worker.host_key == me.host_key
             and not is_process_alive(worker.pid, worker.pid_started)
         ):
             dead[worker.id] = f"died (process {worker.pid} on {worker.host} is gone)"

@@ -216,6 +216,8 @@ class WorkerRecord:
     """App it serves."""
     host: str
     """Host name."""
+    host_key: str
+    """Host name, boot id and PID namespace: PIDs are comparable only between equal keys."""
     pid: int
     """Process id."""
     pid_started: int

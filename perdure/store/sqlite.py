@@ -345,6 +345,7 @@ class SQLiteStore:
 
         # not fsynced: a claim lost to a power cut only means the run is claimed again
         rows: list[sqlite3.Row] = await self._write(write, durable=False)
+        rows.sort(key=lambda row: (row["available_at"], row["id"]))  # RETURNING has no order
         return [await self._run_record(row, full=True) for row in rows]
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
@@ -536,6 +537,7 @@ class SQLiteStore:
             "id": worker.id,
             "app": worker.app,
             "host": worker.host,
+            "host_key": worker.host_key,
             "pid": worker.pid,
             "pid_started": worker.pid_started,
             "tasks": json.dumps(worker.tasks),
@@ -559,6 +561,7 @@ class SQLiteStore:
                 id=row["id"],
                 app=row["app"],
                 host=row["host"],
+                host_key=row["host_key"],
                 pid=row["pid"],
                 pid_started=row["pid_started"],
                 started_at=row["started_at"],

@@ -230,6 +230,7 @@ async def test_reaping_a_worker_requeues_its_runs(store: Store) -> None:
                 id=worker_id,
                 app=APP,
                 host="h",
+                host_key="h",
                 pid=1,
                 pid_started=1,
                 started_at=now,
@@ -259,3 +260,13 @@ async def test_wait_for_change_wakes_on_a_commit(store: Store) -> None:
     assert await waiter
     assert time.monotonic() - started < 5.0
     assert not await store.wait_for_change(0.05)
+
+
+async def test_reaping_cancels_runs_whose_cancel_was_pending(store: Store) -> None:
+    await store.create_run(_new_run())
+    run_id, _ = await _claim_one(store, "w1")
+    assert await store.cancel_run(run_id) is RunStatus.RUNNING
+    assert await store.reap_workers(["w1"], reason="died") == 1
+    run = await store.get_run(run_id)
+    assert run.status is RunStatus.CANCELLED
+    assert run.finished_at is not None

@@ -93,8 +93,10 @@ SELECT id, lease FROM runs
 WHERE worker_id = :worker_id AND status = 'running' AND cancel_requested = 1;
 
 -- name: register_worker
-INSERT INTO workers (id, app, host, pid, pid_started, tasks, started_at, heartbeat_at, status)
-VALUES (:id, :app, :host, :pid, :pid_started, :tasks, :started_at, :heartbeat_at, 'alive');
+INSERT INTO workers (id, app, host, host_key, pid, pid_started, tasks, started_at, heartbeat_at,
+                     status)
+VALUES (:id, :app, :host, :host_key, :pid, :pid_started, :tasks, :started_at, :heartbeat_at,
+        'alive');
 
 -- name: heartbeat
 UPDATE workers SET heartbeat_at = :now WHERE id = :id AND status = 'alive';
@@ -107,7 +109,9 @@ UPDATE workers SET status = :status WHERE id = :id AND status = 'alive';
 
 -- name: requeue_worker_runs
 UPDATE runs
-SET status = 'queued', worker_id = NULL, available_at = :now, updated_at = :now, note = :note
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
+    worker_id = NULL, available_at = :now, updated_at = :now, note = :note
 WHERE worker_id = :worker_id AND status = 'running';
 
 -- name: note_unclaimable

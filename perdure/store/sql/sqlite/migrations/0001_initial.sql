@@ -71,6 +71,7 @@ CREATE TABLE workers (
     id            TEXT PRIMARY KEY,
     app           TEXT NOT NULL,
     host          TEXT NOT NULL,
+    host_key      TEXT NOT NULL,
     pid           INTEGER NOT NULL,
     pid_started   INTEGER NOT NULL,
     tasks         TEXT NOT NULL,
