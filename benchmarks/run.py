@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -225,7 +226,26 @@ async def w3_crash_resume(workdir: Path, quick: bool) -> list[Metric]:
     ]
 
 
+async def commit_floor(workdir: Path, quick: bool) -> list[Metric]:
+    """The cost of one durable SQLite commit on this disk (WAL, synchronous=FULL, one small row):
+    the floor under W2 and W5, measured in the same run so ratios can be read."""
+    conn = sqlite3.connect(workdir / "floor.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB) WITHOUT ROWID")
+    times = []
+    for i in range(300):
+        start = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES (?, ?)", (i, b"x" * 64))
+        conn.execute("COMMIT")
+        times.append((time.perf_counter() - start) * 1000)
+    conn.close()
+    return [{"workload": "floor", "metric": "commit_ms", "value": statistics.median(times)}]
+
+
 WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] = {
+    "FLOOR": commit_floor,
     "W1": w1_throughput,
     "W2": w2_step_overhead,
     "W3": w3_crash_resume,
@@ -246,7 +266,9 @@ def machine() -> Metric:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller, faster runs")
-    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
+    parser.add_argument(
+        "--only", default=",".join(WORKLOADS), help="comma-separated workloads (FLOOR, W1..W5)"
+    )
     parser.add_argument("--store", default="sqlite", choices=["sqlite"], help="store to measure")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args()
@@ -255,6 +277,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}")
     facts = machine()
+    results: list[Metric] = []
     for name in selected:
         with tempfile.TemporaryDirectory(prefix=f"perdure-bench-{name}-") as tmp:
             metrics = asyncio.run(WORKLOADS[name](Path(tmp), args.quick))
@@ -263,10 +286,27 @@ def main() -> int:
                 {**metric, "store": args.store, "quick": args.quick, "date": time.time(), **facts}
             )
             print(line, flush=True)
+            results.append(metric)
             if args.out:
                 with args.out.open("a") as f:
                     f.write(line + "\n")
+    summarise(results)
     return 0
+
+
+def summarise(results: list[Metric]) -> None:
+    """A table for people, on stderr (stdout stays JSON lines)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    floor = next((m["value"] for m in results if m["workload"] == "floor"), None)
+    table = Table("workload", "metric", "value", "x commit floor", title="perdure benchmarks")
+    for m in results:
+        per_commit = ""
+        if floor and m["metric"].endswith("_ms") and m["workload"] != "floor":
+            per_commit = f"{m['value'] / floor:.2f}"
+        table.add_row(m["workload"], m["metric"], f"{m['value']:.3f}", per_commit)
+    Console(stderr=True).print(table)
 
 
 if __name__ == "__main__":

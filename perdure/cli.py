@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import importlib
 import json
@@ -10,7 +11,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -68,6 +69,24 @@ def _store(app: str | None, database: str | None, blobs: str | None) -> Store:
     if app is not None:
         return load_app(app).store
     return open_store(database or DEFAULT_DATABASE_URL, blobs=open_blobs(blobs or DEFAULT_BLOB_URL))
+
+
+def _on_store(
+    app: str | None,
+    database: str | None,
+    blobs: str | None,
+    action: Callable[[Store], Awaitable[T]],
+) -> T:
+    """Open the store, run `action` on it, close it; PerdureErrors become a clean exit 1."""
+    store = _store(app, database, blobs)
+
+    async def go() -> T:
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return _run(go())
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -212,15 +231,9 @@ def runs_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List runs, newest first."""
-    store = _store(app, database, blobs)
-
-    async def go() -> list[RunRecord]:
-        try:
-            return await store.list_runs(status=status, task=task, limit=limit)
-        finally:
-            await store.close()
-
-    found = _run(go())
+    found = _on_store(
+        app, database, blobs, lambda store: store.list_runs(status=status, task=task, limit=limit)
+    )
     if as_json:
         print(json.dumps([_run_dict(r) for r in found]))
         return
@@ -256,14 +269,7 @@ def _entry_dict(entry: JournalEntry, attempts: list[Attempt]) -> dict[str, Any]:
 
 
 def _attempt_dict(a: Attempt) -> dict[str, Any]:
-    return {
-        "run_attempt": a.run_attempt,
-        "seq": a.seq,
-        "attempt": a.attempt,
-        "started_at": a.started_at,
-        "finished_at": a.finished_at,
-        "error": None if a.error is None else msgspec.to_builtins(a.error),
-    }
+    return {**dataclasses.asdict(a), "error": msgspec.to_builtins(a.error)}
 
 
 @runs_cli.command("show")
@@ -275,16 +281,12 @@ def runs_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a run: its steps with timing, attempts, errors with tracebacks, stored sizes."""
-    store = _store(app, database, blobs)
 
-    async def go() -> tuple[RunRecord, list[JournalEntry], list[Attempt]]:
-        try:
-            run = await store.get_run(run_id)
-            return run, await store.load_journal(run_id), await store.load_attempts(run_id)
-        finally:
-            await store.close()
+    async def load(store: Store) -> tuple[RunRecord, list[JournalEntry], list[Attempt]]:
+        run = await store.get_run(run_id)
+        return run, await store.load_journal(run_id), await store.load_attempts(run_id)
 
-    run, journal, attempts = _run(go())
+    run, journal, attempts = _on_store(app, database, blobs, load)
     entries = [_entry_dict(e, [a for a in attempts if a.seq == e.seq]) for e in journal]
     if as_json:
         out = _run_dict(run)
@@ -336,15 +338,7 @@ def runs_cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a run (at once if queued or sleeping; a running run stops at its next await)."""
-    store = _store(app, database, blobs)
-
-    async def go() -> RunStatus:
-        try:
-            return await store.cancel_run(run_id)
-        finally:
-            await store.close()
-
-    status = _run(go())
+    status = _on_store(app, database, blobs, lambda store: store.cancel_run(run_id))
     if as_json:
         print(json.dumps({"id": run_id, "status": str(status)}))
     else:
@@ -360,8 +354,7 @@ def migrate(
     as_json: JsonOpt = False,
 ) -> None:
     """Apply the database migrations this perdure needs (or list them with --dry-run)."""
-    store = _store(app, database, blobs)
-    applied = _run(store.migrate(dry_run=dry_run))
+    applied = _on_store(app, database, blobs, lambda store: store.migrate(dry_run=dry_run))
     if as_json:
         print(json.dumps({"dry_run": dry_run, "migrations": applied}))
     elif not applied:
