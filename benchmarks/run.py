@@ -303,7 +303,7 @@ def summarise(results: list[Metric]) -> None:
     table = Table("workload", "metric", "value", "x commit floor", title="perdure benchmarks")
     for m in results:
         per_commit = ""
-        if floor and m["metric"].endswith("_ms") and m["workload"] != "floor":
+        if floor and "ms" in m["metric"] and m["workload"] != "floor":
             per_commit = f"{m['value'] / floor:.2f}"
         table.add_row(m["workload"], m["metric"], f"{m['value']:.3f}", per_commit)
     Console(stderr=True).print(table)

@@ -130,14 +130,18 @@ class Worker:
             token = self.store.change_token()
             self._slot_freed.clear()
             free = self.config.concurrency - len(self._active)
+            wake_at = None
             if free > 0:
-                claimed = await self.store.claim_runs(
-                    app=self.app, worker_id=self.id, tasks=self.tasks, limit=free
-                )
-                for run in claimed:
-                    self._start(run)
-                if len(claimed) == free:
-                    continue  # there may be more waiting
+                # a read first: claiming is a write, and most wake-ups find nothing to claim
+                wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
+                if wake_at is not None and wake_at <= time.time():
+                    claimed = await self.store.claim_runs(
+                        app=self.app, worker_id=self.id, tasks=self.tasks, limit=free
+                    )
+                    for run in claimed:
+                        self._start(run)
+                    if claimed:
+                        continue  # there may be more waiting
             now = time.monotonic()
             if self._active and now - last_cancel_check >= _CANCEL_CHECK_EVERY:
                 last_cancel_check = now
@@ -146,10 +150,8 @@ class Worker:
                 last_unknown_check = now
                 await self._note_unknown_tasks()
             timeout = _IDLE_WAIT
-            if free > 0:
-                wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
-                if wake_at is not None:
-                    timeout = max(0.0, min(timeout, wake_at - time.time()))
+            if wake_at is not None:
+                timeout = max(0.0, min(timeout, wake_at - time.time()))
             if timeout > 0:
                 await self._wait(token, timeout)
 

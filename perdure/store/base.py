@@ -292,7 +292,8 @@ class Store(Protocol):
         ...
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
-        """The earliest future available_at among claimable runs of `tasks`."""
+        """The earliest available_at among QUEUED/WAITING runs of `tasks` (in the past when one
+        is claimable now; None when there is none). A read: cheap, no write."""
         ...
 
     async def load_journal(self, run_id: str) -> list[JournalEntry]:

@@ -349,9 +349,7 @@ class SQLiteStore:
         return [await self._run_record(row, full=True) for row in rows]
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
-        rows = await self._read(
-            Q["next_wake_at"], {"app": app, "tasks": json.dumps(tasks), "now": time.time()}
-        )
+        rows = await self._read(Q["next_wake_at"], {"app": app, "tasks": json.dumps(tasks)})
         value = rows[0][0] if rows else None
         return None if value is None else float(value)
 

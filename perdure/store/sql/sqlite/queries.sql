@@ -36,7 +36,7 @@ RETURNING *;
 
 -- name: next_wake_at
 SELECT min(available_at) FROM runs
-WHERE app = :app AND status IN ('queued', 'waiting') AND available_at > :now
+WHERE app = :app AND status IN ('queued', 'waiting')
   AND task IN (SELECT value FROM json_each(:tasks));
 
 -- name: check_lease
