@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from perdure.config import WorkerConfig
+from perdure.errors import StoreError
 from perdure.ids import new_id
 from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers
 from perdure.store.base import ChangeToken, RunRecord, RunStatus, Store, Transition
@@ -29,6 +30,8 @@ _CANCEL_CHECK_EVERY = 0.05
 _UNKNOWN_CHECK_EVERY = 5.0
 _RELEASE_DELAY = 5.0
 _WAKE_TOPICS = (CLAIMABLE, CANCEL)
+_STORE_RETRY_MIN = 0.1
+_STORE_RETRY_MAX = 5.0
 
 
 @dataclass(slots=True)
@@ -65,6 +68,8 @@ class Worker:
         self._active: dict[str, tuple[asyncio.Task[None], RunControl]] = {}
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._last_cancel_check = 0.0
+        self._last_unknown_check = 0.0
         self._lost = threading.Event()
         self._force = False
 
@@ -124,36 +129,51 @@ class Worker:
         self._stopping.set()
 
     async def _claim_loop(self) -> None:
-        last_cancel_check = 0.0
-        last_unknown_check = 0.0
+        delay = _STORE_RETRY_MIN
         while not self._stopping.is_set():
-            token = self.store.change_token()
-            self._slot_freed.clear()
-            free = self.config.concurrency - len(self._active)
-            wake_at = None
-            if free > 0:
-                # a read first: claiming is a write, and most wake-ups find nothing to claim
-                wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
-                if wake_at is not None and wake_at <= time.time():
-                    claimed = await self.store.claim_runs(
-                        app=self.app, worker_id=self.id, tasks=self.tasks, limit=free
-                    )
-                    for run in claimed:
-                        self._start(run)
-                    if claimed:
-                        continue  # there may be more waiting
-            now = time.monotonic()
-            if self._active and now - last_cancel_check >= _CANCEL_CHECK_EVERY:
-                last_cancel_check = now
-                await self._check_cancel_requests()
-            if now - last_unknown_check >= _UNKNOWN_CHECK_EVERY:
-                last_unknown_check = now
-                await self._note_unknown_tasks()
-            timeout = _IDLE_WAIT
-            if wake_at is not None:
-                timeout = max(0.0, min(timeout, wake_at - time.time()))
-            if timeout > 0:
-                await self._wait(token, timeout)
+            try:
+                await self._iteration()
+                delay = _STORE_RETRY_MIN
+            except StoreError as exc:
+                log.warning(
+                    "store unavailable (%s); retrying in %.1fs",
+                    exc,
+                    delay,
+                    extra={"action": "store_retry"},
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, _STORE_RETRY_MAX)
+
+    async def _iteration(self) -> None:
+        """Claim what can be claimed, else wait until something may be."""
+        token = self.store.change_token()
+        self._slot_freed.clear()
+        free = self.config.concurrency - len(self._active)
+        wake_at = None
+        if free > 0:
+            # a read first: claiming is a write, and most wake-ups find nothing to claim
+            wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
+            if wake_at is not None and wake_at <= time.time():
+                claimed = await self.store.claim_runs(
+                    app=self.app, worker_id=self.id, tasks=self.tasks, limit=free
+                )
+                for run in claimed:
+                    self._start(run)
+                if claimed:
+                    return  # there may be more waiting
+        now = time.monotonic()
+        if self._active and now - self._last_cancel_check >= _CANCEL_CHECK_EVERY:
+            self._last_cancel_check = now
+            await self._check_cancel_requests()
+        if now - self._last_unknown_check >= _UNKNOWN_CHECK_EVERY:
+            self._last_unknown_check = now
+            await self._note_unknown_tasks()
+        timeout = _IDLE_WAIT
+        if wake_at is not None:
+            timeout = max(0.0, min(timeout, wake_at - time.time()))
+        if timeout > 0:
+            await self._wait(token, timeout)
 
     async def _wait(self, token: ChangeToken, timeout: float) -> None:
         """Until a run may be claimable or cancelled, a slot frees, stop(), or `timeout`."""

@@ -118,7 +118,7 @@ class SQLiteStore:
             await self.open()
         try:
             return self._reader().execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(f"SQLite read failed on {self.path}: {exc}") from exc
 
     async def _write(
