@@ -10,6 +10,11 @@ them durable too, since the WAL is fsynced in order.
 The writer thread also watches `PRAGMA data_version` on its own connection, which changes only
 when another connection (another process) commits: that is how this process notices triggers
 and completions made elsewhere, within `poll_interval`.
+
+Fast path: writes are handed over once per event-loop iteration. When an iteration produced a
+single write and the writer is idle, the loop commits it itself (no thread hand-off, which costs
+more than a small commit); when several writes are waiting, they go to the thread as one batch,
+so the fsync overlaps with the loop's work. Either way a write resolves once it is committed.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ class GroupCommitWriter:
         self._on_commit = on_commit
         self._poll_interval = poll_interval
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # whoever commits holds it: the thread or a loop
+        self._conn: sqlite3.Connection | None = None
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Write]] = {}
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -86,17 +94,54 @@ class GroupCommitWriter:
         """Queue `fn(connection)` from a running event loop; the future resolves once its batch
         is committed (and fsynced if `durable`); `topics` are announced to on_commit if the
         write succeeded."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         if not self._thread.is_alive():
             fut.set_exception(StoreUnavailable("the store is closed"))
             return fut
-        self._queue.put(_Write(fn, fut, topics, durable))
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._dispatch, loop)  # after the writes of this iteration
+        pending.append(_Write(fn, fut, topics, durable))
         return fut
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        writes = self._pending.pop(loop, [])
+        conn = self._conn
+        if (
+            len(writes) == 1
+            and conn is not None
+            and self._queue.empty()
+            and self._lock.acquire(blocking=False)
+        ):
+            try:
+                self._check_foreign(conn)
+                done = self._try_commit(conn, writes)
+            finally:
+                self._lock.release()
+            if done is not None:
+                outcomes, topics = done
+                _resolve(outcomes)
+                if topics:
+                    self._on_commit(topics)
+                return
+        if not self._thread.is_alive():
+            for write in writes:
+                if not write.future.done():
+                    write.future.set_exception(StoreUnavailable("the store is closed"))
+            return
+        for write in writes:  # busy, or more than one: the thread batches them
+            self._queue.put(write)
 
     def _main(self) -> None:
         try:
             conn = self._connect()
+            # never wait inside SQLite: the inline path must not block its loop, and the thread
+            # retries with its own backoff
+            conn.execute("PRAGMA busy_timeout = 0")
             self._data_version = self._read_data_version(conn)
+            self._conn = conn
         except BaseException as exc:
             self._error = exc
             self._started.set()
@@ -107,7 +152,8 @@ class GroupCommitWriter:
                 try:
                     item = self._queue.get(timeout=self._poll_interval)
                 except queue.Empty:
-                    self._check_foreign(conn)
+                    with self._lock:
+                        self._check_foreign(conn)
                     continue
                 if item is _STOP:
                     return
@@ -122,12 +168,13 @@ class GroupCommitWriter:
                         stop = True
                         break
                     batch.append(item)
-                self._check_foreign(conn)
                 self._commit(conn, batch)
                 if stop:
                     return
         finally:
-            conn.close()
+            with self._lock:
+                self._conn = None
+                conn.close()
 
     @staticmethod
     def _read_data_version(conn: sqlite3.Connection) -> int:
@@ -149,54 +196,26 @@ class GroupCommitWriter:
             self._synchronous = wanted
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
-        delay = 0.005
-        durable = any(w.durable for w in batch)
-        # a batch of one needs no savepoint: if the write fails, the transaction is only its own
-        isolate = len(batch) > 1
+        """Commit `batch` from the writer thread, retrying while the database is busy."""
+        delay, waited = 0.001, 0.0
         while True:
-            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            topics: set[str] = set()
-            try:
-                self._set_synchronous(conn, durable)
-                conn.execute("BEGIN IMMEDIATE")
-                for write in batch:
-                    if isolate:
-                        conn.execute("SAVEPOINT w")
-                    try:
-                        result = write.fn(conn)
-                    except Exception as exc:
-                        if isolate:
-                            conn.execute("ROLLBACK TO w")
-                            conn.execute("RELEASE w")
-                        else:
-                            conn.execute("ROLLBACK")
-                        outcomes.append((write.future, None, exc))
-                    else:
-                        if isolate:
-                            conn.execute("RELEASE w")
-                        outcomes.append((write.future, result, None))
-                        topics.update(write.topics)
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                # locked by another process past busy_timeout, or disk trouble: keep trying,
-                # loudly; a write is never dropped.
+            with self._lock:
+                self._check_foreign(conn)
+                done = self._try_commit(conn, batch)
+            if done is not None:
+                break
+            # locked by another process, or disk trouble: keep trying; a write is never dropped
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.25)
+            if waited >= 1.0:
                 log.warning(
-                    "store write failed, retrying in %.2fs: %s",
-                    delay,
-                    exc,
+                    "store writes are blocked (locked by another process, or disk trouble); "
+                    "still retrying",
                     extra={"action": "write_retry"},
                 )
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            break
-        # our own commit does not move data_version on this connection; nothing to re-read
-        self.batches += 1
-        self.writes += len(batch)
-        self.fsyncs += durable
+                waited = 0.0
+        outcomes, topics = done
         by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
@@ -205,6 +224,50 @@ class GroupCommitWriter:
                 loop.call_soon_threadsafe(_resolve, resolved)
         if topics:
             self._on_commit(topics)
+
+    def _try_commit(
+        self, conn: sqlite3.Connection, batch: list[_Write]
+    ) -> tuple[list[Outcome], set[str]] | None:
+        """One transaction for `batch`; None (all rolled back) if SQLite could not commit."""
+        durable = any(w.durable for w in batch)
+        # a batch of one needs no savepoint: if the write fails, the transaction is only its own
+        isolate = len(batch) > 1
+        outcomes: list[Outcome] = []
+        topics: set[str] = set()
+        try:
+            self._set_synchronous(conn, durable)
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                if isolate:
+                    conn.execute("SAVEPOINT w")
+                try:
+                    result = write.fn(conn)
+                except sqlite3.OperationalError:
+                    raise  # busy or I/O: retry the batch, not a user-visible failure
+                except Exception as exc:
+                    if isolate:
+                        conn.execute("ROLLBACK TO w")
+                        conn.execute("RELEASE w")
+                    else:
+                        conn.execute("ROLLBACK")
+                    outcomes.append((write.future, None, exc))
+                else:
+                    if isolate:
+                        conn.execute("RELEASE w")
+                    outcomes.append((write.future, result, None))
+                    topics.update(write.topics)
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.debug("store write attempt failed: %s", exc, extra={"action": "write_retry"})
+            return None
+        # our own commit does not move data_version on this connection; nothing to re-read
+        self.batches += 1
+        self.writes += len(batch)
+        self.fsyncs += durable
+        return outcomes, topics
 
 
 def _resolve(outcomes: list[Outcome]) -> None:
