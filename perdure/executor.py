@@ -122,10 +122,22 @@ class Executor:
         entries, attempts = ctx.take_pending()
         try:
             if ctx.flushing is not None:
-                await ctx.flushing  # surfaces a LeaseLost the last flush met
-            await self.store.finish_attempt(
-                run.id, run.lease, transition, entries=entries, attempts=attempts
-            )
+                try:
+                    await ctx.flushing  # in order after the last flush, and its outcome
+                except (LeaseLost, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    # the journal is not what the task saw (it may have swallowed the error)
+                    transition, entries, attempts = self._failure(task, ctx, started, exc), [], []
+            try:
+                await self.store.finish_attempt(
+                    run.id, run.lease, transition, entries=entries, attempts=attempts
+                )
+            except CorruptJournal as exc:  # pending entries collide with recorded ones
+                transition = self._failure(task, ctx, started, exc)
+                await self.store.finish_attempt(
+                    run.id, run.lease, transition, entries=[], attempts=[]
+                )
         except LeaseLost:
             log.warning(
                 "run %s was taken over by another worker; this worker's outcome is dropped",

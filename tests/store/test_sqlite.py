@@ -147,3 +147,47 @@ async def test_corrupt_journal_row_fails_only_its_run(make_app: Callable[..., pe
 
 async def _is_waiting(handle: perdure.RunHandle[int]) -> bool:
     return await handle.status() is RunStatus.WAITING
+
+
+async def test_a_journal_write_that_collides_fails_the_run_even_if_swallowed(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    app = make_app()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @app.step(name="first")
+    async def first() -> int:
+        return 1
+
+    @app.step(name="slow")
+    async def slow() -> int:
+        entered.set()
+        await release.wait()
+        return 2
+
+    @app.task(retry=perdure.Retry(max_attempts=3, min_timeout=0.01))
+    async def flow() -> str:
+        await first()
+        await slow()
+        try:
+            await first()  # its flush writes `slow`'s row, which collides
+        except Exception:
+            return "swallowed"  # user code must not turn a broken journal into success
+        return "clean"
+
+    async with running_worker(app):
+        handle = await flow.trigger()
+        await asyncio.wait_for(entered.wait(), 10)
+        conn = sqlite3.connect(app.database.removeprefix("sqlite:///"))
+        conn.execute(
+            "INSERT INTO journal (run_id, seq, kind, name, status, started_at, finished_at) "
+            "VALUES (?, 2, 'step', 'slow', 'completed', 0, 0)",
+            (handle.id,),
+        )
+        conn.commit()
+        conn.close()
+        release.set()
+        with pytest.raises(TaskFailed, match="journal position 2 is already recorded"):
+            await handle.result(timeout=10)
+        run = await app.store.get_run(handle.id)
+    assert run.attempt == 1  # a broken journal is not retried
