@@ -24,6 +24,9 @@ from perdure.store.base import Store, WorkerRecord
 
 log = logging.getLogger("perdure.lease")
 
+_TICK = 1.0
+"""Seconds between the worker loop's liveness ticks (see LeaseKeeper)."""
+
 
 def process_start_time(pid: int) -> int | None:
     """Start time of process `pid` in clock ticks since boot; None if it does not exist.
@@ -90,6 +93,13 @@ def new_worker_record(worker_id: str, app: str, tasks: list[str]) -> WorkerRecor
     )
 
 
+async def tick(stamp: list[float]) -> None:
+    """Run on the worker's loop: prove every second that the loop still runs."""
+    while True:
+        stamp[0] = time.monotonic()
+        await asyncio.sleep(_TICK)
+
+
 async def reap_dead_workers(store: Store, me: WorkerRecord, config: WorkerConfig) -> int:
     """Requeue the runs of workers that are provably dead or stalled; returns runs requeued."""
     now = time.time()
@@ -120,7 +130,12 @@ async def reap_dead_workers(store: Store, me: WorkerRecord, config: WorkerConfig
 
 
 class LeaseKeeper:
-    """The heartbeat thread: beats every `heartbeat_interval`, reaps every `reap_interval`."""
+    """The heartbeat thread: beats every `heartbeat_interval`, reaps every `reap_interval`.
+
+    It beats only while the worker's event loop ticks (`loop_age()` is the seconds since the
+    last tick): a worker whose loop is blocked for longer than a heartbeat interval stops
+    heartbeating, and its runs are taken over once its lease expires.
+    """
 
     def __init__(
         self,
@@ -129,11 +144,13 @@ class LeaseKeeper:
         config: WorkerConfig,
         *,
         on_lost: Callable[[], None],
+        loop_age: Callable[[], float],
     ) -> None:
         self._store = store
         self._me = me
         self._config = config
         self._on_lost = on_lost
+        self._loop_age = loop_age
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._main, name=f"perdure-heartbeat-{me.id[-6:]}", daemon=True
@@ -161,7 +178,17 @@ class LeaseKeeper:
             try:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self._config.heartbeat_interval
-                    if not await self._store.heartbeat(self._me.id):
+                    stuck = self._loop_age()
+                    if stuck > self._config.heartbeat_interval + _TICK:
+                        # the worker's event loop is blocked (a sync call in async code, a
+                        # debugger): stop vouching for its runs, so their leases expire
+                        log.warning(
+                            "worker %s: event loop unresponsive for %.0fs; not heartbeating",
+                            self._me.id,
+                            stuck,
+                            extra={"action": "loop_blocked"},
+                        )
+                    elif not await self._store.heartbeat(self._me.id):
                         log.error(
                             "worker %s was declared dead by another worker; its runs were "
                             "taken over",

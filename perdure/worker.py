@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from perdure.config import WorkerConfig
 from perdure.errors import StoreError
 from perdure.ids import new_id
-from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers
+from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers, tick
 from perdure.store.base import ChangeToken, RunRecord, RunStatus, Store, Transition
 from perdure.store.notify import CANCEL, CLAIMABLE
 
@@ -89,8 +89,14 @@ class Worker:
         me = new_worker_record(self.id, self.app, self.tasks)
         await self.store.register_worker(me)
         await reap_dead_workers(self.store, me, self.config)
+        stamp = [time.monotonic()]
+        ticker = asyncio.create_task(tick(stamp), name="perdure-loop-tick")
         keeper = LeaseKeeper(
-            self.store, me, self.config, on_lost=lambda: self._call_soon(loop, self._on_lost)
+            self.store,
+            me,
+            self.config,
+            on_lost=lambda: self._call_soon(loop, self._on_lost),
+            loop_age=lambda: time.monotonic() - stamp[0],
         )
         keeper.start()
         installed = []
@@ -113,6 +119,9 @@ class Worker:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             keeper.stop()
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
             if not self._lost.is_set():
                 await self.store.deregister_worker(self.id)
             log.info("worker %s stopped", self.id, extra={"action": "worker_stop"})

@@ -49,3 +49,17 @@ async def pipeline(run_key: str, steps: int, delay: float = 0.0) -> list[str]:
     for index in range(1, steps + 1):
         results.append(await work(run_key, index, delay))
     return results
+
+
+@app.step(name="hog", retry=perdure.Retry(max_attempts=1))
+async def hog(run_key: str, seconds: float) -> str:
+    """Blocks the worker's event loop (a sync call in async code: a bug, but a common one)."""
+    _log(f"start {run_key} 1 {time.time():.6f}")
+    time.sleep(seconds)  # noqa: ASYNC251 - on purpose
+    _log(f"done {run_key} 1 {time.time():.6f}")
+    return run_key
+
+
+@app.task(name="hogging")
+async def hogging(run_key: str, seconds: float) -> str:
+    return await hog(run_key, seconds)

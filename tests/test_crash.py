@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,3 +183,43 @@ async def test_stalled_worker_is_taken_over_through_lease_expiry(
     assert seconds >= 0.4, "taken over before the lease could expire"
     assert seconds < 5.0
     assert "stalled (no heartbeat" in survivor.log.read_text()
+
+
+async def test_stopped_worker_is_taken_over_and_cannot_record_after_resuming(
+    crash: CrashEnv, worker_processes: list[WorkerProcess]
+) -> None:
+    env = {"PERDURE_HEARTBEAT_INTERVAL": "0.2", "PERDURE_MISSED_HEARTBEATS": "3"}
+    crash.gate.touch()
+    victim = _start(crash, worker_processes, CRASH_GATE_STEP="2", **env)
+    handle = await crash.app.get_task("pipeline").trigger("s", 3)
+    await wait_until(lambda: crash.count("start", "s", 2) == 1, timeout=30)
+    survivor = _start(crash, worker_processes, **env)
+    await wait_until(lambda: _alive_workers(crash.app.store, 2), timeout=30)
+    os.kill(victim.pid, signal.SIGSTOP)  # alive (its PID exists) but not running
+    crash.gate.unlink()
+    assert await handle.result(timeout=30) == ["s:1", "s:2", "s:3"]
+    os.kill(victim.pid, signal.SIGCONT)  # it finishes its step 2 body, then must not record
+    await wait_until(lambda: "declared dead" in victim.log.read_text(), timeout=30)
+    journal = await crash.app.store.load_journal(handle.id)
+    assert [e.seq for e in journal] == [1, 2, 3]
+    assert "stalled (no heartbeat" in survivor.log.read_text()
+    assert crash.count("start", "s", 1) == 1
+    await crash.app.close()
+
+
+async def test_worker_with_a_blocked_event_loop_loses_its_runs(
+    crash: CrashEnv, worker_processes: list[WorkerProcess]
+) -> None:
+    crash.app.task(name="hogging")(crashapp.hogging.fn)
+    env = {"PERDURE_HEARTBEAT_INTERVAL": "0.2", "PERDURE_MISSED_HEARTBEATS": "3"}
+    victim = _start(crash, worker_processes, **env)
+    handle = await crash.app.get_task("hogging").trigger("h", 4.0)
+    await wait_until(lambda: crash.count("start", "h", 1) == 1, timeout=30)
+    survivor = _start(crash, worker_processes, **env)
+    # the victim's heartbeat thread runs, but its loop is blocked: it must stop vouching
+    await wait_until(lambda: crash.count("start", "h", 1) == 2, timeout=30)
+    assert crash.count("done", "h", 1) == 0  # taken over while the first body still ran
+    assert await handle.result(timeout=30) == "h"
+    await wait_until(lambda: "event loop unresponsive" in victim.log.read_text(), timeout=30)
+    assert "stalled (no heartbeat" in survivor.log.read_text()
+    await crash.app.close()
