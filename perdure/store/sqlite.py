@@ -17,8 +17,6 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from perdure.blobs.base import BlobStore
 from perdure.errors import (
     CorruptJournal,
@@ -31,20 +29,17 @@ from perdure.errors import (
 from perdure.store.base import (
     Attempt,
     ChangeToken,
-    EntryKind,
-    EntryStatus,
-    ErrorInfo,
     JournalEntry,
     NewRun,
     RunRecord,
     RunStatus,
     Transition,
-    Value,
     WorkerRecord,
 )
 from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
+from perdure.store.rows import RowMapping, encode_error
 
 log = logging.getLogger("perdure.store")
 
@@ -54,20 +49,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 DEFAULT_INLINE_LIMIT = 256 * 1024
 
 
-def _encode_error(error: ErrorInfo | None) -> bytes | None:
-    return None if error is None else msgspec.msgpack.encode(error)
-
-
-def _decode_error(data: bytes | None, where: str) -> ErrorInfo | None:
-    if data is None:
-        return None
-    try:
-        return msgspec.msgpack.decode(data, type=ErrorInfo)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise CorruptJournal(f"{where}: stored error cannot be read ({exc})") from exc
-
-
-class SQLiteStore:
+class SQLiteStore(RowMapping):
     """`Store` on a SQLite file."""
 
     listen_notify = False
@@ -206,104 +188,10 @@ class SQLiteStore:
         finally:
             conn.close()
 
-    # -- values ------------------------------------------------------------------------------
-
-    async def _offload(self, value: Value | None) -> Value | None:
-        if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:
-            return value
-        ref = await self.blobs.put(value.data)
-        return Value(
-            codec=value.codec,
-            data=value.data,
-            blob_key=ref.key,
-            raw_size=ref.raw_size,
-            stored_size=ref.stored_size,
-        )
-
-    async def _resolve(
-        self, codec: str | None, data: bytes | None, blob_key: str | None, raw: int, stored: int
-    ) -> Value | None:
-        if codec is None:
-            return None
-        if blob_key is not None:
-            data = await self.blobs.get(blob_key)
-        return Value(
-            codec=codec, data=data or b"", blob_key=blob_key, raw_size=raw, stored_size=stored
-        )
-
-    @staticmethod
-    def _value_params(prefix: str, value: Value | None) -> dict[str, Any]:
-        if value is None:
-            return {
-                f"{prefix}_codec": None,
-                prefix: None,
-                f"{prefix}_blob": None,
-                f"{prefix}_raw_size": 0,
-                f"{prefix}_stored_size": 0,
-            }
-        inline = value.blob_key is None
-        return {
-            f"{prefix}_codec": value.codec,
-            prefix: value.data if inline else None,
-            f"{prefix}_blob": value.blob_key,
-            f"{prefix}_raw_size": len(value.data) if inline else value.raw_size,
-            f"{prefix}_stored_size": len(value.data) if inline else value.stored_size,
-        }
-
-    async def _run_record(self, row: sqlite3.Row, *, full: bool) -> RunRecord:
-        keys = row.keys()
-        args = result = None
-        if full:
-            args = await self._resolve(
-                row["args_codec"],
-                row["args"],
-                row["args_blob"],
-                row["args_raw_size"],
-                row["args_stored_size"],
-            )
-            result = await self._resolve(
-                row["result_codec"],
-                row["result"],
-                row["result_blob"],
-                row["result_raw_size"],
-                row["result_stored_size"],
-            )
-        return RunRecord(
-            id=row["id"],
-            app=row["app"],
-            task=row["task"],
-            queue=row["queue"],
-            status=RunStatus(row["status"]),
-            args=args,
-            result=result,
-            error=_decode_error(row["error"], f"run {row['id']}") if "error" in keys else None,
-            idempotency_key=row["idempotency_key"],
-            attempt=row["attempt"],
-            lease=row["lease"],
-            worker_id=row["worker_id"],
-            available_at=row["available_at"],
-            cancel_requested=bool(row["cancel_requested"]),
-            note=row["note"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            updated_at=row["updated_at"],
-            finished_at=row["finished_at"],
-        )
-
     # -- runs --------------------------------------------------------------------------------
 
     async def create_run(self, run: NewRun) -> tuple[str, bool]:
-        args = await self._offload(run.args)
-        params = {
-            "id": run.id,
-            "app": run.app,
-            "task": run.task,
-            "queue": run.queue,
-            "idempotency_key": run.idempotency_key,
-            "available_at": run.available_at,
-            "now": time.time(),
-            **self._value_params("args", args),
-        }
+        params = await self._new_run_params(run, time.time())
 
         def write(conn: sqlite3.Connection) -> tuple[str, bool]:
             if conn.execute(Q["insert_run"], params).rowcount == 1:
@@ -356,86 +244,11 @@ class SQLiteStore:
     # -- journal -----------------------------------------------------------------------------
 
     async def load_journal(self, run_id: str) -> list[JournalEntry]:
-        entries = []
-        for row in await self._read(Q["load_journal"], {"run_id": run_id}):
-            where = f"journal row (run {run_id}, seq {row['seq']})"
-            try:
-                kind = EntryKind(row["kind"])
-                status = EntryStatus(row["status"])
-            except ValueError as exc:
-                raise CorruptJournal(f"{where}: {exc}") from exc
-            entries.append(
-                JournalEntry(
-                    seq=row["seq"],
-                    kind=kind,
-                    name=row["name"],
-                    status=status,
-                    value=await self._resolve(
-                        row["codec"],
-                        row["value"],
-                        row["blob_key"],
-                        row["raw_size"],
-                        row["stored_size"],
-                    ),
-                    error=_decode_error(row["error"], where),
-                    started_at=row["started_at"],
-                    finished_at=row["finished_at"],
-                )
-            )
-        return entries
+        rows = await self._read(Q["load_journal"], {"run_id": run_id})
+        return await self._journal_entries(run_id, rows)
 
     async def load_attempts(self, run_id: str) -> list[Attempt]:
-        return [
-            Attempt(
-                run_id=run_id,
-                run_attempt=row["run_attempt"],
-                seq=row["seq"],
-                attempt=row["attempt"],
-                started_at=row["started_at"],
-                finished_at=row["finished_at"],
-                error=_decode_error(row["error"], f"attempt row (run {run_id}, seq {row['seq']})"),
-            )
-            for row in await self._read(Q["load_attempts"], {"run_id": run_id})
-        ]
-
-    async def _entry_params(self, run_id: str, entries: list[JournalEntry]) -> list[dict[str, Any]]:
-        params = []
-        for entry in entries:
-            value = await self._offload(entry.value)
-            vp = self._value_params("value", value)
-            params.append(
-                {
-                    "run_id": run_id,
-                    "seq": entry.seq,
-                    "kind": str(entry.kind),
-                    "name": entry.name,
-                    "status": str(entry.status),
-                    "codec": vp["value_codec"],
-                    "value": vp["value"],
-                    "blob_key": vp["value_blob"],
-                    "raw_size": vp["value_raw_size"],
-                    "stored_size": vp["value_stored_size"],
-                    "error": _encode_error(entry.error),
-                    "started_at": entry.started_at,
-                    "finished_at": entry.finished_at,
-                    "run_attempt": entry.attempt.run_attempt if entry.attempt else 1,
-                    "attempt": entry.attempt.attempt if entry.attempt else 0,
-                    "attempt_started_at": entry.attempt.started_at if entry.attempt else None,
-                }
-            )
-        return params
-
-    @staticmethod
-    def _attempt_params(attempt: Attempt) -> dict[str, Any]:
-        return {
-            "run_id": attempt.run_id,
-            "run_attempt": attempt.run_attempt,
-            "seq": attempt.seq,
-            "attempt": attempt.attempt,
-            "started_at": attempt.started_at,
-            "finished_at": attempt.finished_at,
-            "error": _encode_error(attempt.error),
-        }
+        return self._attempts(run_id, await self._read(Q["load_attempts"], {"run_id": run_id}))
 
     @staticmethod
     def _insert_entries(
@@ -484,7 +297,7 @@ class SQLiteStore:
             "lease": lease,
             "status": str(transition.status),
             "available_at": transition.available_at,
-            "error": _encode_error(transition.error),
+            "error": encode_error(transition.error),
             "bump": 1 if transition.next_attempt else 0,
             "now": now,
             "finished_at": now if transition.status.terminal else None,
@@ -531,17 +344,7 @@ class SQLiteStore:
     # -- workers -----------------------------------------------------------------------------
 
     async def register_worker(self, worker: WorkerRecord) -> None:
-        params = {
-            "id": worker.id,
-            "app": worker.app,
-            "host": worker.host,
-            "host_key": worker.host_key,
-            "pid": worker.pid,
-            "pid_started": worker.pid_started,
-            "tasks": json.dumps(worker.tasks),
-            "started_at": worker.started_at,
-            "heartbeat_at": worker.heartbeat_at,
-        }
+        params = self._worker_params(worker)
         await self._write(lambda conn: conn.execute(Q["register_worker"], params), durable=False)
 
     async def heartbeat(self, worker_id: str) -> bool:
@@ -554,20 +357,8 @@ class SQLiteStore:
         return alive
 
     async def live_workers(self, *, app: str) -> list[WorkerRecord]:
-        return [
-            WorkerRecord(
-                id=row["id"],
-                app=row["app"],
-                host=row["host"],
-                host_key=row["host_key"],
-                pid=row["pid"],
-                pid_started=row["pid_started"],
-                started_at=row["started_at"],
-                heartbeat_at=row["heartbeat_at"],
-                tasks=json.loads(row["tasks"]),
-            )
-            for row in await self._read(Q["live_workers"], {"app": app})
-        ]
+        rows = await self._read(Q["live_workers"], {"app": app})
+        return [self._worker_record(row) for row in rows]
 
     async def reap_workers(self, worker_ids: list[str], *, reason: str) -> int:
         now = time.time()

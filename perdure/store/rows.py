@@ -1,0 +1,258 @@
+"""What every SQL store shares: turning records into query parameters and rows back into
+records, and moving large values to and from the blob store. Dialects differ only in how they
+run the queries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import msgspec
+
+from perdure.blobs.base import BlobStore
+from perdure.errors import CorruptJournal
+from perdure.store.base import (
+    Attempt,
+    EntryKind,
+    EntryStatus,
+    ErrorInfo,
+    JournalEntry,
+    NewRun,
+    RunRecord,
+    RunStatus,
+    Value,
+    WorkerRecord,
+)
+
+
+class Row(Protocol):
+    """A result row by column name (sqlite3.Row, or a dict from psycopg)."""
+
+    def __getitem__(self, key: str) -> Any: ...
+    def keys(self) -> Any: ...
+
+
+def encode_error(error: ErrorInfo | None) -> bytes | None:
+    return None if error is None else msgspec.msgpack.encode(error)
+
+
+def decode_error(data: bytes | None, where: str) -> ErrorInfo | None:
+    if data is None:
+        return None
+    try:
+        return msgspec.msgpack.decode(data, type=ErrorInfo)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptJournal(f"{where}: stored error cannot be read ({exc})") from exc
+
+
+class RowMapping:
+    """Records <-> rows, and large values <-> the blob store."""
+
+    blobs: BlobStore
+    inline_limit: int
+
+    async def _offload(self, value: Value | None) -> Value | None:
+        if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:
+            return value
+        ref = await self.blobs.put(value.data)
+        return Value(
+            codec=value.codec,
+            data=value.data,
+            blob_key=ref.key,
+            raw_size=ref.raw_size,
+            stored_size=ref.stored_size,
+        )
+
+    async def _resolve(
+        self, codec: str | None, data: bytes | None, blob_key: str | None, raw: int, stored: int
+    ) -> Value | None:
+        if codec is None:
+            return None
+        if blob_key is not None:
+            data = await self.blobs.get(blob_key)
+        return Value(
+            codec=codec, data=data or b"", blob_key=blob_key, raw_size=raw, stored_size=stored
+        )
+
+    @staticmethod
+    def _value_params(prefix: str, value: Value | None) -> dict[str, Any]:
+        if value is None:
+            return {
+                f"{prefix}_codec": None,
+                prefix: None,
+                f"{prefix}_blob": None,
+                f"{prefix}_raw_size": 0,
+                f"{prefix}_stored_size": 0,
+            }
+        inline = value.blob_key is None
+        return {
+            f"{prefix}_codec": value.codec,
+            prefix: value.data if inline else None,
+            f"{prefix}_blob": value.blob_key,
+            f"{prefix}_raw_size": len(value.data) if inline else value.raw_size,
+            f"{prefix}_stored_size": len(value.data) if inline else value.stored_size,
+        }
+
+    async def _run_record(self, row: Row, *, full: bool) -> RunRecord:
+        keys = row.keys()
+        args = result = None
+        if full:
+            args = await self._resolve(
+                row["args_codec"],
+                row["args"],
+                row["args_blob"],
+                row["args_raw_size"],
+                row["args_stored_size"],
+            )
+            result = await self._resolve(
+                row["result_codec"],
+                row["result"],
+                row["result_blob"],
+                row["result_raw_size"],
+                row["result_stored_size"],
+            )
+        return RunRecord(
+            id=row["id"],
+            app=row["app"],
+            task=row["task"],
+            queue=row["queue"],
+            status=RunStatus(row["status"]),
+            args=args,
+            result=result,
+            error=decode_error(row["error"], f"run {row['id']}") if "error" in keys else None,
+            idempotency_key=row["idempotency_key"],
+            attempt=row["attempt"],
+            lease=row["lease"],
+            worker_id=row["worker_id"],
+            available_at=row["available_at"],
+            cancel_requested=bool(row["cancel_requested"]),
+            note=row["note"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            updated_at=row["updated_at"],
+            finished_at=row["finished_at"],
+        )
+
+    async def _journal_entries(self, run_id: str, rows: Iterable[Row]) -> list[JournalEntry]:
+        entries = []
+        for row in rows:
+            where = f"journal row (run {run_id}, seq {row['seq']})"
+            try:
+                kind = EntryKind(row["kind"])
+                status = EntryStatus(row["status"])
+            except ValueError as exc:
+                raise CorruptJournal(f"{where}: {exc}") from exc
+            entries.append(
+                JournalEntry(
+                    seq=row["seq"],
+                    kind=kind,
+                    name=row["name"],
+                    status=status,
+                    value=await self._resolve(
+                        row["codec"],
+                        row["value"],
+                        row["blob_key"],
+                        row["raw_size"],
+                        row["stored_size"],
+                    ),
+                    error=decode_error(row["error"], where),
+                    started_at=row["started_at"],
+                    finished_at=row["finished_at"],
+                )
+            )
+        return entries
+
+    @staticmethod
+    def _attempts(run_id: str, rows: Iterable[Row]) -> list[Attempt]:
+        return [
+            Attempt(
+                run_id=run_id,
+                run_attempt=row["run_attempt"],
+                seq=row["seq"],
+                attempt=row["attempt"],
+                started_at=row["started_at"],
+                finished_at=row["finished_at"],
+                error=decode_error(row["error"], f"attempt row (run {run_id}, seq {row['seq']})"),
+            )
+            for row in rows
+        ]
+
+    async def _entry_params(self, run_id: str, entries: list[JournalEntry]) -> list[dict[str, Any]]:
+        params = []
+        for entry in entries:
+            value = await self._offload(entry.value)
+            vp = self._value_params("value", value)
+            params.append(
+                {
+                    "run_id": run_id,
+                    "seq": entry.seq,
+                    "kind": str(entry.kind),
+                    "name": entry.name,
+                    "status": str(entry.status),
+                    "codec": vp["value_codec"],
+                    "value": vp["value"],
+                    "blob_key": vp["value_blob"],
+                    "raw_size": vp["value_raw_size"],
+                    "stored_size": vp["value_stored_size"],
+                    "error": encode_error(entry.error),
+                    "started_at": entry.started_at,
+                    "finished_at": entry.finished_at,
+                    "run_attempt": entry.attempt.run_attempt if entry.attempt else 1,
+                    "attempt": entry.attempt.attempt if entry.attempt else 0,
+                    "attempt_started_at": entry.attempt.started_at if entry.attempt else None,
+                }
+            )
+        return params
+
+    @staticmethod
+    def _attempt_params(attempt: Attempt) -> dict[str, Any]:
+        return {
+            "run_id": attempt.run_id,
+            "run_attempt": attempt.run_attempt,
+            "seq": attempt.seq,
+            "attempt": attempt.attempt,
+            "started_at": attempt.started_at,
+            "finished_at": attempt.finished_at,
+            "error": encode_error(attempt.error),
+        }
+
+    @staticmethod
+    def _worker_record(row: Row) -> WorkerRecord:
+        return WorkerRecord(
+            id=row["id"],
+            app=row["app"],
+            host=row["host"],
+            host_key=row["host_key"],
+            pid=row["pid"],
+            pid_started=row["pid_started"],
+            started_at=row["started_at"],
+            heartbeat_at=row["heartbeat_at"],
+            tasks=json.loads(row["tasks"]),
+        )
+
+    @staticmethod
+    def _worker_params(worker: WorkerRecord) -> dict[str, Any]:
+        return {
+            "id": worker.id,
+            "app": worker.app,
+            "host": worker.host,
+            "host_key": worker.host_key,
+            "pid": worker.pid,
+            "pid_started": worker.pid_started,
+            "tasks": json.dumps(worker.tasks),
+            "started_at": worker.started_at,
+            "heartbeat_at": worker.heartbeat_at,
+        }
+
+    async def _new_run_params(self, run: NewRun, now: float) -> dict[str, Any]:
+        return {
+            "id": run.id,
+            "app": run.app,
+            "task": run.task,
+            "queue": run.queue,
+            "idempotency_key": run.idempotency_key,
+            "available_at": run.available_at,
+            "now": now,
+            **self._value_params("args", await self._offload(run.args)),
+        }
