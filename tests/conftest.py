@@ -21,6 +21,25 @@ from perdure.worker import Worker
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def postgres_template() -> None:
+    """Check the server and migrate the template database once per session."""
+    from . import pg
+
+    pg.require_postgres()
+    pg.create_template()
+
+
+@pytest.fixture
+def postgres_url(postgres_template: None) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test, cloned from the migrated template."""
+    from . import pg
+
+    name = pg.create_database()
+    yield pg.url_for(name)
+    pg.drop_database(name)
+
+
 @pytest.fixture
 def make_app(tmp_path: Path) -> Callable[..., perdure.App]:
     """A factory of apps on this test's own SQLite file and blob folder."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from perdure.blobs import BlobStore
+from perdure.config import env_float
 from perdure.errors import ConfigurationError
 from perdure.store.base import Store
 from perdure.store.sqlite import DEFAULT_INLINE_LIMIT, SQLiteStore
@@ -31,9 +32,20 @@ def open_store(
     if path is not None:
         return SQLiteStore(path, blobs=blobs, inline_limit=inline_limit, auto_migrate=auto_migrate)
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigurationError(
-            "the PostgreSQL store is not in this version of perdure yet; use sqlite:///path"
+        try:
+            from perdure.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                "PostgreSQL URLs need the postgres extra: pip install 'perdure[postgres]'"
+            ) from exc
+        return PostgresStore(
+            url,
+            blobs=blobs,
+            inline_limit=inline_limit,
+            auto_migrate=auto_migrate,
+            pool_size=int(env_float("PERDURE_POOL_SIZE", 10)),
         )
     raise ConfigurationError(
-        f"database URL {url!r} is not supported; use sqlite:///path/to/perdure.db"
+        f"database URL {url!r} is not supported; use sqlite:///path/to/perdure.db or "
+        "postgresql://user@host/db"
     )

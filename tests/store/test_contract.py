@@ -31,10 +31,17 @@ from perdure.store.sqlite import SQLiteStore
 APP = "contract"
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     blobs = LocalBlobStore(tmp_path / "blobs")
-    the_store: Store = SQLiteStore(tmp_path / "perdure.db", blobs=blobs, inline_limit=1024)
+    the_store: Store
+    if request.param == "postgres":
+        from perdure.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("postgres_url")
+        the_store = PostgresStore(url, blobs=blobs, inline_limit=1024)
+    else:
+        the_store = SQLiteStore(tmp_path / "perdure.db", blobs=blobs, inline_limit=1024)
     await the_store.open()
     yield the_store
     await the_store.close()
@@ -259,6 +266,7 @@ async def test_wait_for_change_wakes_on_a_commit(store: Store) -> None:
     await store.create_run(_new_run())
     assert await waiter
     assert time.monotonic() - started < 5.0
+    await asyncio.sleep(0.2)  # let echoes of our own commit arrive (LISTEN/NOTIFY)
     assert not await store.wait_for_change(0.05)
 
 

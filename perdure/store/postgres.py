@@ -1,0 +1,496 @@
+"""The production store: PostgreSQL through psycopg 3 (async) and psycopg_pool.
+
+Tables live in the schema `perdure`. Claims use `FOR UPDATE SKIP LOCKED`, so many workers never
+wait on each other. Every write announces what it changed with `pg_notify('perdure', topic)` in
+its own transaction; one LISTEN connection per process turns those into wake-ups, so a trigger
+made anywhere reaches an idle worker without polling.
+
+psycopg's async pools belong to one event loop: the store keeps one pool per loop that uses it
+(the worker's loop, the heartbeat thread's loop, a `trigger_sync` caller's loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from perdure.blobs.base import BlobStore
+from perdure.errors import (
+    CorruptJournal,
+    LeaseLost,
+    RunNotFound,
+    SchemaOutdated,
+    SchemaTooNew,
+    StoreUnavailable,
+)
+from perdure.store.base import (
+    Attempt,
+    ChangeToken,
+    JournalEntry,
+    NewRun,
+    RunRecord,
+    RunStatus,
+    Transition,
+    WorkerRecord,
+)
+from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
+from perdure.store.queries import load_migrations, load_queries
+from perdure.store.rows import RowMapping, encode_error
+
+log = logging.getLogger("perdure.store")
+
+Q = load_queries("postgres")
+MIGRATIONS = load_migrations("postgres")
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+SCHEMA = "perdure"
+CHANNEL = "perdure"
+_MIGRATION_LOCK = 7_366_101  # pg_advisory_xact_lock key: one migrator at a time
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+
+
+def _translate(exc: psycopg.Error, what: str) -> Exception:
+    """Driver errors at the boundary: the cause is kept on __cause__."""
+    if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown):
+        return StoreUnavailable(f"PostgreSQL unavailable during {what}: {exc}")
+    return exc
+
+
+class PostgresStore(RowMapping):
+    """`Store` on PostgreSQL."""
+
+    listen_notify = True
+    """Capability: the server pushes wake-ups (LISTEN/NOTIFY)."""
+    skip_locked = True
+    """Capability: claims skip rows other workers are claiming."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        blobs: BlobStore,
+        inline_limit: int,
+        auto_migrate: bool = True,
+        pool_size: int = 10,
+    ) -> None:
+        self.url = url
+        self.blobs = blobs
+        self.inline_limit = inline_limit
+        self.auto_migrate = auto_migrate
+        self.pool_size = pool_size
+        self._notifier = ChangeNotifier()
+        self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._opened = False
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"row_factory": dict_row, "options": f"-c search_path={SCHEMA}"}
+
+    async def _pool(self) -> AsyncConnectionPool[Conn]:
+        if not self._opened:
+            await self.open()
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            for other in [lp for lp in self._pools if lp.is_closed()]:
+                del self._pools[other]  # its connections went with their loop
+            home = not self._pools
+            pool = AsyncConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size if home else 2,
+                kwargs=self._kwargs(),
+                open=False,
+                name=f"perdure-{len(self._pools)}",
+                connection_class=psycopg.AsyncConnection[dict[str, Any]],
+            )
+            self._pools[loop] = pool
+            try:
+                await pool.open(wait=True, timeout=30)
+            except psycopg.Error as exc:
+                del self._pools[loop]
+                raise _translate(exc, "connect") from exc
+        return pool
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[Conn]:
+        pool = await self._pool()
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                yield conn
+        except psycopg.Error as exc:
+            translated = _translate(exc, what)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def _read(self, sql: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
+        async with self._transaction(what) as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+    async def _write(
+        self,
+        what: str,
+        work: Callable[[Conn], Awaitable[T]],
+        topics: Collection[str] = (),
+    ) -> T:
+        async with self._transaction(what) as conn:
+            result = await work(conn)
+            for topic in topics:
+                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, topic))
+        if topics:
+            self._notifier.notify(set(topics))  # this process need not wait for the echo
+        return result
+
+    # -- lifecycle and schema ----------------------------------------------------------------
+
+    async def _version(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        cur = await conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AS present", (f"{SCHEMA}.schema_version",)
+        )
+        row = await cur.fetchone()
+        if not row or not row["present"]:
+            return 0
+        cur = await conn.execute(f"SELECT max(version) AS v FROM {SCHEMA}.schema_version")
+        row = await cur.fetchone()
+        return int(row["v"] or 0) if row else 0
+
+    def _pending(self, version: int) -> list[tuple[int, str, str]]:
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database {self._redacted()} has schema version {version}, but this perdure "
+                f"knows versions up to {SCHEMA_VERSION}; upgrade perdure"
+            )
+        return [m for m in MIGRATIONS if m[0] > version]
+
+    def _redacted(self) -> str:
+        info = psycopg.conninfo.conninfo_to_dict(self.url)
+        return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+    async def _migrate(self, *, dry_run: bool) -> list[str]:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.url, row_factory=dict_row)
+        except psycopg.Error as exc:
+            raise _translate(exc, "connect") from exc
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                pending = self._pending(await self._version(conn))
+                if dry_run:
+                    return [name for _v, name, _sql in pending]
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+                await conn.execute(f"SET LOCAL search_path = {SCHEMA}")
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version "
+                    "(version integer PRIMARY KEY, name text NOT NULL, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                for version, name, sql in pending:
+                    await conn.execute(sql.encode())
+                    await conn.execute(
+                        "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                        (version, name),
+                    )
+                return [name for _v, name, _sql in pending]
+        finally:
+            await conn.close()
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        pending = await self._migrate(dry_run=True)
+        if pending and not self.auto_migrate:
+            raise SchemaOutdated(
+                f"database {self._redacted()} needs migrations {', '.join(pending)}; "
+                "run `perdure migrate`"
+            )
+        if pending:
+            applied = await self._migrate(dry_run=False)
+            if applied:
+                log.info("migrated %s: %s", self._redacted(), ", ".join(applied))
+        self._opened = True
+        self._listener = asyncio.create_task(self._listen(), name="perdure-listen")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        loop = asyncio.get_running_loop()
+        pools, self._pools = self._pools, {}
+        for pool_loop, pool in pools.items():
+            if pool_loop is loop:
+                await pool.close()
+        self._opened = False
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        return await self._migrate(dry_run=dry_run)
+
+    async def _listen(self) -> None:
+        """Turn NOTIFYs into wake-ups; reconnect with backoff when the connection drops."""
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                try:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._notifier.notify(None)  # we may have missed changes while away
+                    delay = 0.1
+                    async for note in conn.notifies():
+                        self._notifier.notify({note.payload})
+                finally:
+                    await conn.close()
+            except psycopg.Error as exc:
+                log.warning(
+                    "LISTEN connection lost (%s); reconnecting in %.1fs",
+                    exc,
+                    delay,
+                    extra={"action": "listen_retry"},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def create_run(self, run: NewRun) -> tuple[str, bool]:
+        params = await self._new_run_params(run, time.time())
+
+        async def work(conn: Conn) -> tuple[str, bool]:
+            cur = await conn.execute(Q["insert_run"], params)
+            if cur.rowcount == 1:
+                return run.id, True
+            cur = await conn.execute(Q["run_by_idempotency_key"], params)
+            row = await cur.fetchone()
+            assert row is not None
+            return str(row["id"]), False
+
+        return await self._write("create_run", work, (CLAIMABLE,))
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        rows = await self._read(Q["get_run"], {"id": run_id}, "get_run")
+        if not rows:
+            raise RunNotFound(f"no run with id {run_id!r} in {self._redacted()}")
+        return await self._run_record(rows[0], full=True)
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        rows = await self._read(
+            Q["list_runs"],
+            {"status": None if status is None else str(status), "task": task, "limit": limit},
+            "list_runs",
+        )
+        return [await self._run_record(row, full=False) for row in rows]
+
+    async def claim_runs(
+        self, *, app: str, worker_id: str, tasks: list[str], limit: int
+    ) -> list[RunRecord]:
+        params = {
+            "app": app,
+            "worker_id": worker_id,
+            "tasks": tasks,
+            "limit": limit,
+            "now": time.time(),
+        }
+
+        async def work(conn: Conn) -> list[dict[str, Any]]:
+            cur = await conn.execute(Q["claim_runs"], params)
+            return await cur.fetchall()
+
+        rows = await self._write("claim_runs", work)
+        rows.sort(key=lambda row: (row["available_at"], row["id"]))  # RETURNING has no order
+        return [await self._run_record(row, full=True) for row in rows]
+
+    async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
+        rows = await self._read(Q["next_wake_at"], {"app": app, "tasks": tasks}, "next_wake_at")
+        value = next(iter(rows[0].values())) if rows else None
+        return None if value is None else float(value)
+
+    # -- journal -----------------------------------------------------------------------------
+
+    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+        rows = await self._read(Q["load_journal"], {"run_id": run_id}, "load_journal")
+        return await self._journal_entries(run_id, rows)
+
+    async def load_attempts(self, run_id: str) -> list[Attempt]:
+        rows = await self._read(Q["load_attempts"], {"run_id": run_id}, "load_attempts")
+        return self._attempts(run_id, rows)
+
+    @staticmethod
+    async def _insert_entries(conn: Conn, run_id: str, entry_params: list[dict[str, Any]]) -> None:
+        for params in entry_params:
+            try:
+                async with conn.transaction():  # a savepoint: the error must not abort the rest
+                    await conn.execute(Q["insert_entry"], params)
+            except psycopg.errors.UniqueViolation as exc:
+                raise CorruptJournal(
+                    f"run {run_id}: journal position {params['seq']} is already recorded; "
+                    "the same position was written twice under one lease"
+                ) from exc
+
+    async def append(
+        self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
+    ) -> None:
+        entry_params = await self._entry_params(run_id, entries)
+        attempt_params = [self._attempt_params(a) for a in attempts]
+
+        async def work(conn: Conn) -> None:
+            cur = await conn.execute(Q["check_lease"], {"id": run_id})
+            row = await cur.fetchone()
+            if row is None or row["lease"] != lease or row["status"] != "running":
+                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+            await self._insert_entries(conn, run_id, entry_params)
+            for params in attempt_params:
+                await conn.execute(Q["insert_attempt"], params)
+
+        await self._write("append", work)
+
+    async def finish_attempt(
+        self,
+        run_id: str,
+        lease: int,
+        transition: Transition,
+        *,
+        entries: list[JournalEntry],
+        attempts: list[Attempt],
+    ) -> None:
+        entry_params = await self._entry_params(run_id, entries)
+        attempt_params = [self._attempt_params(a) for a in attempts]
+        if transition.attempt is not None:
+            attempt_params.append(self._attempt_params(transition.attempt))
+        result = await self._offload(transition.result)
+        now = time.time()
+        params = {
+            "id": run_id,
+            "lease": lease,
+            "status": str(transition.status),
+            "available_at": transition.available_at,
+            "error": encode_error(transition.error),
+            "bump": 1 if transition.next_attempt else 0,
+            "now": now,
+            "finished_at": now if transition.status.terminal else None,
+            **self._value_params("result", result),
+        }
+
+        async def work(conn: Conn) -> None:
+            cur = await conn.execute(Q["finish_attempt"], params)
+            if cur.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+            await self._insert_entries(conn, run_id, entry_params)
+            for one in attempt_params:
+                await conn.execute(Q["insert_attempt"], one)
+            if transition.next_attempt:
+                await conn.execute(Q["drop_failed_entries"], {"run_id": run_id})
+
+        topics = [run_topic(run_id)]
+        if transition.status in (RunStatus.QUEUED, RunStatus.WAITING):
+            topics.append(CLAIMABLE)
+        await self._write("finish_attempt", work, topics)
+
+    async def cancel_run(self, run_id: str) -> RunStatus:
+        params = {"id": run_id, "now": time.time()}
+
+        async def work(conn: Conn) -> RunStatus:
+            if (await conn.execute(Q["cancel_idle_run"], params)).rowcount == 1:
+                return RunStatus.CANCELLED
+            if (await conn.execute(Q["request_cancel"], params)).rowcount == 1:
+                return RunStatus.RUNNING
+            row = await (await conn.execute(Q["check_lease"], params)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r} in {self._redacted()}")
+            return RunStatus(row["status"])
+
+        return await self._write("cancel_run", work, (run_topic(run_id), CANCEL))
+
+    async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
+        rows = await self._read(Q["cancel_requests"], {"worker_id": worker_id}, "cancel_requests")
+        return [(row["id"], row["lease"]) for row in rows]
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        params = self._worker_params(worker)
+
+        async def work(conn: Conn) -> None:
+            await conn.execute(Q["register_worker"], params)
+
+        await self._write("register_worker", work)
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        params = {"id": worker_id, "now": time.time()}
+
+        async def work(conn: Conn) -> bool:
+            return (await conn.execute(Q["heartbeat"], params)).rowcount == 1
+
+        return await self._write("heartbeat", work)
+
+    async def live_workers(self, *, app: str) -> list[WorkerRecord]:
+        rows = await self._read(Q["live_workers"], {"app": app}, "live_workers")
+        return [self._worker_record(row) for row in rows]
+
+    async def reap_workers(self, worker_ids: list[str], *, reason: str) -> int:
+        now = time.time()
+
+        async def work(conn: Conn) -> int:
+            requeued = 0
+            for worker_id in worker_ids:
+                await conn.execute(Q["mark_worker_dead"], {"id": worker_id, "status": "dead"})
+                cur = await conn.execute(
+                    Q["requeue_worker_runs"],
+                    {
+                        "worker_id": worker_id,
+                        "now": now,
+                        "note": f"requeued: worker {worker_id} {reason}",
+                    },
+                )
+                requeued += cur.rowcount
+            return requeued
+
+        return await self._write("reap_workers", work, (CLAIMABLE,))
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        params = {"id": worker_id, "status": "stopped"}
+
+        async def work(conn: Conn) -> None:
+            await conn.execute(Q["mark_worker_dead"], params)
+
+        await self._write("deregister_worker", work)
+
+    async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
+        params = {"app": app, "tasks": tasks, "note": note, "now": time.time()}
+
+        async def work(conn: Conn) -> int:
+            return (await conn.execute(Q["note_unclaimable"], params)).rowcount
+
+        return await self._write("note_unclaimable", work)
+
+    # -- change notification -----------------------------------------------------------------
+
+    def change_token(self) -> ChangeToken:
+        return self._notifier.token()
+
+    async def wait_for_change(
+        self,
+        timeout: float,
+        *,
+        topics: Collection[str] | None = None,
+        since: ChangeToken | None = None,
+    ) -> bool:
+        if not self._opened:
+            await self.open()
+        wanted = None if topics is None else frozenset(topics)
+        return await self._notifier.wait(
+            self._notifier.token() if since is None else since, wanted, timeout
+        )
