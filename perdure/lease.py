@@ -166,7 +166,13 @@ class LeaseKeeper:
         self._thread.join(timeout=10)
 
     def _main(self) -> None:
-        asyncio.run(self._loop())
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            await self._store.detach()  # this thread's loop ends here
 
     async def _loop(self) -> None:
         next_beat = time.monotonic() + self._config.heartbeat_interval
@@ -176,10 +182,11 @@ class LeaseKeeper:
             if self._stop.is_set():
                 return
             try:
+                stuck = self._loop_age()
+                blocked = stuck > self._config.heartbeat_interval + _TICK
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self._config.heartbeat_interval
-                    stuck = self._loop_age()
-                    if stuck > self._config.heartbeat_interval + _TICK:
+                    if blocked:
                         # the worker's event loop is blocked (a sync call in async code, a
                         # debugger): stop vouching for its runs, so their leases expire
                         log.warning(
@@ -197,6 +204,7 @@ class LeaseKeeper:
                         )
                         self._on_lost()
                         return
-                await reap_dead_workers(self._store, self._me, self._config)
+                if not blocked:  # a worker that cannot vouch for itself judges no one
+                    await reap_dead_workers(self._store, self._me, self._config)
             except Exception:
                 log.exception("heartbeat failed; retrying", extra={"action": "heartbeat"})

@@ -35,17 +35,24 @@ TRIGGER_OPTIONS = ("idempotency_key",)
 """Keyword arguments of trigger() that configure the run instead of reaching the task."""
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to completion from synchronous code."""
+def run_sync(app: App, coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion from synchronous code, on a loop of its own."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return asyncio.run(_detached(app, coro))
     coro.close()
     raise PerdureError(
         "a *_sync method was called from async code; await the async method instead "
         "(trigger_sync -> await trigger, result_sync -> await result)"
     )
+
+
+async def _detached(app: App, coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return await coro
+    finally:
+        await app.store.detach()  # this loop ends with the call
 
 
 class RunHandle(Generic[R]):
@@ -107,7 +114,7 @@ class RunHandle(Generic[R]):
 
     def result_sync(self, timeout: float | None = None) -> R:
         """result() for synchronous callers."""
-        return run_sync(self.result(timeout))
+        return run_sync(self._app, self.result(timeout))
 
     async def cancel(self) -> RunStatus:
         """Cancel the run: at once if it is queued or sleeping, else at its next await."""
@@ -115,7 +122,7 @@ class RunHandle(Generic[R]):
 
     def cancel_sync(self) -> RunStatus:
         """cancel() for synchronous callers."""
-        return run_sync(self.cancel())
+        return run_sync(self._app, self.cancel())
 
 
 class Task(Generic[P, R]):
@@ -194,7 +201,7 @@ class Task(Generic[P, R]):
 
     def trigger_sync(self, *args: Any, **kwargs: Any) -> RunHandle[R]:
         """trigger() for synchronous callers."""
-        return run_sync(self.trigger(*args, **kwargs))
+        return run_sync(self.app, self.trigger(*args, **kwargs))
 
     async def _trigger(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, idempotency_key: Any

@@ -40,19 +40,52 @@ def postgres_url(postgres_template: None) -> Iterator[str]:
     pg.drop_database(name)
 
 
-@pytest.fixture
-def make_app(tmp_path: Path) -> Callable[..., perdure.App]:
-    """A factory of apps on this test's own SQLite file and blob folder."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """This test's own database: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite:///{tmp_path}/perdure.db"
 
+
+def _app_factory(database: str, tmp_path: Path) -> Callable[..., perdure.App]:
     def make(name: str = "test", **kwargs: Any) -> perdure.App:
-        return perdure.App(
-            name,
-            database=f"sqlite:///{tmp_path}/perdure.db",
-            blobs=f"file://{tmp_path}/blobs",
-            **kwargs,
-        )
+        return perdure.App(name, database=database, blobs=f"file://{tmp_path}/blobs", **kwargs)
 
     return make
+
+
+@pytest.fixture
+def make_app(database_url: str, tmp_path: Path) -> Callable[..., perdure.App]:
+    """A factory of apps on this test's own database (each store in turn) and blob folder."""
+    return _app_factory(database_url, tmp_path)
+
+
+@pytest.fixture
+def make_sqlite_app(tmp_path: Path) -> Callable[..., perdure.App]:
+    """A factory of apps on this test's own SQLite file, for SQLite-specific tests."""
+    return _app_factory(f"sqlite:///{tmp_path}/perdure.db", tmp_path)
+
+
+def stored_bytes(app: perdure.App) -> bytes:
+    """Every byte the app's database holds: the SQLite files, or every row of every perdure
+    table in PostgreSQL (bytea columns raw, the others as text)."""
+    if app.database.startswith("sqlite:///"):
+        db = Path(app.database.removeprefix("sqlite:///"))
+        return b"".join(p.read_bytes() for p in db.parent.glob(f"{db.name}*"))
+    import psycopg
+
+    parts: list[bytes] = []
+    with psycopg.connect(app.database) as conn:
+        for table in ("runs", "journal", "attempts", "workers"):
+            for row in conn.execute(f"SELECT * FROM perdure.{table}"):
+                for value in row:
+                    if isinstance(value, bytes | memoryview):
+                        parts.append(bytes(value))
+                    elif value is not None:
+                        parts.append(str(value).encode())
+    return b"\n".join(parts)
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import os
 import uuid
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -29,7 +30,7 @@ HOW_TO_START = (
 
 def url_for(dbname: str) -> str:
     """The URL of database `dbname` on the test server."""
-    return psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=dbname)
+    return urlsplit(ADMIN_URL)._replace(path=f"/{dbname}").geturl()
 
 
 def require_postgres() -> None:

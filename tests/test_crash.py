@@ -56,10 +56,8 @@ class CrashEnv:
 
 
 @pytest.fixture
-def crash(tmp_path: Path) -> CrashEnv:
-    app = perdure.App(
-        "crash", database=f"sqlite:///{tmp_path}/perdure.db", blobs=f"file://{tmp_path}/blobs"
-    )
+def crash(tmp_path: Path, database_url: str) -> CrashEnv:
+    app = perdure.App("crash", database=database_url, blobs=f"file://{tmp_path}/blobs")
     app.task(name="pipeline")(crashapp.pipeline.fn)
     return CrashEnv(tmp_path, app)
 

@@ -12,9 +12,9 @@ from . import crashapp
 from .conftest import WorkerProcess, wait_until
 
 
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+def _env(tmp_path: Path, database: str, **extra: str) -> dict[str, str]:
     return {
-        "PERDURE_DATABASE_URL": f"sqlite:///{tmp_path}/perdure.db",
+        "PERDURE_DATABASE_URL": database,
         "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
         "CRASH_LOG": str(tmp_path / "side-effects.log"),
         "CRASH_GATE": str(tmp_path / "gate"),
@@ -23,10 +23,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def _app(tmp_path: Path) -> perdure.App:
-    app = perdure.App(
-        "crash", database=f"sqlite:///{tmp_path}/perdure.db", blobs=f"file://{tmp_path}/blobs"
-    )
+def _app(tmp_path: Path, database: str) -> perdure.App:
+    app = perdure.App("crash", database=database, blobs=f"file://{tmp_path}/blobs")
     app.task(name="pipeline")(crashapp.pipeline.fn)
     return app
 
@@ -41,11 +39,13 @@ def _started(tmp_path: Path, key: str, index: int) -> int:
 
 
 async def test_sigterm_lets_running_runs_finish(
-    tmp_path: Path, worker_processes: list[WorkerProcess]
+    tmp_path: Path, worker_processes: list[WorkerProcess], database_url: str
 ) -> None:
-    app = _app(tmp_path)
+    app = _app(tmp_path, database_url)
     (tmp_path / "gate").touch()
-    worker = WorkerProcess("tests.crashapp:app", _env(tmp_path), log=tmp_path / "w.log")
+    worker = WorkerProcess(
+        "tests.crashapp:app", _env(tmp_path, database_url), log=tmp_path / "w.log"
+    )
     worker_processes.append(worker)
     handle = await app.get_task("pipeline").trigger("g", 3)
     await wait_until(lambda: _started(tmp_path, "g", 2) == 1, timeout=30)
@@ -60,11 +60,11 @@ async def test_sigterm_lets_running_runs_finish(
 
 
 async def test_sigterm_releases_runs_that_outlast_the_drain(
-    tmp_path: Path, worker_processes: list[WorkerProcess]
+    tmp_path: Path, worker_processes: list[WorkerProcess], database_url: str
 ) -> None:
-    app = _app(tmp_path)
+    app = _app(tmp_path, database_url)
     (tmp_path / "gate").touch()
-    env = _env(tmp_path, PERDURE_DRAIN_TIMEOUT="0.3")
+    env = _env(tmp_path, database_url, PERDURE_DRAIN_TIMEOUT="0.3")
     worker = WorkerProcess("tests.crashapp:app", env, log=tmp_path / "w1.log")
     worker_processes.append(worker)
     handle = await app.get_task("pipeline").trigger("r", 3)

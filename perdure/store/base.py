@@ -265,6 +265,11 @@ class Store(Protocol):
         """Flush pending writes and disconnect."""
         ...
 
+    async def detach(self) -> None:
+        """Release what the calling event loop (or thread) holds, before that loop ends; the
+        store stays open for others."""
+        ...
+
     async def migrate(self, *, dry_run: bool = False) -> list[str]:
         """Apply (or list, with dry_run) the pending migrations; returns their names."""
         ...

@@ -88,7 +88,7 @@ class PostgresStore(RowMapping):
         self.pool_size = pool_size
         self._notifier = ChangeNotifier()
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]] = {}
-        self._listener: asyncio.Task[None] | None = None
+        self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         self._opened = False
 
     # -- connections -------------------------------------------------------------------------
@@ -220,20 +220,29 @@ class PostgresStore(RowMapping):
             if applied:
                 log.info("migrated %s: %s", self._redacted(), ", ".join(applied))
         self._opened = True
-        self._listener = asyncio.create_task(self._listen(), name="perdure-listen")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
-        loop = asyncio.get_running_loop()
-        pools, self._pools = self._pools, {}
-        for pool_loop, pool in pools.items():
-            if pool_loop is loop:
-                await pool.close()
+        await self.detach()
+        self._pools.clear()  # other loops' pools end with their loops
+        self._listeners.clear()
         self._opened = False
+
+    async def detach(self) -> None:
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.pop(loop, None)
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        pool = self._pools.pop(loop, None)
+        if pool is not None:
+            await pool.close()
+
+    def _ensure_listener(self) -> None:
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.get(loop)
+        if listener is None or listener.done():
+            self._listeners[loop] = loop.create_task(self._listen(), name="perdure-listen")
 
     async def migrate(self, *, dry_run: bool = False) -> list[str]:
         return await self._migrate(dry_run=dry_run)
@@ -490,6 +499,7 @@ class PostgresStore(RowMapping):
     ) -> bool:
         if not self._opened:
             await self.open()
+        self._ensure_listener()
         wanted = None if topics is None else frozenset(topics)
         return await self._notifier.wait(
             self._notifier.token() if since is None else since, wanted, timeout

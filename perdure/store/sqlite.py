@@ -173,6 +173,9 @@ class SQLiteStore(RowMapping):
             writer, self._writer = self._writer, None
         if writer is not None:
             await asyncio.to_thread(writer.stop)
+        await self.detach()
+
+    async def detach(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()

@@ -119,8 +119,10 @@ async def test_a_commit_from_another_process_is_noticed_quickly(tmp_path: Path) 
     await store.close()
 
 
-async def test_corrupt_journal_row_fails_only_its_run(make_app: Callable[..., perdure.App]) -> None:
-    app = make_app()
+async def test_corrupt_journal_row_fails_only_its_run(
+    make_sqlite_app: Callable[..., perdure.App],
+) -> None:
+    app = make_sqlite_app()
 
     @app.step
     async def one() -> int:
@@ -150,9 +152,9 @@ async def _is_waiting(handle: perdure.RunHandle[int]) -> bool:
 
 
 async def test_a_journal_write_that_collides_fails_the_run_even_if_swallowed(
-    make_app: Callable[..., perdure.App],
+    make_sqlite_app: Callable[..., perdure.App],
 ) -> None:
-    app = make_app()
+    app = make_sqlite_app()
     entered, release = asyncio.Event(), asyncio.Event()
 
     @app.step(name="first")
