@@ -22,12 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def postgres_template() -> None:
+def postgres_template() -> Iterator[None]:
     """Check the server and migrate the template database once per session."""
     from . import pg
 
     pg.require_postgres()
     pg.create_template()
+    yield
+    pg.drop_template()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from psycopg import sql
 ADMIN_URL = os.environ.get(
     "PERDURE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TEMPLATE = "perdure_test_template"
+TEMPLATE = f"perdure_test_template_{os.getpid()}"  # one per test session: sessions may overlap
 HOW_TO_START = (
     "PostgreSQL is not reachable at {url}: start it with "
     "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
@@ -42,6 +42,11 @@ def require_postgres() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def drop_template() -> None:
+    """Drop this session's template database."""
+    drop_database(TEMPLATE)
 
 
 def create_template() -> None:
