@@ -1,6 +1,6 @@
 """perdure benchmarks: the workloads of PRODUCT.md, as JSON lines (one object per metric).
 
-    scripts/bench [--quick] [--only W1,W2,W5] [--store sqlite] [--out FILE]
+    scripts/bench [--quick] [--only W1,W2,W5] [--store sqlite|postgres|all] [--out FILE]
 
 W1 throughput (runs x 3 trivial steps, concurrency 50), W2 step overhead (one run of sequential
 steps), W3 crash resume (kill -9 during step 3 of 5), W4 big values (3 steps of 8 MiB), W5
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -21,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,10 +36,41 @@ from perdure.worker import Worker  # noqa: E402
 Metric = dict[str, Any]
 
 
+POSTGRES_URL = os.environ.get(
+    "PERDURE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+_database = ""  # the database of the workload being measured (see bench_database)
+
+
+@contextlib.contextmanager
+def bench_database(store: str, workdir: Path, name: str) -> Iterator[str]:
+    """A fresh database for one workload: a SQLite file, or a PostgreSQL database dropped after."""
+    global _database
+    if store == "sqlite":
+        _database = f"sqlite:///{workdir}/perdure.db"
+        yield _database
+        return
+    import psycopg
+    from psycopg import sql
+
+    dbname = f"perdure_bench_{os.getpid()}_{name.lower()}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    _database = urlsplit(POSTGRES_URL)._replace(path=f"/{dbname}").geturl()
+    try:
+        yield _database
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+            )
+
+
 def new_app(workdir: Path) -> perdure.App:
-    return perdure.App(
-        "bench", database=f"sqlite:///{workdir}/perdure.db", blobs=f"file://{workdir}/blobs"
-    )
+    return perdure.App("bench", database=_database, blobs=f"file://{workdir}/blobs")
 
 
 async def with_worker(
@@ -190,7 +223,7 @@ async def w3_crash_resume(workdir: Path, quick: bool) -> list[Metric]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "PERDURE_DATABASE_URL": f"sqlite:///{workdir}/perdure.db",
+        "PERDURE_DATABASE_URL": _database,
         "PERDURE_BLOB_URL": f"file://{workdir}/blobs",
         "CRASH_LOG": str(log),
         "CRASH_GATE": str(gate),
@@ -227,8 +260,11 @@ async def w3_crash_resume(workdir: Path, quick: bool) -> list[Metric]:
 
 
 async def commit_floor(workdir: Path, quick: bool) -> list[Metric]:
-    """The cost of one durable SQLite commit on this disk (WAL, synchronous=FULL, one small row):
-    the floor under W2 and W5, measured in the same run so ratios can be read."""
+    """The cost of one durable commit of one small row on this store (SQLite: WAL,
+    synchronous=FULL; PostgreSQL: synchronous_commit as configured): the floor under W2 and W5,
+    measured in the same run so ratios can be read."""
+    if _database.startswith("postgresql"):
+        return postgres_floor()
     conn = sqlite3.connect(workdir / "floor.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
@@ -241,6 +277,19 @@ async def commit_floor(workdir: Path, quick: bool) -> list[Metric]:
         conn.execute("COMMIT")
         times.append((time.perf_counter() - start) * 1000)
     conn.close()
+    return [{"workload": "floor", "metric": "commit_ms", "value": statistics.median(times)}]
+
+
+def postgres_floor() -> list[Metric]:
+    import psycopg
+
+    times = []
+    with psycopg.connect(_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE floor (k integer PRIMARY KEY, v bytea)")
+        for i in range(300):
+            start = time.perf_counter()
+            conn.execute("INSERT INTO floor VALUES (%s, %s)", (i, b"x" * 64))
+            times.append((time.perf_counter() - start) * 1000)
     return [{"workload": "floor", "metric": "commit_ms", "value": statistics.median(times)}]
 
 
@@ -269,7 +318,12 @@ def main() -> int:
     parser.add_argument(
         "--only", default=",".join(WORKLOADS), help="comma-separated workloads (FLOOR, W1..W5)"
     )
-    parser.add_argument("--store", default="sqlite", choices=["sqlite"], help="store to measure")
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        choices=["sqlite", "postgres", "all"],
+        help="store to measure (postgres: $PERDURE_BENCH_POSTGRES_URL)",
+    )
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args()
     selected = [w.strip().upper() for w in args.only.split(",") if w.strip()]
@@ -278,20 +332,29 @@ def main() -> int:
         parser.error(f"unknown workloads {unknown}; choose from {', '.join(WORKLOADS)}")
     facts = machine()
     results: list[Metric] = []
-    for name in selected:
-        with tempfile.TemporaryDirectory(prefix=f"perdure-bench-{name}-") as tmp:
-            metrics = asyncio.run(WORKLOADS[name](Path(tmp), args.quick))
-        for metric in metrics:
-            line = json.dumps(
-                {**metric, "store": args.store, "quick": args.quick, "date": time.time(), **facts}
-            )
-            print(line, flush=True)
-            results.append(metric)
-            if args.out:
-                with args.out.open("a") as f:
-                    f.write(line + "\n")
+    stores = ["sqlite", "postgres"] if args.store == "all" else [args.store]
+    for store in stores:
+        for name in selected:
+            with (
+                tempfile.TemporaryDirectory(prefix=f"perdure-bench-{name}-") as tmp,
+                bench_database(store, Path(tmp), name),
+            ):
+                metrics = asyncio.run(WORKLOADS[name](Path(tmp), args.quick))
+            for metric in metrics:
+                metric["store"] = store
+                emit(metric, args, facts, results)
     summarise(results)
     return 0
+
+
+def emit(metric: Metric, args: argparse.Namespace, facts: Metric, results: list[Metric]) -> None:
+    """Print one metric as a JSON line (and append it to --out)."""
+    line = json.dumps({**metric, "quick": args.quick, "date": time.time(), **facts})
+    print(line, flush=True)
+    results.append(metric)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(line + "\n")
 
 
 def summarise(results: list[Metric]) -> None:
@@ -299,13 +362,16 @@ def summarise(results: list[Metric]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    floor = next((m["value"] for m in results if m["workload"] == "floor"), None)
-    table = Table("workload", "metric", "value", "x commit floor", title="perdure benchmarks")
+    floors = {m["store"]: m["value"] for m in results if m["workload"] == "floor"}
+    table = Table(
+        "store", "workload", "metric", "value", "x commit floor", title="perdure benchmarks"
+    )
     for m in results:
         per_commit = ""
+        floor = floors.get(m["store"])
         if floor and "ms" in m["metric"] and m["workload"] != "floor":
             per_commit = f"{m['value'] / floor:.2f}"
-        table.add_row(m["workload"], m["metric"], f"{m['value']:.3f}", per_commit)
+        table.add_row(m["store"], m["workload"], m["metric"], f"{m['value']:.3f}", per_commit)
     Console(stderr=True).print(table)
 
 

@@ -94,7 +94,12 @@ class PostgresStore(RowMapping):
     # -- connections -------------------------------------------------------------------------
 
     def _kwargs(self) -> dict[str, Any]:
-        return {"row_factory": dict_row, "options": f"-c search_path={SCHEMA}"}
+        # autocommit: a read is one round trip; writes open their transaction explicitly
+        return {
+            "row_factory": dict_row,
+            "autocommit": True,
+            "options": f"-c search_path={SCHEMA}",
+        }
 
     async def _pool(self) -> AsyncConnectionPool[Conn]:
         if not self._opened:
@@ -123,11 +128,15 @@ class PostgresStore(RowMapping):
         return pool
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, what: str) -> AsyncIterator[Conn]:
+    async def _connection(self, what: str, *, transaction: bool) -> AsyncIterator[Conn]:
         pool = await self._pool()
         try:
-            async with pool.connection() as conn, conn.transaction():
-                yield conn
+            async with pool.connection() as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
         except psycopg.Error as exc:
             translated = _translate(exc, what)
             if translated is exc:
@@ -135,7 +144,7 @@ class PostgresStore(RowMapping):
             raise translated from exc
 
     async def _read(self, sql: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
-        async with self._transaction(what) as conn:
+        async with self._connection(what, transaction=False) as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
 
@@ -145,10 +154,12 @@ class PostgresStore(RowMapping):
         work: Callable[[Conn], Awaitable[T]],
         topics: Collection[str] = (),
     ) -> T:
-        async with self._transaction(what) as conn:
+        async with self._connection(what, transaction=True) as conn:
             result = await work(conn)
-            for topic in topics:
-                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, topic))
+            if topics:  # delivered at commit, to every listening process
+                await conn.execute(
+                    "SELECT pg_notify(%s, t) FROM unnest(%s::text[]) AS t", (CHANNEL, list(topics))
+                )
         if topics:
             self._notifier.notify(set(topics))  # this process need not wait for the echo
         return result
