@@ -104,8 +104,12 @@ async def reap_dead_workers(store: Store, me: WorkerRecord, config: WorkerConfig
     """Requeue the runs of workers that are provably dead or stalled; returns runs requeued."""
     now = time.time()
     dead: dict[str, str] = {}
-    for worker in await store.live_workers(app=me.app):
-        if worker.id == me.id:
+    others = [w for w in await store.live_workers(app=me.app) if w.id != me.id]
+    if others and store.session_liveness:
+        for worker_id in await store.dead_sessions([w.id for w in others], me=me.id):
+            dead[worker_id] = "died (its database session is gone)"
+    for worker in others:
+        if worker.id in dead:
             continue
         if (
             config.pid_check

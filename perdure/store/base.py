@@ -254,6 +254,8 @@ class Store(Protocol):
 
     blobs: BlobStore
     """Where values over `inline_limit` go."""
+    session_liveness: bool
+    """Capability: dead_sessions() can prove a worker dead by its database session."""
     inline_limit: int
     """Encoded values larger than this many bytes are offloaded to the blob store."""
 
@@ -358,6 +360,11 @@ class Store(Protocol):
 
     async def deregister_worker(self, worker_id: str) -> None:
         """A worker that stopped cleanly."""
+        ...
+
+    async def dead_sessions(self, worker_ids: list[str], *, me: str) -> list[str]:
+        """Workers among `worker_ids` whose database session is provably gone (stores with the
+        `session_liveness` capability; others return [])."""
         ...
 
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:

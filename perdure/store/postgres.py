@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
@@ -53,6 +54,15 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 SCHEMA = "perdure"
 CHANNEL = "perdure"
 _MIGRATION_LOCK = 7_366_101  # pg_advisory_xact_lock key: one migrator at a time
+LOCK_CLASS = 7_366_102  # first key of the workers' session locks
+SESSION_GRACE = 10.0  # seconds after a server start during which missing locks prove nothing
+
+
+def session_key(worker_id: str) -> int:
+    """Second key of a worker's session lock (a positive int4)."""
+    return zlib.crc32(worker_id.encode()) & 0x7FFFFFFF
+
+
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 
@@ -71,6 +81,9 @@ class PostgresStore(RowMapping):
     """Capability: the server pushes wake-ups (LISTEN/NOTIFY)."""
     skip_locked = True
     """Capability: claims skip rows other workers are claiming."""
+    session_liveness = True
+    """Capability: a worker holds an advisory lock in a session of its own while it lives, so
+    its death (its connection closed by the kernel) is visible to every other worker at once."""
 
     def __init__(
         self,
@@ -89,6 +102,7 @@ class PostgresStore(RowMapping):
         self._notifier = ChangeNotifier()
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]] = {}
         self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+        self._session_locks: dict[str, psycopg.Connection[Any]] = {}
         self._opened = False
 
     # -- connections -------------------------------------------------------------------------
@@ -442,11 +456,53 @@ class PostgresStore(RowMapping):
 
     async def register_worker(self, worker: WorkerRecord) -> None:
         params = self._worker_params(worker)
+        # the lock first: a registered worker without it would look dead to the others
+        await asyncio.to_thread(self._lock_session, worker.id)
 
         async def work(conn: Conn) -> None:
             await conn.execute(Q["register_worker"], params)
 
         await self._write("register_worker", work)
+
+    def _lock_session(self, worker_id: str) -> None:
+        """Hold `worker_id`'s advisory lock on a blocking connection of its own: it does not
+        depend on any event loop, and the server drops it the moment the process dies."""
+        old = self._session_locks.pop(worker_id, None)
+        if old is not None:
+            old.close()
+        try:
+            conn = psycopg.connect(self.url, autocommit=True)
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, session_key(worker_id))
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise _translate(exc, "session lock") from exc
+        if not row or not row[0]:  # a key collision: this worker falls back on heartbeats
+            conn.close()
+            log.warning(
+                "worker %s: session lock taken; its death will be seen by heartbeat only",
+                worker_id,
+            )
+            return
+        self._session_locks[worker_id] = conn
+
+    def _unlock_session(self, worker_id: str) -> None:
+        conn = self._session_locks.pop(worker_id, None)
+        if conn is not None:
+            conn.close()
+
+    async def dead_sessions(self, worker_ids: list[str], *, me: str) -> list[str]:
+        rows = await self._read(Q["session_locks"], {"lock_class": LOCK_CLASS}, "dead_sessions")
+        held = set(rows[0]["held"])
+        if session_key(me) not in held:
+            # our own session is gone (the server restarted, or the network dropped): take the
+            # lock again, and judge no one until we hold it
+            if me in self._session_locks:
+                await asyncio.to_thread(self._lock_session, me)
+            return []
+        if rows[0]["uptime"] < SESSION_GRACE:
+            return []  # the server restarted: give every worker time to lock again
+        return [w for w in worker_ids if session_key(w) not in held]
 
     async def heartbeat(self, worker_id: str) -> bool:
         params = {"id": worker_id, "now": time.time()}
@@ -487,6 +543,7 @@ class PostgresStore(RowMapping):
             await conn.execute(Q["mark_worker_dead"], params)
 
         await self._write("deregister_worker", work)
+        await asyncio.to_thread(self._unlock_session, worker_id)
 
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
         params = {"app": app, "tasks": tasks, "note": note, "now": time.time()}

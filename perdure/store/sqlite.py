@@ -54,6 +54,8 @@ class SQLiteStore(RowMapping):
 
     listen_notify = False
     """Capability: no server push; other processes are noticed by polling data_version."""
+    session_liveness = False
+    """Capability: no database sessions to tell a dead worker by (the PID check does it)."""
 
     def __init__(
         self,
@@ -386,6 +388,9 @@ class SQLiteStore(RowMapping):
     async def deregister_worker(self, worker_id: str) -> None:
         params = {"id": worker_id, "status": "stopped"}
         await self._write(lambda conn: conn.execute(Q["mark_worker_dead"], params), durable=False)
+
+    async def dead_sessions(self, worker_ids: list[str], *, me: str) -> list[str]:
+        return []
 
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
         params = {"app": app, "tasks": json.dumps(tasks), "note": note, "now": time.time()}

@@ -120,3 +120,12 @@ WHERE worker_id = %(worker_id)s AND status = 'running';
 UPDATE runs SET note = %(note)s
 WHERE app = %(app)s AND status IN ('queued', 'waiting') AND available_at <= %(now)s
   AND task <> ALL(%(tasks)s) AND note IS DISTINCT FROM %(note)s;
+
+-- name: session_locks
+SELECT array(
+           SELECT objid::bigint FROM pg_locks
+           WHERE locktype = 'advisory' AND classid = %(lock_class)s::bigint::oid
+             AND objsubid = 2 AND granted
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       ) AS held,
+       extract(epoch FROM now() - pg_postmaster_start_time())::float8 AS uptime;
