@@ -50,6 +50,9 @@ class WorkerConfig:
     """A worker is stalled, and its runs taken over, after this many missed heartbeats."""
     pid_check: bool = field(default_factory=lambda: env_bool("PERDURE_PID_CHECK", True))
     """Take over at once the runs of a worker on this host whose process is gone."""
+    session_check: bool = field(default_factory=lambda: env_bool("PERDURE_SESSION_CHECK", True))
+    """On stores that can (PostgreSQL), take over at once the runs of a worker whose database
+    session is gone."""
     reap_interval: float = field(default_factory=lambda: env_float("PERDURE_REAP_INTERVAL", 0.5))
     """Seconds between checks for dead or stalled workers."""
     drain_timeout: float = field(default_factory=lambda: env_float("PERDURE_DRAIN_TIMEOUT", 30.0))

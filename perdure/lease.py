@@ -105,7 +105,7 @@ async def reap_dead_workers(store: Store, me: WorkerRecord, config: WorkerConfig
     now = time.time()
     dead: dict[str, str] = {}
     others = [w for w in await store.live_workers(app=me.app) if w.id != me.id]
-    if others and store.session_liveness:
+    if others and config.session_check and store.session_liveness:
         for worker_id in await store.dead_sessions([w.id for w in others], me=me.id):
             dead[worker_id] = "died (its database session is gone)"
     for worker in others:

@@ -176,6 +176,7 @@ async def test_stalled_worker_is_taken_over_through_lease_expiry(
         crash,
         worker_processes,
         PERDURE_PID_CHECK="0",
+        PERDURE_SESSION_CHECK="0",
         PERDURE_HEARTBEAT_INTERVAL="0.2",
         PERDURE_MISSED_HEARTBEATS="3",
     )

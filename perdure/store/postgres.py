@@ -247,6 +247,8 @@ class PostgresStore(RowMapping):
         self._opened = True
 
     async def close(self) -> None:
+        for worker_id in list(self._session_locks):
+            await asyncio.to_thread(self._unlock_session, worker_id)
         await self.detach()
         self._pools.clear()  # other loops' pools end with their loops
         self._listeners.clear()
