@@ -83,3 +83,19 @@ def drop_database(name: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def require_postgres_or_exit() -> None:
+    """For scripts: exit with the how-to message when the server is not reachable."""
+    try:
+        psycopg.connect(ADMIN_URL, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        raise SystemExit(HOW_TO_START.format(url=ADMIN_URL) + f" ({exc})") from None
+
+
+def create_fresh_database() -> str:
+    """An empty database (perdure migrates it on first use); returns its name."""
+    name = f"perdure_chaos_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
