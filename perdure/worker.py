@@ -27,7 +27,7 @@ log = logging.getLogger("perdure.worker")
 
 _IDLE_WAIT = 1.0
 _CANCEL_CHECK_EVERY = 0.05
-_UNKNOWN_CHECK_EVERY = 5.0
+_HOUSEKEEPING_EVERY = 5.0
 _RELEASE_DELAY = 5.0
 _WAKE_TOPICS = (CLAIMABLE, CANCEL)
 _STORE_RETRY_MIN = 0.1
@@ -175,9 +175,10 @@ class Worker:
         if self._active and now - self._last_cancel_check >= _CANCEL_CHECK_EVERY:
             self._last_cancel_check = now
             await self._check_cancel_requests()
-        if now - self._last_unknown_check >= _UNKNOWN_CHECK_EVERY:
+        if now - self._last_unknown_check >= _HOUSEKEEPING_EVERY:
             self._last_unknown_check = now
             await self._note_unknown_tasks()
+            await self._release_strays()
         timeout = _IDLE_WAIT
         if wake_at is not None:
             timeout = max(0.0, min(timeout, wake_at - time.time()))
@@ -234,6 +235,18 @@ class Worker:
             if entry is not None and entry[1].stop_reason is None:
                 entry[1].stop_reason = "cancel"
                 entry[0].cancel()
+
+    async def _release_strays(self) -> None:
+        """Requeue runs leased to this worker that it does not run: claims whose answer a
+        dropped database connection lost."""
+        released = await self.store.release_strays(self.id, keep=list(self._active))
+        if released:
+            log.warning(
+                "released %d run(s) claimed for this worker but never started: %s",
+                len(released),
+                ", ".join(released),
+                extra={"action": "release_strays"},
+            )
 
     async def _note_unknown_tasks(self) -> None:
         note = (

@@ -367,6 +367,11 @@ class Store(Protocol):
         `session_liveness` capability; others return [])."""
         ...
 
+    async def release_strays(self, worker_id: str, *, keep: list[str]) -> list[str]:
+        """Requeue runs leased to `worker_id` that it does not run (`keep` are those it does):
+        claims whose answer was lost to a dropped connection. Returns their ids."""
+        ...
+
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
         """Set `note` on claimable runs whose task is not in `tasks`; returns how many."""
         ...

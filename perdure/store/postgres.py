@@ -21,11 +21,10 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from perdure.blobs.base import BlobStore
 from perdure.errors import (
-    CorruptJournal,
     LeaseLost,
     RunNotFound,
     SchemaOutdated,
@@ -44,7 +43,7 @@ from perdure.store.base import (
 )
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, encode_error
+from perdure.store.rows import RowMapping, check_same_entry, encode_error
 
 log = logging.getLogger("perdure.store")
 
@@ -69,7 +68,7 @@ Conn = psycopg.AsyncConnection[dict[str, Any]]
 
 def _translate(exc: psycopg.Error, what: str) -> Exception:
     """Driver errors at the boundary: the cause is kept on __cause__."""
-    if isinstance(exc, psycopg.OperationalError | psycopg.errors.AdminShutdown):
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
         return StoreUnavailable(f"PostgreSQL unavailable during {what}: {exc}")
     return exc
 
@@ -93,12 +92,14 @@ class PostgresStore(RowMapping):
         inline_limit: int,
         auto_migrate: bool = True,
         pool_size: int = 10,
+        retry_for: float = 300.0,
     ) -> None:
         self.url = url
         self.blobs = blobs
         self.inline_limit = inline_limit
         self.auto_migrate = auto_migrate
         self.pool_size = pool_size
+        self.retry_for = retry_for
         self._notifier = ChangeNotifier()
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]] = {}
         self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
@@ -128,6 +129,7 @@ class PostgresStore(RowMapping):
                 self.url,
                 min_size=1,
                 max_size=self.pool_size if home else 2,
+                timeout=5.0,  # a checkout waits this long, then the retry loop says why
                 kwargs=self._kwargs(),
                 open=False,
                 name=f"perdure-{len(self._pools)}",
@@ -157,10 +159,30 @@ class PostgresStore(RowMapping):
                 raise
             raise translated from exc
 
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt`; while the server is unreachable, retry with backoff and say so, for
+        up to `retry_for` seconds. Every write is safe to repeat: an answer lost with the
+        connection is found again (same journal entry, same run id, a claim released later)."""
+        delay, deadline = 0.1, time.monotonic() + self.retry_for
+        while True:
+            try:
+                return await attempt()
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "%s: %s; retrying in %.1fs", what, exc, delay, extra={"action": "store_retry"}
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _read(self, sql: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
-        async with self._connection(what, transaction=False) as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
+        async def attempt() -> list[dict[str, Any]]:
+            async with self._connection(what, transaction=False) as conn:
+                cur = await conn.execute(sql, params)
+                return await cur.fetchall()
+
+        return await self._retrying(what, attempt)
 
     async def _write(
         self,
@@ -168,12 +190,18 @@ class PostgresStore(RowMapping):
         work: Callable[[Conn], Awaitable[T]],
         topics: Collection[str] = (),
     ) -> T:
-        async with self._connection(what, transaction=True) as conn:
-            result = await work(conn)
-            if topics:  # delivered at commit, to every listening process
-                await conn.execute(
-                    "SELECT pg_notify(%s, t) FROM unnest(%s::text[]) AS t", (CHANNEL, list(topics))
-                )
+
+        async def attempt() -> T:
+            async with self._connection(what, transaction=True) as conn:
+                result = await work(conn)
+                if topics:  # delivered at commit, to every listening process
+                    await conn.execute(
+                        "SELECT pg_notify(%s, t) FROM unnest(%s::text[]) AS t",
+                        (CHANNEL, list(topics)),
+                    )
+            return result
+
+        result = await self._retrying(what, attempt)
         if topics:
             self._notifier.notify(set(topics))  # this process need not wait for the echo
         return result
@@ -371,10 +399,8 @@ class PostgresStore(RowMapping):
                 async with conn.transaction():  # a savepoint: the error must not abort the rest
                     await conn.execute(Q["insert_entry"], params)
             except psycopg.errors.UniqueViolation as exc:
-                raise CorruptJournal(
-                    f"run {run_id}: journal position {params['seq']} is already recorded; "
-                    "the same position was written twice under one lease"
-                ) from exc
+                existing = await (await conn.execute(Q["entry_at"], params)).fetchone()
+                check_same_entry(run_id, params, existing, exc)
 
     async def append(
         self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
@@ -546,6 +572,15 @@ class PostgresStore(RowMapping):
 
         await self._write("deregister_worker", work)
         await asyncio.to_thread(self._unlock_session, worker_id)
+
+    async def release_strays(self, worker_id: str, *, keep: list[str]) -> list[str]:
+        params = {"worker_id": worker_id, "keep": keep, "now": time.time()}
+
+        async def work(conn: Conn) -> list[str]:
+            rows = await (await conn.execute(Q["release_strays"], params)).fetchall()
+            return [row["id"] for row in rows]
+
+        return await self._write("release_strays", work, (CLAIMABLE,))
 
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
         params = {"app": app, "tasks": tasks, "note": note, "now": time.time()}

@@ -46,6 +46,28 @@ def decode_error(data: bytes | None, where: str) -> ErrorInfo | None:
         raise CorruptJournal(f"{where}: stored error cannot be read ({exc})") from exc
 
 
+_ENTRY_FIELDS = ("kind", "name", "status", "codec", "value", "blob_key", "error")
+
+
+def check_same_entry(
+    run_id: str, params: dict[str, Any], existing: Row | None, cause: Exception
+) -> None:
+    """A journal position that is already recorded: fine if it holds exactly this entry (a
+    write retried after its acknowledgement was lost), CorruptJournal otherwise."""
+    if existing is not None and all(_same(existing[name], params[name]) for name in _ENTRY_FIELDS):
+        return
+    raise CorruptJournal(
+        f"run {run_id}: journal position {params['seq']} is already recorded; "
+        "the same position was written twice under one lease"
+    ) from cause
+
+
+def _same(stored: Any, ours: Any) -> bool:
+    if isinstance(stored, memoryview):
+        stored = bytes(stored)
+    return bool(stored == ours)
+
+
 class RowMapping:
     """Records <-> rows, and large values <-> the blob store."""
 

@@ -19,7 +19,6 @@ from typing import Any
 
 from perdure.blobs.base import BlobStore
 from perdure.errors import (
-    CorruptJournal,
     LeaseLost,
     RunNotFound,
     SchemaOutdated,
@@ -39,7 +38,7 @@ from perdure.store.base import (
 from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, encode_error
+from perdure.store.rows import RowMapping, check_same_entry, encode_error
 
 log = logging.getLogger("perdure.store")
 
@@ -263,10 +262,8 @@ class SQLiteStore(RowMapping):
             try:
                 conn.execute(Q["insert_entry"], params)
             except sqlite3.IntegrityError as exc:
-                raise CorruptJournal(
-                    f"run {run_id}: journal position {params['seq']} is already recorded; "
-                    "the same position was written twice under one lease"
-                ) from exc
+                existing = conn.execute(Q["entry_at"], params).fetchone()
+                check_same_entry(run_id, params, existing, exc)
 
     async def append(
         self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
@@ -391,6 +388,15 @@ class SQLiteStore(RowMapping):
 
     async def dead_sessions(self, worker_ids: list[str], *, me: str) -> list[str]:
         return []
+
+    async def release_strays(self, worker_id: str, *, keep: list[str]) -> list[str]:
+        params = {"worker_id": worker_id, "keep": json.dumps(keep), "now": time.time()}
+
+        def write(conn: sqlite3.Connection) -> list[str]:
+            return [row["id"] for row in conn.execute(Q["release_strays"], params).fetchall()]
+
+        released: list[str] = await self._write(write, (CLAIMABLE,))
+        return released
 
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
         params = {"app": app, "tasks": json.dumps(tasks), "note": note, "now": time.time()}

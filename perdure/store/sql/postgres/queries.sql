@@ -8,7 +8,9 @@ VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s
 ON CONFLICT DO NOTHING;
 
 -- name: run_by_idempotency_key
-SELECT id FROM runs WHERE app = %(app)s AND task = %(task)s AND idempotency_key = %(idempotency_key)s;
+SELECT id FROM runs
+WHERE id = %(id)s
+   OR (app = %(app)s AND task = %(task)s AND idempotency_key = %(idempotency_key)s);
 
 -- name: get_run
 SELECT * FROM runs WHERE id = %(id)s;
@@ -54,7 +56,8 @@ VALUES (%(run_id)s, %(seq)s, %(kind)s, %(name)s, %(status)s, %(codec)s, %(value)
 
 -- name: insert_attempt
 INSERT INTO attempts (run_id, run_attempt, seq, attempt, started_at, finished_at, error)
-VALUES (%(run_id)s, %(run_attempt)s, %(seq)s, %(attempt)s, %(started_at)s, %(finished_at)s, %(error)s);
+VALUES (%(run_id)s, %(run_attempt)s, %(seq)s, %(attempt)s, %(started_at)s, %(finished_at)s, %(error)s)
+ON CONFLICT DO NOTHING;
 
 -- name: load_journal
 SELECT * FROM journal WHERE run_id = %(run_id)s ORDER BY seq;
@@ -98,7 +101,8 @@ WHERE worker_id = %(worker_id)s AND status = 'running' AND cancel_requested = 1;
 INSERT INTO workers (id, app, host, host_key, pid, pid_started, tasks, started_at, heartbeat_at,
                      status)
 VALUES (%(id)s, %(app)s, %(host)s, %(host_key)s, %(pid)s, %(pid_started)s, %(tasks)s, %(started_at)s, %(heartbeat_at)s,
-        'alive');
+        'alive')
+ON CONFLICT DO NOTHING;
 
 -- name: heartbeat
 UPDATE workers SET heartbeat_at = %(now)s WHERE id = %(id)s AND status = 'alive';
@@ -129,3 +133,14 @@ SELECT array(
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
        ) AS held,
        extract(epoch FROM now() - pg_postmaster_start_time())::float8 AS uptime;
+
+-- name: entry_at
+SELECT kind, name, status, codec, value, blob_key, error FROM journal
+WHERE run_id = %(run_id)s AND seq = %(seq)s;
+
+-- name: release_strays
+UPDATE runs
+SET status = 'queued', worker_id = NULL, available_at = %(now)s, updated_at = %(now)s,
+    note = 'requeued: its worker no longer ran it'
+WHERE worker_id = %(worker_id)s AND status = 'running' AND id <> ALL(%(keep)s)
+RETURNING id;

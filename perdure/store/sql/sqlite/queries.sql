@@ -8,7 +8,9 @@ VALUES (:id, :app, :task, :queue, 'queued', :args_codec, :args, :args_blob, :arg
 ON CONFLICT DO NOTHING;
 
 -- name: run_by_idempotency_key
-SELECT id FROM runs WHERE app = :app AND task = :task AND idempotency_key = :idempotency_key;
+SELECT id FROM runs
+WHERE id = :id
+   OR (app = :app AND task = :task AND idempotency_key = :idempotency_key);
 
 -- name: get_run
 SELECT * FROM runs WHERE id = :id;
@@ -52,7 +54,8 @@ VALUES (:run_id, :seq, :kind, :name, :status, :codec, :value, :blob_key, :raw_si
 
 -- name: insert_attempt
 INSERT INTO attempts (run_id, run_attempt, seq, attempt, started_at, finished_at, error)
-VALUES (:run_id, :run_attempt, :seq, :attempt, :started_at, :finished_at, :error);
+VALUES (:run_id, :run_attempt, :seq, :attempt, :started_at, :finished_at, :error)
+ON CONFLICT DO NOTHING;
 
 -- name: load_journal
 SELECT * FROM journal WHERE run_id = :run_id ORDER BY seq;
@@ -96,7 +99,8 @@ WHERE worker_id = :worker_id AND status = 'running' AND cancel_requested = 1;
 INSERT INTO workers (id, app, host, host_key, pid, pid_started, tasks, started_at, heartbeat_at,
                      status)
 VALUES (:id, :app, :host, :host_key, :pid, :pid_started, :tasks, :started_at, :heartbeat_at,
-        'alive');
+        'alive')
+ON CONFLICT DO NOTHING;
 
 -- name: heartbeat
 UPDATE workers SET heartbeat_at = :now WHERE id = :id AND status = 'alive';
@@ -118,3 +122,15 @@ WHERE worker_id = :worker_id AND status = 'running';
 UPDATE runs SET note = :note
 WHERE app = :app AND status IN ('queued', 'waiting') AND available_at <= :now
   AND task NOT IN (SELECT value FROM json_each(:tasks)) AND note IS NOT :note;
+
+-- name: entry_at
+SELECT kind, name, status, codec, value, blob_key, error FROM journal
+WHERE run_id = :run_id AND seq = :seq;
+
+-- name: release_strays
+UPDATE runs
+SET status = 'queued', worker_id = NULL, available_at = :now, updated_at = :now,
+    note = 'requeued: its worker no longer ran it'
+WHERE worker_id = :worker_id AND status = 'running'
+  AND id NOT IN (SELECT value FROM json_each(:keep))
+RETURNING id;
