@@ -331,16 +331,17 @@ class PostgresStore(RowMapping):
     async def create_run(self, run: NewRun) -> tuple[str, bool]:
         params = await self._new_run_params(run, time.time())
 
-        async def work(conn: Conn) -> tuple[str, bool]:
-            cur = await conn.execute(Q["insert_run"], params)
-            if cur.rowcount == 1:
-                return run.id, True
-            cur = await conn.execute(Q["run_by_idempotency_key"], params)
-            row = await cur.fetchone()
-            assert row is not None
-            return str(row["id"]), False
+        async def attempt() -> tuple[str, bool]:
+            async with self._connection("create_run", transaction=False) as conn:
+                if await (await conn.execute(Q["insert_run_notify"], params)).fetchone():
+                    return run.id, True
+                row = await (await conn.execute(Q["run_by_idempotency_key"], params)).fetchone()
+                assert row is not None
+                return str(row["id"]), row["id"] == run.id
 
-        return await self._write("create_run", work, (CLAIMABLE,))
+        created = await self._retrying("create_run", attempt)
+        self._notifier.notify({CLAIMABLE})
+        return created
 
     async def get_run(self, run_id: str) -> RunRecord:
         rows = await self._read(Q["get_run"], {"id": run_id}, "get_run")
@@ -369,11 +370,11 @@ class PostgresStore(RowMapping):
             "now": time.time(),
         }
 
-        async def work(conn: Conn) -> list[dict[str, Any]]:
-            cur = await conn.execute(Q["claim_runs"], params)
-            return await cur.fetchall()
+        async def attempt() -> list[dict[str, Any]]:
+            async with self._connection("claim_runs", transaction=False) as conn:
+                return await (await conn.execute(Q["claim_runs"], params)).fetchall()
 
-        rows = await self._write("claim_runs", work)
+        rows = await self._retrying("claim_runs", attempt)  # one statement: autocommit
         rows.sort(key=lambda row: (row["available_at"], row["id"]))  # RETURNING has no order
         return [await self._run_record(row, full=True) for row in rows]
 
@@ -395,12 +396,10 @@ class PostgresStore(RowMapping):
     @staticmethod
     async def _insert_entries(conn: Conn, run_id: str, entry_params: list[dict[str, Any]]) -> None:
         for params in entry_params:
-            try:
-                async with conn.transaction():  # a savepoint: the error must not abort the rest
-                    await conn.execute(Q["insert_entry"], params)
-            except psycopg.errors.UniqueViolation as exc:
+            inserted = await (await conn.execute(Q["insert_entry"], params)).fetchone()
+            if inserted is None:  # the position is taken (ON CONFLICT DO NOTHING)
                 existing = await (await conn.execute(Q["entry_at"], params)).fetchone()
-                check_same_entry(run_id, params, existing, exc)
+                check_same_entry(run_id, params, existing, None)
 
     async def append(
         self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
@@ -416,6 +415,19 @@ class PostgresStore(RowMapping):
             await self._insert_entries(conn, run_id, entry_params)
             for params in attempt_params:
                 await conn.execute(Q["insert_attempt"], params)
+
+        if len(entry_params) == 1 and not attempt_params:
+            # the common case (a step's record): one statement, one round trip
+            params = {**entry_params[0], "lease": lease}
+
+            async def one() -> None:
+                async with self._connection("append", transaction=False) as conn:
+                    if await (await conn.execute(Q["append_entry_fenced"], params)).fetchone():
+                        return
+                await self._write("append", work)  # find out why, in a transaction
+
+            await self._retrying("append", one)
+            return
 
         await self._write("append", work)
 

@@ -50,7 +50,7 @@ _ENTRY_FIELDS = ("kind", "name", "status", "codec", "value", "blob_key", "error"
 
 
 def check_same_entry(
-    run_id: str, params: dict[str, Any], existing: Row | None, cause: Exception
+    run_id: str, params: dict[str, Any], existing: Row | None, cause: Exception | None
 ) -> None:
     """A journal position that is already recorded: fine if it holds exactly this entry (a
     write retried after its acknowledgement was lost), CorruptJournal otherwise."""

@@ -52,7 +52,9 @@ INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, ra
                      attempt_started_at)
 VALUES (%(run_id)s, %(seq)s, %(kind)s, %(name)s, %(status)s, %(codec)s, %(value)s, %(blob_key)s, %(raw_size)s,
         %(stored_size)s, %(error)s, %(started_at)s, %(finished_at)s, %(run_attempt)s, %(attempt)s,
-        %(attempt_started_at)s);
+        %(attempt_started_at)s)
+ON CONFLICT (run_id, seq) DO NOTHING
+RETURNING seq;
 
 -- name: insert_attempt
 INSERT INTO attempts (run_id, run_attempt, seq, attempt, started_at, finished_at, error)
@@ -144,3 +146,31 @@ SET status = 'queued', worker_id = NULL, available_at = %(now)s, updated_at = %(
     note = 'requeued: its worker no longer ran it'
 WHERE worker_id = %(worker_id)s AND status = 'running' AND id <> ALL(%(keep)s)
 RETURNING id;
+
+-- name: append_entry_fenced
+-- One journal entry in one statement, fenced by the run's lease (the share lock on the run
+-- orders it against a concurrent claim): no rows back means a lost lease or a taken position.
+INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
+                     stored_size, error, started_at, finished_at, run_attempt, attempt,
+                     attempt_started_at)
+SELECT %(run_id)s, %(seq)s, %(kind)s, %(name)s, %(status)s, %(codec)s, %(value)s,
+       %(blob_key)s, %(raw_size)s, %(stored_size)s, %(error)s, %(started_at)s,
+       %(finished_at)s, %(run_attempt)s, %(attempt)s, %(attempt_started_at)s
+FROM runs
+WHERE id = %(run_id)s AND lease = %(lease)s AND status = 'running'
+FOR SHARE
+ON CONFLICT (run_id, seq) DO NOTHING
+RETURNING seq;
+
+-- name: insert_run_notify
+-- insert_run and its wake-up in one statement (one round trip, autocommit)
+WITH inserted AS (
+    INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
+                      args_stored_size, idempotency_key, available_at, created_at, updated_at)
+    VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s,
+            %(args_blob)s, %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s,
+            %(available_at)s, %(now)s, %(now)s)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT id, pg_notify('perdure', 'claimable') FROM inserted;
