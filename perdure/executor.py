@@ -26,7 +26,15 @@ from perdure.errors import (
     Suspend,
 )
 from perdure.step import error_info, return_type
-from perdure.store.base import Attempt, RunRecord, RunStatus, Store, Transition, Value
+from perdure.store.base import (
+    Attempt,
+    JournalEntry,
+    RunRecord,
+    RunStatus,
+    Store,
+    Transition,
+    Value,
+)
 from perdure.worker import RunControl
 
 log = logging.getLogger("perdure.run")
@@ -154,11 +162,15 @@ class Executor:
         )
 
     async def _context(self, run: RunRecord, control: RunControl, task: TaskDef) -> RunContext:
-        journal = await self.store.load_journal(run.id)
+        journal: list[JournalEntry] = []
         step_attempts: dict[int, int] = {}
-        for attempt in await self.store.load_attempts(run.id):
-            if attempt.run_attempt == run.attempt and attempt.seq > 0:
-                step_attempts[attempt.seq] = max(step_attempts.get(attempt.seq, 0), attempt.attempt)
+        if run.lease > 1:  # claimed before: there may be a journal (a first claim has none)
+            journal = await self.store.load_journal(run.id)
+            for attempt in await self.store.load_attempts(run.id):
+                if attempt.run_attempt == run.attempt and attempt.seq > 0:
+                    step_attempts[attempt.seq] = max(
+                        step_attempts.get(attempt.seq, 0), attempt.attempt
+                    )
         if not journal:
             log.info(
                 "run %s of %s started (attempt %d)",
