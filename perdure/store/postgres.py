@@ -371,10 +371,18 @@ class PostgresStore(RowMapping):
         }
 
         async def attempt() -> list[dict[str, Any]]:
-            async with self._connection("claim_runs", transaction=False) as conn:
-                return await (await conn.execute(Q["claim_runs"], params)).fetchall()
+            # a claim need not wait for its WAL flush (losing one only means the run is claimed
+            # again), and the pipeline sends the four statements together
+            async with (
+                self._connection("claim_runs", transaction=False) as conn,
+                conn.pipeline(),
+            ):
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL synchronous_commit TO off")
+                    cur = await conn.execute(Q["claim_runs"], params)
+                return await cur.fetchall()
 
-        rows = await self._retrying("claim_runs", attempt)  # one statement: autocommit
+        rows = await self._retrying("claim_runs", attempt)
         rows.sort(key=lambda row: (row["available_at"], row["id"]))  # RETURNING has no order
         return [await self._run_record(row, full=True) for row in rows]
 
