@@ -21,7 +21,7 @@ from perdure.errors import (
 from perdure.executor import TaskDef, task_return_type
 from perdure.ids import new_id
 from perdure.retry import DEFAULT_RETRY, Retry
-from perdure.store.base import EntryKind, NewRun, RunStatus
+from perdure.store.base import ChangeToken, EntryKind, NewRun, RunStatus
 from perdure.store.notify import run_topic
 
 if TYPE_CHECKING:
@@ -58,10 +58,13 @@ async def _detached(app: App, coro: Coroutine[Any, Any, T]) -> T:
 class RunHandle(Generic[R]):
     """A run: its id, and ways to follow it."""
 
-    def __init__(self, app: App, run_id: str, result_type: Any = Any) -> None:
+    def __init__(
+        self, app: App, run_id: str, result_type: Any = Any, *, since: ChangeToken | None = None
+    ) -> None:
         self._app = app
         self.id = run_id
         self._result_type = result_type
+        self._since = since  # set by trigger: nothing about the run is known to have changed
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r})"
@@ -79,6 +82,11 @@ class RunHandle(Generic[R]):
         store = self._app.store
         deadline = None if timeout is None else time.monotonic() + timeout
         topics = (run_topic(self.id),)
+        if self._since is not None:
+            # just triggered: no need to read the run before it has changed
+            since, self._since = self._since, None
+            first_wait = 1.0 if timeout is None else min(1.0, timeout)
+            await store.wait_for_change(first_wait, topics=topics, since=since)
         while True:
             token = store.change_token()
             run = await store.get_run(self.id)
@@ -217,6 +225,7 @@ class Task(Generic[P, R]):
                 f"idempotency_key must be a str, got {type(idempotency_key).__name__}"
             )
         value = self.definition.encode_args(args, kwargs)
+        since = self.app.store.change_token()
         ctx = current()
         seq = None
         if ctx is not None and not in_step():
@@ -228,7 +237,7 @@ class Task(Generic[P, R]):
                 return RunHandle(self.app, decode_entry(ctx, entry, str), self.result_type)
             if idempotency_key is None:  # a crash before the entry is written: same run
                 idempotency_key = f"perdure:{ctx.run.id}:{seq}"
-        run_id, _created = await self.app.store.create_run(
+        run_id, created = await self.app.store.create_run(
             NewRun(
                 id=new_id(),
                 app=self.app.name,
@@ -242,4 +251,4 @@ class Task(Generic[P, R]):
         if ctx is not None and seq is not None:
             entry, _data = ctx.value_entry(seq, EntryKind.TRIGGER, self.name, run_id, time.time())
             ctx.pending.append(entry)
-        return RunHandle(self.app, run_id, self.result_type)
+        return RunHandle(self.app, run_id, self.result_type, since=since if created else None)
