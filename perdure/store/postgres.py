@@ -43,7 +43,7 @@ from perdure.store.base import (
 )
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, check_same_entry, encode_error
+from perdure.store.rows import RowMapping, check_same_entry
 
 log = logging.getLogger("perdure.store")
 
@@ -449,22 +449,9 @@ class PostgresStore(RowMapping):
         attempts: list[Attempt],
     ) -> None:
         entry_params = await self._entry_params(run_id, entries)
-        attempt_params = [self._attempt_params(a) for a in attempts]
-        if transition.attempt is not None:
-            attempt_params.append(self._attempt_params(transition.attempt))
-        result = await self._offload(transition.result)
-        now = time.time()
-        params = {
-            "id": run_id,
-            "lease": lease,
-            "status": str(transition.status),
-            "available_at": transition.available_at,
-            "error": encode_error(transition.error),
-            "bump": 1 if transition.next_attempt else 0,
-            "now": now,
-            "finished_at": now if transition.status.terminal else None,
-            **self._value_params("result", result),
-        }
+        params, attempt_params, topics = await self._finish_params(
+            run_id, lease, transition, attempts
+        )
 
         async def work(conn: Conn) -> None:
             cur = await conn.execute(Q["finish_attempt"], params)
@@ -476,9 +463,6 @@ class PostgresStore(RowMapping):
             if transition.next_attempt:
                 await conn.execute(Q["drop_failed_entries"], {"run_id": run_id})
 
-        topics = [run_topic(run_id)]
-        if transition.status in (RunStatus.QUEUED, RunStatus.WAITING):
-            topics.append(CLAIMABLE)
         await self._write("finish_attempt", work, topics)
 
     async def cancel_run(self, run_id: str) -> RunStatus:

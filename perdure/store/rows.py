@@ -5,6 +5,7 @@ run the queries."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -21,9 +22,11 @@ from perdure.store.base import (
     NewRun,
     RunRecord,
     RunStatus,
+    Transition,
     Value,
     WorkerRecord,
 )
+from perdure.store.notify import CLAIMABLE, run_topic
 
 
 class Row(Protocol):
@@ -266,6 +269,29 @@ class RowMapping:
             "started_at": worker.started_at,
             "heartbeat_at": worker.heartbeat_at,
         }
+
+    async def _finish_params(
+        self, run_id: str, lease: int, transition: Transition, attempts: list[Attempt]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+        """Parameters of finish_attempt's update, its attempt rows (the task-level attempt
+        included), and the topics to announce."""
+        now = time.time()
+        params = {
+            "id": run_id,
+            "lease": lease,
+            "status": str(transition.status),
+            "available_at": transition.available_at,
+            "error": encode_error(transition.error),
+            "bump": 1 if transition.next_attempt else 0,
+            "now": now,
+            "finished_at": now if transition.status.terminal else None,
+            **self._value_params("result", await self._offload(transition.result)),
+        }
+        ended = [*attempts, *([transition.attempt] if transition.attempt else [])]
+        topics = [run_topic(run_id)]
+        if transition.status in (RunStatus.QUEUED, RunStatus.WAITING):
+            topics.append(CLAIMABLE)
+        return params, [self._attempt_params(a) for a in ended], topics
 
     async def _new_run_params(self, run: NewRun, now: float) -> dict[str, Any]:
         return {

@@ -38,7 +38,7 @@ from perdure.store.base import (
 from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, check_same_entry, encode_error
+from perdure.store.rows import RowMapping, check_same_entry
 
 log = logging.getLogger("perdure.store")
 
@@ -291,21 +291,9 @@ class SQLiteStore(RowMapping):
         attempts: list[Attempt],
     ) -> None:
         entry_params = await self._entry_params(run_id, entries)
-        attempt_params = [self._attempt_params(a) for a in attempts]
-        result = await self._offload(transition.result)
-        now = time.time()
-        params = {
-            "id": run_id,
-            "lease": lease,
-            "status": str(transition.status),
-            "available_at": transition.available_at,
-            "error": encode_error(transition.error),
-            "bump": 1 if transition.next_attempt else 0,
-            "now": now,
-            "finished_at": now if transition.status.terminal else None,
-            **self._value_params("result", result),
-        }
-        attempt = transition.attempt
+        params, attempt_params, topics = await self._finish_params(
+            run_id, lease, transition, attempts
+        )
 
         def write(conn: sqlite3.Connection) -> None:
             if conn.execute(Q["finish_attempt"], params).rowcount != 1:
@@ -313,14 +301,9 @@ class SQLiteStore(RowMapping):
             self._insert_entries(conn, run_id, entry_params)
             for one in attempt_params:
                 conn.execute(Q["insert_attempt"], one)
-            if attempt is not None:
-                conn.execute(Q["insert_attempt"], self._attempt_params(attempt))
             if transition.next_attempt:
                 conn.execute(Q["drop_failed_entries"], {"run_id": run_id})
 
-        topics = [run_topic(run_id)]
-        if transition.status in (RunStatus.QUEUED, RunStatus.WAITING):
-            topics.append(CLAIMABLE)
         await self._write(write, topics)
 
     async def cancel_run(self, run_id: str) -> RunStatus:
