@@ -104,6 +104,14 @@ class PostgresStore(RowMapping):
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]] = {}
         self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         self._session_locks: dict[str, psycopg.Connection[Any]] = {}
+        self._append_groups: dict[
+            asyncio.AbstractEventLoop, list[tuple[dict[str, Any], asyncio.Future[bool]]]
+        ] = {}
+        self._group_tasks: set[asyncio.Task[None]] = set()
+        self.grouped_appends = 0
+        """Step records written through group commit (for tests and stats)."""
+        self.append_groups = 0
+        """Transactions those records took."""
         self._opened = False
 
     # -- connections -------------------------------------------------------------------------
@@ -429,15 +437,57 @@ class PostgresStore(RowMapping):
             params = {**entry_params[0], "lease": lease}
 
             async def one() -> None:
-                async with self._connection("append", transaction=False) as conn:
-                    if await (await conn.execute(Q["append_entry_fenced"], params)).fetchone():
-                        return
+                if await self._grouped_append(params):
+                    return
                 await self._write("append", work)  # find out why, in a transaction
 
             await self._retrying("append", one)
             return
 
         await self._write("append", work)
+
+    async def _grouped_append(self, params: dict[str, Any]) -> bool:
+        """Group commit: the step records that runs submit in one event-loop iteration go to
+        the server together, in one transaction with one commit (alone: one autocommit
+        statement). True when the entry was inserted."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        group = self._append_groups.get(loop)
+        if group is None:
+            group = self._append_groups[loop] = []
+            loop.call_soon(
+                lambda: self._group_tasks.add(loop.create_task(self._commit_group(loop)))
+            )
+        group.append((params, fut))
+        return await fut
+
+    async def _commit_group(self, loop: asyncio.AbstractEventLoop) -> None:
+        group = self._append_groups.pop(loop, [])
+        try:
+            async with self._connection("append", transaction=False) as conn:
+                if len(group) == 1:
+                    cur = await conn.execute(Q["append_entry_fenced"], group[0][0])
+                    inserted = [await cur.fetchone() is not None]
+                else:
+                    async with conn.pipeline():
+                        async with conn.transaction():
+                            cursors = [
+                                await conn.execute(Q["append_entry_fenced"], params)
+                                for params, _ in group
+                            ]
+                        inserted = [await cur.fetchone() is not None for cur in cursors]
+        except Exception as exc:
+            for _params, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        finally:
+            self._group_tasks.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+        self.grouped_appends += len(group)
+        self.append_groups += 1
+        for (_params, fut), ok in zip(group, inserted, strict=True):
+            if not fut.done():
+                fut.set_result(ok)
 
     async def finish_attempt(
         self,
