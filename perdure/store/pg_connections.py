@@ -1,0 +1,228 @@
+"""PostgreSQL connections for the store: one pool per event loop (psycopg's async pools belong
+to one loop: the worker's, the heartbeat thread's, a `trigger_sync` caller's), retries while the
+server is unreachable, the LISTEN connection that turns NOTIFYs into wake-ups, and the workers'
+session locks (an advisory lock held on a blocking connection of its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from perdure.errors import StoreUnavailable
+from perdure.store.notify import ChangeNotifier
+
+log = logging.getLogger("perdure.store")
+
+SCHEMA = "perdure"
+CHANNEL = "perdure"
+LOCK_CLASS = 7_366_102  # first key of the workers' session locks
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+
+
+def session_key(worker_id: str) -> int:
+    """Second key of a worker's session lock (a positive int4)."""
+    return zlib.crc32(worker_id.encode()) & 0x7FFFFFFF
+
+
+def translate(exc: psycopg.Error, what: str) -> Exception:
+    """Driver errors at the boundary: the cause is kept on __cause__."""
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        return StoreUnavailable(f"PostgreSQL unavailable during {what}: {exc}")
+    return exc
+
+
+class PostgresConnections:
+    """Connections, retries, LISTEN and session locks; the store's queries live above it."""
+
+    url: str
+    pool_size: int
+    retry_for: float
+    _notifier: ChangeNotifier
+    _opened: bool
+    _pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]]
+    _listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]]
+    _session_locks: dict[str, psycopg.Connection[Any]]
+
+    async def open(self) -> None:
+        """Check the schema; implemented by the store."""
+        raise NotImplementedError
+
+    def _kwargs(self) -> dict[str, Any]:
+        # autocommit: a read is one round trip; writes open their transaction explicitly
+        return {
+            "row_factory": dict_row,
+            "autocommit": True,
+            "options": f"-c search_path={SCHEMA}",
+        }
+
+    async def _pool(self) -> AsyncConnectionPool[Conn]:
+        if not self._opened:
+            await self.open()
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            for other in [lp for lp in self._pools if lp.is_closed()]:
+                del self._pools[other]  # its connections went with their loop
+            home = not self._pools
+            pool = AsyncConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size if home else 2,
+                timeout=5.0,  # a checkout waits this long, then the retry loop says why
+                kwargs=self._kwargs(),
+                open=False,
+                name=f"perdure-{len(self._pools)}",
+                connection_class=psycopg.AsyncConnection[dict[str, Any]],
+            )
+            self._pools[loop] = pool
+            try:
+                await pool.open(wait=True, timeout=30)
+            except psycopg.Error as exc:
+                del self._pools[loop]
+                raise translate(exc, "connect") from exc
+        return pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, what: str, *, transaction: bool) -> AsyncIterator[Conn]:
+        pool = await self._pool()
+        try:
+            async with pool.connection() as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+        except psycopg.Error as exc:
+            translated = translate(exc, what)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt`; while the server is unreachable, retry with backoff and say so, for
+        up to `retry_for` seconds. Every write is safe to repeat: an answer lost with the
+        connection is found again (same journal entry, same run id, a claim released later)."""
+        delay, deadline = 0.1, time.monotonic() + self.retry_for
+        while True:
+            try:
+                return await attempt()
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "%s: %s; retrying in %.1fs", what, exc, delay, extra={"action": "store_retry"}
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _read(self, sql: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
+        async def attempt() -> list[dict[str, Any]]:
+            async with self._connection(what, transaction=False) as conn:
+                cur = await conn.execute(sql, params)
+                return await cur.fetchall()
+
+        return await self._retrying(what, attempt)
+
+    async def _write(
+        self,
+        what: str,
+        work: Callable[[Conn], Awaitable[T]],
+        topics: Collection[str] = (),
+    ) -> T:
+
+        async def attempt() -> T:
+            async with self._connection(what, transaction=True) as conn:
+                result = await work(conn)
+                if topics:  # delivered at commit, to every listening process
+                    await conn.execute(
+                        "SELECT pg_notify(%s, t) FROM unnest(%s::text[]) AS t",
+                        (CHANNEL, list(topics)),
+                    )
+            return result
+
+        result = await self._retrying(what, attempt)
+        if topics:
+            self._notifier.notify(set(topics))  # this process need not wait for the echo
+        return result
+
+    def _redacted(self) -> str:
+        info = psycopg.conninfo.conninfo_to_dict(self.url)
+        return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+    async def detach(self) -> None:
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.pop(loop, None)
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        pool = self._pools.pop(loop, None)
+        if pool is not None:
+            await pool.close()
+
+    def _ensure_listener(self) -> None:
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.get(loop)
+        if listener is None or listener.done():
+            self._listeners[loop] = loop.create_task(self._listen(), name="perdure-listen")
+
+    async def _listen(self) -> None:
+        """Turn NOTIFYs into wake-ups; reconnect with backoff when the connection drops."""
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                try:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._notifier.notify(None)  # we may have missed changes while away
+                    delay = 0.1
+                    async for note in conn.notifies():
+                        self._notifier.notify({note.payload})
+                finally:
+                    await conn.close()
+            except psycopg.Error as exc:
+                log.warning(
+                    "LISTEN connection lost (%s); reconnecting in %.1fs",
+                    exc,
+                    delay,
+                    extra={"action": "listen_retry"},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _lock_session(self, worker_id: str) -> None:
+        """Hold `worker_id`'s advisory lock on a blocking connection of its own: it does not
+        depend on any event loop, and the server drops it the moment the process dies."""
+        old = self._session_locks.pop(worker_id, None)
+        if old is not None:
+            old.close()
+        try:
+            conn = psycopg.connect(self.url, autocommit=True)
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, session_key(worker_id))
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise translate(exc, "session lock") from exc
+        if not row or not row[0]:  # a key collision: this worker falls back on heartbeats
+            conn.close()
+            log.warning(
+                "worker %s: session lock taken; its death will be seen by heartbeat only",
+                worker_id,
+            )
+            return
+        self._session_locks[worker_id] = conn
+
+    def _unlock_session(self, worker_id: str) -> None:
+        conn = self._session_locks.pop(worker_id, None)
+        if conn is not None:
+            conn.close()
