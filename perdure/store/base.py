@@ -272,8 +272,9 @@ class Store(Protocol):
         store stays open for others."""
         ...
 
-    async def migrate(self, *, dry_run: bool = False) -> list[str]:
-        """Apply (or list, with dry_run) the pending migrations; returns their names."""
+    async def migrate(self, *, dry_run: bool = False, target: int | None = None) -> list[str]:
+        """Apply (or list, with dry_run) the pending migrations up to version `target` (default:
+        all); returns their names."""
         ...
 
     async def create_run(self, run: NewRun) -> tuple[str, bool]:

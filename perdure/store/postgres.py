@@ -111,15 +111,15 @@ class PostgresStore(RowMapping, PostgresConnections):
         row = await cur.fetchone()
         return int(row["v"] or 0) if row else 0
 
-    def _pending(self, version: int) -> list[tuple[int, str, str]]:
+    def _pending(self, version: int, target: int | None = None) -> list[tuple[int, str, str]]:
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"database {self._redacted()} has schema version {version}, but this perdure "
                 f"knows versions up to {SCHEMA_VERSION}; upgrade perdure"
             )
-        return [m for m in MIGRATIONS if m[0] > version]
+        return [m for m in MIGRATIONS if version < m[0] <= (target or SCHEMA_VERSION)]
 
-    async def _migrate(self, *, dry_run: bool) -> list[str]:
+    async def _migrate(self, *, dry_run: bool, target: int | None = None) -> list[str]:
         try:
             conn = await psycopg.AsyncConnection.connect(self.url, row_factory=dict_row)
         except psycopg.Error as exc:
@@ -127,7 +127,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                pending = self._pending(await self._version(conn))
+                pending = self._pending(await self._version(conn), target)
                 if dry_run:
                     return [name for _v, name, _sql in pending]
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -170,8 +170,8 @@ class PostgresStore(RowMapping, PostgresConnections):
         self._listeners.clear()
         self._opened = False
 
-    async def migrate(self, *, dry_run: bool = False) -> list[str]:
-        return await self._migrate(dry_run=dry_run)
+    async def migrate(self, *, dry_run: bool = False, target: int | None = None) -> list[str]:
+        return await self._migrate(dry_run=dry_run, target=target)
 
     # -- runs --------------------------------------------------------------------------------
 

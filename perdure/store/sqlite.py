@@ -117,18 +117,20 @@ class SQLiteStore(RowMapping):
     def _version(self, conn: sqlite3.Connection) -> int:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
-    def _pending(self, version: int) -> list[tuple[int, str, str]]:
+    def _pending(self, version: int, target: int | None = None) -> list[tuple[int, str, str]]:
         if version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"database {self.path} has schema version {version}, but this perdure knows "
                 f"versions up to {SCHEMA_VERSION}; upgrade perdure"
             )
-        return [m for m in MIGRATIONS if m[0] > version]
+        return [m for m in MIGRATIONS if version < m[0] <= (target or SCHEMA_VERSION)]
 
-    def _apply(self, conn: sqlite3.Connection, dry_run: bool) -> list[str]:
+    def _apply(
+        self, conn: sqlite3.Connection, dry_run: bool, target: int | None = None
+    ) -> list[str]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            pending = self._pending(self._version(conn))
+            pending = self._pending(self._version(conn), target)
             if not dry_run:
                 for version, _name, sql in pending:
                     for statement in sql.split(";\n"):
@@ -182,13 +184,13 @@ class SQLiteStore(RowMapping):
             conn.close()
             self._local.conn = None
 
-    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+    async def migrate(self, *, dry_run: bool = False, target: int | None = None) -> list[str]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         try:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
-            return self._apply(conn, dry_run)
+            return self._apply(conn, dry_run, target)
         finally:
             conn.close()
 
