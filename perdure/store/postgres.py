@@ -50,6 +50,31 @@ from perdure.store.rows import RowMapping, check_same_entry
 
 log = logging.getLogger("perdure.store")
 
+_ENTRY_COLUMNS = (
+    "seq",
+    "kind",
+    "name",
+    "status",
+    "codec",
+    "value",
+    "blob_key",
+    "raw_size",
+    "stored_size",
+    "error",
+    "started_at",
+    "finished_at",
+    "run_attempt",
+    "attempt",
+    "attempt_started_at",
+)
+_ATTEMPT_COLUMNS = ("run_attempt", "seq", "attempt", "started_at", "finished_at", "error")
+
+
+def _columns(prefix: str, rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any]:
+    """Rows of parameters as one array per column (for unnest)."""
+    return {f"{prefix}{name}": [row[name] for row in rows] for name in names}
+
+
 Q = load_queries("postgres")
 MIGRATIONS = load_migrations("postgres")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -352,6 +377,24 @@ class PostgresStore(RowMapping, PostgresConnections):
             if transition.next_attempt:
                 await conn.execute(Q["drop_failed_entries"], {"run_id": run_id})
 
+        if not transition.next_attempt:  # (a task retry also drops entries: step by step)
+            at_once = {
+                **params,
+                **_columns("e_", entry_params, _ENTRY_COLUMNS),
+                **_columns("a_", attempt_params, _ATTEMPT_COLUMNS),
+                "topics": topics,
+            }
+
+            async def attempt() -> bool:
+                async with self._connection("finish_attempt", transaction=False) as conn:
+                    row = await (
+                        await conn.execute(Q["finish_attempt_at_once"], at_once)
+                    ).fetchone()
+                    return bool(row and row["finished"])
+
+            if await self._retrying("finish_attempt", attempt):
+                self._notifier.notify(set(topics))
+                return
         await self._write("finish_attempt", work, topics)
 
     async def cancel_run(self, run_id: str) -> RunStatus:

@@ -57,6 +57,7 @@ def test_dialects_name_the_same_queries() -> None:
     assert sqlite_names <= postgres_names
     assert postgres_names - sqlite_names == {
         "append_entry_fenced",
+        "finish_attempt_at_once",
         "insert_run_notify",
         "session_locks",
     }

@@ -174,3 +174,49 @@ WITH inserted AS (
     RETURNING id
 )
 SELECT id, pg_notify('perdure', 'claimable') FROM inserted;
+
+-- name: finish_attempt_at_once
+-- finish_attempt, its journal entries, its attempts and its wake-ups in one statement (one round
+-- trip). It does nothing if the lease is stale or a position is taken; the caller then takes the
+-- step-by-step path, which says which.
+WITH e AS (
+    SELECT * FROM unnest(
+        %(e_seq)s::integer[], %(e_kind)s::text[], %(e_name)s::text[], %(e_status)s::text[],
+        %(e_codec)s::text[], %(e_value)s::bytea[], %(e_blob_key)s::text[],
+        %(e_raw_size)s::bigint[], %(e_stored_size)s::bigint[], %(e_error)s::bytea[],
+        %(e_started_at)s::float8[], %(e_finished_at)s::float8[], %(e_run_attempt)s::integer[],
+        %(e_attempt)s::integer[], %(e_attempt_started_at)s::float8[]
+    ) AS e(seq, kind, name, status, codec, value, blob_key, raw_size, stored_size, error,
+           started_at, finished_at, run_attempt, attempt, attempt_started_at)
+), a AS (
+    SELECT * FROM unnest(
+        %(a_run_attempt)s::integer[], %(a_seq)s::integer[], %(a_attempt)s::integer[],
+        %(a_started_at)s::float8[], %(a_finished_at)s::float8[], %(a_error)s::bytea[]
+    ) AS a(run_attempt, seq, attempt, started_at, finished_at, error)
+), fin AS (
+    UPDATE runs
+    SET status = %(status)s, available_at = %(available_at)s, worker_id = NULL,
+        result_codec = %(result_codec)s, result = %(result)s, result_blob = %(result_blob)s,
+        result_raw_size = %(result_raw_size)s, result_stored_size = %(result_stored_size)s,
+        error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,
+        updated_at = %(now)s, finished_at = %(finished_at)s
+    WHERE id = %(id)s AND lease = %(lease)s AND status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM journal j JOIN e ON j.seq = e.seq WHERE j.run_id = %(id)s)
+    RETURNING id
+), entries AS (
+    INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
+                         stored_size, error, started_at, finished_at, run_attempt, attempt,
+                         attempt_started_at)
+    SELECT %(id)s, e.seq, e.kind, e.name, e.status, e.codec, e.value, e.blob_key, e.raw_size,
+           e.stored_size, e.error, e.started_at, e.finished_at, e.run_attempt, e.attempt,
+           e.attempt_started_at
+    FROM e WHERE EXISTS (SELECT 1 FROM fin)
+), attempts_in AS (
+    INSERT INTO attempts (run_id, run_attempt, seq, attempt, started_at, finished_at, error)
+    SELECT %(id)s, a.run_attempt, a.seq, a.attempt, a.started_at, a.finished_at, a.error
+    FROM a WHERE EXISTS (SELECT 1 FROM fin)
+    ON CONFLICT DO NOTHING
+), woken AS (
+    SELECT pg_notify('perdure', t) FROM fin, unnest(%(topics)s::text[]) AS t
+)
+SELECT (SELECT count(*) FROM fin) AS finished, (SELECT count(*) FROM woken) AS woken;
