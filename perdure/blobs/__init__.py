@@ -12,12 +12,21 @@ __all__ = ["BlobRef", "BlobStore", "LocalBlobStore", "open_blobs"]
 
 
 def open_blobs(url: str) -> BlobStore:
-    """The blob store for `url` (file://path; object stores arrive with the s3 extra)."""
+    """The blob store for `url`: file://path, or s3:// gs:// az:// (with the s3 extra)."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalBlobStore(parsed.netloc + parsed.path)
     if parsed.scheme == "" and url:
         return LocalBlobStore(url)
+    if parsed.scheme in ("s3", "gs", "az", "abfs", "azure"):
+        try:
+            from perdure.blobs.object import ObjectBlobStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"{parsed.scheme}:// blob URLs need the s3 extra: pip install 'perdure[s3]'"
+            ) from exc
+        return ObjectBlobStore(url)
     raise ConfigurationError(
-        f"blob URL {url!r} is not supported by this version of perdure; use file://PATH"
+        f"blob URL {url!r} is not supported; use file://PATH, s3://bucket/prefix, "
+        "gs://bucket/prefix or az://account/container/prefix"
     )

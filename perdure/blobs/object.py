@@ -1,0 +1,72 @@
+"""Blobs in object storage (S3, GCS, Azure) through obstore: the same content-addressed,
+compressed layout as the local folder, under the URL's prefix.
+
+    s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1&allow_http=true
+    gs://bucket/prefix      az://account/container/prefix
+
+Credentials come from the URL query (access_key_id, secret_access_key, ...) or the provider's
+usual environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import obstore
+from obstore.store import from_url
+
+from perdure.blobs.base import BlobRef, content_key, pack, unpack
+from perdure.errors import CorruptJournal, StoreUnavailable
+
+_CLIENT_OPTIONS = {"allow_http", "timeout", "connect_timeout", "allow_invalid_certificates"}
+
+
+def _path(key: str) -> str:
+    return f"{key[:2]}/{key[2:]}"
+
+
+class ObjectBlobStore:
+    """Content-addressed blobs in a bucket."""
+
+    def __init__(self, url: str, *, compression_level: int = 3) -> None:
+        self.url = url
+        self.compression_level = compression_level
+        parts = urlsplit(url)
+        config: dict[str, Any] = {}
+        client: dict[str, Any] = {}
+        for name, value in parse_qsl(parts.query):
+            (client if name in _CLIENT_OPTIONS else config)[name] = value
+        base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        options: Any = client or None  # obstore's ClientConfig: a TypedDict of these keys
+        self._store = from_url(base, **config, client_options=options)
+
+    async def put(self, data: bytes) -> BlobRef:
+        key = content_key(data)
+        path = _path(key)
+        try:
+            try:
+                head = await obstore.head_async(self._store, path)
+            except FileNotFoundError:
+                pass
+            else:  # content-addressed: already there
+                return BlobRef(key=key, raw_size=len(data), stored_size=int(head["size"]))
+            stored = await asyncio.to_thread(pack, data, self.compression_level)
+            await obstore.put_async(self._store, path, stored)
+        except Exception as exc:
+            raise StoreUnavailable(f"object store {self.url}: put of {path} failed: {exc}") from exc
+        return BlobRef(key=key, raw_size=len(data), stored_size=len(stored))
+
+    async def get(self, key: str) -> bytes:
+        path = _path(key)
+        try:
+            result = await obstore.get_async(self._store, path)
+            stored = bytes(await result.bytes_async())
+        except FileNotFoundError as exc:
+            raise CorruptJournal(
+                f"object store {self.url}: blob {key} is referenced but missing"
+            ) from exc
+        except Exception as exc:
+            raise StoreUnavailable(f"object store {self.url}: get of {path} failed: {exc}") from exc
+        return await asyncio.to_thread(unpack, stored)
