@@ -18,6 +18,7 @@ from perdure.store.sqlite import DEFAULT_INLINE_LIMIT
 from perdure.task import RunHandle, Task
 from perdure.worker import Worker
 
+DEFAULT_MAX_VALUE_SIZE = 64 * 1024 * 1024
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -42,7 +43,8 @@ class App:
 
     `database` defaults to $PERDURE_DATABASE_URL, else sqlite:///.perdure/perdure.db;
     `blobs` to $PERDURE_BLOB_URL, else file://.perdure/blobs; `inline_limit` (bytes above which
-    values go to the blob store) to $PERDURE_INLINE_LIMIT, else 256 KiB.
+    values go to the blob store) to $PERDURE_INLINE_LIMIT, else 256 KiB; `max_value_size` (bytes
+    above which a value is refused with PayloadTooLarge) to $PERDURE_MAX_VALUE_SIZE, else 64 MiB.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class App:
         database: str | None = None,
         blobs: str | None = None,
         inline_limit: int | None = None,
+        max_value_size: int | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("App needs a name")
@@ -62,6 +65,11 @@ class App:
             inline_limit
             if inline_limit is not None
             else int(env_float("PERDURE_INLINE_LIMIT", DEFAULT_INLINE_LIMIT))
+        )
+        self.max_value_size = (
+            max_value_size
+            if max_value_size is not None
+            else int(env_float("PERDURE_MAX_VALUE_SIZE", DEFAULT_MAX_VALUE_SIZE))
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.steps: dict[str, Step[Any, Any]] = {}

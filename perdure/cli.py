@@ -288,15 +288,17 @@ def runs_show(
 
     run, journal, attempts = _on_store(app, database, blobs, load)
     entries = [_entry_dict(e, [a for a in attempts if a.seq == e.seq]) for e in journal]
+    stored = sum(e["stored_size"] for e in entries) + (run.result.stored_size if run.result else 0)
     if as_json:
         out = _run_dict(run)
+        out["stored_size"] = stored
         out["journal"] = entries
         out["attempts"] = [_attempt_dict(a) for a in attempts]
         print(json.dumps(out))
         return
     console.print(f"[bold]run {run.id}[/bold]  task {run.task}  [bold]{run.status}[/bold]")
     console.print(
-        f"attempt {run.attempt}  created {_time(run.created_at)}  started "
+        f"stored {stored:,} bytes  attempt {run.attempt}  created {_time(run.created_at)}  started "
         f"{_time(run.started_at)}  finished {_time(run.finished_at)}"
     )
     if run.note:

@@ -40,6 +40,8 @@ class TaskOptions:
     """Seconds one attempt may run on a worker; None for no limit."""
     codec: serde.Codec
     """Codec of every value the task's runs store."""
+    max_value_size: int
+    """Encoded values above this many bytes are refused (PayloadTooLarge)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -119,7 +121,12 @@ class RunContext:
         self, seq: int, kind: EntryKind, name: str, value: Any, started: float
     ) -> tuple[JournalEntry, bytes]:
         """A completed entry holding `value`, and its encoding."""
-        data = serde.encode(value, codec=self.task.codec, what=f"{kind} {name!r}")
+        data = serde.encode(
+            value,
+            codec=self.task.codec,
+            what=f"{kind} {name!r}",
+            max_size=self.task.max_value_size,
+        )
         entry = JournalEntry(
             seq=seq,
             kind=kind,

@@ -60,6 +60,7 @@ class TaskDef:
             [list(args), kwargs],
             codec=self.options.codec,
             what=f"arguments of task {self.options.name!r}",
+            max_size=self.options.max_value_size,
         )
         return Value(codec=str(self.options.codec), data=data, raw_size=len(data))
 
@@ -198,7 +199,10 @@ class Executor:
             args, kwargs = task.decode_args(run.id, run.args)
             result = await self._call(task, args, kwargs)
             data = serde.encode(
-                result, codec=task.options.codec, what=f"result of task {task.options.name!r}"
+                result,
+                codec=task.options.codec,
+                what=f"result of task {task.options.name!r}",
+                max_size=task.options.max_value_size,
             )
         except Suspend as suspend:
             return Transition(status=RunStatus.WAITING, available_at=suspend.wake_at)

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from perdure.errors import SecretLeakError, SerializationError
+from perdure.errors import PayloadTooLarge, SecretLeakError, SerializationError
 from perdure.secrets import Secret, check_for_leaks
 
 
@@ -50,8 +50,9 @@ def _decoder(type_: Any) -> msgspec.msgpack.Decoder[Any]:
     return msgspec.msgpack.Decoder(type=type_, dec_hook=_dec_hook)
 
 
-def encode(value: Any, *, codec: Codec, what: str) -> bytes:
-    """Encode `value`; `what` names it in errors ("step 'fetch' result")."""
+def encode(value: Any, *, codec: Codec, what: str, max_size: int | None = None) -> bytes:
+    """Encode `value`; `what` names it in errors ("step 'fetch' result"). Over `max_size`
+    bytes it is refused with PayloadTooLarge."""
     try:
         if codec is Codec.PICKLE:
             data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -72,6 +73,12 @@ def encode(value: Any, *, codec: Codec, what: str) -> bytes:
             f"({exc}). Return bytes, str, numbers, lists, dicts, dataclasses, msgspec.Struct or "
             "pydantic models, or opt in to pickle with @app.task(serializer='pickle')."
         ) from exc
+    if max_size is not None and len(data) > max_size:
+        raise PayloadTooLarge(
+            f"{what} is {len(data):,} bytes encoded, over the limit of {max_size:,} bytes "
+            "(PERDURE_MAX_VALUE_SIZE); keep large data outside the journal and return a "
+            "reference to it, or raise the limit"
+        )
     check_for_leaks(data, what)
     return data
 

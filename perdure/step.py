@@ -30,6 +30,7 @@ from perdure.errors import (
     CorruptJournal,
     NonDeterminismError,
     NonRetryableError,
+    PayloadTooLarge,
     SecretLeakError,
     SerializationError,
     StepFailed,
@@ -47,6 +48,7 @@ R = TypeVar("R")
 
 _NOT_RETRYABLE = (
     NonRetryableError,
+    PayloadTooLarge,
     SerializationError,
     SecretLeakError,
     NonDeterminismError,

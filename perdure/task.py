@@ -166,7 +166,11 @@ class Task(Generic[P, R]):
         self.queue = queue
         self.definition = TaskDef(
             options=TaskOptions(
-                name=name, retry=retry or DEFAULT_RETRY, timeout=timeout, codec=codec
+                name=name,
+                retry=retry or DEFAULT_RETRY,
+                timeout=timeout,
+                codec=codec,
+                max_value_size=app.max_value_size,
             ),
             fn=fn,
         )

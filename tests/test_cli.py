@@ -98,6 +98,9 @@ def test_trigger_worker_list_show_cancel(
         (2, "work", "completed", 1),
     ]
     assert all(e["stored_size"] > 0 for e in shown["journal"])
+    assert shown["stored_size"] == sum(e["stored_size"] for e in shown["journal"]) + len(
+        b"\x92\xa3d:1\xa3d:2"
+    )  # the journal plus the msgpack result ["d:1", "d:2"]
     table = perdure_cli(tmp_path, "runs", "show", done["id"]).stdout
     assert "completed" in table
     assert "work" in table

@@ -12,6 +12,7 @@ import pytest
 import perdure
 from perdure.errors import (
     InvalidArguments,
+    PayloadTooLarge,
     RunCancelled,
     RunNotFound,
     RunTimeout,
@@ -306,3 +307,37 @@ async def test_sleep_frees_the_slot(make_app: Callable[..., perdure.App]) -> Non
     first_end = min(events.index("a end"), events.index("b end"))
     assert events.index("a start") < first_end
     assert events.index("b start") < first_end
+
+
+async def test_values_over_the_limit_are_refused(make_app: Callable[..., perdure.App]) -> None:
+    app = make_app(max_value_size=10_000)
+
+    @app.step(name="small")
+    async def small() -> int:
+        return 1
+
+    @app.step(name="huge", retry=perdure.Retry(max_attempts=5))
+    async def huge() -> bytes:
+        return b"x" * 20_000
+
+    @app.task(retry=perdure.Retry(max_attempts=5))
+    async def flow(arg: bytes) -> None:
+        await small()
+        await huge()
+
+    with pytest.raises(PayloadTooLarge, match=r"20,\d\d\d bytes.*10,000 bytes"):
+        await flow.trigger(b"y" * 20_000)  # arguments too: refused at trigger
+    async with running_worker(app):
+        handle = await flow.trigger(b"ok")
+        with pytest.raises(TaskFailed) as info:
+            await handle.result(timeout=10)
+        journal = await app.store.load_journal(handle.id)
+        run = await app.store.get_run(handle.id)
+    assert info.value.error_type == "perdure.errors.StepFailed"
+    assert "PayloadTooLarge" in info.value.error_message
+    assert "limit of 10,000 bytes" in info.value.error_message
+    assert run.attempt == 1  # not retried
+    assert [(e.name, e.status) for e in journal] == [
+        ("small", EntryStatus.COMPLETED),
+        ("huge", EntryStatus.FAILED),
+    ]
