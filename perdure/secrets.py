@@ -78,3 +78,16 @@ def check_for_leaks(data: bytes, what: str) -> None:
                 f"{what} contains the value of secret {name!r}; secrets are never stored. "
                 "Return something derived from the secret's result instead, not the secret itself."
             )
+
+
+def redact(text: str) -> str:
+    """`text` with the value of every secret in use replaced by its name: for error messages,
+    tracebacks and log lines, which are stored or shown but must not carry secrets."""
+    if not _values_in_use:
+        return text
+    with _lock:
+        items = list(_values_in_use.items())
+    for name, value in items:
+        if value in text:
+            text = text.replace(value, f"<secret {name}>")
+    return text

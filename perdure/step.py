@@ -38,6 +38,7 @@ from perdure.errors import (
     Suspend,
 )
 from perdure.retry import DEFAULT_RETRY, Retry
+from perdure.secrets import redact
 from perdure.store.base import Attempt, EntryKind, EntryStatus, ErrorInfo, JournalEntry
 
 log = logging.getLogger("perdure.run")
@@ -68,8 +69,8 @@ def error_info(exc: BaseException, *, retryable: bool | None = None) -> ErrorInf
         tb = tb.tb_next  # perdure's own frames say nothing about the user's error
     return ErrorInfo(
         type=f"{cls.__module__}.{cls.__qualname__}",
-        message=str(exc),
-        traceback="".join(traceback.format_exception(cls, exc, tb or exc.__traceback__)),
+        message=redact(str(exc)),  # errors are stored: never with a secret's value in them
+        traceback=redact("".join(traceback.format_exception(cls, exc, tb or exc.__traceback__))),
         retryable=retryable,
     )
 

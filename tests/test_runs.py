@@ -341,3 +341,49 @@ async def test_values_over_the_limit_are_refused(make_app: Callable[..., perdure
         ("small", EntryStatus.COMPLETED),
         ("huge", EntryStatus.FAILED),
     ]
+
+
+async def test_secret_in_an_error_or_a_log_line_is_redacted(
+    make_app: Callable[..., perdure.App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from perdure.logs import RedactSecrets
+
+    app = make_app()
+    monkeypatch.setenv("PERDURE_TEST_TOKEN", "tok-leaky-value-42")
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    handler = Keep()
+    handler.addFilter(RedactSecrets())
+    user_log = logging.getLogger("user.code")
+    user_log.addHandler(handler)
+    user_log.setLevel(logging.INFO)
+
+    @app.step(retry=perdure.Retry(max_attempts=1))
+    async def call_api() -> None:
+        token = perdure.secret("PERDURE_TEST_TOKEN").reveal()
+        user_log.info("calling the API with %s", token)
+        raise PermissionError(f"401 for token {token}")
+
+    @app.task(retry=perdure.Retry(max_attempts=1))
+    async def flow() -> None:
+        await call_api()
+
+    try:
+        async with running_worker(app):
+            handle = await flow.trigger()
+            with pytest.raises(TaskFailed) as info:
+                await handle.result(timeout=10)
+    finally:
+        user_log.removeHandler(handler)
+    assert "<secret PERDURE_TEST_TOKEN>" in info.value.error_message
+    assert "tok-leaky-value-42" not in info.value.error_message + info.value.traceback
+    assert records == ["calling the API with <secret PERDURE_TEST_TOKEN>"]
+    stored = stored_bytes(app)
+    assert b"401 for token" in stored  # the error was stored...
+    assert b"tok-leaky-value-42" not in stored  # ...without the secret
