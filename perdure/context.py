@@ -7,7 +7,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from perdure import serde
@@ -116,6 +116,21 @@ class RunContext:
                 "on something unrecorded; use perdure.now()/uuid4()/random() for such values."
             )
         return entry
+
+    async def offload(self, entry: JournalEntry) -> JournalEntry:
+        """Put a large value in the blob store now, inside the step's attempt: a blob store
+        failure is then a failed attempt (retried by the step's policy), and no journal entry
+        can point at a blob that was not written."""
+        value = entry.value
+        if value is None or len(value.data) <= self.store.inline_limit:
+            return entry
+        ref = await self.store.blobs.put(value.data)
+        return replace(
+            entry,
+            value=replace(
+                value, blob_key=ref.key, raw_size=ref.raw_size, stored_size=ref.stored_size
+            ),
+        )
 
     def value_entry(
         self, seq: int, kind: EntryKind, name: str, value: Any, started: float

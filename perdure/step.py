@@ -169,6 +169,7 @@ async def execute_step(
         try:
             result = await _run_body(step, args, kwargs)
             entry, data = ctx.value_entry(seq, EntryKind.STEP, step.name, result, first_started)
+            entry = await ctx.offload(entry)
         except Exception as exc:
             ctx.check_active()
             info = error_info(exc)

@@ -11,6 +11,7 @@ usual environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGIO
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -40,7 +41,9 @@ class ObjectBlobStore:
             (client if name in _CLIENT_OPTIONS else config)[name] = value
         base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         options: Any = client or None  # obstore's ClientConfig: a TypedDict of these keys
-        self._store = from_url(base, **config, client_options=options)
+        # a few quick retries here; the step's own retry policy is the outer loop
+        retry: Any = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}
+        self._store = from_url(base, **config, client_options=options, retry_config=retry)
 
     async def put(self, data: bytes) -> BlobRef:
         key = content_key(data)

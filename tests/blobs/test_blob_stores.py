@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ import perdure
 from perdure.blobs import BlobStore, open_blobs
 from perdure.errors import CorruptJournal
 
-from ..conftest import running_worker
+from ..conftest import running_worker, wait_until
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -78,3 +79,48 @@ async def test_a_run_stores_big_values_in_the_bucket(
     steps = [e for e in journal if e.value and e.value.blob_key]
     assert len(steps) == 2
     assert all(e.value is not None and e.value.data[-len(payload) :] == payload for e in steps)
+
+
+async def test_an_object_store_failure_fails_the_attempt_and_is_retried(
+    s3_server: str, make_app: Callable[..., perdure.App]
+) -> None:
+    import urllib.request
+    import uuid
+
+    bucket = f"perdure-{uuid.uuid4().hex[:12]}"  # not created yet: puts fail
+    app = perdure.App(
+        "s3fail",
+        database=make_app().database,
+        blobs=(
+            f"s3://{bucket}/blobs?endpoint={s3_server}&region=us-east-1"
+            "&access_key_id=test&secret_access_key=test&allow_http=true"
+        ),
+        inline_limit=1024,
+    )
+    payload = os.urandom(64 * 1024)
+
+    @app.step(retry=perdure.Retry(max_attempts=3, min_timeout=1.0, jitter=False))
+    async def big() -> bytes:
+        return payload
+
+    @app.task
+    async def flow() -> int:
+        return len(await big())
+
+    async with running_worker(app):
+        handle = await flow.trigger()
+        await wait_until(lambda: _failed_attempts(app, handle.id), timeout=30)
+        journal = await app.store.load_journal(handle.id)
+        assert journal == []  # nothing points at a blob that was not written
+        request = urllib.request.Request(f"{s3_server}/{bucket}", method="PUT")
+        response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+        response.close()  # the store is back
+        assert await handle.result(timeout=30) == len(payload)
+        attempts = [a for a in await app.store.load_attempts(handle.id) if a.seq == 1]
+    assert attempts[0].error is not None
+    assert attempts[0].error.type == "perdure.errors.StoreUnavailable"
+    assert attempts[-1].error is None
+
+
+async def _failed_attempts(app: perdure.App, run_id: str) -> bool:
+    return any(a.error for a in await app.store.load_attempts(run_id))
