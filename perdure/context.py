@@ -121,16 +121,8 @@ class RunContext:
         """Put a large value in the blob store now, inside the step's attempt: a blob store
         failure is then a failed attempt (retried by the step's policy), and no journal entry
         can point at a blob that was not written."""
-        value = entry.value
-        if value is None or len(value.data) <= self.store.inline_limit:
-            return entry
-        ref = await self.store.blobs.put(value.data)
-        return replace(
-            entry,
-            value=replace(
-                value, blob_key=ref.key, raw_size=ref.raw_size, stored_size=ref.stored_size
-            ),
-        )
+        value = await self.store.offload(entry.value)
+        return entry if value is entry.value else replace(entry, value=value)
 
     def value_entry(
         self, seq: int, kind: EntryKind, name: str, value: Any, started: float

@@ -267,6 +267,11 @@ class Store(Protocol):
         """Flush pending writes and disconnect."""
         ...
 
+    async def offload(self, value: Value | None) -> Value | None:
+        """`value` with its bytes in the blob store when it is over `inline_limit` (else as
+        given); the store does this for every value it writes, callers may do it earlier."""
+        ...
+
     async def detach(self) -> None:
         """Release what the calling event loop (or thread) holds, before that loop ends; the
         store stays open for others."""

@@ -77,7 +77,7 @@ class RowMapping:
     blobs: BlobStore
     inline_limit: int
 
-    async def _offload(self, value: Value | None) -> Value | None:
+    async def offload(self, value: Value | None) -> Value | None:
         if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:
             return value
         ref = await self.blobs.put(value.data)
@@ -206,7 +206,7 @@ class RowMapping:
     async def _entry_params(self, run_id: str, entries: list[JournalEntry]) -> list[dict[str, Any]]:
         params = []
         for entry in entries:
-            value = await self._offload(entry.value)
+            value = await self.offload(entry.value)
             vp = self._value_params("value", value)
             params.append(
                 {
@@ -285,7 +285,7 @@ class RowMapping:
             "bump": 1 if transition.next_attempt else 0,
             "now": now,
             "finished_at": now if transition.status.terminal else None,
-            **self._value_params("result", await self._offload(transition.result)),
+            **self._value_params("result", await self.offload(transition.result)),
         }
         ended = [*attempts, *([transition.attempt] if transition.attempt else [])]
         topics = [run_topic(run_id)]
@@ -302,5 +302,5 @@ class RowMapping:
             "idempotency_key": run.idempotency_key,
             "available_at": run.available_at,
             "now": now,
-            **self._value_params("args", await self._offload(run.args)),
+            **self._value_params("args", await self.offload(run.args)),
         }
