@@ -20,7 +20,14 @@ from perdure.config import WorkerConfig
 from perdure.errors import StoreError
 from perdure.ids import new_id
 from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers, tick
-from perdure.store.base import ChangeToken, RunRecord, RunStatus, Store, Transition
+from perdure.store.base import (
+    ChangeToken,
+    RunRecord,
+    RunStatus,
+    Store,
+    Transition,
+    WorkerRecord,
+)
 from perdure.store.notify import CANCEL, CLAIMABLE
 
 log = logging.getLogger("perdure.worker")
@@ -86,9 +93,42 @@ class Worker:
             max_workers=self.config.concurrency * 2 + 4, thread_name_prefix="perdure-step"
         )
         loop.set_default_executor(pool)
-        me = new_worker_record(self.id, self.app, self.tasks)
-        await self.store.register_worker(me)
-        await reap_dead_workers(self.store, me, self.config)
+        installed = []
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+                installed.append(sig)
+        try:
+            me = new_worker_record(self.id, self.app, self.tasks)
+            if await self._register(me):
+                await self._serve(loop, me)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def _register(self, me: WorkerRecord) -> bool:
+        """Register with the store, waiting (with backoff) while it is unavailable; False if
+        stopped first."""
+        delay = _STORE_RETRY_MIN
+        while not self._stopping.is_set():
+            try:
+                await self.store.register_worker(me)
+                await reap_dead_workers(self.store, me, self.config)
+                return True
+            except StoreError as exc:
+                log.warning(
+                    "worker %s cannot register (%s); retrying in %.1fs",
+                    self.id,
+                    exc,
+                    delay,
+                    extra={"action": "store_retry"},
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, _STORE_RETRY_MAX)
+        return False
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop, me: WorkerRecord) -> None:
         stamp = [time.monotonic()]
         ticker = asyncio.create_task(tick(stamp), name="perdure-loop-tick")
         keeper = LeaseKeeper(
@@ -99,11 +139,6 @@ class Worker:
             loop_age=lambda: time.monotonic() - stamp[0],
         )
         keeper.start()
-        installed = []
-        if install_signal_handlers and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
-                installed.append(sig)
         log.info(
             "worker %s started: app %s, %d slot(s), tasks %s",
             self.id,
@@ -116,14 +151,13 @@ class Worker:
             await self._claim_loop()
             await self._drain()
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
             keeper.stop()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             if not self._lost.is_set():
-                await self.store.deregister_worker(self.id)
+                with contextlib.suppress(StoreError):  # its lease expires instead
+                    await self.store.deregister_worker(self.id)
             log.info("worker %s stopped", self.id, extra={"action": "worker_stop"})
 
     @staticmethod

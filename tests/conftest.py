@@ -143,7 +143,8 @@ class WorkerProcess:
                 str(concurrency),
                 *args,
             ],
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            # faulthandler: SIGABRT makes the worker print every thread's stack to its log
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1", **env},
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
@@ -160,6 +161,14 @@ class WorkerProcess:
         self.proc.wait()
         self._log_file.close()
 
+    def dump_stacks(self) -> str:
+        """Abort the worker with its stacks written to its log; return the log's tail."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+        return self.log.read_text(errors="replace")[-20_000:]
+
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait for the drain."""
         if self.proc.poll() is None:
@@ -169,12 +178,30 @@ class WorkerProcess:
         return code
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def worker_processes() -> Iterator[list[WorkerProcess]]:
-    """Worker subprocesses started by a test; any left alive are killed at the end."""
+def worker_processes(request: pytest.FixtureRequest) -> Iterator[list[WorkerProcess]]:
+    """Worker subprocesses started by a test; any left alive are killed at the end. When the
+    test failed, each one still alive prints its threads' stacks and log first."""
     started: list[WorkerProcess] = []
     yield started
+    failed = request.node.stash.get(_CALL_FAILED, False)
     for proc in started:
+        if failed:
+            alive = proc.proc.poll() is None
+            state = "alive: its log and stacks" if alive else f"exit {proc.proc.returncode}"
+            print(f"--- worker {proc.pid} when the test failed ({state}) ---")
+            print(proc.dump_stacks())
         proc.kill()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,18 +19,22 @@ def perdure_cli(tmp_path: Path, *args: str, check: bool = True) -> subprocess.Co
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
+        "PYTHONFAULTHANDLER": "1",
         "PERDURE_DATABASE_URL": f"sqlite:///{tmp_path}/perdure.db",
         "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
         "CRASH_LOG": str(tmp_path / "side-effects.log"),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "perdure", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    command = [sys.executable, "-m", "perdure", *args]
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"{command} hung for 60 s; its output and stacks:\n{stdout}\n{stderr}")
+    done = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -133,7 +138,15 @@ def test_worker_logs_json_lines(tmp_path: Path, worker_processes: list[WorkerPro
     worker_processes.append(worker)
     done = as_json(
         perdure_cli(
-            tmp_path, "trigger", "tests.crashapp:app", "pipeline", '["j", 1]', "--wait", "--json"
+            tmp_path,
+            "trigger",
+            "tests.crashapp:app",
+            "pipeline",
+            '["j", 1]',
+            "--wait",
+            "--timeout",
+            "30",
+            "--json",
         )
     )
     assert worker.terminate() == 0

@@ -79,6 +79,8 @@ class GroupCommitWriter:
         """Open the connection in the writer thread; raise if that fails."""
         self._thread.start()
         self._started.wait()
+        if isinstance(self._error, sqlite3.Error):
+            raise StoreUnavailable(f"cannot open the SQLite writer: {self._error}") from self._error
         if self._error is not None:
             raise self._error
 
@@ -108,16 +110,13 @@ class GroupCommitWriter:
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         writes = self._pending.pop(loop, [])
-        conn = self._conn
-        if (
-            len(writes) == 1
-            and conn is not None
-            and self._queue.empty()
-            and self._lock.acquire(blocking=False)
-        ):
+        if len(writes) == 1 and self._queue.empty() and self._lock.acquire(blocking=False):
             try:
-                self._check_foreign(conn)
-                done = self._try_commit(conn, writes)
+                conn = self._conn  # read under the lock: the thread closes it under the lock
+                done = None
+                if conn is not None:
+                    self._check_foreign(conn)
+                    done = self._try_commit(conn, writes)
             finally:
                 self._lock.release()
             if done is not None:
@@ -133,6 +132,8 @@ class GroupCommitWriter:
             return
         for write in writes:  # busy, or more than one: the thread batches them
             self._queue.put(write)
+        if not self._thread.is_alive():  # it ended while we queued: nobody will commit them
+            self._fail_queued()
 
     def _main(self) -> None:
         try:
@@ -148,33 +149,62 @@ class GroupCommitWriter:
             return
         self._started.set()
         try:
-            while True:
-                try:
-                    item = self._queue.get(timeout=self._poll_interval)
-                except queue.Empty:
-                    with self._lock:
-                        self._check_foreign(conn)
-                    continue
-                if item is _STOP:
-                    return
-                batch = [item]
-                stop = False
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)
-                self._commit(conn, batch)
-                if stop:
-                    return
+            self._serve(conn)
+        except BaseException:  # logged, not raised: every write waiting on it fails below
+            log.exception("the store's writer thread failed", extra={"action": "writer_failed"})
         finally:
             with self._lock:
                 self._conn = None
                 conn.close()
+            self._fail_queued()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._poll_interval)
+            except queue.Empty:
+                with self._lock:
+                    self._check_foreign(conn)
+                continue
+            if item is _STOP:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                self._commit(conn, batch)
+            except BaseException as exc:
+                self._fail(batch, exc)
+                raise
+            if stop:
+                return
+
+    def _fail_queued(self) -> None:
+        """The thread is ending: writes still queued (submitted while it stopped) fail."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                self._fail([item], None)
+
+    @staticmethod
+    def _fail(batch: list[_Write], cause: BaseException | None) -> None:
+        error = StoreUnavailable("the store is closed" if cause is None else f"{cause!r}")
+        error.__cause__ = cause
+        for write in batch:
+            outcome: list[Outcome] = [(write.future, None, error)]
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                write.future.get_loop().call_soon_threadsafe(_resolve, outcome)
 
     @staticmethod
     def _read_data_version(conn: sqlite3.Connection) -> int:
@@ -228,7 +258,9 @@ class GroupCommitWriter:
     def _try_commit(
         self, conn: sqlite3.Connection, batch: list[_Write]
     ) -> tuple[list[Outcome], set[str]] | None:
-        """One transaction for `batch`; None (all rolled back) if SQLite could not commit."""
+        """One transaction for `batch`; None (all rolled back) if SQLite could not commit for
+        now (busy, I/O). Any other failure fails the whole batch: a write is never left
+        waiting."""
         durable = any(w.durable for w in batch)
         # a batch of one needs no savepoint: if the write fails, the transaction is only its own
         isolate = len(batch) > 1
@@ -242,14 +274,10 @@ class GroupCommitWriter:
                     conn.execute("SAVEPOINT w")
                 try:
                     result = write.fn(conn)
-                except sqlite3.OperationalError:
-                    raise  # busy or I/O: retry the batch, not a user-visible failure
                 except Exception as exc:
-                    if isolate:
-                        conn.execute("ROLLBACK TO w")
-                        conn.execute("RELEASE w")
-                    else:
-                        conn.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.Error) and transient(exc):
+                        raise  # busy or I/O: retry the batch, not a user-visible failure
+                    self._undo(conn, isolate)
                     outcomes.append((write.future, None, exc))
                 else:
                     if isolate:
@@ -258,16 +286,47 @@ class GroupCommitWriter:
                     topics.update(write.topics)
             if conn.in_transaction:
                 conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            log.debug("store write attempt failed: %s", exc, extra={"action": "write_retry"})
-            return None
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and transient(exc):
+                log.debug("store write attempt failed: %s", exc, extra={"action": "write_retry"})
+                return None
+            log.error("store write failed: %s", exc, extra={"action": "write_failed"})
+            failed = StoreUnavailable(f"SQLite write failed: {exc}")
+            failed.__cause__ = exc
+            return [(w.future, None, failed) for w in batch], set()
         # our own commit does not move data_version on this connection; nothing to re-read
         self.batches += 1
         self.writes += len(batch)
         self.fsyncs += durable
         return outcomes, topics
+
+    @staticmethod
+    def _undo(conn: sqlite3.Connection, isolate: bool) -> None:
+        """Roll back the write that just failed: its savepoint, or (alone) the transaction."""
+        if isolate:
+            conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
+        elif conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+_TRANSIENT = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PROTOCOL,
+}
+
+
+def transient(exc: sqlite3.Error) -> bool:
+    """True for errors that pass (another process holds the lock, a full or failing disk):
+    worth retrying. Others (a missing table, a corrupt file) fail the write."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _TRANSIENT
 
 
 def _resolve(outcomes: list[Outcome]) -> None:

@@ -114,6 +114,12 @@ class SQLiteStore(RowMapping):
 
     # -- lifecycle and schema ----------------------------------------------------------------
 
+    @staticmethod
+    def _use_wal(conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (once per file; it sticks; waits out busy_timeout)."""
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+
     def _version(self, conn: sqlite3.Connection) -> int:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
@@ -151,8 +157,7 @@ class SQLiteStore(RowMapping):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect()
             try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode = WAL")
+                self._use_wal(conn)
                 pending = self._pending(self._version(conn))
                 if pending and not self.auto_migrate:
                     raise SchemaOutdated(
@@ -163,6 +168,8 @@ class SQLiteStore(RowMapping):
                     applied = self._apply(conn, dry_run=False)
                     if applied:
                         log.info("migrated %s: %s", self.path, ", ".join(applied))
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
             finally:
                 conn.close()
             writer = GroupCommitWriter(
@@ -188,9 +195,10 @@ class SQLiteStore(RowMapping):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             return self._apply(conn, dry_run, target)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot migrate SQLite database {self.path}: {exc}") from exc
         finally:
             conn.close()
 

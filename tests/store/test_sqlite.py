@@ -14,7 +14,7 @@ import pytest
 
 import perdure
 from perdure.blobs import LocalBlobStore
-from perdure.errors import SchemaOutdated, SchemaTooNew, TaskFailed
+from perdure.errors import SchemaOutdated, SchemaTooNew, StoreUnavailable, TaskFailed
 from perdure.ids import new_id
 from perdure.store.base import NewRun, RunStatus, Value
 from perdure.store.sqlite import SCHEMA_VERSION, SQLiteStore
@@ -193,3 +193,47 @@ async def test_a_journal_write_that_collides_fails_the_run_even_if_swallowed(
             await handle.result(timeout=10)
         run = await app.store.get_run(handle.id)
     assert run.attempt == 1  # a broken journal is not retried
+
+
+async def test_a_write_that_cannot_succeed_fails_instead_of_retrying_forever(
+    tmp_path: Path,
+) -> None:
+    store = _store(tmp_path)
+    await store.open()
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    # alone (committed on the loop) and in a batch (committed by the writer thread)
+    alone = await asyncio.gather(store._write(write), return_exceptions=True)
+    batch = await asyncio.wait_for(
+        asyncio.gather(
+            *(store.create_run(_run()) for _ in range(5)),
+            store._write(write),
+            return_exceptions=True,
+        ),
+        timeout=10,
+    )
+    for outcome in (alone[0], batch[-1]):
+        assert isinstance(outcome, sqlite3.OperationalError)
+        assert "no_such_table" in str(outcome)
+    assert len(await store.list_runs(limit=100)) == 5
+    await store.close()
+
+
+async def test_writes_fail_rather_than_wait_when_the_writer_thread_dies(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    await store.open()
+    writer = store._writer
+    assert writer is not None
+
+    def fatal(conn: sqlite3.Connection) -> None:
+        raise SystemExit("simulated death of the writer thread")
+
+    with pytest.raises(StoreUnavailable):
+        # a batch, so the thread commits it
+        await asyncio.wait_for(asyncio.gather(store._write(fatal), store._write(fatal)), timeout=10)
+    await wait_until(lambda: not writer._thread.is_alive())
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await asyncio.wait_for(store.create_run(_run()), timeout=10)
+    await store.close()
