@@ -13,7 +13,7 @@ from perdure.executor import Executor
 from perdure.retry import Retry
 from perdure.step import Step
 from perdure.store import open_store
-from perdure.store.base import Store
+from perdure.store.base import STRATEGIES, QueueConfig, Store
 from perdure.store.sqlite import DEFAULT_INLINE_LIMIT
 from perdure.task import RunHandle, Task
 from perdure.worker import Worker
@@ -73,6 +73,7 @@ class App:
         )
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.steps: dict[str, Step[Any, Any]] = {}
+        self.queues: dict[str, QueueConfig] = {}
         self._store: Store | None = None
 
     def __repr__(self) -> str:
@@ -106,6 +107,7 @@ class App:
         name: str | None = None,
         retry: Retry | None = None,
         queue: str = "default",
+        concurrency: int | None = None,
         timeout: float | None = None,
         serializer: str = "msgpack",
     ) -> TaskDecorator: ...
@@ -117,12 +119,16 @@ class App:
         name: str | None = None,
         retry: Retry | None = None,
         queue: str = "default",
+        concurrency: int | None = None,
         timeout: float | None = None,
         serializer: str = "msgpack",
     ) -> Any:
         """Register a durable task (sync or async). Options: `retry` (task-level retries from
-        the last checkpoint), `queue`, `timeout` (seconds per attempt), `serializer`
-        ("msgpack", or "pickle" to opt in to pickle)."""
+        the last checkpoint), `queue` (a name; limits via app.queue), `concurrency` (runs of
+        this task running at once, over every worker), `timeout` (seconds per attempt),
+        `serializer` ("msgpack", or "pickle" to opt in to pickle)."""
+        if concurrency is not None and concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or fn.__qualname__
@@ -136,6 +142,7 @@ class App:
                 name=task_name,
                 retry=retry,
                 queue=queue,
+                concurrency=concurrency,
                 timeout=timeout,
                 serializer=serializer,
             )
@@ -174,6 +181,45 @@ class App:
 
         return register if fn is None else register(fn)
 
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        key_concurrency: int | None = None,
+        rate_limit: tuple[int, float] | None = None,
+        rate_by_key: bool = False,
+        strategy: str = "queue",
+    ) -> QueueConfig:
+        """Declare a queue and its limits: `concurrency` (runs running at once over every
+        worker), `key_concurrency` (at once per concurrency key), `rate_limit` ((N, seconds):
+        at most N starts in any window of that many seconds; per key with `rate_by_key`), and
+        `strategy` when a run does not fit: "queue" (it waits), "cancel-newest" (it is
+        cancelled), "cancel-in-progress" (the running ones are cancelled and it starts).
+        Workers record it when they start; `perdure queues set` changes it at run time."""
+        for what, value in (("concurrency", concurrency), ("key_concurrency", key_concurrency)):
+            if value is not None and value < 1:
+                raise ConfigurationError(f"queue {name!r}: {what} must be at least 1, got {value}")
+        if strategy not in STRATEGIES:
+            raise ConfigurationError(
+                f"queue {name!r}: strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
+            )
+        if rate_limit is not None and (rate_limit[0] < 1 or rate_limit[1] <= 0):
+            raise ConfigurationError(
+                f"queue {name!r}: rate_limit is (starts >= 1, seconds > 0), got {rate_limit!r}"
+            )
+        config = QueueConfig(
+            name=name,
+            concurrency=concurrency,
+            key_concurrency=key_concurrency,
+            rate_limit=rate_limit[0] if rate_limit else None,
+            rate_period=float(rate_limit[1]) if rate_limit else None,
+            rate_by_key=rate_by_key,
+            strategy=strategy,
+        )
+        self.queues[name] = config
+        return config
+
     # -- runs --------------------------------------------------------------------------------
 
     def get_task(self, name: str) -> Task[Any, Any]:
@@ -206,7 +252,15 @@ class App:
             self.store, {name: t.definition for name, t in self.tasks.items()}, config
         )
         return Worker(
-            self.store, app=self.name, tasks=list(self.tasks), execute=executor, config=config
+            self.store,
+            app=self.name,
+            tasks=list(self.tasks),
+            execute=executor,
+            config=config,
+            queues=list(self.queues.values()),
+            task_limits={
+                name: t.concurrency for name, t in self.tasks.items() if t.concurrency is not None
+            },
         )
 
     async def run_worker(self, *, concurrency: int | None = None, **settings: Any) -> None:

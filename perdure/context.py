@@ -66,6 +66,9 @@ class RunContext:
     """Attempts already made in this task attempt, by seq (for steps retried across suspends)."""
     seq: int = 0
     """The last seq handed out."""
+    awaited_children: int = 0
+    """Child runs triggered to be awaited so far (a wait for children ends once the store has
+    counted this many ends)."""
     pending: list[JournalEntry] = field(default_factory=list)
     """Journal entries not yet written (step results, recorded values, sleeps). They are written
     before the next step body starts (flush) or with the run's transition, whichever is first."""

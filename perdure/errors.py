@@ -81,6 +81,47 @@ class RunCancelled(PerdureError):
     """The run was cancelled."""
 
 
+class RunExpired(PerdureError):
+    """The run was not started within its `ttl`; it never ran."""
+
+
+class ChildFailed(TaskFailed):
+    """A child run did not complete: it failed, was cancelled or expired.
+
+    `trigger_and_wait` raises it; `batch_trigger_and_wait` puts it in the failed child's place
+    and keeps the other results. `status` says how the child ended.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        run_id: str = "",
+        status: str = "",
+        error_type: str = "",
+        error_message: str = "",
+        traceback: str = "",
+    ) -> None:
+        super().__init__(
+            message,
+            run_id=run_id,
+            error_type=error_type,
+            error_message=error_message,
+            traceback=traceback,
+        )
+        self.status = status
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ChildFailed) and (
+            self.run_id,
+            self.status,
+            self.error_type,
+            self.error_message,
+        ) == (other.run_id, other.status, other.error_type, other.error_message)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class StepFailed(PerdureError):
     """A step failed after spending its retries.
 
@@ -168,9 +209,11 @@ def NonRetryable(exc: BaseException) -> NonRetryableError:
 class Suspend(BaseException):
     """Internal: the run waits (sleep, later tokens/events/children) and leaves the worker."""
 
-    def __init__(self, wake_at: float | None) -> None:
+    def __init__(self, wake_at: float | None, *, children: int | None = None) -> None:
         super().__init__(wake_at)
         self.wake_at = wake_at
+        self.children = children
+        """Waiting for child runs: wake once this many awaited children have ended."""
 
 
 class CancelSignal(BaseException):

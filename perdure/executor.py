@@ -205,7 +205,11 @@ class Executor:
                 max_size=task.options.max_value_size,
             )
         except Suspend as suspend:
-            return Transition(status=RunStatus.WAITING, available_at=suspend.wake_at)
+            return Transition(
+                status=RunStatus.WAITING,
+                available_at=suspend.wake_at,
+                children_target=suspend.children,
+            )
         except (CancelSignal, asyncio.CancelledError):
             reason = ctx.control.stop_reason
             if reason == "cancel":

@@ -3,25 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import inspect
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+import msgspec
+
 from perdure import serde
-from perdure.context import TaskOptions, current, decode_entry, in_step
+from perdure.context import RunContext, TaskOptions, current, decode_entry, in_step
 from perdure.errors import (
+    ChildFailed,
     ConfigurationError,
     InvalidArguments,
     PerdureError,
     RunCancelled,
+    RunExpired,
     RunTimeout,
+    Suspend,
     TaskFailed,
 )
 from perdure.executor import TaskDef, task_return_type
 from perdure.ids import new_id
 from perdure.retry import DEFAULT_RETRY, Retry
-from perdure.store.base import ChangeToken, EntryKind, NewRun, RunStatus
+from perdure.store.base import (
+    ChangeToken,
+    EntryKind,
+    ErrorInfo,
+    NewRun,
+    RunRecord,
+    RunStatus,
+    Value,
+)
 from perdure.store.notify import run_topic
 
 if TYPE_CHECKING:
@@ -31,8 +46,119 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-TRIGGER_OPTIONS = ("idempotency_key",)
+TRIGGER_OPTIONS = (
+    "idempotency_key",
+    "priority",
+    "delay",
+    "run_at",
+    "ttl",
+    "concurrency_key",
+    "debounce",
+)
 """Keyword arguments of trigger() that configure the run instead of reaching the task."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    """How a run is started (the keyword options of trigger)."""
+
+    idempotency_key: str | None = None
+    """A second trigger with the same key returns the first run."""
+    priority: int = 0
+    """Higher starts first within its queue."""
+    delay: float | None = None
+    """Start no sooner than this many seconds from now."""
+    run_at: dt.datetime | None = None
+    """Start no sooner than this time (timezone-aware, or local time)."""
+    ttl: float | None = None
+    """Expire (status expired) if not started within this many seconds of the trigger."""
+    concurrency_key: str | None = None
+    """Runs with the same key share the queue's per-key limit and take turns with other keys."""
+    debounce: tuple[str, float] | None = None
+    """(key, seconds): triggers with the same key within `seconds` of each other make one run,
+    started `seconds` after the last of them, with the last one's arguments."""
+
+    @classmethod
+    def pop(cls, kwargs: dict[str, Any]) -> RunOptions:
+        """Take the options out of trigger()'s keyword arguments and check them."""
+        given = {key: kwargs.pop(key) for key in TRIGGER_OPTIONS if key in kwargs}
+        options = cls(**given)
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """InvalidArguments for an option of the wrong type or range."""
+        for name, value, types in (
+            ("idempotency_key", self.idempotency_key, (str,)),
+            ("concurrency_key", self.concurrency_key, (str,)),
+            ("priority", self.priority, (int,)),
+            ("delay", self.delay, (int, float)),
+            ("ttl", self.ttl, (int, float)),
+            ("run_at", self.run_at, (dt.datetime,)),
+        ):
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                expected = " or ".join(t.__name__ for t in types)
+                raise InvalidArguments(f"{name} must be {expected}, got {type(value).__name__}")
+        if self.delay is not None and self.run_at is not None:
+            raise InvalidArguments("give delay or run_at, not both")
+        if self.ttl is not None and self.ttl <= 0:
+            raise InvalidArguments(f"ttl must be positive, got {self.ttl}")
+        if self.debounce is not None:
+            if (
+                not isinstance(self.debounce, tuple)
+                or len(self.debounce) != 2
+                or not isinstance(self.debounce[0], str)
+                or not isinstance(self.debounce[1], int | float)
+                or self.debounce[1] < 0
+            ):
+                raise InvalidArguments(
+                    f"debounce must be (key: str, seconds >= 0), got {self.debounce!r}"
+                )
+            if self.idempotency_key is not None:
+                raise InvalidArguments("give debounce or idempotency_key, not both")
+
+    def new_run(
+        self,
+        task: Task[Any, Any],
+        args: Value,
+        *,
+        idempotency_key: str | None,
+        parent_id: str | None = None,
+        awaited: bool = False,
+    ) -> NewRun:
+        """The run to create."""
+        now = time.time()
+        start = now
+        if self.run_at is not None:
+            start = self.run_at.timestamp()
+        elif self.delay is not None:
+            start = now + max(0.0, self.delay)
+        if self.debounce is not None:
+            start = max(start, now + self.debounce[1])
+        return NewRun(
+            id=new_id(),
+            app=task.app.name,
+            task=task.name,
+            queue=task.queue,
+            args=args,
+            idempotency_key=idempotency_key,
+            available_at=start,
+            priority=self.priority,
+            concurrency_key=self.concurrency_key,
+            expires_at=None if self.ttl is None else now + self.ttl,
+            debounce_key=None if self.debounce is None else self.debounce[0],
+            parent_id=parent_id,
+            awaited=awaited,
+        )
+
+
+class ChildOutcome(msgspec.Struct, frozen=True, array_like=True):
+    """How one awaited child ended, as recorded in its parent's journal."""
+
+    status: str
+    codec: str | None = None
+    data: bytes | None = None
+    error: ErrorInfo | None = None
 
 
 def run_sync(app: App, coro: Coroutine[Any, Any, T]) -> T:
@@ -111,6 +237,10 @@ class RunHandle(Generic[R]):
                 )
             if run.status is RunStatus.CANCELLED:
                 raise RunCancelled(f"run {self.id} of task {run.task!r} was cancelled")
+            if run.status is RunStatus.EXPIRED:
+                raise RunExpired(
+                    f"run {self.id} of task {run.task!r} expired: not started within its ttl"
+                )
             wait = 1.0
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
@@ -146,6 +276,7 @@ class Task(Generic[P, R]):
         queue: str,
         timeout: float | None,
         serializer: str,
+        concurrency: int | None = None,
     ) -> None:
         try:
             codec = serde.Codec(serializer)
@@ -164,6 +295,7 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.queue = queue
+        self.concurrency = concurrency
         self.definition = TaskDef(
             options=TaskOptions(
                 name=name,
@@ -194,65 +326,237 @@ class Task(Generic[P, R]):
     async def trigger(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]: ...
     @overload
     async def trigger(self, *args: Any, idempotency_key: str, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    async def trigger(self, *args: Any, priority: int, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    async def trigger(self, *args: Any, delay: float, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    async def trigger(self, *args: Any, run_at: dt.datetime, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    async def trigger(self, *args: Any, ttl: float, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    async def trigger(self, *args: Any, concurrency_key: str, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    async def trigger(
+        self, *args: Any, debounce: tuple[str, float], **kwargs: Any
+    ) -> RunHandle[R]: ...
 
     async def trigger(self, *args: Any, **kwargs: Any) -> RunHandle[R]:
         """Start a run with these arguments; returns at once with its handle.
 
-        `idempotency_key=` (a keyword reserved for the run, not passed to the task): a second
-        trigger with the same key returns the first run instead of starting another. Type
-        checkers check the arguments against the task's signature (when run options are given
-        too, the arguments are checked at trigger time instead).
+        Keywords reserved for the run, not passed to the task (see RunOptions):
+        `idempotency_key`, `priority`, `delay` / `run_at`, `ttl`, `concurrency_key`,
+        `debounce=(key, seconds)`. Type checkers check the arguments against the task's
+        signature (when run options are given too, the arguments are checked at trigger time).
+        Inside a task the trigger is journaled: a replay returns the same run.
         """
-        options = {key: kwargs.pop(key) for key in TRIGGER_OPTIONS if key in kwargs}
-        return await self._trigger(args, kwargs, idempotency_key=options.get("idempotency_key"))
+        options = RunOptions.pop(kwargs)
+        (handle,) = await self._start([(args, kwargs)], options, awaited=False, single=True)
+        return handle
 
     @overload
     def trigger_sync(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle[R]: ...
     @overload
     def trigger_sync(self, *args: Any, idempotency_key: str, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    def trigger_sync(self, *args: Any, priority: int, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    def trigger_sync(self, *args: Any, delay: float, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    def trigger_sync(self, *args: Any, run_at: dt.datetime, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    def trigger_sync(self, *args: Any, ttl: float, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    def trigger_sync(self, *args: Any, concurrency_key: str, **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    def trigger_sync(
+        self, *args: Any, debounce: tuple[str, float], **kwargs: Any
+    ) -> RunHandle[R]: ...
 
     def trigger_sync(self, *args: Any, **kwargs: Any) -> RunHandle[R]:
         """trigger() for synchronous callers."""
         return run_sync(self.app, self.trigger(*args, **kwargs))
 
-    async def _trigger(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, idempotency_key: Any
-    ) -> RunHandle[R]:
-        try:
-            self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidArguments(
-                f"arguments do not fit task {self.name!r}{self.signature}: {exc}"
-            ) from None
-        if idempotency_key is not None and not isinstance(idempotency_key, str):
-            raise InvalidArguments(
-                f"idempotency_key must be a str, got {type(idempotency_key).__name__}"
+    @overload
+    async def trigger_and_wait(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    async def trigger_and_wait(self, *args: Any, idempotency_key: str, **kwargs: Any) -> R: ...
+    @overload
+    async def trigger_and_wait(self, *args: Any, priority: int, **kwargs: Any) -> R: ...
+    @overload
+    async def trigger_and_wait(self, *args: Any, delay: float, **kwargs: Any) -> R: ...
+    @overload
+    async def trigger_and_wait(self, *args: Any, run_at: dt.datetime, **kwargs: Any) -> R: ...
+    @overload
+    async def trigger_and_wait(self, *args: Any, ttl: float, **kwargs: Any) -> R: ...
+    @overload
+    async def trigger_and_wait(self, *args: Any, concurrency_key: str, **kwargs: Any) -> R: ...
+    @overload
+    async def trigger_and_wait(
+        self, *args: Any, debounce: tuple[str, float], **kwargs: Any
+    ) -> R: ...
+
+    async def trigger_and_wait(self, *args: Any, **kwargs: Any) -> R:
+        """Inside a task: start a child run and wait for its result. The parent is suspended
+        while it waits (it holds no worker slot), and both the trigger and the result are
+        journaled. Raises ChildFailed if the child failed, was cancelled or expired."""
+        options = RunOptions.pop(kwargs)
+        self._in_task_body("trigger_and_wait")
+        (handle,) = await self._start([(args, kwargs)], options, awaited=True)
+        (outcome,) = await self._wait_for([handle.id])
+        if isinstance(outcome, ChildFailed):
+            raise outcome
+        result: R = outcome
+        return result
+
+    async def batch_trigger(self, items: Sequence[Any], **options: Any) -> list[RunHandle[R]]:
+        """Start one run per item (a tuple of positional arguments, or a dict of keyword
+        arguments) in one write; `options` (see RunOptions) apply to each. Inside a task the
+        batch is journaled as one entry."""
+        run_options = RunOptions.pop(options)
+        if options:
+            raise InvalidArguments(f"unknown batch options: {', '.join(sorted(options))}")
+        return await self._start(_calls(items), run_options, awaited=False)
+
+    async def batch_trigger_and_wait(
+        self, items: Sequence[Any], **options: Any
+    ) -> list[R | ChildFailed]:
+        """Inside a task: start one child run per item (a tuple of positional arguments, or a
+        dict of keyword arguments) and wait for all of them. Results come in input order; a
+        child that did not complete has a ChildFailed in its place, the others are kept. The
+        parent is suspended (no worker slot) until the last child ends."""
+        run_options = RunOptions.pop(options)
+        if options:
+            raise InvalidArguments(f"unknown batch options: {', '.join(sorted(options))}")
+        self._in_task_body("batch_trigger_and_wait")
+        handles = await self._start(_calls(items), run_options, awaited=True)
+        return await self._wait_for([h.id for h in handles])
+
+    def _in_task_body(self, what: str) -> RunContext:
+        ctx = current()
+        if ctx is None or in_step():
+            raise PerdureError(
+                f"{self.name}.{what}() waits durably, so it belongs in a task body (not in a "
+                "step, not outside a run); outside a task, trigger() and await handle.result()"
             )
-        value = self.definition.encode_args(args, kwargs)
+        return ctx
+
+    async def _start(
+        self,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        options: RunOptions,
+        *,
+        awaited: bool,
+        single: bool = False,
+    ) -> list[RunHandle[R]]:
+        values = []
+        for args, kwargs in calls:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise InvalidArguments(
+                    f"arguments do not fit task {self.name!r}{self.signature}: {exc}"
+                ) from None
+            values.append(self.definition.encode_args(args, kwargs))
         since = self.app.store.change_token()
         ctx = current()
-        seq = None
-        if ctx is not None and not in_step():
-            # inside a task: journaled, so a replay returns the same run instead of a new one
-            ctx.check_active()
-            seq = ctx.next_seq()
-            entry = ctx.recorded(seq, EntryKind.TRIGGER, self.name)
-            if entry is not None:
-                return RunHandle(self.app, decode_entry(ctx, entry, str), self.result_type)
-            if idempotency_key is None:  # a crash before the entry is written: same run
-                idempotency_key = f"perdure:{ctx.run.id}:{seq}"
-        run_id, created = await self.app.store.create_run(
-            NewRun(
-                id=new_id(),
-                app=self.app.name,
-                task=self.name,
-                queue=self.queue,
-                args=value,
-                idempotency_key=idempotency_key,
-                available_at=time.time(),
+        if ctx is None or in_step():
+            news = [
+                options.new_run(self, v, idempotency_key=options.idempotency_key) for v in values
+            ]
+            created = await self.app.store.create_runs(news)
+            return [
+                RunHandle(self.app, run_id, self.result_type, since=since if new else None)
+                for run_id, new in created
+            ]
+        # inside a task: journaled, so a replay returns the same runs instead of new ones
+        ctx.check_active()
+        seq = ctx.next_seq()
+        kind = EntryKind.TRIGGER if single and not awaited else EntryKind.CHILDREN
+        entry = ctx.recorded(seq, kind, self.name)
+        if entry is not None:
+            if kind is EntryKind.TRIGGER:
+                ids = [decode_entry(ctx, entry, str)]
+            else:
+                ids = decode_entry(ctx, entry, tuple[list[str], bool])[0]
+        else:
+            news = []
+            for index, value in enumerate(values):
+                key = options.idempotency_key
+                if key is None and options.debounce is None:
+                    # a crash before the entry is written: the same runs again
+                    key = f"perdure:{ctx.run.id}:{seq}" + ("" if single else f":{index}")
+                news.append(
+                    options.new_run(
+                        self, value, idempotency_key=key, parent_id=ctx.run.id, awaited=awaited
+                    )
+                )
+            ids = [run_id for run_id, _new in await self.app.store.create_runs(news)]
+            recorded: Any = ids[0] if kind is EntryKind.TRIGGER else (ids, awaited)
+            new_entry, _data = ctx.value_entry(seq, kind, self.name, recorded, time.time())
+            ctx.pending.append(new_entry)
+        if awaited:
+            ctx.awaited_children += len(ids)
+        return [RunHandle(self.app, run_id, self.result_type) for run_id in ids]
+
+    async def _wait_for(self, ids: list[str]) -> list[Any]:
+        """The outcomes of awaited children, once all have ended (else the run suspends)."""
+        ctx = self._in_task_body("wait")
+        ctx.check_active()
+        seq = ctx.next_seq()
+        entry = ctx.recorded(seq, EntryKind.CHILD_RESULTS, self.name)
+        if entry is not None:
+            outcomes = decode_entry(ctx, entry, list[ChildOutcome])
+        else:
+            runs = await self.app.store.get_runs(ids) if ids else []
+            if not all(run.status.terminal for run in runs):
+                raise Suspend(None, children=ctx.awaited_children)
+            outcomes = [_outcome(run) for run in runs]
+            new_entry, _data = ctx.value_entry(
+                seq, EntryKind.CHILD_RESULTS, self.name, outcomes, time.time()
             )
+            ctx.pending.append(new_entry)
+        return [self._result_of(run_id, o) for run_id, o in zip(ids, outcomes, strict=True)]
+
+    def _result_of(self, run_id: str, outcome: ChildOutcome) -> Any:
+        if outcome.status == RunStatus.COMPLETED:
+            assert outcome.codec is not None
+            assert outcome.data is not None
+            return serde.decode(
+                outcome.data,
+                codec=serde.Codec(outcome.codec),
+                type_=self.result_type,
+                what=f"result of child run {run_id}",
+            )
+        error = outcome.error
+        what = {"failed": "failed", "cancelled": "was cancelled", "expired": "expired"}
+        return ChildFailed(
+            f"child run {run_id} of task {self.name!r} {what.get(outcome.status, outcome.status)}"
+            + (f": {error.type.rsplit('.', 1)[-1]}: {error.message}" if error else ""),
+            run_id=run_id,
+            status=outcome.status,
+            error_type=error.type if error else "",
+            error_message=error.message if error else "",
+            traceback=error.traceback if error else "",
         )
-        if ctx is not None and seq is not None:
-            entry, _data = ctx.value_entry(seq, EntryKind.TRIGGER, self.name, run_id, time.time())
-            ctx.pending.append(entry)
-        return RunHandle(self.app, run_id, self.result_type, since=since if created else None)
+
+
+def _outcome(run: RunRecord) -> ChildOutcome:
+    if run.status is RunStatus.COMPLETED and run.result is not None:
+        return ChildOutcome(status=str(run.status), codec=run.result.codec, data=run.result.data)
+    return ChildOutcome(status=str(run.status), error=run.error)
+
+
+def _calls(items: Sequence[Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    for item in items:
+        if isinstance(item, dict):
+            calls.append(((), dict(item)))
+        elif isinstance(item, tuple | list):
+            calls.append((tuple(item), {}))
+        else:
+            raise InvalidArguments(
+                "each batch item is a tuple of positional arguments or a dict of keyword "
+                f"arguments; got {type(item).__name__} (for one argument, write (value,))"
+            )
+    return calls

@@ -22,6 +22,7 @@ from perdure.ids import new_id
 from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers, tick
 from perdure.store.base import (
     ChangeToken,
+    QueueConfig,
     RunRecord,
     RunStatus,
     Store,
@@ -65,10 +66,14 @@ class Worker:
         tasks: list[str],
         execute: Execute,
         config: WorkerConfig,
+        queues: list[QueueConfig] | None = None,
+        task_limits: dict[str, int] | None = None,
     ) -> None:
         self.store = store
         self.app = app
         self.tasks = sorted(tasks)
+        self.queues = queues or []
+        self.task_limits = task_limits or {}
         self.execute = execute
         self.config = config
         self.id = new_id()
@@ -113,6 +118,8 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 await self.store.register_worker(me)
+                if self.queues:
+                    await self.store.declare_queues(self.app, self.queues)
                 await reap_dead_workers(self.store, me, self.config)
                 return True
             except StoreError as exc:
@@ -194,17 +201,25 @@ class Worker:
         self._slot_freed.clear()
         free = self.config.concurrency - len(self._active)
         wake_at = None
+        blocked = False
         if free > 0:
             # a read first: claiming is a write, and most wake-ups find nothing to claim
             wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
             if wake_at is not None and wake_at <= time.time():
                 claimed = await self.store.claim_runs(
-                    app=self.app, worker_id=self.id, tasks=self.tasks, limit=free
+                    app=self.app,
+                    worker_id=self.id,
+                    tasks=self.tasks,
+                    limit=free,
+                    task_limits=self.task_limits,
                 )
                 for run in claimed:
                     self._start(run)
                 if claimed:
                     return  # there may be more waiting
+                # held back by limits: a run's end (a change) or the rate window frees them
+                wake_at = claimed.retry_at
+                blocked = True
         now = time.monotonic()
         if self._active and now - self._last_cancel_check >= _CANCEL_CHECK_EVERY:
             self._last_cancel_check = now
@@ -213,9 +228,10 @@ class Worker:
             self._last_unknown_check = now
             await self._note_unknown_tasks()
             await self._release_strays()
+            await self.store.expire_runs()
         timeout = _IDLE_WAIT
         if wake_at is not None:
-            timeout = max(0.0, min(timeout, wake_at - time.time()))
+            timeout = max(0.005 if blocked else 0.0, min(timeout, wake_at - time.time()))
         if timeout > 0:
             await self._wait(token, timeout)
 

@@ -33,21 +33,21 @@ def _gated(index: int) -> bool:
 
 
 @app.step(name="work", retry=perdure.Retry(max_attempts=1))
-async def work(run_key: str, index: int, delay: float) -> str:
+async def work(run_key: str, index: int, pause: float) -> str:
     _log(f"start {run_key} {index} {time.time():.6f}")
     while _gated(index):  # noqa: ASYNC110 - the gate is a file another process removes
         await asyncio.sleep(0.01)
-    if delay:
-        await asyncio.sleep(delay)
+    if pause:
+        await asyncio.sleep(pause)
     _log(f"done {run_key} {index} {time.time():.6f}")
     return f"{run_key}:{index}"
 
 
 @app.task(name="pipeline")
-async def pipeline(run_key: str, steps: int, delay: float = 0.0) -> list[str]:
+async def pipeline(run_key: str, steps: int, pause: float = 0.0) -> list[str]:
     results = []
     for index in range(1, steps + 1):
-        results.append(await work(run_key, index, delay))
+        results.append(await work(run_key, index, pause))
     return results
 
 

@@ -49,7 +49,7 @@ def test_trigger_worker_list_show_cancel(
 ) -> None:
     assert as_json(perdure_cli(tmp_path, "migrate", "--json")) == {
         "dry_run": False,
-        "migrations": ["0001_initial"],
+        "migrations": ["0001_initial", "0002_flow_control"],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []
 

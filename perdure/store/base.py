@@ -29,18 +29,26 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     """Leased by a worker that executes it."""
     WAITING = "waiting"
-    """Suspended by a durable wait (sleep); holds no worker slot; a timer wakes it."""
+    """Suspended by a durable wait (sleep, child runs); holds no worker slot; a timer or its
+    children's ends wake it."""
     COMPLETED = "completed"
     """Finished with a result."""
     FAILED = "failed"
     """Finished with an error after spending its retries."""
     CANCELLED = "cancelled"
-    """Stopped by a cancel request."""
+    """Stopped by a cancel request (or by its queue's cancel strategy)."""
+    EXPIRED = "expired"
+    """Not started within its `ttl`; it never ran."""
 
     @property
     def terminal(self) -> bool:
         """True when the run will never change again."""
-        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self in (
+            RunStatus.COMPLETED,
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+            RunStatus.EXPIRED,
+        )
 
 
 class EntryKind(StrEnum):
@@ -58,6 +66,10 @@ class EntryKind(StrEnum):
     """A recorded perdure.random()."""
     TRIGGER = "trigger"
     """A run this run triggered; the value is its id."""
+    CHILDREN = "children"
+    """Runs this run triggered in one call; the value is [ids, awaited]."""
+    CHILD_RESULTS = "child_results"
+    """How the awaited children ended; the value is one outcome per child, in order."""
 
 
 class EntryStatus(StrEnum):
@@ -116,6 +128,19 @@ class NewRun:
     """A second create with the same (app, task, key) returns the first run."""
     available_at: float
     """Earliest time a worker may start it."""
+    priority: int = 0
+    """Higher first within its queue."""
+    concurrency_key: str | None = None
+    """Runs with the same key share the queue's per-key limit."""
+    expires_at: float | None = None
+    """Not started by then: EXPIRED."""
+    debounce_key: str | None = None
+    """While a run with this key waits to start, a create with the same key replaces its
+    arguments and available_at instead of adding a run."""
+    parent_id: str | None = None
+    """The run that triggered this one from its body."""
+    awaited: bool = False
+    """The parent waits for this run's end (counted by children_done)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +185,77 @@ class RunRecord:
     """Last change."""
     finished_at: float | None
     """Terminal time."""
+    priority: int = 0
+    """Priority within its queue."""
+    concurrency_key: str | None = None
+    """Concurrency key."""
+    expires_at: float | None = None
+    """TTL deadline for its start."""
+    parent_id: str | None = None
+    """The run that triggered it from its body."""
+
+
+STRATEGIES = ("queue", "cancel-newest", "cancel-in-progress")
+"""What a queue does with a run that does not fit its limit."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """A queue's limits, as declared in code (app.queue) or set at run time."""
+
+    name: str
+    """Queue name."""
+    concurrency: int | None = None
+    """Runs of the queue running at once; None: no limit."""
+    key_concurrency: int | None = None
+    """Runs per concurrency key running at once; None: no per-key limit."""
+    rate_limit: int | None = None
+    """Starts per `rate_period` seconds; None: no rate limit."""
+    rate_period: float | None = None
+    """Sliding window of the rate limit, seconds."""
+    rate_by_key: bool = False
+    """The rate limit counts each concurrency key apart."""
+    strategy: str = "queue"
+    """When a limit is reached: "queue" (wait), "cancel-newest" (cancel the run that does not
+    fit), "cancel-in-progress" (cancel the running ones, start the new one)."""
+    paused: bool = False
+    """A paused queue starts nothing."""
+
+    @property
+    def limited(self) -> bool:
+        """True when this queue can hold a run back."""
+        return (
+            self.concurrency is not None
+            or self.key_concurrency is not None
+            or self.rate_limit is not None
+            or self.paused
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStats:
+    """A queue with its current load."""
+
+    app: str
+    """App name."""
+    config: QueueConfig
+    """Limits."""
+    overridden: bool
+    """Set at run time (perdure queues set): declarations in code no longer change it."""
+    running: int
+    """Runs running now."""
+    queued: int
+    """Runs waiting to start or resume."""
+    oldest_waiting_at: float | None
+    """available_at of the longest-waiting claimable run."""
+
+
+class Claimed(list["RunRecord"]):
+    """Runs leased by claim_runs, and when runs held back by a rate limit may start."""
+
+    retry_at: float | None = None
+    """Earliest time a rate-limited run may start (None: only a finishing run, a change of
+    limits or a new run can make more claimable)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,6 +342,9 @@ class Transition:
     """QUEUED as a task retry: bump the attempt and drop failed journal entries from the first."""
     attempt: Attempt | None = None
     """The task-level attempt that ends here, if one ends."""
+    children_target: int | None = None
+    """WAITING for child runs: claimable again once this many awaited children have ended
+    (at once if they already have)."""
 
 
 class Store(Protocol):
@@ -287,8 +386,16 @@ class Store(Protocol):
         run, nothing is inserted and the existing id is returned with created=False."""
         ...
 
+    async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
+        """create_run for many runs in one durable write; results in order."""
+        ...
+
     async def get_run(self, run_id: str) -> RunRecord:
         """The run with its arguments and result; RunNotFound when there is none."""
+        ...
+
+    async def get_runs(self, run_ids: list[str]) -> list[RunRecord]:
+        """Those runs with their results, in the order given; RunNotFound if one is missing."""
         ...
 
     async def list_runs(
@@ -298,10 +405,45 @@ class Store(Protocol):
         ...
 
     async def claim_runs(
-        self, *, app: str, worker_id: str, tasks: list[str], limit: int
-    ) -> list[RunRecord]:
+        self,
+        *,
+        app: str,
+        worker_id: str,
+        tasks: list[str],
+        limit: int,
+        task_limits: dict[str, int] | None = None,
+    ) -> Claimed:
         """Lease up to `limit` claimable runs of `tasks` (QUEUED or WAITING with
-        available_at <= now) to `worker_id`; each claim bumps the run's lease."""
+        available_at <= now) to `worker_id`; each claim bumps the run's lease. Never beyond a
+        queue's, a concurrency key's or a task's limit (`task_limits`: task -> runs at once),
+        nor its rate limit, counted over every worker; higher priority first, concurrency keys
+        in turn. Runs past their TTL expire instead; the queue's strategy may cancel runs."""
+        ...
+
+    async def declare_queues(self, app: str, queues: list[QueueConfig]) -> None:
+        """Record queues declared in code (a queue set at run time keeps its settings)."""
+        ...
+
+    async def set_queue(
+        self,
+        app: str,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        unlimited: bool = False,
+        paused: bool | None = None,
+    ) -> QueueConfig:
+        """Change a queue at run time: its `concurrency` limit (or none, with `unlimited`),
+        paused or not (None: unchanged). Workers apply it at their next claim. Creates the
+        queue if it is new; from then on, declarations in code no longer change it."""
+        ...
+
+    async def queue_stats(self, app: str | None = None) -> list[QueueStats]:
+        """Every queue that is declared or holds runs, with its load."""
+        ...
+
+    async def expire_runs(self) -> int:
+        """Expire runs past their TTL that never started; returns how many."""
         ...
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:

@@ -26,11 +26,15 @@ from perdure.errors import (
     SchemaOutdated,
     SchemaTooNew,
 )
+from perdure.store.admission import CANDIDATE_SCAN, admit
 from perdure.store.base import (
     Attempt,
     ChangeToken,
+    Claimed,
     JournalEntry,
     NewRun,
+    QueueConfig,
+    QueueStats,
     RunRecord,
     RunStatus,
     Transition,
@@ -79,6 +83,8 @@ Q = load_queries("postgres")
 MIGRATIONS = load_migrations("postgres")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _MIGRATION_LOCK = 7_366_101  # pg_advisory_xact_lock key: one migrator at a time
+_CLAIM_LOCK_CLASS = 7_366_103  # pg_advisory_xact_lock(class, app hash): one limited claim at a time
+_QUEUES_FRESH_FOR = 1.0  # seconds a worker trusts its copy of the queues to pick the claim path
 SESSION_GRACE = 10.0  # seconds after a server start during which missing locks prove nothing
 
 
@@ -122,6 +128,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         self.append_groups = 0
         """Transactions those records took."""
         self._opened = False
+        self._queue_cache: dict[str, tuple[float, dict[str, QueueConfig]]] = {}
 
     # -- lifecycle and schema ----------------------------------------------------------------
 
@@ -202,6 +209,9 @@ class PostgresStore(RowMapping, PostgresConnections):
 
     async def create_run(self, run: NewRun) -> tuple[str, bool]:
         params = await self._new_run_params(run, time.time())
+        if run.debounce_key is not None:
+            (created,) = await self.create_runs([run])
+            return created
 
         async def attempt() -> tuple[str, bool]:
             async with self._connection("create_run", transaction=False) as conn:
@@ -215,11 +225,37 @@ class PostgresStore(RowMapping, PostgresConnections):
         self._notifier.notify({CLAIMABLE})
         return created
 
+    async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
+        now = time.time()
+        all_params = [await self._new_run_params(run, now) for run in runs]
+
+        async def work(conn: Conn) -> list[tuple[str, bool]]:
+            out = []
+            for params in all_params:
+                if params["debounce_key"] is not None:
+                    row = await (await conn.execute(Q["upsert_debounced_run"], params)).fetchone()
+                    assert row is not None
+                    out.append((str(row["id"]), row["id"] == params["id"]))
+                elif (await conn.execute(Q["insert_run"], params)).rowcount == 1:
+                    out.append((params["id"], True))
+                else:
+                    cur = await conn.execute(Q["run_by_idempotency_key"], params)
+                    row = await cur.fetchone()
+                    assert row is not None
+                    out.append((str(row["id"]), row["id"] == params["id"]))
+            return out
+
+        return await self._write("create_runs", work, (CLAIMABLE,))
+
     async def get_run(self, run_id: str) -> RunRecord:
         rows = await self._read(Q["get_run"], {"id": run_id}, "get_run")
         if not rows:
             raise RunNotFound(f"no run with id {run_id!r} in {self._redacted()}")
         return await self._run_record(rows[0], full=True)
+
+    async def get_runs(self, run_ids: list[str]) -> list[RunRecord]:
+        rows = await self._read(Q["get_runs"], {"ids": run_ids}, "get_runs")
+        return await self._in_order(run_ids, rows)
 
     async def list_runs(
         self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
@@ -232,31 +268,102 @@ class PostgresStore(RowMapping, PostgresConnections):
         return [await self._run_record(row, full=False) for row in rows]
 
     async def claim_runs(
-        self, *, app: str, worker_id: str, tasks: list[str], limit: int
-    ) -> list[RunRecord]:
+        self,
+        *,
+        app: str,
+        worker_id: str,
+        tasks: list[str],
+        limit: int,
+        task_limits: dict[str, int] | None = None,
+    ) -> Claimed:
+        now = time.time()
         params = {
             "app": app,
             "worker_id": worker_id,
             "tasks": tasks,
             "limit": limit,
-            "now": time.time(),
+            "now": now,
+            "lock_class": _CLAIM_LOCK_CLASS,
         }
+        queues = await self._queues(app)
+        if not task_limits and not any(q.limited for q in queues.values()):
 
-        async def attempt() -> list[dict[str, Any]]:
-            # a claim need not wait for its WAL flush (losing one only means the run is claimed
-            # again), and the pipeline sends the four statements together
-            async with (
-                self._connection("claim_runs", transaction=False) as conn,
-                conn.pipeline(),
-            ):
-                async with conn.transaction():
-                    await conn.execute("SET LOCAL synchronous_commit TO off")
-                    cur = await conn.execute(Q["claim_runs"], params)
-                return await cur.fetchall()
+            async def attempt() -> tuple[list[dict[str, Any]], float | None]:
+                # a claim need not wait for its WAL flush (losing one only means the run is
+                # claimed again), and the pipeline sends the statements together
+                async with (
+                    self._connection("claim_runs", transaction=False) as conn,
+                    conn.pipeline(),
+                ):
+                    async with conn.transaction():
+                        await conn.execute("SET LOCAL synchronous_commit TO off")
+                        await conn.execute(Q["expire_runs"], params)
+                        cur = await conn.execute(Q["claim_runs"], params)
+                    return await cur.fetchall(), None
 
-        rows = await self._retrying("claim_runs", attempt)
-        rows.sort(key=lambda row: (row["available_at"], row["id"]))  # RETURNING has no order
-        return [await self._run_record(row, full=True) for row in rows]
+        else:
+
+            async def attempt() -> tuple[list[dict[str, Any]], float | None]:
+                async with (
+                    self._connection("claim_runs", transaction=False) as conn,
+                    conn.pipeline(),
+                    conn.transaction(),
+                ):
+                    return await self._admit_and_claim(conn, params, task_limits or {})
+
+        rows, retry_at = await self._retrying("claim_runs", attempt)
+        return await self._claimed(rows, retry_at)
+
+    async def _admit_and_claim(
+        self, conn: Conn, params: dict[str, Any], task_limits: dict[str, int]
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """The claim when limits apply, under the app's claim lock: what is read here is what
+        every earlier claim of the app committed."""
+        now = params["now"]
+        await conn.execute("SET LOCAL synchronous_commit TO off")
+        await conn.execute(Q["claim_lock"], params)
+        await conn.execute(Q["expire_runs"], params)
+        fresh = await conn.execute(Q["app_queues"], params)
+        scan = {**params, "scan": params["limit"] + CANDIDATE_SCAN}
+        candidates = await conn.execute(Q["claim_candidates"], scan)
+        running = await conn.execute(Q["running_runs"], params)
+        queues = {row["name"]: self._queue_config(row) for row in await fresh.fetchall()}
+        window = max((q.rate_period or 0.0 for q in queues.values()), default=0.0)
+        starts: list[dict[str, Any]] = []
+        if window:
+            cur = await conn.execute(Q["recent_starts"], {**params, "since": now - window})
+            starts = await cur.fetchall()
+        admission = admit(
+            await candidates.fetchall(),
+            await running.fetchall(),
+            starts,
+            queues,
+            task_limits,
+            params["limit"],
+            now,
+        )
+        if admission.cancel:
+            note = "cancelled: its queue was full (cancel-newest)"
+            await conn.execute(
+                Q["cancel_queued_ids"], {"ids": admission.cancel, "now": now, "note": note}
+            )
+        if admission.cancel_running:
+            await conn.execute(
+                Q["request_cancel_ids"], {"ids": admission.cancel_running, "now": now}
+            )
+        cur = await conn.execute(Q["claim_ids"], {**params, "ids": admission.claim})
+        return await cur.fetchall(), admission.retry_at
+
+    async def _queues(self, app: str) -> dict[str, QueueConfig]:
+        """The app's queues, read at most once a second (to pick the claim path; the limited
+        path reads them again under its lock)."""
+        cached = self._queue_cache.get(app)
+        if cached is not None and time.monotonic() - cached[0] < _QUEUES_FRESH_FOR:
+            return cached[1]
+        rows = await self._read(Q["app_queues"], {"app": app}, "app_queues")
+        queues = {row["name"]: self._queue_config(row) for row in rows}
+        self._queue_cache[app] = (time.monotonic(), queues)
+        return queues
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
         rows = await self._read(Q["next_wake_at"], {"app": app, "tasks": tasks}, "next_wake_at")
@@ -376,8 +483,12 @@ class PostgresStore(RowMapping, PostgresConnections):
                 await conn.execute(Q["insert_attempt"], one)
             if transition.next_attempt:
                 await conn.execute(Q["drop_failed_entries"], {"run_id": run_id})
+            if transition.status is RunStatus.CANCELLED:  # its children go with it
+                await conn.execute(Q["cancel_idle_tree"], params)
+                await conn.execute(Q["request_cancel_tree"], params)
 
-        if not transition.next_attempt:  # (a task retry also drops entries: step by step)
+        # a task retry also drops entries, a cancel cancels the children: step by step
+        if not transition.next_attempt and transition.status is not RunStatus.CANCELLED:
             at_once = {
                 **params,
                 **_columns("e_", entry_params, _ENTRY_COLUMNS),
@@ -401,16 +512,66 @@ class PostgresStore(RowMapping, PostgresConnections):
         params = {"id": run_id, "now": time.time()}
 
         async def work(conn: Conn) -> RunStatus:
-            if (await conn.execute(Q["cancel_idle_run"], params)).rowcount == 1:
-                return RunStatus.CANCELLED
-            if (await conn.execute(Q["request_cancel"], params)).rowcount == 1:
-                return RunStatus.RUNNING
+            await conn.execute(Q["cancel_idle_tree"], params)
+            await conn.execute(Q["request_cancel_tree"], params)
             row = await (await conn.execute(Q["check_lease"], params)).fetchone()
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r} in {self._redacted()}")
             return RunStatus(row["status"])
 
-        return await self._write("cancel_run", work, (run_topic(run_id), CANCEL))
+        return await self._write("cancel_run", work, (run_topic(run_id), CANCEL, CLAIMABLE))
+
+    # -- queues ------------------------------------------------------------------------------
+
+    async def declare_queues(self, app: str, queues: list[QueueConfig]) -> None:
+        now = time.time()
+        all_params = [self._queue_params(app, queue, now) for queue in queues]
+
+        async def work(conn: Conn) -> None:
+            for params in all_params:
+                await conn.execute(Q["declare_queue"], params)
+
+        await self._write("declare_queues", work, (CLAIMABLE,))
+        self._queue_cache.pop(app, None)
+
+    async def set_queue(
+        self,
+        app: str,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        unlimited: bool = False,
+        paused: bool | None = None,
+    ) -> QueueConfig:
+        params = {
+            "app": app,
+            "name": name,
+            "concurrency": concurrency,
+            "set_limit": int(concurrency is not None or unlimited),
+            "paused": None if paused is None else int(paused),
+            "now": time.time(),
+        }
+
+        async def work(conn: Conn) -> dict[str, Any]:
+            row = await (await conn.execute(Q["set_queue"], params)).fetchone()
+            assert row is not None
+            return row
+
+        row = await self._write("set_queue", work, (CLAIMABLE,))
+        self._queue_cache.pop(app, None)
+        return self._queue_config(row)
+
+    async def queue_stats(self, app: str | None = None) -> list[QueueStats]:
+        rows = await self._read(Q["queue_stats"], {"app": app, "now": time.time()}, "queue_stats")
+        return [self._queue_stats(row) for row in rows]
+
+    async def expire_runs(self) -> int:
+        params = {"app": None, "now": time.time()}
+
+        async def work(conn: Conn) -> int:
+            return (await conn.execute(Q["expire_runs"], params)).rowcount
+
+        return await self._write("expire_runs", work, (CLAIMABLE,))
 
     async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
         rows = await self._read(Q["cancel_requests"], {"worker_id": worker_id}, "cancel_requests")

@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import msgspec
 
 from perdure.blobs.base import BlobStore
-from perdure.errors import CorruptJournal
+from perdure.errors import CorruptJournal, RunNotFound
 from perdure.store.base import (
     Attempt,
+    Claimed,
     EntryKind,
     EntryStatus,
     ErrorInfo,
     JournalEntry,
     NewRun,
+    QueueConfig,
+    QueueStats,
     RunRecord,
     RunStatus,
     Transition,
@@ -157,7 +160,25 @@ class RowMapping:
             started_at=row["started_at"],
             updated_at=row["updated_at"],
             finished_at=row["finished_at"],
+            priority=row["priority"] if "priority" in keys else 0,
+            concurrency_key=row["concurrency_key"] if "concurrency_key" in keys else None,
+            expires_at=row["expires_at"] if "expires_at" in keys else None,
+            parent_id=row["parent_id"] if "parent_id" in keys else None,
         )
+
+    async def _claimed(self, rows: Sequence[Row], retry_at: float | None) -> Claimed:
+        """Claimed runs in claim order (RETURNING has none)."""
+        rows = sorted(rows, key=lambda row: (-row["priority"], row["available_at"], row["id"]))
+        claimed = Claimed([await self._run_record(row, full=True) for row in rows])
+        claimed.retry_at = retry_at
+        return claimed
+
+    async def _in_order(self, run_ids: list[str], rows: Iterable[Row]) -> list[RunRecord]:
+        by_id = {row["id"]: row for row in rows}
+        missing = [run_id for run_id in run_ids if run_id not in by_id]
+        if missing:
+            raise RunNotFound(f"no run with id {missing[0]!r}")
+        return [await self._run_record(by_id[run_id], full=True) for run_id in run_ids]
 
     async def _journal_entries(self, run_id: str, rows: Iterable[Row]) -> list[JournalEntry]:
         entries = []
@@ -285,12 +306,12 @@ class RowMapping:
             "bump": 1 if transition.next_attempt else 0,
             "now": now,
             "finished_at": now if transition.status.terminal else None,
+            "children_target": transition.children_target,
             **self._value_params("result", await self.offload(transition.result)),
         }
         ended = [*attempts, *([transition.attempt] if transition.attempt else [])]
-        topics = [run_topic(run_id)]
-        if transition.status in (RunStatus.QUEUED, RunStatus.WAITING):
-            topics.append(CLAIMABLE)
+        # every end may make runs claimable: itself again, a slot of a limited queue, a parent
+        topics = [run_topic(run_id), CLAIMABLE]
         return params, [self._attempt_params(a) for a in ended], topics
 
     async def _new_run_params(self, run: NewRun, now: float) -> dict[str, Any]:
@@ -302,5 +323,49 @@ class RowMapping:
             "idempotency_key": run.idempotency_key,
             "available_at": run.available_at,
             "now": now,
+            "priority": run.priority,
+            "concurrency_key": run.concurrency_key,
+            "expires_at": run.expires_at,
+            "debounce_key": run.debounce_key,
+            "parent_id": run.parent_id,
+            "awaited": int(run.awaited),
             **self._value_params("args", await self.offload(run.args)),
         }
+
+    @staticmethod
+    def _queue_config(row: Row) -> QueueConfig:
+        return QueueConfig(
+            name=row["name"],
+            concurrency=row["concurrency"],
+            key_concurrency=row["key_concurrency"],
+            rate_limit=row["rate_limit"],
+            rate_period=row["rate_period"],
+            rate_by_key=bool(row["rate_by_key"]),
+            strategy=row["strategy"],
+            paused=bool(row["paused"]),
+        )
+
+    @staticmethod
+    def _queue_params(app: str, queue: QueueConfig, now: float) -> dict[str, Any]:
+        return {
+            "app": app,
+            "name": queue.name,
+            "concurrency": queue.concurrency,
+            "key_concurrency": queue.key_concurrency,
+            "rate_limit": queue.rate_limit,
+            "rate_period": queue.rate_period,
+            "rate_by_key": int(queue.rate_by_key),
+            "strategy": queue.strategy,
+            "paused": int(queue.paused),
+            "now": now,
+        }
+
+    def _queue_stats(self, row: Row) -> QueueStats:
+        return QueueStats(
+            app=row["app"],
+            config=self._queue_config(row),
+            overridden=bool(row["overridden"]),
+            running=row["running"],
+            queued=row["queued"],
+            oldest_waiting_at=row["oldest_waiting_at"],
+        )

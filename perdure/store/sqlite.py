@@ -25,11 +25,15 @@ from perdure.errors import (
     SchemaTooNew,
     StoreUnavailable,
 )
+from perdure.store.admission import CANDIDATE_SCAN, admit
 from perdure.store.base import (
     Attempt,
     ChangeToken,
+    Claimed,
     JournalEntry,
     NewRun,
+    QueueConfig,
+    QueueStats,
     RunRecord,
     RunStatus,
     Transition,
@@ -139,9 +143,8 @@ class SQLiteStore(RowMapping):
             pending = self._pending(self._version(conn), target)
             if not dry_run:
                 for version, _name, sql in pending:
-                    for statement in sql.split(";\n"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    for statement in _statements(sql):
+                        conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("ROLLBACK" if dry_run else "COMMIT")
         except BaseException:
@@ -205,15 +208,27 @@ class SQLiteStore(RowMapping):
     # -- runs --------------------------------------------------------------------------------
 
     async def create_run(self, run: NewRun) -> tuple[str, bool]:
-        params = await self._new_run_params(run, time.time())
+        (created,) = await self.create_runs([run])
+        return created
 
-        def write(conn: sqlite3.Connection) -> tuple[str, bool]:
-            if conn.execute(Q["insert_run"], params).rowcount == 1:
-                return run.id, True
-            row = conn.execute(Q["run_by_idempotency_key"], params).fetchone()
-            return str(row["id"]), False
+    async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
+        now = time.time()
+        all_params = [await self._new_run_params(run, now) for run in runs]
 
-        result: tuple[str, bool] = await self._write(write, (CLAIMABLE,))
+        def write(conn: sqlite3.Connection) -> list[tuple[str, bool]]:
+            out = []
+            for params in all_params:
+                if params["debounce_key"] is not None:
+                    row = conn.execute(Q["upsert_debounced_run"], params).fetchone()
+                    out.append((str(row["id"]), row["id"] == params["id"]))
+                elif conn.execute(Q["insert_run"], params).rowcount == 1:
+                    out.append((params["id"], True))
+                else:
+                    row = conn.execute(Q["run_by_idempotency_key"], params).fetchone()
+                    out.append((str(row["id"]), False))
+            return out
+
+        result: list[tuple[str, bool]] = await self._write(write, (CLAIMABLE,))
         return result
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -221,6 +236,10 @@ class SQLiteStore(RowMapping):
         if not rows:
             raise RunNotFound(f"no run with id {run_id!r} in {self.path}")
         return await self._run_record(rows[0], full=True)
+
+    async def get_runs(self, run_ids: list[str]) -> list[RunRecord]:
+        rows = await self._read(Q["get_runs"], {"ids": json.dumps(run_ids)})
+        return await self._in_order(run_ids, rows)
 
     async def list_runs(
         self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
@@ -232,23 +251,59 @@ class SQLiteStore(RowMapping):
         return [await self._run_record(row, full=False) for row in rows]
 
     async def claim_runs(
-        self, *, app: str, worker_id: str, tasks: list[str], limit: int
-    ) -> list[RunRecord]:
+        self,
+        *,
+        app: str,
+        worker_id: str,
+        tasks: list[str],
+        limit: int,
+        task_limits: dict[str, int] | None = None,
+    ) -> Claimed:
+        now = time.time()
         params = {
             "app": app,
             "worker_id": worker_id,
             "tasks": json.dumps(tasks),
             "limit": limit,
-            "now": time.time(),
+            "now": now,
         }
 
-        def write(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-            return conn.execute(Q["claim_runs"], params).fetchall()
+        def write(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], float | None]:
+            # one writer: what is read here cannot change before the claim commits
+            conn.execute(Q["expire_runs"], params)
+            queues = {
+                row["name"]: self._queue_config(row)
+                for row in conn.execute(Q["app_queues"], params)
+            }
+            if not task_limits and not any(q.limited for q in queues.values()):
+                return conn.execute(Q["claim_runs"], params).fetchall(), None
+            window = max((q.rate_period or 0.0 for q in queues.values()), default=0.0)
+            admission = admit(
+                conn.execute(Q["claim_candidates"], {**params, "scan": limit + CANDIDATE_SCAN}),
+                conn.execute(Q["running_runs"], params).fetchall(),
+                conn.execute(Q["recent_starts"], {**params, "since": now - window})
+                if window
+                else [],
+                queues,
+                task_limits or {},
+                limit,
+                now,
+            )
+            ids = {"now": now, "note": "cancelled: its queue was full (cancel-newest)"}
+            if admission.cancel:
+                conn.execute(Q["cancel_queued_ids"], {**ids, "ids": json.dumps(admission.cancel)})
+            if admission.cancel_running:
+                conn.execute(
+                    Q["request_cancel_ids"], {**ids, "ids": json.dumps(admission.cancel_running)}
+                )
+            claimed = conn.execute(
+                Q["claim_ids"], {**params, "ids": json.dumps(admission.claim)}
+            ).fetchall()
+            return claimed, admission.retry_at
 
         # not fsynced: a claim lost to a power cut only means the run is claimed again
-        rows: list[sqlite3.Row] = await self._write(write, durable=False)
-        rows.sort(key=lambda row: (row["available_at"], row["id"]))  # RETURNING has no order
-        return [await self._run_record(row, full=True) for row in rows]
+        rows, retry_at = await self._write(write, durable=False)
+        return await self._claimed(rows, retry_at)
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
         rows = await self._read(Q["next_wake_at"], {"app": app, "tasks": json.dumps(tasks)})
@@ -313,6 +368,9 @@ class SQLiteStore(RowMapping):
                 conn.execute(Q["insert_attempt"], one)
             if transition.next_attempt:
                 conn.execute(Q["drop_failed_entries"], {"run_id": run_id})
+            if transition.status is RunStatus.CANCELLED:  # its children go with it
+                conn.execute(Q["cancel_idle_tree"], params)
+                conn.execute(Q["request_cancel_tree"], params)
 
         await self._write(write, topics)
 
@@ -320,21 +378,68 @@ class SQLiteStore(RowMapping):
         params = {"id": run_id, "now": time.time()}
 
         def write(conn: sqlite3.Connection) -> RunStatus:
-            if conn.execute(Q["cancel_idle_run"], params).rowcount == 1:
-                return RunStatus.CANCELLED
-            if conn.execute(Q["request_cancel"], params).rowcount == 1:
-                return RunStatus.RUNNING
+            conn.execute(Q["cancel_idle_tree"], params)
+            conn.execute(Q["request_cancel_tree"], params)
             row = conn.execute(Q["check_lease"], params).fetchone()
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r} in {self.path}")
             return RunStatus(row["status"])
 
-        status: RunStatus = await self._write(write, (run_topic(run_id), CANCEL))
+        status: RunStatus = await self._write(write, (run_topic(run_id), CANCEL, CLAIMABLE))
         return status
 
     async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
         rows = await self._read(Q["cancel_requests"], {"worker_id": worker_id})
         return [(row["id"], row["lease"]) for row in rows]
+
+    # -- queues ------------------------------------------------------------------------------
+
+    async def declare_queues(self, app: str, queues: list[QueueConfig]) -> None:
+        now = time.time()
+        all_params = [self._queue_params(app, queue, now) for queue in queues]
+
+        def write(conn: sqlite3.Connection) -> None:
+            for params in all_params:
+                conn.execute(Q["declare_queue"], params)
+
+        await self._write(write, (CLAIMABLE,))
+
+    async def set_queue(
+        self,
+        app: str,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        unlimited: bool = False,
+        paused: bool | None = None,
+    ) -> QueueConfig:
+        params = {
+            "app": app,
+            "name": name,
+            "concurrency": concurrency,
+            "set_limit": int(concurrency is not None or unlimited),
+            "paused": None if paused is None else int(paused),
+            "now": time.time(),
+        }
+
+        def write(conn: sqlite3.Connection) -> sqlite3.Row:
+            row: sqlite3.Row = conn.execute(Q["set_queue"], params).fetchone()
+            return row
+
+        return self._queue_config(await self._write(write, (CLAIMABLE,)))
+
+    async def queue_stats(self, app: str | None = None) -> list[QueueStats]:
+        rows = await self._read(Q["queue_stats"], {"app": app, "now": time.time()})
+        return [self._queue_stats(row) for row in rows]
+
+    async def expire_runs(self) -> int:
+        params = {"app": None, "now": time.time()}
+
+        def write(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(Q["expire_runs"], params).rowcount)
+
+        count: int = await self._write(write, (CLAIMABLE,))
+        return count
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -419,3 +524,16 @@ class SQLiteStore(RowMapping):
         return await self._notifier.wait(
             self._notifier.token() if since is None else since, wanted, timeout
         )
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration script (a trigger's body holds semicolons of its own)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())  # trailing comments: a no-op
+    return statements

@@ -2,10 +2,32 @@
 
 -- name: insert_run
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
-                  args_stored_size, idempotency_key, available_at, created_at, updated_at)
-VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s, %(args_raw_size)s,
-        %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s, %(now)s)
+                  args_stored_size, idempotency_key, available_at, created_at, updated_at,
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
+VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
+        %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
+        %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
+        %(parent_id)s, %(awaited)s)
 ON CONFLICT DO NOTHING;
+
+-- name: upsert_debounced_run
+-- the burst's pending run takes the latest arguments and start time
+INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
+                  args_stored_size, idempotency_key, available_at, created_at, updated_at,
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
+VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
+        %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
+        %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
+        %(parent_id)s, %(awaited)s)
+ON CONFLICT (app, task, debounce_key)
+    WHERE debounce_key IS NOT NULL AND status = 'queued' AND started_at IS NULL
+DO UPDATE SET args_codec = excluded.args_codec, args = excluded.args,
+              args_blob = excluded.args_blob, args_raw_size = excluded.args_raw_size,
+              args_stored_size = excluded.args_stored_size,
+              available_at = excluded.available_at, priority = excluded.priority,
+              concurrency_key = excluded.concurrency_key, expires_at = excluded.expires_at,
+              updated_at = excluded.updated_at
+RETURNING id;
 
 -- name: run_by_idempotency_key
 SELECT id FROM runs
@@ -14,6 +36,9 @@ WHERE id = %(id)s
 
 -- name: get_run
 SELECT * FROM runs WHERE id = %(id)s;
+
+-- name: get_runs
+SELECT * FROM runs WHERE id = ANY(%(ids)s);
 
 -- name: list_runs
 SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
@@ -25,6 +50,7 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: claim_runs
+-- no limit applies: the first claimable runs, higher priority first
 UPDATE runs
 SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1, note = NULL,
     started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
@@ -32,11 +58,109 @@ WHERE id IN (
     SELECT id FROM runs
     WHERE app = %(app)s AND status IN ('queued', 'waiting') AND available_at <= %(now)s
       AND task = ANY(%(tasks)s)
-    ORDER BY available_at, id
+    ORDER BY priority DESC, available_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 RETURNING *;
+
+-- name: claim_lock
+-- limits apply: one claim at a time per app, so no two claims both take a limit's last slot
+SELECT pg_advisory_xact_lock(%(lock_class)s, hashtext(%(app)s));
+
+-- name: claim_candidates
+-- candidates for admission; each queue and concurrency key in turn, higher priority first
+-- within one
+SELECT id, task, queue, concurrency_key, started_at FROM (
+    SELECT id, task, queue, concurrency_key, started_at, priority, available_at,
+           row_number() OVER (PARTITION BY queue, concurrency_key
+                              ORDER BY priority DESC, available_at, id) AS turn
+    FROM runs
+    WHERE app = %(app)s AND status IN ('queued', 'waiting') AND available_at <= %(now)s
+      AND task = ANY(%(tasks)s)
+) c
+ORDER BY turn, priority DESC, available_at, id
+LIMIT %(scan)s;
+
+-- name: running_runs
+SELECT id, task, queue, concurrency_key FROM runs WHERE app = %(app)s AND status = 'running';
+
+-- name: recent_starts
+SELECT queue, concurrency_key, started_at FROM runs
+WHERE app = %(app)s AND started_at > %(since)s;
+
+-- name: claim_ids
+UPDATE runs
+SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1, note = NULL,
+    started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
+WHERE id = ANY(%(ids)s) AND status IN ('queued', 'waiting')
+RETURNING *;
+
+-- name: cancel_queued_ids
+UPDATE runs
+SET status = 'cancelled', worker_id = NULL, available_at = NULL, updated_at = %(now)s,
+    finished_at = %(now)s, note = %(note)s
+WHERE id = ANY(%(ids)s) AND status IN ('queued', 'waiting');
+
+-- name: request_cancel_ids
+UPDATE runs SET cancel_requested = 1, updated_at = %(now)s
+WHERE id = ANY(%(ids)s) AND status = 'running';
+
+-- name: expire_runs
+UPDATE runs
+SET status = 'expired', worker_id = NULL, available_at = NULL, updated_at = %(now)s,
+    finished_at = %(now)s, note = 'expired: not started within its ttl'
+WHERE (%(app)s::text IS NULL OR app = %(app)s::text) AND expires_at <= %(now)s
+  AND started_at IS NULL AND status = 'queued';
+
+-- name: app_queues
+SELECT * FROM queues WHERE app = %(app)s;
+
+-- name: declare_queue
+INSERT INTO queues (app, name, concurrency, key_concurrency, rate_limit, rate_period,
+                    rate_by_key, strategy, paused, updated_at)
+VALUES (%(app)s, %(name)s, %(concurrency)s, %(key_concurrency)s, %(rate_limit)s,
+        %(rate_period)s, %(rate_by_key)s, %(strategy)s, 0, %(now)s)
+ON CONFLICT (app, name) DO UPDATE
+SET concurrency = CASE WHEN queues.overridden = 1 THEN queues.concurrency
+                       ELSE excluded.concurrency END,
+    key_concurrency = excluded.key_concurrency, rate_limit = excluded.rate_limit,
+    rate_period = excluded.rate_period, rate_by_key = excluded.rate_by_key,
+    strategy = excluded.strategy, updated_at = excluded.updated_at;
+
+-- name: set_queue
+INSERT INTO queues (app, name, concurrency, paused, overridden, updated_at)
+VALUES (%(app)s, %(name)s, %(concurrency)s, coalesce(%(paused)s::integer, 0), %(set_limit)s,
+        %(now)s)
+ON CONFLICT (app, name) DO UPDATE
+SET concurrency = CASE WHEN %(set_limit)s = 1 THEN excluded.concurrency
+                       ELSE queues.concurrency END,
+    overridden = greatest(queues.overridden, %(set_limit)s),
+    paused = coalesce(%(paused)s::integer, queues.paused),
+    updated_at = excluded.updated_at
+RETURNING *;
+
+-- name: queue_stats
+WITH names AS (
+    SELECT app, name FROM queues WHERE %(app)s::text IS NULL OR app = %(app)s::text
+    UNION
+    SELECT DISTINCT app, queue FROM runs
+    WHERE (%(app)s::text IS NULL OR app = %(app)s::text)
+      AND status IN ('queued', 'waiting', 'running')
+)
+SELECT n.app, n.name, q.concurrency, q.key_concurrency, q.rate_limit, q.rate_period,
+       coalesce(q.rate_by_key, 0) AS rate_by_key, coalesce(q.strategy, 'queue') AS strategy,
+       coalesce(q.paused, 0) AS paused, coalesce(q.overridden, 0) AS overridden,
+       (SELECT count(*) FROM runs r
+        WHERE r.app = n.app AND r.queue = n.name AND r.status = 'running') AS running,
+       (SELECT count(*) FROM runs r
+        WHERE r.app = n.app AND r.queue = n.name AND r.status IN ('queued', 'waiting')
+          AND r.available_at IS NOT NULL) AS queued,
+       (SELECT min(r.available_at) FROM runs r
+        WHERE r.app = n.app AND r.queue = n.name AND r.status IN ('queued', 'waiting')
+          AND r.available_at <= %(now)s) AS oldest_waiting_at
+FROM names n LEFT JOIN queues q ON q.app = n.app AND q.name = n.name
+ORDER BY n.app, n.name;
 
 -- name: next_wake_at
 SELECT min(available_at) FROM runs
@@ -74,7 +198,12 @@ ORDER BY run_attempt, seq, attempt;
 
 -- name: finish_attempt
 UPDATE runs
-SET status = %(status)s, available_at = %(available_at)s, worker_id = NULL,
+SET status = %(status)s, worker_id = NULL,
+    available_at = CASE
+        WHEN %(children_target)s::integer IS NULL THEN %(available_at)s::double precision
+        WHEN children_done >= %(children_target)s::integer THEN %(now)s
+        END,
+    children_target = %(children_target)s::integer,
     result_codec = %(result_codec)s, result = %(result)s, result_blob = %(result_blob)s,
     result_raw_size = %(result_raw_size)s, result_stored_size = %(result_stored_size)s,
     error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,
@@ -86,14 +215,23 @@ DELETE FROM journal
 WHERE run_id = %(run_id)s
   AND seq >= (SELECT min(seq) FROM journal WHERE run_id = %(run_id)s AND status = 'failed');
 
--- name: cancel_idle_run
+-- name: cancel_idle_tree
+-- the run and its descendants that are not running end at once
+WITH RECURSIVE tree(id) AS (
+    SELECT %(id)s::text UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id
+)
 UPDATE runs
 SET status = 'cancelled', worker_id = NULL, available_at = NULL, updated_at = %(now)s,
     finished_at = %(now)s
-WHERE id = %(id)s AND status IN ('queued', 'waiting');
+WHERE id IN (SELECT id FROM tree) AND status IN ('queued', 'waiting');
 
--- name: request_cancel
-UPDATE runs SET cancel_requested = 1, updated_at = %(now)s WHERE id = %(id)s AND status = 'running';
+-- name: request_cancel_tree
+-- the running ones are asked to stop
+WITH RECURSIVE tree(id) AS (
+    SELECT %(id)s::text UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id
+)
+UPDATE runs SET cancel_requested = 1, updated_at = %(now)s
+WHERE id IN (SELECT id FROM tree) AND status = 'running';
 
 -- name: cancel_requests
 SELECT id, lease FROM runs
@@ -166,10 +304,12 @@ RETURNING seq;
 -- insert_run and its wake-up in one statement (one round trip, autocommit)
 WITH inserted AS (
     INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
-                      args_stored_size, idempotency_key, available_at, created_at, updated_at)
-    VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s,
-            %(args_blob)s, %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s,
-            %(available_at)s, %(now)s, %(now)s)
+                  args_stored_size, idempotency_key, available_at, created_at, updated_at,
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
+    VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
+        %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
+        %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
+        %(parent_id)s, %(awaited)s)
     ON CONFLICT DO NOTHING
     RETURNING id
 )
@@ -195,7 +335,12 @@ WITH e AS (
     ) AS a(run_attempt, seq, attempt, started_at, finished_at, error)
 ), fin AS (
     UPDATE runs
-    SET status = %(status)s, available_at = %(available_at)s, worker_id = NULL,
+    SET status = %(status)s, worker_id = NULL,
+    available_at = CASE
+        WHEN %(children_target)s::integer IS NULL THEN %(available_at)s::double precision
+        WHEN children_done >= %(children_target)s::integer THEN %(now)s
+        END,
+    children_target = %(children_target)s::integer,
         result_codec = %(result_codec)s, result = %(result)s, result_blob = %(result_blob)s,
         result_raw_size = %(result_raw_size)s, result_stored_size = %(result_stored_size)s,
         error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,

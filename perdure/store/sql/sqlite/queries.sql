@@ -2,10 +2,30 @@
 
 -- name: insert_run
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
-                  args_stored_size, idempotency_key, available_at, created_at, updated_at)
+                  args_stored_size, idempotency_key, available_at, created_at, updated_at,
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
 VALUES (:id, :app, :task, :queue, 'queued', :args_codec, :args, :args_blob, :args_raw_size,
-        :args_stored_size, :idempotency_key, :available_at, :now, :now)
+        :args_stored_size, :idempotency_key, :available_at, :now, :now,
+        :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited)
 ON CONFLICT DO NOTHING;
+
+-- name: upsert_debounced_run
+-- the burst's pending run takes the latest arguments and start time
+INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
+                  args_stored_size, idempotency_key, available_at, created_at, updated_at,
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
+VALUES (:id, :app, :task, :queue, 'queued', :args_codec, :args, :args_blob, :args_raw_size,
+        :args_stored_size, :idempotency_key, :available_at, :now, :now,
+        :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited)
+ON CONFLICT (app, task, debounce_key)
+    WHERE debounce_key IS NOT NULL AND status = 'queued' AND started_at IS NULL
+DO UPDATE SET args_codec = excluded.args_codec, args = excluded.args,
+              args_blob = excluded.args_blob, args_raw_size = excluded.args_raw_size,
+              args_stored_size = excluded.args_stored_size,
+              available_at = excluded.available_at, priority = excluded.priority,
+              concurrency_key = excluded.concurrency_key, expires_at = excluded.expires_at,
+              updated_at = excluded.updated_at
+RETURNING id;
 
 -- name: run_by_idempotency_key
 SELECT id FROM runs
@@ -14,6 +34,9 @@ WHERE id = :id
 
 -- name: get_run
 SELECT * FROM runs WHERE id = :id;
+
+-- name: get_runs
+SELECT * FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: list_runs
 SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
@@ -24,6 +47,7 @@ ORDER BY id DESC
 LIMIT :limit;
 
 -- name: claim_runs
+-- no limit applies: the first claimable runs, higher priority first
 UPDATE runs
 SET status = 'running', worker_id = :worker_id, lease = lease + 1, note = NULL,
     started_at = coalesce(started_at, :now), updated_at = :now
@@ -31,10 +55,102 @@ WHERE id IN (
     SELECT id FROM runs
     WHERE app = :app AND status IN ('queued', 'waiting') AND available_at <= :now
       AND task IN (SELECT value FROM json_each(:tasks))
-    ORDER BY available_at, id
+    ORDER BY priority DESC, available_at, id
     LIMIT :limit
 )
 RETURNING *;
+
+-- name: claim_candidates
+-- limits apply: candidates for admission; each queue and concurrency key in turn, higher
+-- priority first within one
+SELECT id, task, queue, concurrency_key, started_at FROM (
+    SELECT id, task, queue, concurrency_key, started_at, priority, available_at,
+           row_number() OVER (PARTITION BY queue, concurrency_key
+                              ORDER BY priority DESC, available_at, id) AS turn
+    FROM runs
+    WHERE app = :app AND status IN ('queued', 'waiting') AND available_at <= :now
+      AND task IN (SELECT value FROM json_each(:tasks))
+)
+ORDER BY turn, priority DESC, available_at, id
+LIMIT :scan;
+
+-- name: running_runs
+SELECT id, task, queue, concurrency_key FROM runs WHERE app = :app AND status = 'running';
+
+-- name: recent_starts
+SELECT queue, concurrency_key, started_at FROM runs
+WHERE app = :app AND started_at > :since;
+
+-- name: claim_ids
+UPDATE runs
+SET status = 'running', worker_id = :worker_id, lease = lease + 1, note = NULL,
+    started_at = coalesce(started_at, :now), updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('queued', 'waiting')
+RETURNING *;
+
+-- name: cancel_queued_ids
+UPDATE runs
+SET status = 'cancelled', worker_id = NULL, available_at = NULL, updated_at = :now,
+    finished_at = :now, note = :note
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('queued', 'waiting');
+
+-- name: request_cancel_ids
+UPDATE runs SET cancel_requested = 1, updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'running';
+
+-- name: expire_runs
+UPDATE runs
+SET status = 'expired', worker_id = NULL, available_at = NULL, updated_at = :now,
+    finished_at = :now, note = 'expired: not started within its ttl'
+WHERE (:app IS NULL OR app = :app) AND expires_at <= :now AND started_at IS NULL
+  AND status = 'queued';
+
+-- name: app_queues
+SELECT * FROM queues WHERE app = :app;
+
+-- name: declare_queue
+INSERT INTO queues (app, name, concurrency, key_concurrency, rate_limit, rate_period,
+                    rate_by_key, strategy, paused, updated_at)
+VALUES (:app, :name, :concurrency, :key_concurrency, :rate_limit, :rate_period, :rate_by_key,
+        :strategy, 0, :now)
+ON CONFLICT (app, name) DO UPDATE
+SET concurrency = CASE WHEN queues.overridden = 1 THEN queues.concurrency
+                       ELSE excluded.concurrency END,
+    key_concurrency = excluded.key_concurrency, rate_limit = excluded.rate_limit,
+    rate_period = excluded.rate_period, rate_by_key = excluded.rate_by_key,
+    strategy = excluded.strategy, updated_at = excluded.updated_at;
+
+-- name: set_queue
+INSERT INTO queues (app, name, concurrency, paused, overridden, updated_at)
+VALUES (:app, :name, :concurrency, coalesce(:paused, 0), :set_limit, :now)
+ON CONFLICT (app, name) DO UPDATE
+SET concurrency = CASE WHEN :set_limit = 1 THEN excluded.concurrency
+                       ELSE queues.concurrency END,
+    overridden = max(queues.overridden, :set_limit),
+    paused = coalesce(:paused, queues.paused),
+    updated_at = excluded.updated_at
+RETURNING *;
+
+-- name: queue_stats
+WITH names AS (
+    SELECT app, name FROM queues WHERE :app IS NULL OR app = :app
+    UNION
+    SELECT DISTINCT app, queue FROM runs
+    WHERE (:app IS NULL OR app = :app) AND status IN ('queued', 'waiting', 'running')
+)
+SELECT n.app, n.name, q.concurrency, q.key_concurrency, q.rate_limit, q.rate_period,
+       coalesce(q.rate_by_key, 0) AS rate_by_key, coalesce(q.strategy, 'queue') AS strategy,
+       coalesce(q.paused, 0) AS paused, coalesce(q.overridden, 0) AS overridden,
+       (SELECT count(*) FROM runs r
+        WHERE r.app = n.app AND r.queue = n.name AND r.status = 'running') AS running,
+       (SELECT count(*) FROM runs r
+        WHERE r.app = n.app AND r.queue = n.name AND r.status IN ('queued', 'waiting')
+          AND r.available_at IS NOT NULL) AS queued,
+       (SELECT min(r.available_at) FROM runs r
+        WHERE r.app = n.app AND r.queue = n.name AND r.status IN ('queued', 'waiting')
+          AND r.available_at <= :now) AS oldest_waiting_at
+FROM names n LEFT JOIN queues q ON q.app = n.app AND q.name = n.name
+ORDER BY n.app, n.name;
 
 -- name: next_wake_at
 SELECT min(available_at) FROM runs
@@ -70,11 +186,16 @@ ORDER BY run_attempt, seq, attempt;
 
 -- name: finish_attempt
 UPDATE runs
-SET status = :status, available_at = :available_at, worker_id = NULL,
+SET status = :status, worker_id = NULL,
     result_codec = :result_codec, result = :result, result_blob = :result_blob,
     result_raw_size = :result_raw_size, result_stored_size = :result_stored_size,
     error = coalesce(:error, error), attempt = attempt + :bump, cancel_requested = 0,
-    updated_at = :now, finished_at = :finished_at
+    updated_at = :now, finished_at = :finished_at,
+    children_target = :children_target,
+    available_at = CASE
+        WHEN :children_target IS NULL THEN :available_at
+        WHEN children_done >= :children_target THEN :now
+        END
 WHERE id = :id AND lease = :lease AND status = 'running';
 
 -- name: drop_failed_entries
@@ -82,14 +203,23 @@ DELETE FROM journal
 WHERE run_id = :run_id
   AND seq >= (SELECT min(seq) FROM journal WHERE run_id = :run_id AND status = 'failed');
 
--- name: cancel_idle_run
+-- name: cancel_idle_tree
+-- the run and its descendants that are not running end at once
+WITH RECURSIVE tree(id) AS (
+    SELECT :id UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id
+)
 UPDATE runs
 SET status = 'cancelled', worker_id = NULL, available_at = NULL, updated_at = :now,
     finished_at = :now
-WHERE id = :id AND status IN ('queued', 'waiting');
+WHERE id IN (SELECT id FROM tree) AND status IN ('queued', 'waiting');
 
--- name: request_cancel
-UPDATE runs SET cancel_requested = 1, updated_at = :now WHERE id = :id AND status = 'running';
+-- name: request_cancel_tree
+-- the running ones are asked to stop
+WITH RECURSIVE tree(id) AS (
+    SELECT :id UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id
+)
+UPDATE runs SET cancel_requested = 1, updated_at = :now
+WHERE id IN (SELECT id FROM tree) AND status = 'running';
 
 -- name: cancel_requests
 SELECT id, lease FROM runs

@@ -1,0 +1,135 @@
+"""Which claimable runs may start now: the limits of flow control, decided in one place for
+every store.
+
+A store hands `admit` the claimable candidates in claim order, the runs running now and the
+recent starts, all read inside the transaction that then claims what `admit` picked (SQLite: its
+single writer; PostgreSQL: under the app's claim lock), so no two claims can both take the last
+slot of a limit.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from perdure.store.base import QueueConfig
+
+Row = Mapping[str, Any]
+
+CANDIDATE_SCAN = 200
+"""Candidates read per claim beyond the slots to fill: runs held back by a limit are skipped,
+and concurrency keys take turns, so a few hundred reach past one crowded key."""
+
+
+@dataclass(slots=True)
+class Admission:
+    """What a claim does."""
+
+    claim: list[str] = field(default_factory=list)
+    """Runs to lease, in order."""
+    cancel: list[str] = field(default_factory=list)
+    """Queued runs cancelled by a cancel-newest strategy."""
+    cancel_running: list[str] = field(default_factory=list)
+    """Running runs asked to cancel by a cancel-in-progress strategy."""
+    retry_at: float | None = None
+    """When a rate-limited run may start."""
+
+
+def admit(
+    candidates: Iterable[Row],
+    running: Iterable[Row],
+    starts: Iterable[Row],
+    queues: Mapping[str, QueueConfig],
+    task_limits: Mapping[str, int],
+    limit: int,
+    now: float,
+) -> Admission:
+    """Pick up to `limit` of `candidates` (rows: id, task, queue, concurrency_key,
+    started_at; in claim order; expired runs already taken out) that fit every limit, given
+    the `running` runs (id, task, queue, concurrency_key) and the `starts` (queue,
+    concurrency_key, started_at) inside the longest rate window."""
+    out = Admission()
+    by_queue: Counter[str] = Counter()
+    by_task: Counter[str] = Counter()
+    by_key: Counter[tuple[str, str]] = Counter()
+    running_ids: dict[tuple[str, str | None], list[str]] = {}
+    for row in running:
+        by_queue[row["queue"]] += 1
+        by_task[row["task"]] += 1
+        if row["concurrency_key"] is not None:
+            by_key[(row["queue"], row["concurrency_key"])] += 1
+        running_ids.setdefault((row["queue"], row["concurrency_key"]), []).append(row["id"])
+    windows: dict[tuple[str, str | None], list[float]] = {}
+    for row in starts:
+        config = queues.get(row["queue"])
+        if config is None or config.rate_limit is None or config.rate_period is None:
+            continue
+        if row["started_at"] <= now - config.rate_period:
+            continue
+        key = row["concurrency_key"] if config.rate_by_key else None
+        windows.setdefault((row["queue"], key), []).append(row["started_at"])
+    for times in windows.values():
+        times.sort()
+    asked_to_cancel: set[tuple[str, str | None]] = set()
+
+    for row in candidates:
+        if len(out.claim) >= limit:
+            break
+        queue, task, key = row["queue"], row["task"], row["concurrency_key"]
+        config = queues.get(queue)
+        task_limit = task_limits.get(task)
+        if task_limit is not None and by_task[task] >= task_limit:
+            continue
+        if config is not None:
+            if config.paused:
+                continue
+            group: tuple[str, str | None] | None = None
+            if config.concurrency is not None and by_queue[queue] >= config.concurrency:
+                group = (queue, None)
+            elif (
+                key is not None
+                and config.key_concurrency is not None
+                and by_key[(queue, key)] >= config.key_concurrency
+            ):
+                group = (queue, key)
+            if group is not None:
+                _on_full(config, group, row, running_ids, asked_to_cancel, out)
+                continue
+            window: list[float] | None = None
+            if config.rate_limit is not None and config.rate_period and row["started_at"] is None:
+                window = windows.setdefault((queue, key if config.rate_by_key else None), [])
+                if len(window) >= config.rate_limit:
+                    free_at = window[len(window) - config.rate_limit] + config.rate_period
+                    out.retry_at = free_at if out.retry_at is None else min(out.retry_at, free_at)
+                    continue
+            if window is not None:
+                bisect.insort(window, now)
+        out.claim.append(row["id"])
+        by_queue[queue] += 1
+        by_task[task] += 1
+        if key is not None:
+            by_key[(queue, key)] += 1
+    return out
+
+
+def _on_full(
+    config: QueueConfig,
+    group: tuple[str, str | None],
+    row: Row,
+    running_ids: dict[tuple[str, str | None], list[str]],
+    asked: set[tuple[str, str | None]],
+    out: Admission,
+) -> None:
+    """A candidate that does not fit: wait, or apply the queue's strategy."""
+    if config.strategy == "cancel-newest":
+        if row["started_at"] is None:  # a run that already started is never cancelled here
+            out.cancel.append(row["id"])
+    elif config.strategy == "cancel-in-progress" and group not in asked:
+        asked.add(group)
+        queue, key = group
+        for (q, k), ids in running_ids.items():
+            if q == queue and (key is None or k == key):
+                out.cancel_running.extend(ids)
