@@ -23,6 +23,7 @@ def perdure_cli(tmp_path: Path, *args: str, check: bool = True) -> subprocess.Co
         "PERDURE_DATABASE_URL": f"sqlite:///{tmp_path}/perdure.db",
         "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
         "CRASH_LOG": str(tmp_path / "side-effects.log"),
+        "FLOW_LOG": str(tmp_path / "flow.log"),
     }
     command = [sys.executable, "-m", "perdure", *args]
     with subprocess.Popen(
@@ -155,3 +156,41 @@ def test_worker_logs_json_lines(tmp_path: Path, worker_processes: list[WorkerPro
     assert [r["action"] for r in mine] == ["run_start", "run_completed"]
     assert all(r["task"] == "pipeline" for r in mine)
     assert {"worker_start", "worker_stop"} <= {r.get("action") for r in records}
+
+
+def test_queues_list_set_pause_resume(tmp_path: Path) -> None:
+    app = "tests.flowapp:app"
+    queued = as_json(
+        perdure_cli(tmp_path, "trigger", app, "limited", '["x", 0]', "--delay", "600", "--json")
+    )
+    assert queued["status"] == "queued"
+    changed = as_json(
+        perdure_cli(
+            tmp_path, "queues", "set", "shared", "--concurrency", "5", "--app", app, "--json"
+        )
+    )
+    assert (changed["app"], changed["concurrency"], changed["paused"]) == ("flow", 5, False)
+    paused = as_json(
+        perdure_cli(tmp_path, "queues", "pause", "shared", "--app-name", "flow", "--json")
+    )
+    assert paused["paused"] is True
+    (listed,) = as_json(perdure_cli(tmp_path, "queues", "list", "--json"))
+    assert (listed["name"], listed["concurrency"], listed["queued"], listed["overridden"]) == (
+        "shared",
+        5,
+        1,
+        True,
+    )
+    resumed = as_json(
+        perdure_cli(tmp_path, "queues", "resume", "shared", "--app-name", "flow", "--json")
+    )
+    assert resumed["paused"] is False
+    unlimited = as_json(
+        perdure_cli(
+            tmp_path, "queues", "set", "shared", "--no-limit", "--app-name", "flow", "--json"
+        )
+    )
+    assert unlimited["concurrency"] is None
+    refused = perdure_cli(tmp_path, "queues", "set", "shared", "--app-name", "flow", check=False)
+    assert refused.returncode != 0
+    assert "--concurrency N or --no-limit" in refused.stdout + refused.stderr

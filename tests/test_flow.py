@@ -345,3 +345,21 @@ async def test_a_queue_limit_changes_at_run_time(make_app: Callable[..., perdure
     (stats,) = [q for q in await app.store.queue_stats(app.name) if q.config.name == "limited"]
     assert stats.overridden
     assert stats.config.concurrency == 3
+
+
+async def test_a_paused_queue_starts_nothing_until_resumed(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    app = make_app()
+
+    @app.task(queue="pausable")
+    async def job() -> str:
+        return "done"
+
+    await app.store.set_queue(app.name, "pausable", paused=True)
+    async with running_worker(app):
+        handle = await job.trigger()
+        await asyncio.sleep(0.5)
+        assert await handle.status() is RunStatus.QUEUED
+        await app.store.set_queue(app.name, "pausable", paused=False)
+        assert await handle.result(timeout=30) == "done"
