@@ -87,15 +87,17 @@ async def with_worker(
         await app.close()
 
 
-async def w1_throughput(workdir: Path, quick: bool) -> list[Metric]:
+async def w1_throughput(workdir: Path, quick: bool, *, limited: bool = False) -> list[Metric]:
     runs = 200 if quick else 500
     app = new_app(workdir)
+    if limited:
+        app.queue("limited", concurrency=50)
 
     @app.step(name="noop")
     async def noop(i: int) -> int:
         return i
 
-    @app.task(name="three")
+    @app.task(name="three", queue="limited" if limited else "default")
     async def three(i: int) -> int:
         return await noop(i) + await noop(i) + await noop(i)
 
@@ -107,10 +109,43 @@ async def w1_throughput(workdir: Path, quick: bool) -> list[Metric]:
         elapsed = time.perf_counter() - start
         return {"runs": runs, "seconds": elapsed}
 
-    out = await with_worker(app, 50, body)
+    # limited: the worker has more slots than the queue allows, so the queue's limit decides
+    out = await with_worker(app, 100 if limited else 50, body)
+    name = "W1Q" if limited else "W1"
     return [
-        {"workload": "W1", "metric": "runs_per_s", "value": out["runs"] / out["seconds"], **out}
+        {"workload": name, "metric": "runs_per_s", "value": out["runs"] / out["seconds"], **out}
     ]
+
+
+async def w1_limited_queue(workdir: Path, quick: bool) -> list[Metric]:
+    """W1 on a queue with a concurrency limit of 50 (the limit-aware claim path)."""
+    return await w1_throughput(workdir, quick, limited=True)
+
+
+async def fan_out(workdir: Path, quick: bool) -> list[Metric]:
+    """A parent triggers 1,000 children in one batch and waits for all of them."""
+    children = 1000
+    app = new_app(workdir)
+
+    @app.task(name="child")
+    async def child(i: int) -> int:
+        return i
+
+    @app.task(name="parent")
+    async def parent(n: int) -> int:
+        results = await child.batch_trigger_and_wait([(i,) for i in range(n)])
+        return sum(r for r in results if isinstance(r, int))
+
+    async def body() -> Metric:
+        start = time.perf_counter()
+        total = await (await parent.trigger(children)).result(timeout=600)
+        elapsed = time.perf_counter() - start
+        if total != sum(range(children)):
+            raise RuntimeError(f"fan-in returned {total}, expected {sum(range(children))}")
+        return {"children": children, "seconds": elapsed}
+
+    out = await with_worker(app, 50, body)
+    return [{"workload": "FANOUT", "metric": "seconds", "value": out["seconds"], **out}]
 
 
 async def w2_step_overhead(workdir: Path, quick: bool) -> list[Metric]:
@@ -300,6 +335,8 @@ WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] 
     "W3": w3_crash_resume,
     "W4": w4_big_values,
     "W5": w5_latency,
+    "W1Q": w1_limited_queue,
+    "FANOUT": fan_out,
 }
 
 
@@ -316,7 +353,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller, faster runs")
     parser.add_argument(
-        "--only", default=",".join(WORKLOADS), help="comma-separated workloads (FLOOR, W1..W5)"
+        "--only",
+        default=",".join(WORKLOADS),
+        help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT)",
     )
     parser.add_argument(
         "--store",

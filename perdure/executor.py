@@ -11,7 +11,7 @@ import logging
 import time
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from perdure import serde
@@ -128,6 +128,8 @@ class Executor:
         transition = await self._run(task, ctx, started)
         if transition is None:
             return
+        if run.parent_id is not None and transition.status.terminal:
+            transition = replace(transition, wakes=True)  # its parent may wait
         entries, attempts = ctx.take_pending()
         try:
             if ctx.flushing is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import threading
 import time
@@ -38,6 +39,7 @@ _CANCEL_CHECK_EVERY = 0.05
 _HOUSEKEEPING_EVERY = 5.0
 _RELEASE_DELAY = 5.0
 _WAKE_TOPICS = (CLAIMABLE, CANCEL)
+_BLOCKED_POLL = 0.05  # runs held back by a limit: look again this often (or on any change)
 _STORE_RETRY_MIN = 0.1
 _STORE_RETRY_MAX = 5.0
 
@@ -217,8 +219,9 @@ class Worker:
                     self._start(run)
                 if claimed:
                     return  # there may be more waiting
-                # held back by limits: a run's end (a change) or the rate window frees them
-                wake_at = claimed.retry_at
+                # held back by limits: a run's end (here, or in another worker: polled) or the
+                # rate window frees them
+                wake_at = min(claimed.retry_at or math.inf, time.time() + _BLOCKED_POLL)
                 blocked = True
         now = time.monotonic()
         if self._active and now - self._last_cancel_check >= _CANCEL_CHECK_EVERY:

@@ -161,6 +161,14 @@ class WorkerProcess:
         self.proc.wait()
         self._log_file.close()
 
+    def wait_started(self, timeout: float = 30.0) -> None:
+        """Until the worker has registered and serves (its log says so)."""
+        deadline = time.monotonic() + timeout
+        while " started: app " not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.pid} did not start:\n{self.dump_stacks()}")
+            time.sleep(0.02)
+
     def dump_stacks(self) -> str:
         """Abort the worker with its stacks written to its log; return the log's tail."""
         if self.proc.poll() is None:

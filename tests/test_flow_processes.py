@@ -4,6 +4,7 @@ parent's worker being killed."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -69,7 +70,7 @@ triggers = st.lists(
 
 
 @settings(
-    max_examples=3,
+    max_examples=int(os.environ.get("PERDURE_TEST_EXAMPLES", "3")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -101,6 +102,21 @@ async def _run_mix(
         for i in range(3)
     ]
     worker_processes.extend(workers)
+    for worker in workers:  # all three take part from the first trigger
+        await asyncio.to_thread(worker.wait_started)
+    try:
+        await _trigger_and_check(app, mix, log, workers)
+    finally:
+        for worker in workers:  # hypothesis runs many examples in one test: none may linger
+            worker.kill()
+
+
+async def _trigger_and_check(
+    app: perdure.App,
+    mix: list[tuple[str, str | None, int, float]],
+    log: Path,
+    workers: list[WorkerProcess],
+) -> None:
     handles, planned = [], {}
     for index, (task, key, priority, delay) in enumerate(mix):
         name = f"{task}-{index}-{key}"

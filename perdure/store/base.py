@@ -345,6 +345,10 @@ class Transition:
     children_target: int | None = None
     """WAITING for child runs: claimable again once this many awaited children have ended
     (at once if they already have)."""
+    wakes: bool = False
+    """This end may make another run claimable (a child's end wakes its parent): announce it
+    to idle workers. (Workers held back by a limit poll instead: every end would be too many
+    wake-ups.)"""
 
 
 class Store(Protocol):

@@ -310,8 +310,9 @@ class RowMapping:
             **self._value_params("result", await self.offload(transition.result)),
         }
         ended = [*attempts, *([transition.attempt] if transition.attempt else [])]
-        # every end may make runs claimable: itself again, a slot of a limited queue, a parent
-        topics = [run_topic(run_id), CLAIMABLE]
+        topics = [run_topic(run_id)]
+        if transition.status in (RunStatus.QUEUED, RunStatus.WAITING) or transition.wakes:
+            topics.append(CLAIMABLE)
         return params, [self._attempt_params(a) for a in ended], topics
 
     async def _new_run_params(self, run: NewRun, now: float) -> dict[str, Any]:
