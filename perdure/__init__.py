@@ -6,7 +6,7 @@ worker resumes the run after the last successful step.
 
 from perdure import errors
 from perdure.app import App
-from perdure.errors import NonRetryable, NonRetryableError, PerdureError
+from perdure.errors import ChildFailed, NonRetryable, NonRetryableError, PerdureError
 from perdure.retry import Retry
 from perdure.secrets import Secret, secret
 from perdure.step import Step
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "ChildFailed",
     "NonRetryable",
     "NonRetryableError",
     "PerdureError",

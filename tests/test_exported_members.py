@@ -4,6 +4,7 @@ import perdure
 def test_public_names_are_pinned() -> None:
     assert perdure.__all__ == [
         "App",
+        "ChildFailed",
         "NonRetryable",
         "NonRetryableError",
         "PerdureError",

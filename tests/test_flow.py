@@ -363,3 +363,65 @@ async def test_a_paused_queue_starts_nothing_until_resumed(
         assert await handle.status() is RunStatus.QUEUED
         await app.store.set_queue(app.name, "pausable", paused=False)
         assert await handle.result(timeout=30) == "done"
+
+
+async def test_concurrency_keys_take_turns(make_app: Callable[..., perdure.App]) -> None:
+    """One busy customer cannot starve the others."""
+    started: list[str] = []
+    app = make_app()
+    app.queue("fair", concurrency=1)
+
+    @app.task(queue="fair")
+    async def job(name: str) -> None:
+        started.append(name)
+
+    handles = [await job.trigger(f"big{i}", concurrency_key="big") for i in range(5)]
+    handles.append(await job.trigger("small0", concurrency_key="small"))
+    async with running_worker(app, concurrency=4):
+        for handle in handles:
+            await handle.result(timeout=30)
+    assert started.index("small0") <= 1, started
+
+
+async def test_cancel_in_progress_strategy(make_app: Callable[..., perdure.App]) -> None:
+    app = make_app()
+    app.queue("latest_wins", key_concurrency=1, strategy="cancel-in-progress")
+
+    @app.task(queue="latest_wins")
+    async def render(version: int) -> int:
+        await asyncio.sleep(60 if version == 1 else 0)
+        return version
+
+    async with running_worker(app, concurrency=4):
+        old = await render.trigger(1, concurrency_key="doc")
+        await wait_until(lambda: _status_is(old, RunStatus.RUNNING))
+        new = await render.trigger(2, concurrency_key="doc")
+        assert await new.result(timeout=30) == 2
+        assert await old.status() is RunStatus.CANCELLED
+
+
+async def test_a_rate_limit_per_key(make_app: Callable[..., perdure.App]) -> None:
+    app = make_app()
+    app.queue("per_customer", rate_limit=(2, 0.5), rate_by_key=True)
+
+    @app.task(queue="per_customer")
+    async def call(n: int) -> int:
+        return n
+
+    async with running_worker(app, concurrency=10):
+        handles = {
+            key: [await call.trigger(i, concurrency_key=key) for i in range(4)]
+            for key in ("a", "b")
+        }
+        for group in handles.values():
+            for handle in group:
+                await handle.result(timeout=30)
+        starts = {
+            key: sorted([(await app.store.get_run(h.id)).started_at or 0.0 for h in group])
+            for key, group in handles.items()
+        }
+    for times in starts.values():
+        for i, start in enumerate(times):
+            assert len([s for s in times[i:] if s < start + 0.5]) <= 2
+    # the keys are counted apart: both keys' first two started in the first window
+    assert max(starts["a"][1], starts["b"][1]) - min(starts["a"][0], starts["b"][0]) < 0.5

@@ -10,7 +10,7 @@ slot of a limit.
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +22,30 @@ Row = Mapping[str, Any]
 CANDIDATE_SCAN = 200
 """Candidates read per claim beyond the slots to fill: runs held back by a limit are skipped,
 and concurrency keys take turns, so a few hundred reach past one crowded key."""
+
+
+class Turns:
+    """Which queue and concurrency key this process served last: among candidates of the same
+    turn, the key served longest ago goes first, so keys take turns over successive claims
+    (a busy key whose next run is older does not win every time)."""
+
+    _LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._served: OrderedDict[tuple[str, str | None], int] = OrderedDict()
+        self._clock = 0
+
+    def last(self, group: tuple[str, str | None]) -> int:
+        """When `group` was last served (0: never, or long ago)."""
+        return self._served.get(group, 0)
+
+    def serve(self, group: tuple[str, str | None]) -> None:
+        """`group` was served now."""
+        self._clock += 1
+        self._served[group] = self._clock
+        self._served.move_to_end(group)
+        while len(self._served) > self._LIMIT:
+            self._served.popitem(last=False)
 
 
 @dataclass(slots=True)
@@ -46,9 +70,10 @@ def admit(
     task_limits: Mapping[str, int],
     limit: int,
     now: float,
+    turns: Turns | None = None,
 ) -> Admission:
     """Pick up to `limit` of `candidates` (rows: id, task, queue, concurrency_key,
-    started_at; in claim order; expired runs already taken out) that fit every limit, given
+    started_at, turn; in claim order; expired runs already taken out) that fit every limit, given
     the `running` runs (id, task, queue, concurrency_key) and the `starts` (queue,
     concurrency_key, started_at) inside the longest rate window."""
     out = Admission()
@@ -74,8 +99,13 @@ def admit(
     for times in windows.values():
         times.sort()
     asked_to_cancel: set[tuple[str, str | None]] = set()
+    turns = turns or Turns()
+    ordered = sorted(
+        candidates,  # already in (turn, priority, age) order: the sort keeps it among equals
+        key=lambda row: (row["turn"], turns.last((row["queue"], row["concurrency_key"]))),
+    )
 
-    for row in candidates:
+    for row in ordered:
         if len(out.claim) >= limit:
             break
         queue, task, key = row["queue"], row["task"], row["concurrency_key"]
@@ -108,6 +138,7 @@ def admit(
             if window is not None:
                 bisect.insort(window, now)
         out.claim.append(row["id"])
+        turns.serve((queue, key))
         by_queue[queue] += 1
         by_task[task] += 1
         if key is not None:

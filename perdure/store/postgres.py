@@ -26,7 +26,7 @@ from perdure.errors import (
     SchemaOutdated,
     SchemaTooNew,
 )
-from perdure.store.admission import CANDIDATE_SCAN, admit
+from perdure.store.admission import CANDIDATE_SCAN, Turns, admit
 from perdure.store.base import (
     Attempt,
     ChangeToken,
@@ -129,6 +129,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         """Transactions those records took."""
         self._opened = False
         self._queue_cache: dict[str, tuple[float, dict[str, QueueConfig]]] = {}
+        self._turns = Turns()
 
     # -- lifecycle and schema ----------------------------------------------------------------
 
@@ -341,6 +342,7 @@ class PostgresStore(RowMapping, PostgresConnections):
             task_limits,
             params["limit"],
             now,
+            self._turns,
         )
         if admission.cancel:
             note = "cancelled: its queue was full (cancel-newest)"

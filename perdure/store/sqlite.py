@@ -25,7 +25,7 @@ from perdure.errors import (
     SchemaTooNew,
     StoreUnavailable,
 )
-from perdure.store.admission import CANDIDATE_SCAN, admit
+from perdure.store.admission import CANDIDATE_SCAN, Turns, admit
 from perdure.store.base import (
     Attempt,
     ChangeToken,
@@ -78,6 +78,7 @@ class SQLiteStore(RowMapping):
         self._local = threading.local()
         self._writer: GroupCommitWriter | None = None
         self._open_lock = threading.Lock()
+        self._turns = Turns()
 
     # -- connections -------------------------------------------------------------------------
 
@@ -288,6 +289,7 @@ class SQLiteStore(RowMapping):
                 task_limits or {},
                 limit,
                 now,
+                self._turns,
             )
             ids = {"now": now, "note": "cancelled: its queue was full (cancel-newest)"}
             if admission.cancel:

@@ -71,7 +71,7 @@ SELECT pg_advisory_xact_lock(%(lock_class)s, hashtext(%(app)s));
 -- name: claim_candidates
 -- candidates for admission; each queue and concurrency key in turn, higher priority first
 -- within one
-SELECT id, task, queue, concurrency_key, started_at FROM (
+SELECT id, task, queue, concurrency_key, started_at, turn FROM (
     SELECT id, task, queue, concurrency_key, started_at, priority, available_at,
            row_number() OVER (PARTITION BY queue, concurrency_key
                               ORDER BY priority DESC, available_at, id) AS turn
