@@ -23,8 +23,10 @@ from rich.table import Table
 from perdure import logs, serde
 from perdure.app import App
 from perdure.blobs import open_blobs
+from perdure.blobs.base import REFRESH_AFTER
 from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL
 from perdure.errors import PerdureError
+from perdure.retention import PurgeReport, parse_age, purge
 from perdure.store import open_store
 from perdure.store.base import Attempt, JournalEntry, QueueStats, RunRecord, RunStatus, Store
 
@@ -362,6 +364,66 @@ def runs_cancel(
         print(json.dumps({"id": run_id, "status": str(status)}))
     else:
         console.print(f"run {run_id}: {status}")
+
+
+@runs_cli.command("purge")
+def runs_purge(
+    older_than: Annotated[
+        str, typer.Option(help="Runs that ended more than this long ago: 30d, 12h, 90m, 2w.")
+    ],
+    status: Annotated[
+        list[RunStatus] | None,
+        typer.Option(help="Only runs in this status (repeatable; default: every ended one)."),
+    ] = None,
+    grace: Annotated[
+        str, typer.Option(help="Keep unreferenced blobs written more recently than this.")
+    ] = "1h",
+    dry_run: Annotated[bool, typer.Option(help="Only count the runs it would delete.")] = False,
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete old runs with their journals, then the blobs no run references any more (safe
+    while workers run)."""
+    try:
+        age, grace_s = parse_age(older_than), parse_age(grace)
+        if grace_s < 2 * REFRESH_AFTER:
+            raise ValueError(f"grace must be at least {2 * REFRESH_AFTER / 60:.0f}m")
+        statuses = status or [s for s in RunStatus if s.terminal]
+        if any(not s.terminal for s in statuses):
+            raise ValueError(
+                "only ended runs (completed, failed, cancelled, expired) can be purged"
+            )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    app_name = None if app is None else load_app(app).name
+
+    def show(report: PurgeReport) -> None:
+        if not as_json and console.is_terminal:
+            console.print(f"  {report.runs} run(s), {report.blobs} blob(s) deleted", end="\r")
+
+    report = _on_store(
+        app,
+        database,
+        blobs,
+        lambda store: purge(
+            store,
+            store.blobs,
+            older_than=age,
+            statuses=statuses,
+            app=app_name,
+            grace=grace_s,
+            dry_run=dry_run,
+            progress=show,
+        ),
+    )
+    if as_json:
+        print(json.dumps({"dry_run": dry_run, "runs": report.runs, "blobs": report.blobs}))
+    elif dry_run:
+        console.print(f"would delete {report.runs} run(s)")
+    else:
+        console.print(f"deleted {report.runs} run(s) and {report.blobs} unreferenced blob(s)")
 
 
 AppNameOpt = Annotated[

@@ -401,9 +401,9 @@ class Task(Generic[P, R]):
         while it waits (it holds no worker slot), and both the trigger and the result are
         journaled. Raises ChildFailed if the child failed, was cancelled or expired."""
         options = RunOptions.pop(kwargs)
-        self._in_task_body("trigger_and_wait")
-        (handle,) = await self._start([(args, kwargs)], options, awaited=True)
-        (outcome,) = await self._wait_for([handle.id])
+        start, wait = self._two_positions("trigger_and_wait")
+        (handle,) = await self._start([(args, kwargs)], options, awaited=True, seq=start)
+        (outcome,) = await self._wait_for([handle.id], wait)
         if isinstance(outcome, ChildFailed):
             raise outcome
         result: R = outcome
@@ -428,9 +428,16 @@ class Task(Generic[P, R]):
         run_options = RunOptions.pop(options)
         if options:
             raise InvalidArguments(f"unknown batch options: {', '.join(sorted(options))}")
-        self._in_task_body("batch_trigger_and_wait")
-        handles = await self._start(_calls(items), run_options, awaited=True)
-        return await self._wait_for([h.id for h in handles])
+        start, wait = self._two_positions("batch_trigger_and_wait")
+        handles = await self._start(_calls(items), run_options, awaited=True, seq=start)
+        return await self._wait_for([h.id for h in handles], wait)
+
+    def _two_positions(self, what: str) -> tuple[int, int]:
+        """The journal positions of a trigger and its wait, both taken at call time (before
+        any await), so that calls gathered concurrently number the same way on every replay."""
+        ctx = self._in_task_body(what)
+        ctx.check_active()
+        return ctx.next_seq(), ctx.next_seq()
 
     def _in_task_body(self, what: str) -> RunContext:
         ctx = current()
@@ -448,6 +455,7 @@ class Task(Generic[P, R]):
         *,
         awaited: bool,
         single: bool = False,
+        seq: int | None = None,
     ) -> list[RunHandle[R]]:
         values = []
         for args, kwargs in calls:
@@ -471,7 +479,8 @@ class Task(Generic[P, R]):
             ]
         # inside a task: journaled, so a replay returns the same runs instead of new ones
         ctx.check_active()
-        seq = ctx.next_seq()
+        if seq is None:
+            seq = ctx.next_seq()
         kind = EntryKind.TRIGGER if single and not awaited else EntryKind.CHILDREN
         entry = ctx.recorded(seq, kind, self.name)
         if entry is not None:
@@ -499,11 +508,10 @@ class Task(Generic[P, R]):
             ctx.awaited_children += len(ids)
         return [RunHandle(self.app, run_id, self.result_type) for run_id in ids]
 
-    async def _wait_for(self, ids: list[str]) -> list[Any]:
+    async def _wait_for(self, ids: list[str], seq: int) -> list[Any]:
         """The outcomes of awaited children, once all have ended (else the run suspends)."""
         ctx = self._in_task_body("wait")
         ctx.check_active()
-        seq = ctx.next_seq()
         entry = ctx.recorded(seq, EntryKind.CHILD_RESULTS, self.name)
         if entry is not None:
             outcomes = decode_entry(ctx, entry, list[ChildOutcome])

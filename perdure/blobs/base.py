@@ -38,6 +38,23 @@ class BlobStore(Protocol):
         """The raw bytes stored under `key`."""
         ...
 
+    async def keys_older_than(self, moment: float) -> list[str]:
+        """Keys of the blobs last written before `moment` (POSIX time). A put of bytes that
+        are already stored refreshes that time when it is over REFRESH_AFTER old, so a blob
+        that a step has just put is never among them."""
+        ...
+
+    async def delete(self, keys: list[str], *, written_before: float) -> int:
+        """Remove those of these blobs still last written before `written_before` (one that a
+        put refreshed meanwhile is kept; missing ones are fine); returns how many went."""
+        ...
+
+
+REFRESH_AFTER = 600.0
+"""Seconds after which a put of bytes already stored writes them again (a blob's last-written
+time is then never more than this behind its newest put); retention keeps blobs written within
+its grace period, which must be well above this."""
+
 
 def content_key(data: bytes) -> str:
     """The content address of `data`."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
-from perdure.blobs.base import BlobRef, content_key, pack, unpack
+from perdure.blobs.base import REFRESH_AFTER, BlobRef, content_key, pack, unpack
 
 
 class LocalBlobStore:
@@ -27,8 +28,14 @@ class LocalBlobStore:
         """Blocking put(), for threads."""
         key = content_key(data)
         path = self._path(key)
-        if path.exists():
-            return BlobRef(key=key, raw_size=len(data), stored_size=path.stat().st_size)
+        try:
+            found = path.stat()
+        except FileNotFoundError:
+            pass
+        else:
+            if time.time() - found.st_mtime > REFRESH_AFTER:
+                os.utime(path)  # in use again: retention must not take it
+            return BlobRef(key=key, raw_size=len(data), stored_size=found.st_size)
         stored = pack(data, self.compression_level)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -50,3 +57,39 @@ class LocalBlobStore:
     def get_sync(self, key: str) -> bytes:
         """Blocking get(), for threads."""
         return unpack(self._path(key).read_bytes())
+
+    async def keys_older_than(self, moment: float) -> list[str]:
+        return await asyncio.to_thread(self._keys_older_than, moment)
+
+    def _keys_older_than(self, moment: float) -> list[str]:
+        keys: list[str] = []
+        if not self.root.exists():
+            return keys
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or len(folder.name) != 2:
+                continue
+            for path in folder.iterdir():
+                if path.name.endswith(".tmp"):
+                    continue
+                try:
+                    if path.stat().st_mtime < moment:
+                        keys.append(folder.name + path.name)
+                except FileNotFoundError:
+                    continue
+        return keys
+
+    async def delete(self, keys: list[str], *, written_before: float) -> int:
+        def remove() -> int:
+            removed = 0
+            for key in keys:
+                path = self._path(key)
+                try:
+                    if path.stat().st_mtime >= written_before:
+                        continue  # put again meanwhile: in use
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed += 1
+            return removed
+
+        return await asyncio.to_thread(remove)

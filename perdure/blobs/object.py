@@ -11,6 +11,7 @@ usual environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGIO
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -18,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import obstore
 from obstore.store import from_url
 
-from perdure.blobs.base import BlobRef, content_key, pack, unpack
+from perdure.blobs.base import REFRESH_AFTER, BlobRef, content_key, pack, unpack
 from perdure.errors import CorruptJournal, StoreUnavailable
 
 _CLIENT_OPTIONS = {"allow_http", "timeout", "connect_timeout", "allow_invalid_certificates"}
@@ -53,8 +54,10 @@ class ObjectBlobStore:
                 head = await obstore.head_async(self._store, path)
             except FileNotFoundError:
                 pass
-            else:  # content-addressed: already there
-                return BlobRef(key=key, raw_size=len(data), stored_size=int(head["size"]))
+            else:  # content-addressed: already there (written again if old: see REFRESH_AFTER)
+                age = time.time() - head["last_modified"].timestamp()
+                if age <= REFRESH_AFTER:
+                    return BlobRef(key=key, raw_size=len(data), stored_size=int(head["size"]))
             stored = await asyncio.to_thread(pack, data, self.compression_level)
             await obstore.put_async(self._store, path, stored)
         except Exception as exc:
@@ -73,3 +76,33 @@ class ObjectBlobStore:
         except Exception as exc:
             raise StoreUnavailable(f"object store {self.url}: get of {path} failed: {exc}") from exc
         return await asyncio.to_thread(unpack, stored)
+
+    async def keys_older_than(self, moment: float) -> list[str]:
+        keys = []
+        try:
+            async for batch in obstore.list(self._store):
+                for meta in batch:
+                    path = str(meta["path"])
+                    folder, _, name = path.rpartition("/")
+                    folder = folder.rsplit("/", 1)[-1]
+                    if len(folder) == 2 and meta["last_modified"].timestamp() < moment:
+                        keys.append(folder + name)
+        except Exception as exc:
+            raise StoreUnavailable(f"object store {self.url}: list failed: {exc}") from exc
+        return keys
+
+    async def delete(self, keys: list[str], *, written_before: float) -> int:
+        doomed = []
+        try:
+            for key in keys:
+                try:
+                    head = await obstore.head_async(self._store, _path(key))
+                except FileNotFoundError:
+                    continue
+                if head["last_modified"].timestamp() < written_before:  # else: put again, in use
+                    doomed.append(_path(key))
+            if doomed:
+                await obstore.delete_async(self._store, doomed)
+        except Exception as exc:
+            raise StoreUnavailable(f"object store {self.url}: delete failed: {exc}") from exc
+        return len(doomed)

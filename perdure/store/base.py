@@ -450,6 +450,24 @@ class Store(Protocol):
         """Expire runs past their TTL that never started; returns how many."""
         ...
 
+    async def purge_runs(
+        self,
+        *,
+        finished_before: float,
+        statuses: Collection[RunStatus],
+        app: str | None = None,
+        limit: int = 500,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Delete up to `limit` runs in `statuses` (terminal ones only) that ended before
+        `finished_before`, with their journals and attempts, in one write; returns their ids
+        (with dry_run: only lists them). A child whose parent still waits is kept."""
+        ...
+
+    async def referenced_blobs(self, keys: list[str]) -> set[str]:
+        """The blob keys among `keys` that some stored row still references."""
+        ...
+
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
         """The earliest available_at among QUEUED/WAITING runs of `tasks` (in the past when one
         is claimable now; None when there is none). A read: cheap, no write."""

@@ -50,7 +50,7 @@ from perdure.store.pg_connections import (
     translate,
 )
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, check_same_entry
+from perdure.store.rows import RowMapping, check_same_entry, purge_params
 
 log = logging.getLogger("perdure.store")
 
@@ -578,6 +578,35 @@ class PostgresStore(RowMapping, PostgresConnections):
     async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
         rows = await self._read(Q["cancel_requests"], {"worker_id": worker_id}, "cancel_requests")
         return [(row["id"], row["lease"]) for row in rows]
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def purge_runs(
+        self,
+        *,
+        finished_before: float,
+        statuses: Collection[RunStatus],
+        app: str | None = None,
+        limit: int = 500,
+        dry_run: bool = False,
+    ) -> list[str]:
+        params = purge_params(finished_before, statuses, app, limit)
+        if dry_run:
+            rows = await self._read(Q["purgeable_runs"], params, "purge_runs")
+            return [row["id"] for row in rows]
+
+        async def work(conn: Conn) -> list[str]:
+            rows = await (await conn.execute(Q["purgeable_runs"], params)).fetchall()
+            ids = [row["id"] for row in rows]
+            for query in ("delete_journals", "delete_attempts", "delete_runs"):
+                await conn.execute(Q[query], {"ids": ids})
+            return ids
+
+        return await self._write("purge_runs", work)
+
+    async def referenced_blobs(self, keys: list[str]) -> set[str]:
+        rows = await self._read(Q["referenced_blobs"], {"keys": keys}, "referenced_blobs")
+        return {row["key"] for row in rows}
 
     # -- workers -----------------------------------------------------------------------------
 

@@ -74,6 +74,22 @@ def _same(stored: Any, ours: Any) -> bool:
     return bool(stored == ours)
 
 
+def purge_params(
+    finished_before: float, statuses: Iterable[RunStatus], app: str | None, limit: int
+) -> dict[str, Any]:
+    """Parameters of purgeable_runs; only ended runs can be purged."""
+    wanted = [RunStatus(s) for s in statuses]
+    running = [str(s) for s in wanted if not s.terminal]
+    if running:
+        raise ValueError(f"only ended runs can be purged, not {', '.join(running)} ones")
+    return {
+        "before": finished_before,
+        "statuses": [str(s) for s in wanted],
+        "app": app,
+        "limit": limit,
+    }
+
+
 class RowMapping:
     """Records <-> rows, and large values <-> the blob store."""
 

@@ -42,7 +42,7 @@ from perdure.store.base import (
 from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, check_same_entry
+from perdure.store.rows import RowMapping, check_same_entry, purge_params
 
 log = logging.getLogger("perdure.store")
 
@@ -442,6 +442,36 @@ class SQLiteStore(RowMapping):
 
         count: int = await self._write(write, (CLAIMABLE,))
         return count
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def purge_runs(
+        self,
+        *,
+        finished_before: float,
+        statuses: Collection[RunStatus],
+        app: str | None = None,
+        limit: int = 500,
+        dry_run: bool = False,
+    ) -> list[str]:
+        params = purge_params(finished_before, statuses, app, limit)
+        params["statuses"] = json.dumps(params["statuses"])
+        if dry_run:
+            return [row["id"] for row in await self._read(Q["purgeable_runs"], params)]
+
+        def write(conn: sqlite3.Connection) -> list[str]:
+            ids = [row["id"] for row in conn.execute(Q["purgeable_runs"], params)]
+            doomed = {"ids": json.dumps(ids)}
+            for query in ("delete_journals", "delete_attempts", "delete_runs"):
+                conn.execute(Q[query], doomed)
+            return ids
+
+        purged: list[str] = await self._write(write)
+        return purged
+
+    async def referenced_blobs(self, keys: list[str]) -> set[str]:
+        rows = await self._read(Q["referenced_blobs"], {"keys": json.dumps(keys)})
+        return {row["key"] for row in rows}
 
     # -- workers -----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,21 @@ async def test_incompressible_data_is_stored_raw(blobs: BlobStore) -> None:
     ref = await blobs.put(data)
     assert ref.stored_size == len(data) + 1  # one header byte, no compression overhead
     assert await blobs.get(ref.key) == data
+
+
+async def test_listing_by_age_and_guarded_deletes(blobs: BlobStore) -> None:
+    one = await blobs.put(b"one " * 100)
+    two = await blobs.put(b"two " * 100)
+    later = time.time() + 5
+    assert set(await blobs.keys_older_than(later)) == {one.key, two.key}
+    assert await blobs.keys_older_than(time.time() - 3600) == []
+    # a blob written after the cut-off is kept: it may be in use
+    assert await blobs.delete([one.key, two.key], written_before=time.time() - 3600) == 0
+    assert await blobs.get(one.key) == b"one " * 100
+    assert await blobs.delete([one.key, "ab" * 32], written_before=later) == 1
+    assert set(await blobs.keys_older_than(later)) == {two.key}
+    with pytest.raises((CorruptJournal, FileNotFoundError)):
+        await blobs.get(one.key)
 
 
 async def test_a_missing_blob_is_a_clear_error(blobs: BlobStore) -> None:

@@ -43,7 +43,7 @@ def postgres_columns(url: str) -> dict[str, list[str]]:
 
 async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str) -> None:
     store = SQLiteStore(tmp_path / "p.db", blobs=LocalBlobStore(tmp_path / "b"))
-    assert await store.migrate() == ["0001_initial", "0002_flow_control"]
+    assert await store.migrate() == ["0001_initial", "0002_flow_control", "0003_retention"]
     from_sqlite = sqlite_columns(tmp_path / "p.db")
     from_postgres = postgres_columns(postgres_url)
     assert all(from_sqlite[table] for table in TABLES)

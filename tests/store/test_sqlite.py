@@ -71,7 +71,11 @@ async def test_one_failing_write_does_not_undo_its_batch(tmp_path: Path) -> None
 
 async def test_schema_versions(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    assert await store.migrate(dry_run=True) == ["0001_initial", "0002_flow_control"]
+    assert await store.migrate(dry_run=True) == [
+        "0001_initial",
+        "0002_flow_control",
+        "0003_retention",
+    ]
     await store.open()
     await store.close()
     assert await store.migrate(dry_run=True) == []

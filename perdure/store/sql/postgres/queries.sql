@@ -365,3 +365,30 @@ WITH e AS (
     SELECT pg_notify('perdure', t) FROM fin, unnest(%(topics)s::text[]) AS t
 )
 SELECT (SELECT count(*) FROM fin) AS finished, (SELECT count(*) FROM woken) AS woken;
+
+-- name: purgeable_runs
+-- ended before the cutoff; never a child whose parent still waits for it
+SELECT id FROM runs
+WHERE finished_at < %(before)s AND status = ANY(%(statuses)s)
+  AND (%(app)s::text IS NULL OR app = %(app)s::text)
+  AND (parent_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM runs p WHERE p.id = runs.parent_id
+        AND p.status NOT IN ('completed', 'failed', 'cancelled', 'expired')))
+ORDER BY finished_at
+LIMIT %(limit)s;
+
+-- name: delete_journals
+DELETE FROM journal WHERE run_id = ANY(%(ids)s);
+
+-- name: delete_attempts
+DELETE FROM attempts WHERE run_id = ANY(%(ids)s);
+
+-- name: delete_runs
+DELETE FROM runs WHERE id = ANY(%(ids)s);
+
+-- name: referenced_blobs
+SELECT blob_key AS key FROM journal WHERE blob_key = ANY(%(keys)s)
+UNION
+SELECT args_blob FROM runs WHERE args_blob = ANY(%(keys)s)
+UNION
+SELECT result_blob FROM runs WHERE result_blob = ANY(%(keys)s);

@@ -264,3 +264,30 @@ SET status = 'queued', worker_id = NULL, available_at = :now, updated_at = :now,
 WHERE worker_id = :worker_id AND status = 'running'
   AND id NOT IN (SELECT value FROM json_each(:keep))
 RETURNING id;
+
+-- name: purgeable_runs
+-- ended before the cutoff; never a child whose parent still waits for it
+SELECT id FROM runs
+WHERE finished_at < :before AND status IN (SELECT value FROM json_each(:statuses))
+  AND (:app IS NULL OR app = :app)
+  AND (parent_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM runs p WHERE p.id = runs.parent_id
+        AND p.status NOT IN ('completed', 'failed', 'cancelled', 'expired')))
+ORDER BY finished_at
+LIMIT :limit;
+
+-- name: delete_journals
+DELETE FROM journal WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: delete_attempts
+DELETE FROM attempts WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: delete_runs
+DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: referenced_blobs
+SELECT blob_key AS key FROM journal WHERE blob_key IN (SELECT value FROM json_each(:keys))
+UNION
+SELECT args_blob FROM runs WHERE args_blob IN (SELECT value FROM json_each(:keys))
+UNION
+SELECT result_blob FROM runs WHERE result_blob IN (SELECT value FROM json_each(:keys));
