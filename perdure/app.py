@@ -8,6 +8,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from perdure.blobs import open_blobs
 from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL, WorkerConfig, env_float
+from perdure.crypto import Keyring
 from perdure.errors import ConfigurationError, RunNotFound, TaskNotFound
 from perdure.executor import Executor
 from perdure.retry import Retry
@@ -83,8 +84,12 @@ class App:
     def store(self) -> Store:
         """The store (opened on first use)."""
         if self._store is None:
+            keyring = Keyring.from_env()  # PERDURE_ENCRYPTION_KEY (and old keys)
             self._store = open_store(
-                self.database, blobs=open_blobs(self.blobs), inline_limit=self.inline_limit
+                self.database,
+                blobs=open_blobs(self.blobs, keyring=keyring),
+                inline_limit=self.inline_limit,
+                keyring=keyring,
             )
         return self._store
 

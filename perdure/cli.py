@@ -25,8 +25,10 @@ from perdure.app import App
 from perdure.blobs import open_blobs
 from perdure.blobs.base import REFRESH_AFTER
 from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL
+from perdure.crypto import Keyring, new_key
 from perdure.errors import PerdureError
 from perdure.retention import PurgeReport, parse_age, purge
+from perdure.rotation import RotationReport, rotate
 from perdure.store import open_store
 from perdure.store.base import Attempt, JournalEntry, QueueStats, RunRecord, RunStatus, Store
 
@@ -36,6 +38,8 @@ cli = typer.Typer(help="perdure: durable execution for Python.", no_args_is_help
 runs_cli = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 cli.add_typer(runs_cli, name="runs")
 queues_cli = typer.Typer(help="Inspect and change queues.", no_args_is_help=True)
+encryption_cli = typer.Typer(help="Encryption at rest: keys and rotation.", no_args_is_help=True)
+cli.add_typer(encryption_cli, name="encryption")
 cli.add_typer(queues_cli, name="queues")
 console = Console()
 if not console.is_terminal:
@@ -73,7 +77,12 @@ def load_app(spec: str) -> App:
 def _store(app: str | None, database: str | None, blobs: str | None) -> Store:
     if app is not None:
         return load_app(app).store
-    return open_store(database or DEFAULT_DATABASE_URL, blobs=open_blobs(blobs or DEFAULT_BLOB_URL))
+    keyring = Keyring.from_env()
+    return open_store(
+        database or DEFAULT_DATABASE_URL,
+        blobs=open_blobs(blobs or DEFAULT_BLOB_URL, keyring=keyring),
+        keyring=keyring,
+    )
 
 
 def _on_store(
@@ -424,6 +433,39 @@ def runs_purge(
         console.print(f"would delete {report.runs} run(s)")
     else:
         console.print(f"deleted {report.runs} run(s) and {report.blobs} unreferenced blob(s)")
+
+
+@encryption_cli.command("new-key")
+def encryption_new_key() -> None:
+    """Print a new random key (base64) for PERDURE_ENCRYPTION_KEY."""
+    print(new_key())
+
+
+@encryption_cli.command("rotate")
+def encryption_rotate(
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rewrite every stored value and blob under PERDURE_ENCRYPTION_KEY; values under the
+    keys in PERDURE_ENCRYPTION_OLD_KEYS are read and re-encrypted (safe while workers run)."""
+
+    def show(report: RotationReport) -> None:
+        if not as_json and console.is_terminal:
+            console.print(
+                f"  {report.values} value(s), {report.blobs}/{report.blobs_seen} blob(s)", end="\r"
+            )
+
+    report = _on_store(
+        app, database, blobs, lambda store: rotate(store, store.blobs, progress=show)
+    )
+    if as_json:
+        print(json.dumps({"values": report.values, "blobs": report.blobs}))
+    else:
+        console.print(
+            f"rewrote {report.values} value(s) and {report.blobs} of {report.blobs_seen} blob(s)"
+        )
 
 
 AppNameOpt = Annotated[

@@ -171,6 +171,11 @@ class SecretLeakError(PerdureError):
     """A secret was about to be written to storage."""
 
 
+class EncryptionError(PerdureError):
+    """Encrypted data could not be read (no key, an unknown key, altered data), or there is no
+    key to encrypt with."""
+
+
 class PayloadTooLarge(PerdureError):
     """A value is over the configured size limit."""
 

@@ -8,8 +8,11 @@ from typing import Protocol
 
 import zstandard
 
+from perdure.crypto import KEY_ID_SIZE, Keyring, require
+
 _RAW = b"\x00"
 _ZSTD = b"\x01"
+_ENCRYPTED = 0x02  # bit set on the header byte: the rest is an envelope (see perdure.crypto)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +47,11 @@ class BlobStore(Protocol):
         that a step has just put is never among them."""
         ...
 
+    async def reencrypt(self, key: str) -> bool:
+        """Write the blob again under the current key (or unencrypted, with no key) unless it
+        already is; True if it was rewritten. For `perdure encryption rotate`."""
+        ...
+
     async def delete(self, keys: list[str], *, written_before: float) -> int:
         """Remove those of these blobs still last written before `written_before` (one that a
         put refreshed meanwhile is kept; missing ones are fine); returns how many went."""
@@ -61,19 +69,32 @@ def content_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def pack(data: bytes, level: int) -> bytes:
-    """Compress `data` with zstd, or keep it raw when compression does not pay; one header byte."""
+def pack(data: bytes, level: int, keyring: Keyring | None = None) -> bytes:
+    """Compress `data` with zstd, or keep it raw when compression does not pay, then encrypt it
+    when a key is configured; one header byte says which."""
     compressed = zstandard.ZstdCompressor(level=level).compress(data)
-    if len(compressed) < len(data):
-        return _ZSTD + compressed
-    return _RAW + data
+    header, body = (_ZSTD, compressed) if len(compressed) < len(data) else (_RAW, data)
+    if keyring is not None and keyring.encrypts:
+        header = bytes([header[0] | _ENCRYPTED])
+        body = keyring.encrypt(body, aad=header)
+    return header + body
 
 
-def unpack(stored: bytes) -> bytes:
-    """Undo pack()."""
+def unpack(stored: bytes, keyring: Keyring | None = None, *, what: str = "a blob") -> bytes:
+    """The bytes `pack` was given."""
     header, body = stored[:1], stored[1:]
+    if header and header[0] & _ENCRYPTED:
+        body = require(keyring, what).decrypt(body, aad=header, what=what)
+        header = bytes([header[0] & ~_ENCRYPTED])
     if header == _ZSTD:
         return bytes(zstandard.ZstdDecompressor().decompress(body))
     if header == _RAW:
         return body
-    raise ValueError(f"unknown blob header {header!r}")
+    raise ValueError(f"{what}: unknown blob header {header!r}")
+
+
+def written_with(stored: bytes) -> bytes | None:
+    """The key id a packed blob is encrypted with, None if it is not encrypted."""
+    if stored[:1] and stored[0] & _ENCRYPTED:
+        return stored[1 : 1 + KEY_ID_SIZE]
+    return None

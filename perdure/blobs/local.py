@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 
-from perdure.blobs.base import REFRESH_AFTER, BlobRef, content_key, pack, unpack
+from perdure.blobs.base import (
+    REFRESH_AFTER,
+    BlobRef,
+    content_key,
+    pack,
+    unpack,
+    written_with,
+)
+from perdure.crypto import Keyring
 
 
 class LocalBlobStore:
     """A folder of zstd-compressed, content-addressed files."""
 
-    def __init__(self, root: str | os.PathLike[str], *, compression_level: int = 3) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        compression_level: int = 3,
+        keyring: Keyring | None = None,
+    ) -> None:
         self.root = Path(root)
         self.url = f"file://{self.root}"
         self.compression_level = compression_level
+        self.keyring = keyring
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:]
@@ -36,9 +52,15 @@ class LocalBlobStore:
             if time.time() - found.st_mtime > REFRESH_AFTER:
                 os.utime(path)  # in use again: retention must not take it
             return BlobRef(key=key, raw_size=len(data), stored_size=found.st_size)
-        stored = pack(data, self.compression_level)
+        stored = pack(data, self.compression_level, self.keyring)
+        self._write(path, stored)
+        return BlobRef(key=key, raw_size=len(data), stored_size=len(stored))
+
+    @staticmethod
+    def _write(path: Path, stored: bytes) -> None:
+        """Atomically and durably: a temporary file, fsynced, renamed, the folder fsynced."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
             f.write(stored)
             f.flush()
@@ -49,14 +71,26 @@ class LocalBlobStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        return BlobRef(key=key, raw_size=len(data), stored_size=len(stored))
 
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self.get_sync, key)
 
     def get_sync(self, key: str) -> bytes:
         """Blocking get(), for threads."""
-        return unpack(self._path(key).read_bytes())
+        return unpack(self._path(key).read_bytes(), self.keyring, what=f"blob {key}")
+
+    async def reencrypt(self, key: str) -> bool:
+        def rewrite() -> bool:
+            path = self._path(key)
+            stored = path.read_bytes()
+            wanted = self.keyring.current_id if self.keyring is not None else None
+            if written_with(stored) == wanted:
+                return False
+            data = unpack(stored, self.keyring, what=f"blob {key}")
+            self._write(path, pack(data, self.compression_level, self.keyring))
+            return True
+
+        return await asyncio.to_thread(rewrite)
 
     async def keys_older_than(self, moment: float) -> list[str]:
         return await asyncio.to_thread(self._keys_older_than, moment)

@@ -19,7 +19,15 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import obstore
 from obstore.store import from_url
 
-from perdure.blobs.base import REFRESH_AFTER, BlobRef, content_key, pack, unpack
+from perdure.blobs.base import (
+    REFRESH_AFTER,
+    BlobRef,
+    content_key,
+    pack,
+    unpack,
+    written_with,
+)
+from perdure.crypto import Keyring
 from perdure.errors import CorruptJournal, StoreUnavailable
 
 _CLIENT_OPTIONS = {"allow_http", "timeout", "connect_timeout", "allow_invalid_certificates"}
@@ -32,9 +40,12 @@ def _path(key: str) -> str:
 class ObjectBlobStore:
     """Content-addressed blobs in a bucket."""
 
-    def __init__(self, url: str, *, compression_level: int = 3) -> None:
+    def __init__(
+        self, url: str, *, compression_level: int = 3, keyring: Keyring | None = None
+    ) -> None:
         self.url = url
         self.compression_level = compression_level
+        self.keyring = keyring
         parts = urlsplit(url)
         config: dict[str, Any] = {}
         client: dict[str, Any] = {}
@@ -58,7 +69,7 @@ class ObjectBlobStore:
                 age = time.time() - head["last_modified"].timestamp()
                 if age <= REFRESH_AFTER:
                     return BlobRef(key=key, raw_size=len(data), stored_size=int(head["size"]))
-            stored = await asyncio.to_thread(pack, data, self.compression_level)
+            stored = await asyncio.to_thread(pack, data, self.compression_level, self.keyring)
             await obstore.put_async(self._store, path, stored)
         except Exception as exc:
             raise StoreUnavailable(f"object store {self.url}: put of {path} failed: {exc}") from exc
@@ -75,7 +86,27 @@ class ObjectBlobStore:
             ) from exc
         except Exception as exc:
             raise StoreUnavailable(f"object store {self.url}: get of {path} failed: {exc}") from exc
-        return await asyncio.to_thread(unpack, stored)
+        return await asyncio.to_thread(unpack, stored, self.keyring, what=f"blob {key}")
+
+    async def _stored(self, key: str) -> bytes:
+        try:
+            result = await obstore.get_async(self._store, _path(key))
+            return bytes(await result.bytes_async())
+        except Exception as exc:
+            raise StoreUnavailable(f"object store {self.url}: get of {key} failed: {exc}") from exc
+
+    async def reencrypt(self, key: str) -> bool:
+        stored = await self._stored(key)
+        wanted = self.keyring.current_id if self.keyring is not None else None
+        if written_with(stored) == wanted:
+            return False
+        data = await asyncio.to_thread(unpack, stored, self.keyring, what=f"blob {key}")
+        packed = await asyncio.to_thread(pack, data, self.compression_level, self.keyring)
+        try:
+            await obstore.put_async(self._store, _path(key), packed)
+        except Exception as exc:
+            raise StoreUnavailable(f"object store {self.url}: put of {key} failed: {exc}") from exc
+        return True
 
     async def keys_older_than(self, moment: float) -> list[str]:
         keys = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from perdure.blobs import BlobStore
 from perdure.config import env_float
+from perdure.crypto import Keyring
 from perdure.errors import ConfigurationError
 from perdure.store.base import Store
 from perdure.store.sqlite import DEFAULT_INLINE_LIMIT, SQLiteStore
@@ -26,11 +27,19 @@ def open_store(
     blobs: BlobStore,
     inline_limit: int = DEFAULT_INLINE_LIMIT,
     auto_migrate: bool = True,
+    keyring: Keyring | None = None,
 ) -> Store:
-    """The store for a database URL; connections open on first use."""
+    """The store for a database URL; connections open on first use. With a `keyring` that has
+    a current key, inline values are stored encrypted (blobs: see open_blobs)."""
     path = sqlite_path(url)
     if path is not None:
-        return SQLiteStore(path, blobs=blobs, inline_limit=inline_limit, auto_migrate=auto_migrate)
+        return SQLiteStore(
+            path,
+            blobs=blobs,
+            inline_limit=inline_limit,
+            auto_migrate=auto_migrate,
+            keyring=keyring,
+        )
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from perdure.store.postgres import PostgresStore
@@ -44,6 +53,7 @@ def open_store(
             inline_limit=inline_limit,
             auto_migrate=auto_migrate,
             pool_size=int(env_float("PERDURE_POOL_SIZE", 10)),
+            keyring=keyring,
         )
     raise ConfigurationError(
         f"database URL {url!r} is not supported; use sqlite:///path/to/perdure.db or "

@@ -464,6 +464,20 @@ class Store(Protocol):
         (with dry_run: only lists them). A child whose parent still waits is kept."""
         ...
 
+    async def reencrypt_values(
+        self, *, after: str = "", limit: int = 200
+    ) -> tuple[int, str | None]:
+        """Rewrite the inline values of the next `limit` runs (ids after `after`) under the
+        current key (in the clear if none); returns (values rewritten, the last run id, None
+        when there are no more). A value changed meanwhile by a worker is left as it is (the
+        worker wrote it under the current key)."""
+        ...
+
+    async def reclaim(self) -> None:
+        """Give back the space of deleted and rewritten rows (SQLite: VACUUM, which also leaves
+        no old bytes in the file; PostgreSQL: VACUUM, which marks them free)."""
+        ...
+
     async def referenced_blobs(self, keys: list[str]) -> set[str]:
         """The blob keys among `keys` that some stored row still references."""
         ...

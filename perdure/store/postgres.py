@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from perdure.blobs.base import BlobStore
+from perdure.crypto import Keyring
 from perdure.errors import (
     LeaseLost,
     RunNotFound,
@@ -108,10 +109,12 @@ class PostgresStore(RowMapping, PostgresConnections):
         auto_migrate: bool = True,
         pool_size: int = 10,
         retry_for: float = 300.0,
+        keyring: Keyring | None = None,
     ) -> None:
         self.url = url
         self.blobs = blobs
         self.inline_limit = inline_limit
+        self.keyring = keyring
         self.auto_migrate = auto_migrate
         self.pool_size = pool_size
         self.retry_for = retry_for
@@ -382,13 +385,14 @@ class PostgresStore(RowMapping, PostgresConnections):
         rows = await self._read(Q["load_attempts"], {"run_id": run_id}, "load_attempts")
         return self._attempts(run_id, rows)
 
-    @staticmethod
-    async def _insert_entries(conn: Conn, run_id: str, entry_params: list[dict[str, Any]]) -> None:
+    async def _insert_entries(
+        self, conn: Conn, run_id: str, entry_params: list[dict[str, Any]]
+    ) -> None:
         for params in entry_params:
             inserted = await (await conn.execute(Q["insert_entry"], params)).fetchone()
             if inserted is None:  # the position is taken (ON CONFLICT DO NOTHING)
                 existing = await (await conn.execute(Q["entry_at"], params)).fetchone()
-                check_same_entry(run_id, params, existing, None)
+                check_same_entry(run_id, params, existing, None, self.keyring)
 
     async def append(
         self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
@@ -603,6 +607,35 @@ class PostgresStore(RowMapping, PostgresConnections):
             return ids
 
         return await self._write("purge_runs", work)
+
+    async def reencrypt_values(
+        self, *, after: str = "", limit: int = 200
+    ) -> tuple[int, str | None]:
+        rows = await self._read(Q["run_ids_after"], {"after": after, "limit": limit}, "reencrypt")
+        ids = [row["id"] for row in rows]
+        if not ids:
+            return 0, None
+        rewrites = self._rotated(await self._read(Q["inline_values_of"], {"ids": ids}, "reencrypt"))
+
+        async def work(conn: Conn) -> int:
+            count = 0
+            for r in rewrites:
+                count += (await conn.execute(Q[f"rewrite_{r['col']}"], r)).rowcount
+            return count
+
+        return (await self._write("reencrypt", work) if rewrites else 0), ids[-1]
+
+    async def reclaim(self) -> None:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        except psycopg.Error as exc:
+            raise translate(exc, "reclaim") from exc
+        try:
+            await conn.execute(f"VACUUM {SCHEMA}.runs, {SCHEMA}.journal, {SCHEMA}.attempts")
+        except psycopg.Error as exc:
+            raise translate(exc, "reclaim") from exc
+        finally:
+            await conn.close()
 
     async def referenced_blobs(self, keys: list[str]) -> set[str]:
         rows = await self._read(Q["referenced_blobs"], {"keys": keys}, "referenced_blobs")

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import msgspec
 
 from perdure.blobs.base import BlobStore
+from perdure.crypto import KEY_ID_SIZE, Keyring, require
 from perdure.errors import CorruptJournal, RunNotFound
 from perdure.store.base import (
     Attempt,
@@ -52,20 +53,43 @@ def decode_error(data: bytes | None, where: str) -> ErrorInfo | None:
         raise CorruptJournal(f"{where}: stored error cannot be read ({exc})") from exc
 
 
+ENCRYPTED_CODEC = ";aes"
+"""Suffix of the codec of an inline value stored encrypted (see perdure.crypto)."""
+
 _ENTRY_FIELDS = ("kind", "name", "status", "codec", "value", "blob_key", "error")
 
 
 def check_same_entry(
-    run_id: str, params: dict[str, Any], existing: Row | None, cause: Exception | None
+    run_id: str,
+    params: dict[str, Any],
+    existing: Row | None,
+    cause: Exception | None,
+    keyring: Keyring | None = None,
 ) -> None:
     """A journal position that is already recorded: fine if it holds exactly this entry (a
-    write retried after its acknowledgement was lost), CorruptJournal otherwise."""
-    if existing is not None and all(_same(existing[name], params[name]) for name in _ENTRY_FIELDS):
+    write retried after its acknowledgement was lost), CorruptJournal otherwise. Encrypted
+    values are compared in the clear (each write draws a fresh nonce)."""
+    if existing is not None and all(
+        _same_field(name, existing, params, keyring) for name in _ENTRY_FIELDS
+    ):
         return
     raise CorruptJournal(
         f"run {run_id}: journal position {params['seq']} is already recorded; "
         "the same position was written twice under one lease"
     ) from cause
+
+
+def _same_field(name: str, existing: Row, params: dict[str, Any], keyring: Keyring | None) -> bool:
+    codec = params["codec"]
+    if name == "value" and keyring is not None and codec and codec.endswith(ENCRYPTED_CODEC):
+        if existing["codec"] != codec or existing["value"] is None:
+            return False
+        aad = codec.removesuffix(ENCRYPTED_CODEC).encode()
+        what = f"journal entry (run {params['run_id']}, seq {params['seq']})"
+        return keyring.decrypt(bytes(existing["value"]), aad=aad, what=what) == keyring.decrypt(
+            params["value"], aad=aad, what=what
+        )
+    return _same(existing[name], params[name])
 
 
 def _same(stored: Any, ours: Any) -> bool:
@@ -95,6 +119,8 @@ class RowMapping:
 
     blobs: BlobStore
     inline_limit: int
+    keyring: Keyring | None = None
+    """Encrypts inline values (blobs encrypt themselves) when it has a current key."""
 
     async def offload(self, value: Value | None) -> Value | None:
         if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:
@@ -115,12 +141,16 @@ class RowMapping:
             return None
         if blob_key is not None:
             data = await self.blobs.get(blob_key)
+        elif codec.endswith(ENCRYPTED_CODEC):
+            codec = codec.removesuffix(ENCRYPTED_CODEC)
+            data = require(self.keyring, "a stored value").decrypt(
+                bytes(data or b""), aad=codec.encode(), what="a stored value"
+            )
         return Value(
             codec=codec, data=data or b"", blob_key=blob_key, raw_size=raw, stored_size=stored
         )
 
-    @staticmethod
-    def _value_params(prefix: str, value: Value | None) -> dict[str, Any]:
+    def _value_params(self, prefix: str, value: Value | None) -> dict[str, Any]:
         if value is None:
             return {
                 f"{prefix}_codec": None,
@@ -129,14 +159,57 @@ class RowMapping:
                 f"{prefix}_raw_size": 0,
                 f"{prefix}_stored_size": 0,
             }
-        inline = value.blob_key is None
+        if value.blob_key is not None:  # the blob store encrypted it
+            return {
+                f"{prefix}_codec": value.codec,
+                prefix: None,
+                f"{prefix}_blob": value.blob_key,
+                f"{prefix}_raw_size": value.raw_size,
+                f"{prefix}_stored_size": value.stored_size,
+            }
+        codec, data = value.codec, value.data
+        if self.keyring is not None and self.keyring.encrypts:
+            data = self.keyring.encrypt(data, aad=codec.encode())
+            codec += ENCRYPTED_CODEC
         return {
-            f"{prefix}_codec": value.codec,
-            prefix: value.data if inline else None,
-            f"{prefix}_blob": value.blob_key,
-            f"{prefix}_raw_size": len(value.data) if inline else value.raw_size,
-            f"{prefix}_stored_size": len(value.data) if inline else value.stored_size,
+            f"{prefix}_codec": codec,
+            prefix: data,
+            f"{prefix}_blob": None,
+            f"{prefix}_raw_size": len(value.data),
+            f"{prefix}_stored_size": len(data),
         }
+
+    def _rotated(self, rows: Iterable[Row]) -> list[dict[str, Any]]:
+        """Rewrites of the inline values in `rows` (col, id, seq, codec, value) that are not
+        stored as the current key wants: under another key, or in the clear while a key is set
+        (or encrypted while no key is: then decrypted with an old key)."""
+        current = self.keyring.current_id if self.keyring is not None else None
+        rewrites = []
+        for row in rows:
+            codec, stored = row["codec"], bytes(row["value"])
+            encrypted = codec.endswith(ENCRYPTED_CODEC)
+            if (stored[:KEY_ID_SIZE] if encrypted else None) == current:
+                continue
+            plain_codec = codec.removesuffix(ENCRYPTED_CODEC)
+            what = f"{row['col']} of run {row['id']}"
+            data = (
+                require(self.keyring, what).decrypt(stored, aad=plain_codec.encode(), what=what)
+                if encrypted
+                else stored
+            )
+            new = self._value_params("v", Value(codec=plain_codec, data=data))
+            rewrites.append(
+                {
+                    "col": row["col"],
+                    "id": row["id"],
+                    "seq": row["seq"],
+                    "codec": new["v_codec"],
+                    "value": new["v"],
+                    "old_codec": codec,
+                    "old_value": stored,
+                }
+            )
+        return rewrites
 
     async def _run_record(self, row: Row, *, full: bool) -> RunRecord:
         keys = row.keys()

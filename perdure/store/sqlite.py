@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from perdure.blobs.base import BlobStore
+from perdure.crypto import Keyring
 from perdure.errors import (
     LeaseLost,
     RunNotFound,
@@ -68,10 +69,12 @@ class SQLiteStore(RowMapping):
         inline_limit: int = DEFAULT_INLINE_LIMIT,
         auto_migrate: bool = True,
         poll_interval: float = 0.01,
+        keyring: Keyring | None = None,
     ) -> None:
         self.path = Path(path)
         self.blobs = blobs
         self.inline_limit = inline_limit
+        self.keyring = keyring
         self.auto_migrate = auto_migrate
         self.poll_interval = poll_interval
         self._notifier = ChangeNotifier()
@@ -321,16 +324,15 @@ class SQLiteStore(RowMapping):
     async def load_attempts(self, run_id: str) -> list[Attempt]:
         return self._attempts(run_id, await self._read(Q["load_attempts"], {"run_id": run_id}))
 
-    @staticmethod
     def _insert_entries(
-        conn: sqlite3.Connection, run_id: str, entry_params: list[dict[str, Any]]
+        self, conn: sqlite3.Connection, run_id: str, entry_params: list[dict[str, Any]]
     ) -> None:
         for params in entry_params:
             try:
                 conn.execute(Q["insert_entry"], params)
             except sqlite3.IntegrityError as exc:
                 existing = conn.execute(Q["entry_at"], params).fetchone()
-                check_same_entry(run_id, params, existing, exc)
+                check_same_entry(run_id, params, existing, exc, self.keyring)
 
     async def append(
         self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
@@ -468,6 +470,38 @@ class SQLiteStore(RowMapping):
 
         purged: list[str] = await self._write(write)
         return purged
+
+    async def reencrypt_values(
+        self, *, after: str = "", limit: int = 200
+    ) -> tuple[int, str | None]:
+        ids = [
+            row["id"]
+            for row in await self._read(Q["run_ids_after"], {"after": after, "limit": limit})
+        ]
+        if not ids:
+            return 0, None
+        rows = await self._read(Q["inline_values_of"], {"ids": json.dumps(ids)})
+        rewrites = self._rotated(rows)
+
+        def write(conn: sqlite3.Connection) -> int:
+            return sum(conn.execute(Q[f"rewrite_{r['col']}"], r).rowcount for r in rewrites)
+
+        count: int = await self._write(write) if rewrites else 0
+        return count, ids[-1]
+
+    async def reclaim(self) -> None:
+        def vacuum() -> None:
+            conn = self._connect()
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.execute("VACUUM")  # rebuilds the file: no free page keeps old bytes
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and the log is emptied
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"SQLite VACUUM of {self.path} failed: {exc}") from exc
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(vacuum)
 
     async def referenced_blobs(self, keys: list[str]) -> set[str]:
         rows = await self._read(Q["referenced_blobs"], {"keys": json.dumps(keys)})

@@ -4,6 +4,7 @@ fixture's parameters)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from perdure.blobs import LocalBlobStore
+from perdure.crypto import Keyring
 from perdure.errors import CorruptJournal, LeaseLost, RunNotFound
 from perdure.ids import new_id
 from perdure.store.base import (
@@ -31,17 +33,21 @@ from perdure.store.sqlite import SQLiteStore
 APP = "contract"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "sqlite+encryption", "postgres+encryption"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    blobs = LocalBlobStore(tmp_path / "blobs")
+    """Each store, in the clear and encrypted at rest (every contract holds both ways)."""
+    keyring = Keyring(os.urandom(32)) if request.param.endswith("+encryption") else None
+    blobs = LocalBlobStore(tmp_path / "blobs", keyring=keyring)
     the_store: Store
-    if request.param == "postgres":
+    if request.param.startswith("postgres"):
         from perdure.store.postgres import PostgresStore
 
         url = request.getfixturevalue("postgres_url")
-        the_store = PostgresStore(url, blobs=blobs, inline_limit=1024)
+        the_store = PostgresStore(url, blobs=blobs, inline_limit=1024, keyring=keyring)
     else:
-        the_store = SQLiteStore(tmp_path / "perdure.db", blobs=blobs, inline_limit=1024)
+        the_store = SQLiteStore(
+            tmp_path / "perdure.db", blobs=blobs, inline_limit=1024, keyring=keyring
+        )
     await the_store.open()
     yield the_store
     await the_store.close()
@@ -96,7 +102,9 @@ async def test_create_and_idempotency(store: Store) -> None:
     run = await store.get_run(first)
     assert run.status is RunStatus.QUEUED
     assert run.args is not None
-    assert (run.args.data, run.args.stored_size) == (b"\x01", 1)
+    # encrypted: key id, nonce and tag come on top (8 + 12 + 16 bytes)
+    overhead = 36 if getattr(store, "keyring", None) else 0
+    assert (run.args.data, run.args.stored_size) == (b"\x01", 1 + overhead)
     with pytest.raises(RunNotFound):
         await store.get_run("missing")
 
@@ -124,6 +132,8 @@ async def test_append_is_fenced_by_the_lease(store: Store) -> None:
         await store.append(run_id, lease + 1, entries=[_entry(2)], attempts=[])
     with pytest.raises(CorruptJournal):
         await store.append(run_id, lease, entries=[_entry(1, b"other")], attempts=[])
+    # the same entry again (a write retried after its answer was lost) is fine, encrypted too
+    await store.append(run_id, lease, entries=[_entry(1)], attempts=[])
     journal = await store.load_journal(run_id)
     assert [(e.seq, e.value.data if e.value else None) for e in journal] == [(1, b"\x02")]
 

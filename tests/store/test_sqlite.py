@@ -22,8 +22,10 @@ from perdure.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from ..conftest import ROOT, running_worker, wait_until
 
 
-def _store(tmp_path: Path, **kwargs: bool) -> SQLiteStore:
-    return SQLiteStore(tmp_path / "p.db", blobs=LocalBlobStore(tmp_path / "b"), **kwargs)
+def _store(tmp_path: Path, *, auto_migrate: bool = True) -> SQLiteStore:
+    return SQLiteStore(
+        tmp_path / "p.db", blobs=LocalBlobStore(tmp_path / "b"), auto_migrate=auto_migrate
+    )
 
 
 def _run(task: str = "t") -> NewRun:

@@ -392,3 +392,29 @@ UNION
 SELECT args_blob FROM runs WHERE args_blob = ANY(%(keys)s)
 UNION
 SELECT result_blob FROM runs WHERE result_blob = ANY(%(keys)s);
+
+-- name: run_ids_after
+SELECT id FROM runs WHERE id > %(after)s ORDER BY id LIMIT %(limit)s;
+
+-- name: inline_values_of
+-- encryption rotation: the inline values of these runs (blobs are rotated in the blob store)
+SELECT 'args' AS col, id, 0 AS seq, args_codec AS codec, args AS value
+FROM runs WHERE id IN (SELECT unnest(%(ids)s::text[])) AND args IS NOT NULL
+UNION ALL
+SELECT 'result', id, 0, result_codec, result
+FROM runs WHERE id IN (SELECT unnest(%(ids)s::text[])) AND result IS NOT NULL
+UNION ALL
+SELECT 'journal', run_id, seq, codec, value
+FROM journal WHERE run_id IN (SELECT unnest(%(ids)s::text[])) AND value IS NOT NULL;
+
+-- name: rewrite_args
+UPDATE runs SET args_codec = %(codec)s, args = %(value)s
+WHERE id = %(id)s AND args_codec = %(old_codec)s AND args = %(old_value)s;
+
+-- name: rewrite_result
+UPDATE runs SET result_codec = %(codec)s, result = %(value)s
+WHERE id = %(id)s AND result_codec = %(old_codec)s AND result = %(old_value)s;
+
+-- name: rewrite_journal
+UPDATE journal SET codec = %(codec)s, value = %(value)s
+WHERE run_id = %(id)s AND seq = %(seq)s AND codec = %(old_codec)s AND value = %(old_value)s;

@@ -291,3 +291,29 @@ UNION
 SELECT args_blob FROM runs WHERE args_blob IN (SELECT value FROM json_each(:keys))
 UNION
 SELECT result_blob FROM runs WHERE result_blob IN (SELECT value FROM json_each(:keys));
+
+-- name: run_ids_after
+SELECT id FROM runs WHERE id > :after ORDER BY id LIMIT :limit;
+
+-- name: inline_values_of
+-- encryption rotation: the inline values of these runs (blobs are rotated in the blob store)
+SELECT 'args' AS col, id, 0 AS seq, args_codec AS codec, args AS value
+FROM runs WHERE id IN (SELECT value FROM json_each(:ids)) AND args IS NOT NULL
+UNION ALL
+SELECT 'result', id, 0, result_codec, result
+FROM runs WHERE id IN (SELECT value FROM json_each(:ids)) AND result IS NOT NULL
+UNION ALL
+SELECT 'journal', run_id, seq, codec, value
+FROM journal WHERE run_id IN (SELECT value FROM json_each(:ids)) AND value IS NOT NULL;
+
+-- name: rewrite_args
+UPDATE runs SET args_codec = :codec, args = :value
+WHERE id = :id AND args_codec = :old_codec AND args = :old_value;
+
+-- name: rewrite_result
+UPDATE runs SET result_codec = :codec, result = :value
+WHERE id = :id AND result_codec = :old_codec AND result = :old_value;
+
+-- name: rewrite_journal
+UPDATE journal SET codec = :codec, value = :value
+WHERE run_id = :id AND seq = :seq AND codec = :old_codec AND value = :old_value;
