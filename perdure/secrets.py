@@ -1,16 +1,75 @@
-"""Secrets: read at run time from the environment, never serialised, never stored."""
+"""Secrets: read at run time, never serialised, never stored.
+
+`perdure.secret(name)` looks in the providers registered with `add_provider` (a vault client,
+say), then the process's environment, then a `.env` file (`$PERDURE_ENV_FILE`, else `.env` in
+the working directory).
+"""
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
+
+from dotenv import dotenv_values
 
 from perdure.errors import ConfigurationError, SecretLeakError
 
 _MIN_SCANNED_LENGTH = 4
 _lock = threading.Lock()
 _values_in_use: dict[str, str] = {}
+_providers: list[Callable[[str], str | None]] = []
+_env_files: dict[Path, tuple[float, dict[str, str | None]]] = {}
+
+Provider = Callable[[str], "str | None"]
+"""A source of secrets: the value of a name, or None if it does not have it."""
+
+
+def add_provider(provider: Provider) -> None:
+    """Look secrets up in `provider` first (before the environment and the .env file)."""
+    with _lock:
+        if provider not in _providers:
+            _providers.append(provider)
+
+
+def remove_provider(provider: Provider) -> None:
+    """Stop using `provider`."""
+    with _lock:
+        if provider in _providers:
+            _providers.remove(provider)
+
+
+def _env_file() -> Path:
+    return Path(os.environ.get("PERDURE_ENV_FILE") or ".env")
+
+
+def _from_env_file(name: str) -> str | None:
+    path = _env_file()
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    with _lock:
+        cached = _env_files.get(path)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, dotenv_values(path))
+            _env_files[path] = cached
+    return cached[1].get(name)
+
+
+def _lookup(name: str) -> str | None:
+    with _lock:
+        providers = list(_providers)
+    for provider in providers:
+        value = provider(name)
+        if value is not None:
+            return value
+    value = os.environ.get(name)
+    if value is not None:
+        return value
+    return _from_env_file(name)
 
 
 class Secret:
@@ -50,15 +109,17 @@ class Secret:
 
 
 def secret(name: str) -> Secret:
-    """Read the secret `name` from the environment of this process (the worker).
+    """Read the secret `name`: from the registered providers, the environment of this process
+    (the worker), or the .env file, in that order.
 
     Its value is remembered, so that any byte string perdure is about to store is checked for it.
     """
-    value = os.environ.get(name)
+    value = _lookup(name)
     if value is None:
+        looked = f"{len(_providers)} provider(s), " if _providers else ""
         raise ConfigurationError(
-            f"secret {name!r} is not set in this process's environment; export {name}=... "
-            "where the worker runs"
+            f"secret {name!r} was not found ({looked}the environment, {_env_file()}); export "
+            f"{name}=... where the worker runs, or add it to the .env file"
         )
     if len(value) >= _MIN_SCANNED_LENGTH:
         with _lock:
