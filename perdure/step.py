@@ -233,8 +233,15 @@ async def execute_step(
                 ),
             )
         )
-        # hand back what a replay would: the decoded record, not the live object
+        # hand back what a replay would: the decoded record, not the live object (for a value
+        # that decodes to itself, the value: no second copy of a large bytes or str)
+        if type(result) in _SELF_DECODING and step.return_type in (Any, type(result)):
+            return result
         return serde.decode(data, codec=ctx.task.codec, type_=step.return_type, what=step.name)
+
+
+_SELF_DECODING = (bytes, str, int, float, bool, type(None))
+"""Types whose recorded value decodes (with their own type, or Any) to an equal value."""
 
 
 def _step_failed(name: str, info: ErrorInfo | None) -> StepFailed:

@@ -216,52 +216,20 @@ def worker_processes(request: pytest.FixtureRequest) -> Iterator[list[WorkerProc
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A real S3 API (moto_server) on 127.0.0.1 with a random port, for the session."""
-    import shutil
-    import socket
-    import urllib.request
+    from perdure.testing import S3TestServerMissing, s3_test_server
 
-    server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
-        "moto_server"
-    )
-    if server is None:
-        message = "moto_server not found: install the dev extras (pip install -e '.[dev]')"
+    try:
+        with s3_test_server() as endpoint:
+            yield endpoint
+    except S3TestServerMissing as exc:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"moto_server did not start on {endpoint}")
-            time.sleep(0.05)
-    yield endpoint
-    proc.terminate()
-    proc.wait(10)
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 @pytest.fixture
 def s3_blob_url(s3_server: str) -> str:
     """A fresh bucket on the S3 test server, as a perdure blob URL."""
-    import urllib.request
-    import uuid
+    from perdure.testing import new_bucket
 
-    bucket = f"perdure-{uuid.uuid4().hex[:12]}"
-    request = urllib.request.Request(f"{s3_server}/{bucket}", method="PUT")
-    urllib.request.urlopen(request, timeout=10).close()
-    return (
-        f"s3://{bucket}/blobs?endpoint={s3_server}&region=us-east-1"
-        "&access_key_id=test&secret_access_key=test&allow_http=true"
-    )
+    return new_bucket(s3_server)

@@ -69,14 +69,35 @@ def content_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def pack(data: bytes, level: int, keyring: Keyring | None = None) -> bytes:
-    """Compress `data` with zstd, or keep it raw when compression does not pay, then encrypt it
-    when a key is configured; one header byte says which."""
-    compressed = zstandard.ZstdCompressor(level=level).compress(data)
-    header, body = (_ZSTD, compressed) if len(compressed) < len(data) else (_RAW, data)
+_SAMPLE = 128 * 1024
+
+
+def pack_parts(
+    data: bytes, level: int, keyring: Keyring | None = None
+) -> tuple[bytes, bytes | memoryview]:
+    """What to store for `data`: a header byte and a body, written one after the other (no
+    copy of a large value). Compressed with zstd when that pays (a large value is judged by a
+    sample first, so incompressible data costs no full compression pass), then encrypted when
+    a key is configured; the header says which."""
+    header: bytes = _RAW
+    body: bytes | memoryview = data
+    if len(data) <= _SAMPLE or _compresses(data[:_SAMPLE], level):
+        compressed = zstandard.ZstdCompressor(level=level).compress(data)
+        if len(compressed) < len(data):
+            header, body = _ZSTD, compressed
     if keyring is not None and keyring.encrypts:
         header = bytes([header[0] | _ENCRYPTED])
-        body = keyring.encrypt(body, aad=header)
+        body = keyring.encrypt(bytes(body), aad=header)
+    return header, body
+
+
+def _compresses(sample: bytes, level: int) -> bool:
+    return len(zstandard.ZstdCompressor(level=level).compress(sample)) < 0.9 * len(sample)
+
+
+def pack(data: bytes, level: int, keyring: Keyring | None = None) -> bytes:
+    """pack_parts as one byte string."""
+    header, body = pack_parts(data, level, keyring)
     return header + body
 
 

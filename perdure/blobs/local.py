@@ -6,17 +6,29 @@ import asyncio
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from perdure.blobs.base import (
     REFRESH_AFTER,
     BlobRef,
     content_key,
-    pack,
+    pack_parts,
     unpack,
     written_with,
 )
 from perdure.crypto import Keyring
+
+_HASH_WHILE_WRITING = 1024 * 1024
+"""Values at least this big are hashed in parallel with their write."""
+_hashers: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    global _hashers
+    if _hashers is None:
+        _hashers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="perdure-hash")
+    return _hashers
 
 
 class LocalBlobStore:
@@ -41,36 +53,71 @@ class LocalBlobStore:
         return await asyncio.to_thread(self.put_sync, data)
 
     def put_sync(self, data: bytes) -> BlobRef:
-        """Blocking put(), for threads."""
-        key = content_key(data)
+        """Blocking put(), for threads. A large value is hashed in another thread while it is
+        written to a temporary file, then renamed to its content address (or dropped, if that
+        content is stored already)."""
+        if len(data) < _HASH_WHILE_WRITING:
+            key = content_key(data)
+            found = self._existing(key, len(data))
+            if found is not None:
+                return found
+            header, body = pack_parts(data, self.compression_level, self.keyring)
+            self._write(self._path(key), header, body)
+            return BlobRef(key=key, raw_size=len(data), stored_size=len(header) + len(body))
+        hashing = _hasher().submit(content_key, data)
+        header, body = pack_parts(data, self.compression_level, self.keyring)
+        tmp = self._spool(header, body)
+        try:
+            key = hashing.result()
+            found = self._existing(key, len(data))
+            if found is not None:
+                return found
+            self._commit(tmp, self._path(key))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return BlobRef(key=key, raw_size=len(data), stored_size=len(header) + len(body))
+
+    def _existing(self, key: str, raw_size: int) -> BlobRef | None:
+        """The reference of `key` if it is stored already (its time refreshed when old)."""
         path = self._path(key)
         try:
             found = path.stat()
         except FileNotFoundError:
-            pass
-        else:
-            if time.time() - found.st_mtime > REFRESH_AFTER:
-                os.utime(path)  # in use again: retention must not take it
-            return BlobRef(key=key, raw_size=len(data), stored_size=found.st_size)
-        stored = pack(data, self.compression_level, self.keyring)
-        self._write(path, stored)
-        return BlobRef(key=key, raw_size=len(data), stored_size=len(stored))
+            return None
+        if time.time() - found.st_mtime > REFRESH_AFTER:
+            os.utime(path)  # in use again: retention must not take it
+        return BlobRef(key=key, raw_size=raw_size, stored_size=found.st_size)
 
-    @staticmethod
-    def _write(path: Path, stored: bytes) -> None:
-        """Atomically and durably: a temporary file, fsynced, renamed, the folder fsynced."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    def _spool(self, *parts: bytes | memoryview) -> Path:
+        """A fsynced temporary file in the store's folder holding `parts`."""
+        spool = self.root / "tmp"
+        spool.mkdir(parents=True, exist_ok=True)
+        tmp = spool / f"{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}.tmp"
         with open(tmp, "wb") as f:
-            f.write(stored)
+            for part in parts:
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
+        return tmp
+
+    @staticmethod
+    def _commit(tmp: Path, path: Path) -> None:
+        """Rename the spooled file to `path`, durably (the folder is fsynced)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _write(self, path: Path, *parts: bytes | memoryview) -> None:
+        """Atomically and durably: a temporary file, fsynced, renamed, the folder fsynced."""
+        tmp = self._spool(*parts)
+        try:
+            self._commit(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     async def get(self, key: str) -> bytes:
         return await asyncio.to_thread(self.get_sync, key)
@@ -87,7 +134,7 @@ class LocalBlobStore:
             if written_with(stored) == wanted:
                 return False
             data = unpack(stored, self.keyring, what=f"blob {key}")
-            self._write(path, pack(data, self.compression_level, self.keyring))
+            self._write(path, *pack_parts(data, self.compression_level, self.keyring))
             return True
 
         return await asyncio.to_thread(rewrite)
