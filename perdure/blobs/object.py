@@ -24,12 +24,15 @@ from perdure.blobs.base import (
     BlobRef,
     content_key,
     pack,
+    pack_parts,
     unpack,
     written_with,
 )
 from perdure.crypto import Keyring
 from perdure.errors import CorruptJournal, StoreUnavailable
 
+_MULTIPART = 5 * 1024 * 1024
+"""Blobs above this are uploaded in parts of this size, several at once."""
 _CLIENT_OPTIONS = {"allow_http", "timeout", "connect_timeout", "allow_invalid_certificates"}
 
 
@@ -69,11 +72,16 @@ class ObjectBlobStore:
                 age = time.time() - head["last_modified"].timestamp()
                 if age <= REFRESH_AFTER:
                     return BlobRef(key=key, raw_size=len(data), stored_size=int(head["size"]))
-            stored = await asyncio.to_thread(pack, data, self.compression_level, self.keyring)
-            await obstore.put_async(self._store, path, stored)
+            header, body = await asyncio.to_thread(
+                pack_parts, data, self.compression_level, self.keyring
+            )
+            if len(body) > _MULTIPART:  # uploaded in parallel parts, header and body uncopied
+                await obstore.put_async(self._store, path, [header, body], chunk_size=_MULTIPART)
+            else:
+                await obstore.put_async(self._store, path, header + body)
         except Exception as exc:
             raise StoreUnavailable(f"object store {self.url}: put of {path} failed: {exc}") from exc
-        return BlobRef(key=key, raw_size=len(data), stored_size=len(stored))
+        return BlobRef(key=key, raw_size=len(data), stored_size=len(header) + len(body))
 
     async def get(self, key: str) -> bytes:
         path = _path(key)

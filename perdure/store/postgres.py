@@ -231,7 +231,8 @@ class PostgresStore(RowMapping, PostgresConnections):
 
     async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
         now = time.time()
-        all_params = [await self._new_run_params(run, now) for run in runs]
+        # large arguments go to the blob store side by side
+        all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
 
         async def work(conn: Conn) -> list[tuple[str, bool]]:
             out = []

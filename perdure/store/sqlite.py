@@ -217,7 +217,8 @@ class SQLiteStore(RowMapping):
 
     async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
         now = time.time()
-        all_params = [await self._new_run_params(run, now) for run in runs]
+        # large arguments go to the blob store side by side
+        all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
 
         def write(conn: sqlite3.Connection) -> list[tuple[str, bool]]:
             out = []
