@@ -30,5 +30,5 @@ def open_blobs(url: str, *, keyring: Keyring | None = None) -> BlobStore:
         return ObjectBlobStore(url, keyring=keyring)
     raise ConfigurationError(
         f"blob URL {url!r} is not supported; use file://PATH, s3://bucket/prefix, "
-        "gs://bucket/prefix or az://account/container/prefix"
+        "gs://bucket/prefix or az://container/prefix?account_name=ACCOUNT"
     )

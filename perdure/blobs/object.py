@@ -2,10 +2,11 @@
 compressed layout as the local folder, under the URL's prefix.
 
     s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1&allow_http=true
-    gs://bucket/prefix      az://account/container/prefix
+    gs://bucket/prefix      az://container/prefix?account_name=ACCOUNT
 
 Credentials come from the URL query (access_key_id, secret_access_key, ...) or the provider's
-usual environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, ...).
+usual environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION;
+GOOGLE_SERVICE_ACCOUNT, ...; AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, ...).
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ from perdure.blobs.base import (
     written_with,
 )
 from perdure.crypto import Keyring
-from perdure.errors import CorruptJournal, StoreUnavailable
+from perdure.errors import ConfigurationError, CorruptJournal, StoreUnavailable
 
 _MULTIPART = 5 * 1024 * 1024
 """Blobs above this are uploaded in parts of this size, several at once."""
 _CLIENT_OPTIONS = {"allow_http", "timeout", "connect_timeout", "allow_invalid_certificates"}
+
+
+def _redact(url: str) -> str:
+    """The URL without its query (which may hold credentials)."""
+    return url.split("?", 1)[0]
 
 
 def _path(key: str) -> str:
@@ -47,6 +53,7 @@ class ObjectBlobStore:
         self, url: str, *, compression_level: int = 3, keyring: Keyring | None = None
     ) -> None:
         self.url = url
+        self._where = _redact(url)  # for messages: the query may hold credentials
         self.compression_level = compression_level
         self.keyring = keyring
         parts = urlsplit(url)
@@ -58,7 +65,10 @@ class ObjectBlobStore:
         options: Any = client or None  # obstore's ClientConfig: a TypedDict of these keys
         # a few quick retries here; the step's own retry policy is the outer loop
         retry: Any = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}
-        self._store = from_url(base, **config, client_options=options, retry_config=retry)
+        try:
+            self._store = from_url(base, **config, client_options=options, retry_config=retry)
+        except Exception as exc:  # obstore's configuration errors
+            raise ConfigurationError(f"blob URL {_redact(url)}: {exc}".splitlines()[0]) from exc
 
     async def put(self, data: bytes) -> BlobRef:
         key = content_key(data)
@@ -80,7 +90,7 @@ class ObjectBlobStore:
             else:
                 await obstore.put_async(self._store, path, header + body)
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self.url}: put of {path} failed: {exc}") from exc
+            raise StoreUnavailable(f"object store {self._where}: put of {path} failed: {exc}") from exc
         return BlobRef(key=key, raw_size=len(data), stored_size=len(header) + len(body))
 
     async def get(self, key: str) -> bytes:
@@ -90,10 +100,10 @@ class ObjectBlobStore:
             stored = bytes(await result.bytes_async())
         except FileNotFoundError as exc:
             raise CorruptJournal(
-                f"object store {self.url}: blob {key} is referenced but missing"
+                f"object store {self._where}: blob {key} is referenced but missing"
             ) from exc
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self.url}: get of {path} failed: {exc}") from exc
+            raise StoreUnavailable(f"object store {self._where}: get of {path} failed: {exc}") from exc
         return await asyncio.to_thread(unpack, stored, self.keyring, what=f"blob {key}")
 
     async def _stored(self, key: str) -> bytes:
@@ -101,7 +111,7 @@ class ObjectBlobStore:
             result = await obstore.get_async(self._store, _path(key))
             return bytes(await result.bytes_async())
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self.url}: get of {key} failed: {exc}") from exc
+            raise StoreUnavailable(f"object store {self._where}: get of {key} failed: {exc}") from exc
 
     async def reencrypt(self, key: str) -> bool:
         stored = await self._stored(key)
@@ -113,7 +123,7 @@ class ObjectBlobStore:
         try:
             await obstore.put_async(self._store, _path(key), packed)
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self.url}: put of {key} failed: {exc}") from exc
+            raise StoreUnavailable(f"object store {self._where}: put of {key} failed: {exc}") from exc
         return True
 
     async def keys_older_than(self, moment: float) -> list[str]:
@@ -127,7 +137,7 @@ class ObjectBlobStore:
                     if len(folder) == 2 and meta["last_modified"].timestamp() < moment:
                         keys.append(folder + name)
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self.url}: list failed: {exc}") from exc
+            raise StoreUnavailable(f"object store {self._where}: list failed: {exc}") from exc
         return keys
 
     async def delete(self, keys: list[str], *, written_before: float) -> int:
@@ -143,5 +153,5 @@ class ObjectBlobStore:
             if doomed:
                 await obstore.delete_async(self._store, doomed)
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self.url}: delete failed: {exc}") from exc
+            raise StoreUnavailable(f"object store {self._where}: delete failed: {exc}") from exc
         return len(doomed)

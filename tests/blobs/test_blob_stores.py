@@ -12,7 +12,7 @@ import pytest
 
 import perdure
 from perdure.blobs import BlobStore, open_blobs
-from perdure.errors import CorruptJournal
+from perdure.errors import CorruptJournal, StoreUnavailable
 
 from ..conftest import running_worker, wait_until
 
@@ -140,3 +140,27 @@ async def test_an_object_store_failure_fails_the_attempt_and_is_retried(
 
 async def _failed_attempts(app: perdure.App, run_id: str) -> bool:
     return any(a.error for a in await app.store.load_attempts(run_id))
+
+
+def test_object_store_urls_are_configured_and_errors_hide_credentials() -> None:
+    from perdure.blobs.object import ObjectBlobStore
+    from perdure.errors import ConfigurationError
+
+    assert type(ObjectBlobStore("gs://bucket/prefix")._store).__name__ == "GCSStore"
+    azure = ObjectBlobStore("az://container/prefix?account_name=acct")
+    assert type(azure._store).__name__ == "AzureStore"
+    with pytest.raises(ConfigurationError, match="az://container/prefix") as missing:
+        ObjectBlobStore("az://container/prefix?account_key=hidden-key-value")
+    assert "hidden-key-value" not in str(missing.value)
+
+
+async def test_object_store_errors_do_not_carry_the_urls_credentials(s3_server: str) -> None:
+    url = (
+        "s3://no-such-bucket/p?endpoint=" + s3_server + "&region=us-east-1"
+        "&access_key_id=test&secret_access_key=very-secret-key&allow_http=true"
+    )
+    store = open_blobs(url)
+    with pytest.raises(StoreUnavailable) as failed:
+        await store.put(b"x" * 10)
+    assert "no-such-bucket" in str(failed.value)
+    assert "very-secret-key" not in str(failed.value)
