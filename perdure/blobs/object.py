@@ -90,7 +90,9 @@ class ObjectBlobStore:
             else:
                 await obstore.put_async(self._store, path, header + body)
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self._where}: put of {path} failed: {exc}") from exc
+            raise StoreUnavailable(
+                f"object store {self._where}: put of {path} failed: {exc}"
+            ) from exc
         return BlobRef(key=key, raw_size=len(data), stored_size=len(header) + len(body))
 
     async def get(self, key: str) -> bytes:
@@ -103,7 +105,9 @@ class ObjectBlobStore:
                 f"object store {self._where}: blob {key} is referenced but missing"
             ) from exc
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self._where}: get of {path} failed: {exc}") from exc
+            raise StoreUnavailable(
+                f"object store {self._where}: get of {path} failed: {exc}"
+            ) from exc
         return await asyncio.to_thread(unpack, stored, self.keyring, what=f"blob {key}")
 
     async def _stored(self, key: str) -> bytes:
@@ -111,7 +115,9 @@ class ObjectBlobStore:
             result = await obstore.get_async(self._store, _path(key))
             return bytes(await result.bytes_async())
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self._where}: get of {key} failed: {exc}") from exc
+            raise StoreUnavailable(
+                f"object store {self._where}: get of {key} failed: {exc}"
+            ) from exc
 
     async def reencrypt(self, key: str) -> bool:
         stored = await self._stored(key)
@@ -123,7 +129,9 @@ class ObjectBlobStore:
         try:
             await obstore.put_async(self._store, _path(key), packed)
         except Exception as exc:
-            raise StoreUnavailable(f"object store {self._where}: put of {key} failed: {exc}") from exc
+            raise StoreUnavailable(
+                f"object store {self._where}: put of {key} failed: {exc}"
+            ) from exc
         return True
 
     async def keys_older_than(self, moment: float) -> list[str]:
