@@ -1,6 +1,7 @@
 """perdure benchmarks: the workloads of PRODUCT.md, as JSON lines (one object per metric).
 
-    scripts/bench [--quick] [--only W1,W2,W5] [--store sqlite|postgres|all] [--out FILE]
+    scripts/bench [--quick] [--only W1,W2,W5] [--store sqlite|postgres|all] [--peer dbos]
+                  [--out FILE] [--report]
 
 W1 throughput (runs x 3 trivial steps, concurrency 50), W2 step overhead (one run of sequential
 steps), W3 crash resume (kill -9 during step 3 of 5), W4 big values (3 steps of 8 MiB), W5
@@ -418,6 +419,45 @@ def machine() -> Metric:
     }
 
 
+PEERS = {"dbos": ("dbos==3.4.0", "psycopg[binary]>=3.2")}
+"""Reference peers and what their virtualenv gets (pinned)."""
+PEER_WORKLOADS = {"W1", "W2", "W3", "W4", "W5", "FANOUT", "SLEEP10K"}
+
+
+def peer_python(peer: str) -> Path:
+    """The peer's own virtualenv under benchmarks/peers/PEER/.venv, created on first use."""
+    venv = ROOT / "benchmarks" / "peers" / peer / ".venv"
+    stamp = venv / ".installed"
+    wanted = "\n".join(PEERS[peer])
+    if not stamp.exists() or stamp.read_text() != wanted:
+        print(f"installing {' '.join(PEERS[peer])} into {venv} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *PEERS[peer]],
+            check=True,
+        )
+        stamp.write_text(wanted)
+    return venv / "bin" / "python"
+
+
+def run_peer(peer: str, workload: str, url: str, workdir: Path, quick: bool) -> list[Metric]:
+    """One workload on the peer, in a fresh process and database."""
+    script = ROOT / "benchmarks" / "peers" / peer / f"run_{peer}.py"
+    cmd = [str(peer_python(peer)), str(script), "--workload", workload, "--database", url]
+    done = subprocess.run(
+        [*cmd, *(["--quick"] if quick else [])],
+        env={**os.environ, "W3_DIR": str(workdir)},
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    metrics = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not metrics:
+        raise RuntimeError(f"{peer} {workload} failed:\n{done.stderr[-3000:]}")
+    return metrics
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller, faster runs")
@@ -433,6 +473,16 @@ def main() -> int:
         help="store to measure (postgres: $PERDURE_BENCH_POSTGRES_URL)",
     )
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument(
+        "--peer",
+        choices=sorted(PEERS),
+        help="also run the workloads on this reference peer (its own pinned virtualenv)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="write docs/benchmarks.md's figures and docs/benchmarks.png from this run",
+    )
     args = parser.parse_args()
     selected = [w.strip().upper() for w in args.only.split(",") if w.strip()]
     unknown = [w for w in selected if w not in WORKLOADS]
@@ -451,7 +501,19 @@ def main() -> int:
             for metric in metrics:
                 metric["store"] = store
                 emit(metric, args, facts, results)
+            if args.peer and name in PEER_WORKLOADS:  # right after ours, on the same store
+                with (
+                    tempfile.TemporaryDirectory(prefix=f"{args.peer}-bench-{name}-") as tmp,
+                    bench_database(store, Path(tmp), f"{args.peer}_{name}") as url,
+                ):
+                    for metric in run_peer(args.peer, name, url, Path(tmp), args.quick):
+                        metric["store"] = store
+                        emit(metric, args, facts, results)
     summarise(results)
+    if args.report:
+        from benchmarks.report import write_report
+
+        write_report(results, facts, quick=args.quick)
     return 0
 
 
@@ -466,20 +528,16 @@ def emit(metric: Metric, args: argparse.Namespace, facts: Metric, results: list[
 
 
 def summarise(results: list[Metric]) -> None:
-    """A table for people, on stderr (stdout stays JSON lines)."""
+    """A table for people, on stderr (stdout stays JSON lines): perdure, the peer, and how many
+    times better perdure is."""
     from rich.console import Console
     from rich.table import Table
 
-    floors = {m["store"]: m["value"] for m in results if m["workload"] == "floor"}
-    table = Table(
-        "store", "workload", "metric", "value", "x commit floor", title="perdure benchmarks"
-    )
-    for m in results:
-        per_commit = ""
-        floor = floors.get(m["store"])
-        if floor and "ms" in m["metric"] and m["workload"] != "floor":
-            per_commit = f"{m['value'] / floor:.2f}"
-        table.add_row(m["store"], m["workload"], m["metric"], f"{m['value']:.3f}", per_commit)
+    from benchmarks.report import compare
+
+    table = Table("store", "workload", "metric", "perdure", "peer", "x better", title="benchmarks")
+    for row in compare(results):
+        table.add_row(*row)
     Console(stderr=True).print(table)
 
 
