@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import perdure  # noqa: E402
+from perdure.store.base import RunStatus  # noqa: E402
 from perdure.worker import Worker  # noqa: E402
 
 Metric = dict[str, Any]
@@ -398,6 +399,61 @@ def postgres_floor() -> list[Metric]:
     return [{"workload": "floor", "metric": "commit_ms", "value": statistics.median(times)}]
 
 
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def sleep_10k(workdir: Path, quick: bool) -> list[Metric]:
+    """10,000 runs (1,000 with --quick) that each sleep durably until one shared moment: the
+    process's memory while they all sleep (worker and triggering code in one process), and how
+    late each one wakes (its first instruction after the sleep, minus the shared moment)."""
+    runs = 1000 if quick else 10_000
+    app = new_app(workdir)
+
+    @app.task(name="nap")
+    async def nap(wake_at: float) -> float:
+        await perdure.sleep(wake_at - time.time())  # the wake-up time is recorded
+        return time.time()
+
+    async def body() -> Metric:
+        baseline = rss_mb()
+        started = time.perf_counter()
+        wake_at = time.time() + (10.0 if quick else 30.0)
+        handles = []
+        for chunk in range(0, runs, 1000):
+            handles += await nap.batch_trigger([(wake_at,)] * min(1000, runs - chunk))
+
+        asleep = 0
+        while asleep < runs:  # every run has started and suspended
+            await asyncio.sleep(0.1)
+            asleep = len(await app.store.list_runs(status=RunStatus.WAITING, limit=runs))
+        start_seconds = time.perf_counter() - started
+        sleeping_rss = rss_mb()
+        if time.time() > wake_at:
+            raise RuntimeError("the runs took longer to start than the sleep lasted")
+        lags = sorted([await h.result(timeout=600) - wake_at for h in handles])
+        return {
+            "runs": runs,
+            "start_s": start_seconds,
+            "rss_mb": sleeping_rss,
+            "rss_added_mb": sleeping_rss - baseline,
+            "lag_p50": statistics.median(lags),
+            "lag_p95": lags[int(0.95 * len(lags)) - 1],
+        }
+
+    out = await with_worker(app, 50, body)
+    return [
+        {"workload": "SLEEP10K", "metric": "rss_mb", "value": out["rss_mb"], **out},
+        {"workload": "SLEEP10K", "metric": "wake_lag_p50_s", "value": out["lag_p50"]},
+        {"workload": "SLEEP10K", "metric": "wake_lag_p95_s", "value": out["lag_p95"]},
+        {"workload": "SLEEP10K", "metric": "start_s", "value": out["start_s"]},
+    ]
+
+
 WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] = {
     "FLOOR": commit_floor,
     "W1": w1_throughput,
@@ -407,6 +463,7 @@ WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] 
     "W5": w5_latency,
     "W1Q": w1_limited_queue,
     "FANOUT": fan_out,
+    "SLEEP10K": sleep_10k,
 }
 
 
@@ -464,7 +521,7 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default=",".join(WORKLOADS),
-        help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT)",
+        help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT, SLEEP10K)",
     )
     parser.add_argument(
         "--store",

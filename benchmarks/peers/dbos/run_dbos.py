@@ -207,7 +207,50 @@ def fanout(database: str, quick: bool) -> list[Metric]:
     return [{"workload": "FANOUT", "metric": "seconds", "value": seconds, "children": count}]
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "FANOUT": fanout}
+@DBOS.workflow()
+def nap(wake_at: float) -> float:
+    DBOS.sleep(wake_at - time.time())
+    return time.time()
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sleep_10k(database: str, quick: bool) -> list[Metric]:
+    runs = 1000 if quick else 10_000
+    launch(database)
+    started = time.perf_counter()
+    wake_at = time.time() + (30.0 if quick else 120.0)  # DBOS starts ~200 workflows/s here
+    handles = [DBOS.start_workflow(nap, wake_at) for _ in range(runs)]
+    start_seconds = time.perf_counter() - started
+    time.sleep(max(0.0, wake_at - time.time() - 1.0))
+    sleeping_rss = rss_mb()
+    lags = sorted(h.get_result() - wake_at for h in handles)
+    return [
+        {"workload": "SLEEP10K", "metric": "rss_mb", "value": sleeping_rss, "runs": runs},
+        {"workload": "SLEEP10K", "metric": "wake_lag_p50_s", "value": statistics.median(lags)},
+        {
+            "workload": "SLEEP10K",
+            "metric": "wake_lag_p95_s",
+            "value": lags[int(0.95 * len(lags)) - 1],
+        },
+        {"workload": "SLEEP10K", "metric": "start_s", "value": start_seconds},
+    ]
+
+
+WORKLOADS = {
+    "W1": w1,
+    "W2": w2,
+    "W3": w3,
+    "W4": w4,
+    "W5": w5,
+    "FANOUT": fanout,
+    "SLEEP10K": sleep_10k,
+}
 
 
 def main() -> int:
