@@ -27,6 +27,12 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _fmt_ratio(better: float | str | None) -> str:
+    if not isinstance(better, float):
+        return ""
+    return f"{better:.2f}x" if better < 10 else f"{better:.1f}x"
+
+
 def ratio(metric: str, ours: float, peer: float) -> float | None:
     """How many times better perdure is (above 1: perdure is better)."""
     if metric in HIGHER_IS_BETTER:
@@ -56,7 +62,7 @@ def compare(results: list[Metric]) -> list[tuple[str, str, str, str, str, str]]:
                 str(m["metric"]),
                 _fmt(float(m["value"])),
                 "" if theirs is None else _fmt(float(theirs["value"])),
-                "" if better in ("", None) else f"{better:.1f}x",
+                _fmt_ratio(better),
             )
         )
     return rows
@@ -113,3 +119,19 @@ def chart(results: list[Metric], peer: str) -> None:
     fig.tight_layout()
     fig.savefig(CHART, dpi=110)
     plt.close(fig)
+
+
+def main() -> int:
+    """`python -m benchmarks.report RESULTS.jsonl [--quick]`: the report from saved results."""
+    import json
+    import sys
+
+    path = Path(sys.argv[1])
+    results = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    facts = {k: results[0].get(k) for k in ("cpus", "platform", "python")} if results else {}
+    write_report(results, facts, quick="--quick" in sys.argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

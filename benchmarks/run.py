@@ -433,8 +433,7 @@ async def sleep_10k(workdir: Path, quick: bool) -> list[Metric]:
             asleep = len(await app.store.list_runs(status=RunStatus.WAITING, limit=runs))
         start_seconds = time.perf_counter() - started
         sleeping_rss = rss_mb()
-        if time.time() > wake_at:
-            raise RuntimeError("the runs took longer to start than the sleep lasted")
+        late = time.time() > wake_at  # (then the lags include the start)
         lags = sorted([await h.result(timeout=600) - wake_at for h in handles])
         return {
             "runs": runs,
@@ -443,6 +442,7 @@ async def sleep_10k(workdir: Path, quick: bool) -> list[Metric]:
             "rss_added_mb": sleeping_rss - baseline,
             "lag_p50": statistics.median(lags),
             "lag_p95": lags[int(0.95 * len(lags)) - 1],
+            "started_late": late,
         }
 
     out = await with_worker(app, 50, body)
