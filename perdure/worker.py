@@ -125,17 +125,15 @@ class Worker:
                 await reap_dead_workers(self.store, me, self.config)
                 return True
             except StoreError as exc:
-                log.warning(
-                    "worker %s cannot register (%s); retrying in %.1fs",
-                    self.id,
-                    exc,
-                    delay,
-                    extra={"action": "store_retry"},
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, _STORE_RETRY_MAX)
+                delay = await self._back_off(f"worker {self.id} cannot register", exc, delay)
         return False
+
+    async def _back_off(self, what: str, exc: StoreError, delay: float) -> float:
+        """Say why, wait `delay` (or until stop()), and return the next, longer delay."""
+        log.warning("%s (%s); retrying in %.1fs", what, exc, delay, extra={"action": "store_retry"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        return min(delay * 2, _STORE_RETRY_MAX)
 
     async def _serve(self, loop: asyncio.AbstractEventLoop, me: WorkerRecord) -> None:
         stamp = [time.monotonic()]
@@ -187,15 +185,7 @@ class Worker:
                 await self._iteration()
                 delay = _STORE_RETRY_MIN
             except StoreError as exc:
-                log.warning(
-                    "store unavailable (%s); retrying in %.1fs",
-                    exc,
-                    delay,
-                    extra={"action": "store_retry"},
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, _STORE_RETRY_MAX)
+                delay = await self._back_off("store unavailable", exc, delay)
 
     async def _iteration(self) -> None:
         """Claim what can be claimed, else wait until something may be."""

@@ -51,7 +51,7 @@ from perdure.store.pg_connections import (
     translate,
 )
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, check_same_entry, purge_params
+from perdure.store.rows import RowMapping, check_same_entry, purge_params, set_queue_params
 
 log = logging.getLogger("perdure.store")
 
@@ -550,14 +550,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         unlimited: bool = False,
         paused: bool | None = None,
     ) -> QueueConfig:
-        params = {
-            "app": app,
-            "name": name,
-            "concurrency": concurrency,
-            "set_limit": int(concurrency is not None or unlimited),
-            "paused": None if paused is None else int(paused),
-            "now": time.time(),
-        }
+        params = set_queue_params(app, name, concurrency, unlimited, paused)
 
         async def work(conn: Conn) -> dict[str, Any]:
             row = await (await conn.execute(Q["set_queue"], params)).fetchone()

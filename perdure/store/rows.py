@@ -114,6 +114,20 @@ def purge_params(
     }
 
 
+def set_queue_params(
+    app: str, name: str, concurrency: int | None, unlimited: bool, paused: bool | None
+) -> dict[str, Any]:
+    """Parameters of set_queue: a new limit (or none, with `unlimited`), paused or not."""
+    return {
+        "app": app,
+        "name": name,
+        "concurrency": concurrency,
+        "set_limit": int(concurrency is not None or unlimited),
+        "paused": None if paused is None else int(paused),
+        "now": time.time(),
+    }
+
+
 class RowMapping:
     """Records <-> rows, and large values <-> the blob store."""
 

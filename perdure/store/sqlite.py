@@ -43,7 +43,7 @@ from perdure.store.base import (
 from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, check_same_entry, purge_params
+from perdure.store.rows import RowMapping, check_same_entry, purge_params, set_queue_params
 
 log = logging.getLogger("perdure.store")
 
@@ -418,14 +418,7 @@ class SQLiteStore(RowMapping):
         unlimited: bool = False,
         paused: bool | None = None,
     ) -> QueueConfig:
-        params = {
-            "app": app,
-            "name": name,
-            "concurrency": concurrency,
-            "set_limit": int(concurrency is not None or unlimited),
-            "paused": None if paused is None else int(paused),
-            "now": time.time(),
-        }
+        params = set_queue_params(app, name, concurrency, unlimited, paused)
 
         def write(conn: sqlite3.Connection) -> sqlite3.Row:
             row: sqlite3.Row = conn.execute(Q["set_queue"], params).fetchone()
