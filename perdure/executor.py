@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import time
@@ -72,16 +73,26 @@ class TaskDef:
         args, kwargs = list(raw[0]), dict(raw[1])
         if codec is serde.Codec.PICKLE:
             return args, kwargs
-        try:
-            hints = typing.get_type_hints(self.fn)
-        except Exception:
+        hints, signature = _call_shape(self.fn)
+        if hints is None:
             return args, kwargs
-        bound = inspect.signature(self.fn).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
         for name, val in list(bound.arguments.items()):
             param = bound.signature.parameters[name]
             if name in hints and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 bound.arguments[name] = serde.convert(val, hints[name], what=f"{what}: {name}")
         return list(bound.args), dict(bound.kwargs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _call_shape(fn: Callable[..., Any]) -> tuple[dict[str, Any] | None, inspect.Signature]:
+    """A task function's type hints (None when they cannot be resolved) and signature, worked
+    out once: every run's arguments are converted with them."""
+    try:
+        hints: dict[str, Any] | None = typing.get_type_hints(fn)
+    except Exception:
+        hints = None
+    return hints, inspect.signature(fn)
 
 
 class Executor:
