@@ -470,7 +470,8 @@ class Task(Generic[P, R]):
         ctx = current()
         if ctx is None or in_step():
             news = [
-                options.new_run(self, v, idempotency_key=options.idempotency_key) for v in values
+                options.new_run(self, v, idempotency_key=_item_key(options, single, index))
+                for index, v in enumerate(values)
             ]
             created = await self.app.store.create_runs(news)
             return [
@@ -491,8 +492,11 @@ class Task(Generic[P, R]):
         else:
             news = []
             for index, value in enumerate(values):
-                key = options.idempotency_key
-                if key is None and options.debounce is None:
+                key = _item_key(options, single, index)
+                if awaited and key is not None:
+                    # scoped to this parent: an awaited run must be this run's own child
+                    key = f"perdure:{ctx.run.id}:{key}"
+                elif key is None and options.debounce is None:
                     # a crash before the entry is written: the same runs again
                     key = f"perdure:{ctx.run.id}:{seq}" + ("" if single else f":{index}")
                 news.append(
@@ -547,6 +551,12 @@ class Task(Generic[P, R]):
             error_message=error.message if error else "",
             traceback=error.traceback if error else "",
         )
+
+
+def _item_key(options: RunOptions, single: bool, index: int) -> str | None:
+    """The idempotency key of one run of a trigger: a batch's runs get one each."""
+    key = options.idempotency_key
+    return key if key is None or single else f"{key}:{index}"
 
 
 def _outcome(run: RunRecord) -> ChildOutcome:

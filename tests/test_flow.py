@@ -425,3 +425,27 @@ async def test_a_rate_limit_per_key(make_app: Callable[..., perdure.App]) -> Non
             assert len([s for s in times[i:] if s < start + 0.5]) <= 2
     # the keys are counted apart: both keys' first two started in the first window
     assert max(starts["a"][1], starts["b"][1]) - min(starts["a"][0], starts["b"][0]) < 0.5
+
+
+async def test_idempotency_keys_of_batches_and_of_awaited_children(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    app = make_app()
+
+    @app.task(name="echo")
+    async def echo(n: int) -> int:
+        return n
+
+    @app.task()
+    async def parent() -> int:
+        # the key is scoped to this parent: an outside run with the same key is not its child
+        return await echo.trigger_and_wait(7, idempotency_key="shared")
+
+    outside = await echo.trigger(1, idempotency_key="shared")
+    first = await echo.batch_trigger([(1,), (2,), (3,)], idempotency_key="batch")
+    again = await echo.batch_trigger([(1,), (2,), (3,)], idempotency_key="batch")
+    assert [h.id for h in first] == [h.id for h in again]  # the same runs
+    assert len({h.id for h in first}) == 3  # one per item
+    async with running_worker(app, concurrency=4):
+        assert await (await parent.trigger()).result(timeout=30) == 7
+        assert await outside.result(timeout=30) == 1
