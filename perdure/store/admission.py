@@ -48,6 +48,19 @@ class Turns:
             self._served.popitem(last=False)
 
 
+CANCEL_NEWEST_NOTE = "cancelled: its queue was full (cancel-newest)"
+
+
+def limits_apply(queues: Mapping[str, QueueConfig], task_limits: Mapping[str, int]) -> bool:
+    """True when some limit may hold a run back: the claim must go through `admit`."""
+    return bool(task_limits) or any(q.limited for q in queues.values())
+
+
+def rate_window(queues: Mapping[str, QueueConfig]) -> float:
+    """Seconds of recent starts `admit` needs to see: the longest rate period (0: none)."""
+    return max((q.rate_period or 0.0 for q in queues.values()), default=0.0)
+
+
 @dataclass(slots=True)
 class Admission:
     """What a claim does."""
@@ -60,6 +73,15 @@ class Admission:
     """Running runs asked to cancel by a cancel-in-progress strategy."""
     retry_at: float | None = None
     """When a rate-limited run may start."""
+
+    def cancellations(self, now: float) -> list[tuple[str, list[str], dict[str, Any]]]:
+        """What the strategies cancel, as (query name, run ids, other parameters)."""
+        out: list[tuple[str, list[str], dict[str, Any]]] = []
+        if self.cancel:
+            out.append(("cancel_queued_ids", self.cancel, {"now": now, "note": CANCEL_NEWEST_NOTE}))
+        if self.cancel_running:
+            out.append(("request_cancel_ids", self.cancel_running, {"now": now}))
+        return out
 
 
 def admit(

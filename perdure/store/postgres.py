@@ -27,7 +27,13 @@ from perdure.errors import (
     SchemaOutdated,
     SchemaTooNew,
 )
-from perdure.store.admission import CANDIDATE_SCAN, Turns, admit
+from perdure.store.admission import (
+    CANDIDATE_SCAN,
+    Turns,
+    admit,
+    limits_apply,
+    rate_window,
+)
 from perdure.store.base import (
     Attempt,
     ChangeToken,
@@ -291,7 +297,7 @@ class PostgresStore(RowMapping, PostgresConnections):
             "lock_class": _CLAIM_LOCK_CLASS,
         }
         queues = await self._queues(app)
-        if not task_limits and not any(q.limited for q in queues.values()):
+        if not limits_apply(queues, task_limits or {}):
 
             async def attempt() -> tuple[list[dict[str, Any]], float | None]:
                 # a claim need not wait for its WAL flush (losing one only means the run is
@@ -333,7 +339,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         candidates = await conn.execute(Q["claim_candidates"], scan)
         running = await conn.execute(Q["running_runs"], params)
         queues = {row["name"]: self._queue_config(row) for row in await fresh.fetchall()}
-        window = max((q.rate_period or 0.0 for q in queues.values()), default=0.0)
+        window = rate_window(queues)
         starts: list[dict[str, Any]] = []
         if window:
             cur = await conn.execute(Q["recent_starts"], {**params, "since": now - window})
@@ -348,15 +354,8 @@ class PostgresStore(RowMapping, PostgresConnections):
             now,
             self._turns,
         )
-        if admission.cancel:
-            note = "cancelled: its queue was full (cancel-newest)"
-            await conn.execute(
-                Q["cancel_queued_ids"], {"ids": admission.cancel, "now": now, "note": note}
-            )
-        if admission.cancel_running:
-            await conn.execute(
-                Q["request_cancel_ids"], {"ids": admission.cancel_running, "now": now}
-            )
+        for query, ids, more in admission.cancellations(now):
+            await conn.execute(Q[query], {**more, "ids": ids})
         cur = await conn.execute(Q["claim_ids"], {**params, "ids": admission.claim})
         return await cur.fetchall(), admission.retry_at
 

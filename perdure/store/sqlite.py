@@ -26,7 +26,13 @@ from perdure.errors import (
     SchemaTooNew,
     StoreUnavailable,
 )
-from perdure.store.admission import CANDIDATE_SCAN, Turns, admit
+from perdure.store.admission import (
+    CANDIDATE_SCAN,
+    Turns,
+    admit,
+    limits_apply,
+    rate_window,
+)
 from perdure.store.base import (
     Attempt,
     ChangeToken,
@@ -280,9 +286,9 @@ class SQLiteStore(RowMapping):
                 row["name"]: self._queue_config(row)
                 for row in conn.execute(Q["app_queues"], params)
             }
-            if not task_limits and not any(q.limited for q in queues.values()):
+            if not limits_apply(queues, task_limits or {}):
                 return conn.execute(Q["claim_runs"], params).fetchall(), None
-            window = max((q.rate_period or 0.0 for q in queues.values()), default=0.0)
+            window = rate_window(queues)
             admission = admit(
                 conn.execute(Q["claim_candidates"], {**params, "scan": limit + CANDIDATE_SCAN}),
                 conn.execute(Q["running_runs"], params).fetchall(),
@@ -295,13 +301,8 @@ class SQLiteStore(RowMapping):
                 now,
                 self._turns,
             )
-            ids = {"now": now, "note": "cancelled: its queue was full (cancel-newest)"}
-            if admission.cancel:
-                conn.execute(Q["cancel_queued_ids"], {**ids, "ids": json.dumps(admission.cancel)})
-            if admission.cancel_running:
-                conn.execute(
-                    Q["request_cancel_ids"], {**ids, "ids": json.dumps(admission.cancel_running)}
-                )
+            for query, ids, more in admission.cancellations(now):
+                conn.execute(Q[query], {**more, "ids": json.dumps(ids)})
             claimed = conn.execute(
                 Q["claim_ids"], {**params, "ids": json.dumps(admission.claim)}
             ).fetchall()

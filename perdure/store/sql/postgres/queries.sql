@@ -336,11 +336,11 @@ WITH e AS (
 ), fin AS (
     UPDATE runs
     SET status = %(status)s, worker_id = NULL,
-    available_at = CASE
-        WHEN %(children_target)s::integer IS NULL THEN %(available_at)s::double precision
-        WHEN children_done >= %(children_target)s::integer THEN %(now)s
-        END,
-    children_target = %(children_target)s::integer,
+        available_at = CASE
+            WHEN %(children_target)s::integer IS NULL THEN %(available_at)s::double precision
+            WHEN children_done >= %(children_target)s::integer THEN %(now)s
+            END,
+        children_target = %(children_target)s::integer,
         result_codec = %(result_codec)s, result = %(result)s, result_blob = %(result_blob)s,
         result_raw_size = %(result_raw_size)s, result_stored_size = %(result_stored_size)s,
         error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,
