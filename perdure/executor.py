@@ -29,6 +29,7 @@ from perdure.errors import (
 from perdure.step import error_info, return_type
 from perdure.store.base import (
     Attempt,
+    History,
     JournalEntry,
     RunRecord,
     RunStatus,
@@ -178,9 +179,15 @@ class Executor:
     async def _context(self, run: RunRecord, control: RunControl, task: TaskDef) -> RunContext:
         journal: list[JournalEntry] = []
         step_attempts: dict[int, int] = {}
-        if run.lease > 1:  # claimed before: there may be a journal (a first claim has none)
-            journal = await self.store.load_journal(run.id)
-            for attempt in await self.store.load_attempts(run.id):
+        history = control.history
+        control.history = None  # not kept while the run executes
+        if history is None and run.lease > 1:  # claimed before: there may be a journal
+            history = History(
+                await self.store.load_journal(run.id), await self.store.load_attempts(run.id)
+            )
+        if history is not None:
+            journal = history.journal
+            for attempt in history.attempts:
                 if attempt.run_attempt == run.attempt and attempt.seq > 0:
                     step_attempts[attempt.seq] = max(
                         step_attempts.get(attempt.seq, 0), attempt.attempt

@@ -23,6 +23,7 @@ from perdure.ids import new_id
 from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers, tick
 from perdure.store.base import (
     ChangeToken,
+    History,
     QueueConfig,
     RunRecord,
     RunStatus,
@@ -52,6 +53,8 @@ class RunControl:
     """The worker executing the run."""
     stop_reason: str | None = None
     """Set before the run's task is cancelled: "cancel" (user request) or "release" (drain)."""
+    history: History | None = None
+    """The run's journal and attempts, read with its claim (None: read them)."""
 
 
 Execute = Callable[[RunRecord, RunControl], Awaitable[None]]
@@ -83,6 +86,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._last_cancel_check = 0.0
+        self._looked: tuple[ChangeToken, float | None] | None = None
+        """The last look for claimable runs: the change token before it, and the earliest
+        time a run may be claimed (None: no run)."""
         self._last_unknown_check = 0.0
         self._lost = threading.Event()
         self._force = False
@@ -195,9 +201,15 @@ class Worker:
         wake_at = None
         blocked = False
         if free > 0:
-            # a read first: claiming is a write, and most wake-ups find nothing to claim
-            wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
+            looked = self._looked
+            if looked is not None and not self.store.changed_since(looked[0], (CLAIMABLE,)):
+                wake_at = looked[1]  # nothing became claimable since the last look (a slot freed)
+            else:
+                # a read first: claiming is a write, and most wake-ups find nothing to claim
+                wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
+                self._looked = (token, wake_at)
             if wake_at is not None and wake_at <= time.time():
+                self._looked = None  # what the claim takes changes what is left
                 claimed = await self.store.claim_runs(
                     app=self.app,
                     worker_id=self.id,
@@ -206,7 +218,7 @@ class Worker:
                     task_limits=self.task_limits,
                 )
                 for run in claimed:
-                    self._start(run)
+                    self._start(run, claimed.histories.get(run.id))
                 if claimed:
                     return  # there may be more waiting
                 # held back by limits: a run's end (here, or in another worker: polled) or the
@@ -244,8 +256,8 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await fut
 
-    def _start(self, run: RunRecord) -> None:
-        control = RunControl(worker_id=self.id)
+    def _start(self, run: RunRecord, history: History | None = None) -> None:
+        control = RunControl(worker_id=self.id, history=history)
         task = asyncio.create_task(self._guarded(run, control), name=f"perdure-run-{run.id}")
         self._active[run.id] = (task, control)
 

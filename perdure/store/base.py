@@ -8,7 +8,7 @@ lost its run can never record into it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -251,11 +251,29 @@ class QueueStats:
 
 
 class Claimed(list["RunRecord"]):
-    """Runs leased by claim_runs, and when runs held back by a rate limit may start."""
+    """Runs leased by claim_runs, their histories, and when runs held back by a rate limit
+    may start."""
 
     retry_at: float | None = None
     """Earliest time a rate-limited run may start (None: only a finishing run, a change of
     limits or a new run can make more claimable)."""
+    histories: dict[str, History]
+    """Each claimed run's journal and attempts, read with the claim (one read for the batch
+    instead of two per run): what load_journal and load_attempts would return."""
+
+    def __init__(self, runs: Iterable[RunRecord] = ()) -> None:
+        super().__init__(runs)
+        self.histories = {}
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A run's journal and its attempts, as recorded."""
+
+    journal: list[JournalEntry]
+    """Journal entries in seq order."""
+    attempts: list[Attempt]
+    """Attempts, as load_attempts returns them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -562,6 +580,12 @@ class Store(Protocol):
 
     def change_token(self) -> ChangeToken:
         """A marker of "now", to pass to wait_for_change(since=) after reading some state."""
+        ...
+
+    def changed_since(self, since: ChangeToken, topics: Collection[str] | None = None) -> bool:
+        """True if `topics` (None: anything) may have changed since `since`, as far as this
+        process has heard (another process's change may still be on its way: wait_for_change
+        returns when it arrives)."""
         ...
 
     async def wait_for_change(

@@ -68,8 +68,14 @@ class ChangeNotifier:
             with contextlib.suppress(RuntimeError):  # a closed loop's waiter is gone with it
                 loop.call_soon_threadsafe(_resolve, fut)
 
+    def changed(self, since: int, topics: frozenset[str] | None) -> bool:
+        """True if `topics` (None: anything) changed after generation `since`. Thread-safe."""
+        with self._lock:
+            return self.changed_since(since, topics)
+
     def changed_since(self, since: int, topics: frozenset[str] | None) -> bool:
-        """True if `topics` (None: anything) changed after generation `since`."""
+        """True if `topics` (None: anything) changed after generation `since` (holding the
+        lock)."""
         if topics is None:
             return self._generation != since
         if self._everything > since:

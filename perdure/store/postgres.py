@@ -10,6 +10,7 @@ workers' session locks are in pg_connections.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Collection
@@ -62,28 +63,66 @@ from perdure.store.rows import RowMapping, check_same_entry, purge_params, set_q
 log = logging.getLogger("perdure.store")
 
 _ENTRY_COLUMNS = (
-    "seq",
-    "kind",
-    "name",
-    "status",
-    "codec",
-    "value",
-    "blob_key",
-    "raw_size",
-    "stored_size",
-    "error",
-    "started_at",
-    "finished_at",
-    "run_attempt",
-    "attempt",
-    "attempt_started_at",
+    ("seq", "integer"),
+    ("kind", "text"),
+    ("name", "text"),
+    ("status", "text"),
+    ("codec", "text"),
+    ("value", "bytea"),
+    ("blob_key", "text"),
+    ("raw_size", "bigint"),
+    ("stored_size", "bigint"),
+    ("error", "bytea"),
+    ("started_at", "float8"),
+    ("finished_at", "float8"),
+    ("run_attempt", "integer"),
+    ("attempt", "integer"),
+    ("attempt_started_at", "float8"),
 )
-_ATTEMPT_COLUMNS = ("run_attempt", "seq", "attempt", "started_at", "finished_at", "error")
+_ATTEMPT_COLUMNS = (
+    ("run_attempt", "integer"),
+    ("seq", "integer"),
+    ("attempt", "integer"),
+    ("started_at", "float8"),
+    ("finished_at", "float8"),
+    ("error", "bytea"),
+)
+Columns = tuple[tuple[str, str], ...]
 
 
-def _columns(prefix: str, rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, Any]:
-    """Rows of parameters as one array per column (for unnest)."""
-    return {f"{prefix}{name}": [row[name] for row in rows] for name in names}
+def _rows_sql(prefix: str, columns: Columns, count: int) -> str:
+    """A query yielding `count` rows of parameters named PREFIX+column: none, one row of
+    scalars, or one array per column. Arrays cost far more to send than scalars (psycopg
+    inspects each list), and most finishes carry one row or none."""
+    if count == 0:
+        return (
+            "SELECT "
+            + ", ".join(f"NULL::{kind} AS {name}" for name, kind in columns)
+            + (" WHERE false")
+        )
+    if count == 1:
+        return "SELECT " + ", ".join(
+            f"%({prefix}{name})s::{kind} AS {name}" for name, kind in columns
+        )
+    arrays = ", ".join(f"%({prefix}{name})s::{kind}[]" for name, kind in columns)
+    return f"SELECT * FROM unnest({arrays}) AS r({', '.join(name for name, _ in columns)})"
+
+
+def _rows_params(prefix: str, columns: Columns, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parameters of _rows_sql(prefix, columns, len(rows))."""
+    if len(rows) == 1:
+        return {f"{prefix}{name}": rows[0][name] for name, _ in columns}
+    return {f"{prefix}{name}": [row[name] for row in rows] for name, _ in columns}
+
+
+@functools.cache
+def finish_statement(entries: int, attempts: int) -> str:
+    """finish_attempt_at_once for this many entries and attempts (2 stands for "several")."""
+    return (
+        Q["finish_attempt_at_once"]
+        .replace("/* entries */", _rows_sql("e_", _ENTRY_COLUMNS, entries))
+        .replace("/* attempts */", _rows_sql("a_", _ATTEMPT_COLUMNS, attempts))
+    )
 
 
 Q = load_queries("postgres")
@@ -236,6 +275,8 @@ class PostgresStore(RowMapping, PostgresConnections):
         return created
 
     async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
+        if len(runs) == 1 and runs[0].debounce_key is None:
+            return [await self.create_run(runs[0])]  # one statement, no transaction
         now = time.time()
         # large arguments go to the blob store side by side
         all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
@@ -381,6 +422,20 @@ class PostgresStore(RowMapping, PostgresConnections):
         rows = await self._read(Q["load_journal"], {"run_id": run_id}, "load_journal")
         return await self._journal_entries(run_id, rows)
 
+    async def _read_histories(
+        self, run_ids: list[str]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async def attempt() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            async with (
+                self._connection("read_histories", transaction=False) as conn,
+                conn.pipeline(),
+            ):
+                journal = await conn.execute(Q["histories"], {"ids": run_ids})
+                attempts = await conn.execute(Q["histories_attempts"], {"ids": run_ids})
+                return await journal.fetchall(), await attempts.fetchall()
+
+        return await self._retrying("read_histories", attempt)
+
     async def load_attempts(self, run_id: str) -> list[Attempt]:
         rows = await self._read(Q["load_attempts"], {"run_id": run_id}, "load_attempts")
         return self._attempts(run_id, rows)
@@ -497,16 +552,15 @@ class PostgresStore(RowMapping, PostgresConnections):
         if not transition.next_attempt and transition.status is not RunStatus.CANCELLED:
             at_once = {
                 **params,
-                **_columns("e_", entry_params, _ENTRY_COLUMNS),
-                **_columns("a_", attempt_params, _ATTEMPT_COLUMNS),
+                **_rows_params("e_", _ENTRY_COLUMNS, entry_params),
+                **_rows_params("a_", _ATTEMPT_COLUMNS, attempt_params),
                 "topics": topics,
             }
+            statement = finish_statement(min(len(entry_params), 2), min(len(attempt_params), 2))
 
             async def attempt() -> bool:
                 async with self._connection("finish_attempt", transaction=False) as conn:
-                    row = await (
-                        await conn.execute(Q["finish_attempt_at_once"], at_once)
-                    ).fetchone()
+                    row = await (await conn.execute(statement, at_once)).fetchone()
                     return bool(row and row["finished"])
 
             if await self._retrying("finish_attempt", attempt):
@@ -721,6 +775,9 @@ class PostgresStore(RowMapping, PostgresConnections):
 
     def change_token(self) -> ChangeToken:
         return self._notifier.token()
+
+    def changed_since(self, since: ChangeToken, topics: Collection[str] | None = None) -> bool:
+        return self._notifier.changed(since, None if topics is None else frozenset(topics))
 
     async def wait_for_change(
         self,

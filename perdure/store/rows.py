@@ -5,6 +5,7 @@ run the queries."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -20,6 +21,7 @@ from perdure.store.base import (
     EntryKind,
     EntryStatus,
     ErrorInfo,
+    History,
     JournalEntry,
     NewRun,
     QueueConfig,
@@ -31,6 +33,8 @@ from perdure.store.base import (
     WorkerRecord,
 )
 from perdure.store.notify import CLAIMABLE, run_topic
+
+log = logging.getLogger("perdure.store")
 
 
 class Row(Protocol):
@@ -270,11 +274,32 @@ class RowMapping:
         )
 
     async def _claimed(self, rows: Sequence[Row], retry_at: float | None) -> Claimed:
-        """Claimed runs in claim order (RETURNING has none)."""
+        """Claimed runs in claim order (RETURNING has none), with their histories."""
         rows = sorted(rows, key=lambda row: (-row["priority"], row["available_at"], row["id"]))
         claimed = Claimed([await self._run_record(row, full=True) for row in rows])
         claimed.retry_at = retry_at
+        again = [run.id for run in claimed if run.lease > 1]  # a first claim has no history
+        journals: dict[str, list[Row]] = {}
+        attempts: dict[str, list[Row]] = {}
+        if again:
+            journal_rows, attempt_rows = await self._read_histories(again)
+            for row in journal_rows:
+                journals.setdefault(row["run_id"], []).append(row)
+            for row in attempt_rows:
+                attempts.setdefault(row["run_id"], []).append(row)
+        for run in claimed:
+            try:
+                claimed.histories[run.id] = History(
+                    await self._journal_entries(run.id, journals.get(run.id, ())),
+                    self._attempts(run.id, attempts.get(run.id, ())),
+                )
+            except Exception:
+                log.debug("run %s: history not read with the claim", run.id, exc_info=True)
         return claimed
+
+    async def _read_histories(self, run_ids: list[str]) -> tuple[Sequence[Row], Sequence[Row]]:
+        """The journal rows (by run, in seq order) and attempt rows of these runs."""
+        raise NotImplementedError
 
     async def _in_order(self, run_ids: list[str], rows: Iterable[Row]) -> list[RunRecord]:
         by_id = {row["id"]: row for row in rows}

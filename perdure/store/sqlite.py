@@ -323,6 +323,12 @@ class SQLiteStore(RowMapping):
         rows = await self._read(Q["load_journal"], {"run_id": run_id})
         return await self._journal_entries(run_id, rows)
 
+    async def _read_histories(
+        self, run_ids: list[str]
+    ) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+        ids = {"ids": json.dumps(run_ids)}
+        return await self._read(Q["histories"], ids), await self._read(Q["histories_attempts"], ids)
+
     async def load_attempts(self, run_id: str) -> list[Attempt]:
         return self._attempts(run_id, await self._read(Q["load_attempts"], {"run_id": run_id}))
 
@@ -570,6 +576,9 @@ class SQLiteStore(RowMapping):
 
     def change_token(self) -> ChangeToken:
         return self._notifier.token()
+
+    def changed_since(self, since: ChangeToken, topics: Collection[str] | None = None) -> bool:
+        return self._notifier.changed(since, None if topics is None else frozenset(topics))
 
     async def wait_for_change(
         self,

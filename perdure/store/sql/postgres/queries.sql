@@ -196,6 +196,18 @@ SELECT run_id, run_attempt, seq, attempt, attempt_started_at, finished_at, NULL:
 FROM journal WHERE run_id = %(run_id)s AND attempt > 0
 ORDER BY run_attempt, seq, attempt;
 
+-- name: histories
+-- the journals of runs just claimed, read with the claim
+SELECT * FROM journal WHERE run_id = ANY(%(ids)s) ORDER BY run_id, seq;
+
+-- name: histories_attempts
+SELECT run_id, run_attempt, seq, attempt, started_at, finished_at, error
+FROM attempts WHERE run_id = ANY(%(ids)s)
+UNION ALL
+SELECT run_id, run_attempt, seq, attempt, attempt_started_at, finished_at, NULL::bytea
+FROM journal WHERE run_id = ANY(%(ids)s) AND attempt > 0
+ORDER BY run_id, run_attempt, seq, attempt;
+
 -- name: finish_attempt
 UPDATE runs
 SET status = %(status)s, worker_id = NULL,
@@ -318,21 +330,12 @@ SELECT id, pg_notify('perdure', 'claimable') FROM inserted;
 -- name: finish_attempt_at_once
 -- finish_attempt, its journal entries, its attempts and its wake-ups in one statement (one round
 -- trip). It does nothing if the lease is stale or a position is taken; the caller then takes the
--- step-by-step path, which says which.
+-- step-by-step path, which says which. The entries and attempts come as rows of parameters
+-- (no row, one row of scalars, or one array per column): see postgres.finish_statement.
 WITH e AS (
-    SELECT * FROM unnest(
-        %(e_seq)s::integer[], %(e_kind)s::text[], %(e_name)s::text[], %(e_status)s::text[],
-        %(e_codec)s::text[], %(e_value)s::bytea[], %(e_blob_key)s::text[],
-        %(e_raw_size)s::bigint[], %(e_stored_size)s::bigint[], %(e_error)s::bytea[],
-        %(e_started_at)s::float8[], %(e_finished_at)s::float8[], %(e_run_attempt)s::integer[],
-        %(e_attempt)s::integer[], %(e_attempt_started_at)s::float8[]
-    ) AS e(seq, kind, name, status, codec, value, blob_key, raw_size, stored_size, error,
-           started_at, finished_at, run_attempt, attempt, attempt_started_at)
+    /* entries */
 ), a AS (
-    SELECT * FROM unnest(
-        %(a_run_attempt)s::integer[], %(a_seq)s::integer[], %(a_attempt)s::integer[],
-        %(a_started_at)s::float8[], %(a_finished_at)s::float8[], %(a_error)s::bytea[]
-    ) AS a(run_attempt, seq, attempt, started_at, finished_at, error)
+    /* attempts */
 ), fin AS (
     UPDATE runs
     SET status = %(status)s, worker_id = NULL,

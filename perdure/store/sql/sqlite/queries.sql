@@ -184,6 +184,18 @@ SELECT run_id, run_attempt, seq, attempt, attempt_started_at, finished_at, NULL
 FROM journal WHERE run_id = :run_id AND attempt > 0
 ORDER BY run_attempt, seq, attempt;
 
+-- name: histories
+-- the journals of runs just claimed, read with the claim
+SELECT * FROM journal WHERE run_id IN (SELECT value FROM json_each(:ids)) ORDER BY run_id, seq;
+
+-- name: histories_attempts
+SELECT run_id, run_attempt, seq, attempt, started_at, finished_at, error
+FROM attempts WHERE run_id IN (SELECT value FROM json_each(:ids))
+UNION ALL
+SELECT run_id, run_attempt, seq, attempt, attempt_started_at, finished_at, NULL
+FROM journal WHERE run_id IN (SELECT value FROM json_each(:ids)) AND attempt > 0
+ORDER BY run_id, run_attempt, seq, attempt;
+
 -- name: finish_attempt
 UPDATE runs
 SET status = :status, worker_id = NULL,
