@@ -43,7 +43,12 @@ def postgres_columns(url: str) -> dict[str, list[str]]:
 
 async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str) -> None:
     store = SQLiteStore(tmp_path / "p.db", blobs=LocalBlobStore(tmp_path / "b"))
-    assert await store.migrate() == ["0001_initial", "0002_flow_control", "0003_retention"]
+    assert await store.migrate() == [
+        "0001_initial",
+        "0002_flow_control",
+        "0003_retention",
+        "0004_claim_order",
+    ]
     from_sqlite = sqlite_columns(tmp_path / "p.db")
     from_postgres = postgres_columns(postgres_url)
     assert all(from_sqlite[table] for table in TABLES)
@@ -120,3 +125,44 @@ async def test_postgres_upgraded_step_by_step_equals_fresh(
     finally:
         for name in names:
             pg.drop_database(name)
+
+
+def _claim_select(dialect: str) -> str:
+    """The claim's choice of runs (the subquery of claim_runs)."""
+    claim = load_queries(dialect)["claim_runs"]
+    return claim[claim.index("SELECT id") : claim.rindex(")")]
+
+
+async def test_a_claim_reads_only_the_runs_it_takes(tmp_path: Path, postgres_url: str) -> None:
+    """10,000 runs due at the same moment (say, sleeps that end together): the claim walks
+    the claim-order index and stops after its limit, on both dialects, instead of reading and
+    sorting every due run on each claim."""
+    store = SQLiteStore(tmp_path / "p.db", blobs=LocalBlobStore(tmp_path / "b"))
+    await store.migrate()
+    insert = (
+        "INSERT INTO runs (id, app, task, queue, status, args_codec, args, available_at, "
+        "created_at, updated_at, attempt, lease, priority, cancel_requested) VALUES "
+        "({p}, 'app', 'nap', 'default', 'waiting', 'msgpack', {empty}, 100.0, 1, 1, 1, 1, 0, 0)"
+    )
+    ids = [(f"{i:08d}",) for i in range(10_000)]
+    conn = sqlite3.connect(tmp_path / "p.db")
+    conn.executemany(insert.format(p="?", empty="x''"), ids)
+    conn.commit()
+    params = {"app": "app", "tasks": '["nap"]', "now": 1000.0, "limit": 50}
+    plan = " | ".join(
+        row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _claim_select("sqlite"), params)
+    )
+    conn.close()
+    assert "runs_claim_order" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+    with psycopg.connect(postgres_url, autocommit=True) as pg:
+        pg.execute("SET search_path = perdure")
+        with pg.cursor() as cur:
+            cur.executemany(insert.format(p="%s", empty="''::bytea"), ids)
+        pg.execute("ANALYZE runs")
+        params = {**params, "tasks": ["nap"]}
+        lines = pg.execute("EXPLAIN " + _claim_select("postgres"), params).fetchall()
+    plan = " | ".join(line[0] for line in lines)
+    assert "runs_claim_order" in plan, plan
+    assert "Sort" not in plan, plan

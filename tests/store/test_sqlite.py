@@ -77,6 +77,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0001_initial",
         "0002_flow_control",
         "0003_retention",
+        "0004_claim_order",
     ]
     await store.open()
     await store.close()

@@ -52,7 +52,7 @@ UPDATE runs
 SET status = 'running', worker_id = :worker_id, lease = lease + 1, note = NULL,
     started_at = coalesce(started_at, :now), updated_at = :now
 WHERE id IN (
-    SELECT id FROM runs
+    SELECT id FROM runs INDEXED BY runs_claim_order  -- in claim order: no sort of all due runs
     WHERE app = :app AND status IN ('queued', 'waiting') AND available_at <= :now
       AND task IN (SELECT value FROM json_each(:tasks))
     ORDER BY priority DESC, available_at, id
