@@ -62,6 +62,9 @@ class PostgresConnections:
         return {
             "row_factory": dict_row,
             "autocommit": True,
+            # every statement is one of a few, run over and over: prepare it on first use
+            # (psycopg's default waits for five runs on each pooled connection)
+            "prepare_threshold": 0,
             "options": f"-c search_path={SCHEMA}",
         }
 
