@@ -68,6 +68,119 @@ def compare(results: list[Metric]) -> list[tuple[str, str, str, str, str, str]]:
     return rows
 
 
+class _Figures:
+    """One store's figures of a run (perdure's and the peer's), by workload and metric."""
+
+    def __init__(self, results: list[Metric], store: str) -> None:
+        self.ours = {
+            (m["workload"], m["metric"]): float(m["value"])
+            for m in results
+            if m["store"] == store and not m.get("peer")
+        }
+        self.theirs = {
+            (m["workload"], m["metric"]): float(m["value"])
+            for m in results
+            if m["store"] == store and m.get("peer")
+        }
+
+    def get(self, workload: str, metric: str) -> float | None:
+        return self.ours.get((workload, metric))
+
+    def times_peer(self, workload: str, metric: str) -> float | None:
+        ours, theirs = self.ours.get((workload, metric)), self.theirs.get((workload, metric))
+        if ours is None or theirs is None:
+            return None
+        return ratio(metric, ours, theirs)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _x(value: float | None) -> str:
+    return "" if value is None else f"{_fmt(value)} x"
+
+
+def _target_cell(name: str, f: _Figures, store: str) -> str:
+    """One target on one store: the figures it is judged on, and met or missed."""
+    sqlite = store == "sqlite"
+    floor = f.get("floor", "commit_ms")
+    if name == "W1":
+        runs, peer = f.get("W1", "runs_per_s"), f.times_peer("W1", "runs_per_s")
+        if runs is None:
+            return ""
+        ok = runs >= (1000 if sqlite else 700) and (peer is None or peer >= 15)
+        return f"{_fmt(runs)} runs/s, {_x(peer) or 'no peer'} DBOS: {_verdict(ok)}"
+    if name == "W2":
+        step, journal = f.get("W2", "ms_per_step"), f.get("floor", "journal_commit_ms")
+        if step is None or not floor:
+            return ""
+        beside = f" ({_x(step / journal)} the journal-row commit)" if journal else ""
+        return f"{_x(step / floor)} the floor{beside}: {_verdict(step / floor <= 1.25)}"
+    if name == "W3":
+        again, seconds = (
+            f.get("W3", "completed_steps_reexecuted"),
+            f.get("W3", "restart_to_completion_s"),
+        )
+        if again is None or seconds is None:
+            return ""
+        ok = again == 0 and seconds <= 0.3
+        return f"{again:.0f} re-executed, {_fmt(seconds)} s: {_verdict(ok)}"
+    if name == "W4":
+        step, w4_floor = f.get("W4", "ms_per_step"), f.get("W4", "floor_ms")
+        if step is None or not w4_floor:
+            return ""
+        return f"{_x(step / w4_floor)} its floor: {_verdict(step / w4_floor <= 1.2)}"
+    if name == "W5":
+        p50, p95 = f.get("W5", "p50_ms"), f.get("W5", "p95_ms")
+        if p50 is None or p95 is None or not floor:
+            return ""
+        return (
+            f"p50 {_x(p50 / floor)}: {_verdict(p50 / floor <= 4)}; "
+            f"p95 {_x(p95 / floor)}: {_verdict(p95 / floor <= 8)}"
+        )
+    if name == "SLEEP10K":
+        rss, lag = f.get("SLEEP10K", "rss_mb"), f.get("SLEEP10K", "wake_lag_p95_s")
+        if rss is None or lag is None:
+            return ""
+        peer = f.times_peer("SLEEP10K", "wake_lag_p95_s")
+        return (
+            f"{_fmt(rss)} MB: {_verdict(rss <= 100)}; lag p95 {_fmt(lag)} s "
+            f"({_x(peer) or 'no peer'} DBOS): {_verdict(lag <= 0.7)}"
+        )
+    seconds, peer = f.get("FANOUT", "seconds"), f.times_peer("FANOUT", "seconds")
+    if seconds is None:
+        return ""
+    if not sqlite:
+        return f"{_fmt(seconds)} s, {_x(peer) or 'no peer'} DBOS (no target)"
+    ok = seconds <= 0.75 and (peer is None or peer >= 10)
+    return f"{_fmt(seconds)} s, {_x(peer) or 'no peer'} DBOS: {_verdict(ok)}"
+
+
+TARGETS = {
+    "W1": "W1 ≥ 1,000 runs/s SQLite, ≥ 700 PostgreSQL, ≥ 15 x DBOS",
+    "W2": "W2 ≤ 1.25 x commit floor",
+    "W3": "W3 restart → done ≤ 0.3 s, 0 re-executed",
+    "W4": "W4 ≤ 1.2 x its floor",
+    "W5": "W5 p50 ≤ 4 x, p95 ≤ 8 x commit floor",
+    "SLEEP10K": "SLEEP10K RSS ≤ 100 MB, wake lag p95 ≤ 0.7 s (≥ 10 x DBOS)",
+    "FANOUT": "FANOUT ≤ 0.75 s SQLite, ≥ 10 x DBOS",
+}
+"""The targets of the benchmark issue, judged from each run's own figures and floors."""
+
+
+def targets(results: list[Metric]) -> list[str]:
+    """The targets table (markdown lines) of a run."""
+    sqlite, postgres = _Figures(results, "sqlite"), _Figures(results, "postgres")
+    lines = ["| target | SQLite | PostgreSQL |", "|---|---|---|"]
+    for name, text in TARGETS.items():
+        lines.append(
+            f"| {text} | {_target_cell(name, sqlite, 'sqlite')} "
+            f"| {_target_cell(name, postgres, 'postgres')} |"
+        )
+    return lines
+
+
 def write_report(results: list[Metric], facts: Metric, *, quick: bool) -> None:
     """Rewrite the results part of docs/benchmarks.md, and the chart."""
     peer = next((str(m["peer"]) for m in results if m.get("peer")), None)
@@ -84,7 +197,9 @@ def write_report(results: list[Metric], facts: Metric, *, quick: bool) -> None:
     ]
     for row in compare(results):
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "![ratios](benchmarks.png)" if peer else "", "", END]
+    lines += ["", "![ratios](benchmarks.png)" if peer else "", ""]
+    lines += ["Targets, judged from this run's figures and floors:", "", *targets(results)]
+    lines += ["", END]
     text = DOC.read_text()
     block = "\n".join(lines)
     if BEGIN in text and END in text:
