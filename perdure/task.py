@@ -215,16 +215,13 @@ class RunHandle(Generic[R]):
             await store.wait_for_change(first_wait, topics=topics, since=since)
         while True:
             token = store.change_token()
+            known = store.completed_result(self.id)  # completed by this process: no read
+            if known is not None:
+                return self._decode(known)
             run = await store.get_run(self.id)
             if run.status is RunStatus.COMPLETED:
                 assert run.result is not None
-                value: R = serde.decode(
-                    run.result.data,
-                    codec=serde.Codec(run.result.codec),
-                    type_=self._result_type,
-                    what=f"result of run {self.id}",
-                )
-                return value
+                return self._decode(run.result)
             if run.status is RunStatus.FAILED:
                 error = run.error
                 raise TaskFailed(
@@ -249,6 +246,15 @@ class RunHandle(Generic[R]):
                         f"run {self.id} of task {run.task!r} is still {run.status} after {timeout}s"
                     )
             await store.wait_for_change(wait, topics=topics, since=token)
+
+    def _decode(self, result: Value) -> R:
+        value: R = serde.decode(
+            result.data,
+            codec=serde.Codec(result.codec),
+            type_=self._result_type,
+            what=f"result of run {self.id}",
+        )
+        return value
 
     def result_sync(self, timeout: float | None = None) -> R:
         """result() for synchronous callers."""

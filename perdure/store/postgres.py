@@ -58,7 +58,13 @@ from perdure.store.pg_connections import (
     translate,
 )
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, check_same_entry, purge_params, set_queue_params
+from perdure.store.rows import (
+    RecentResults,
+    RowMapping,
+    check_same_entry,
+    purge_params,
+    set_queue_params,
+)
 
 log = logging.getLogger("perdure.store")
 
@@ -164,6 +170,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         self.pool_size = pool_size
         self.retry_for = retry_for
         self._notifier = ChangeNotifier()
+        self._recent = RecentResults()
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]] = {}
         self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         self._session_locks: dict[str, psycopg.Connection[Any]] = {}
@@ -564,9 +571,11 @@ class PostgresStore(RowMapping, PostgresConnections):
                     return bool(row and row["finished"])
 
             if await self._retrying("finish_attempt", attempt):
+                self._completed(run_id, transition)
                 self._notifier.notify(set(topics))
                 return
         await self._write("finish_attempt", work, topics)
+        self._completed(run_id, transition)  # the waiters woken by the commit run after this
 
     async def cancel_run(self, run_id: str) -> RunStatus:
         params = {"id": run_id, "now": time.time()}

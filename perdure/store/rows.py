@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -132,6 +133,23 @@ def set_queue_params(
     }
 
 
+class RecentResults:
+    """The results of the last runs completed by this process (small ones only), so that a
+    caller in the same process awaiting one need not read it back."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self._results: OrderedDict[str, Value] = OrderedDict()
+
+    def add(self, run_id: str, value: Value) -> None:
+        self._results[run_id] = value
+        if len(self._results) > self.keep:
+            self._results.popitem(last=False)
+
+    def get(self, run_id: str) -> Value | None:
+        return self._results.get(run_id)
+
+
 class RowMapping:
     """Records <-> rows, and large values <-> the blob store."""
 
@@ -139,6 +157,17 @@ class RowMapping:
     inline_limit: int
     keyring: Keyring | None = None
     """Encrypts inline values (blobs encrypt themselves) when it has a current key."""
+    _recent: RecentResults
+
+    def completed_result(self, run_id: str) -> Value | None:
+        return self._recent.get(run_id)
+
+    def _completed(self, run_id: str, transition: Transition) -> None:
+        """Remember a committed completion's result (call before announcing it)."""
+        result = transition.result
+        completed = transition.status is RunStatus.COMPLETED and result is not None
+        if completed and result is not None and len(result.data) <= self.inline_limit:
+            self._recent.add(run_id, result)
 
     async def offload(self, value: Value | None) -> Value | None:
         if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:

@@ -49,7 +49,13 @@ from perdure.store.base import (
 from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
-from perdure.store.rows import RowMapping, check_same_entry, purge_params, set_queue_params
+from perdure.store.rows import (
+    RecentResults,
+    RowMapping,
+    check_same_entry,
+    purge_params,
+    set_queue_params,
+)
 
 log = logging.getLogger("perdure.store")
 
@@ -84,6 +90,7 @@ class SQLiteStore(RowMapping):
         self.auto_migrate = auto_migrate
         self.poll_interval = poll_interval
         self._notifier = ChangeNotifier()
+        self._recent = RecentResults()
         self._local = threading.local()
         self._writer: GroupCommitWriter | None = None
         self._open_lock = threading.Lock()
@@ -385,6 +392,8 @@ class SQLiteStore(RowMapping):
                 conn.execute(Q["request_cancel_tree"], params)
 
         await self._write(write, topics)
+        # the waiters woken by the commit run after this: they find the result here
+        self._completed(run_id, transition)
 
     async def cancel_run(self, run_id: str) -> RunStatus:
         params = {"id": run_id, "now": time.time()}

@@ -227,6 +227,40 @@ async def test_complete_is_recorded_once(store: Store) -> None:
     assert run.finished_at is not None
 
 
+async def test_a_completion_committed_here_is_known_without_a_read(store: Store) -> None:
+    """completed_result returns what get_run returns, once the completion is committed, and
+    only then: not for a lost lease, a failure, a big (offloaded) result or another run."""
+    small, big = _value(b"\x07"), _value(bytes(range(256)) * 64)
+    ids = []
+    for result in (small, big):
+        await store.create_run(_new_run())
+        run_id, lease = await _claim_one(store)
+        assert store.completed_result(run_id) is None
+        done = Transition(status=RunStatus.COMPLETED, result=result)
+        await store.finish_attempt(run_id, lease, done, entries=[], attempts=[])
+        with pytest.raises(LeaseLost):  # a stale worker's completion is not remembered
+            await store.finish_attempt(
+                run_id,
+                lease,
+                Transition(status=RunStatus.COMPLETED, result=_value(b"\x09")),
+                entries=[],
+                attempts=[],
+            )
+        ids.append(run_id)
+    known = store.completed_result(ids[0])
+    stored = (await store.get_run(ids[0])).result
+    assert known is not None
+    assert stored is not None
+    assert (known.codec, known.data) == (stored.codec, stored.data) == ("msgpack", b"\x07")
+    assert store.completed_result(ids[1]) is None  # offloaded: read from the blob store
+    await store.create_run(_new_run())
+    run_id, lease = await _claim_one(store)
+    failed = Transition(status=RunStatus.FAILED, error=ErrorInfo(type="x.E", message="no"))
+    await store.finish_attempt(run_id, lease, failed, entries=[], attempts=[])
+    assert store.completed_result(run_id) is None
+    assert store.completed_result(new_id()) is None
+
+
 async def test_cancel(store: Store) -> None:
     queued, _ = await store.create_run(_new_run())
     assert await store.cancel_run(queued) is RunStatus.CANCELLED
