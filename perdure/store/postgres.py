@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -27,6 +28,7 @@ from perdure.errors import (
     RunNotFound,
     SchemaOutdated,
     SchemaTooNew,
+    StoreUnavailable,
 )
 from perdure.store.admission import (
     CANDIDATE_SCAN,
@@ -121,6 +123,47 @@ def _rows_params(prefix: str, columns: Columns, rows: list[dict[str, Any]]) -> d
     return {f"{prefix}{name}": [row[name] for row in rows] for name, _ in columns}
 
 
+_FINISH_COLUMNS = (
+    "id",
+    "lease",
+    "status",
+    "available_at",
+    "children_target",
+    "result_codec",
+    "result",
+    "result_blob",
+    "result_raw_size",
+    "result_stored_size",
+    "error",
+    "bump",
+    "now",
+    "finished_at",
+)
+_RUN_ENTRY_COLUMNS = (("run_id", "text"), *_ENTRY_COLUMNS)
+_RUN_ATTEMPT_COLUMNS = (("run_id", "text"), *_ATTEMPT_COLUMNS)
+
+
+@dataclass(slots=True)
+class _Finish:
+    """One run's completion waiting for its group's statement."""
+
+    params: dict[str, Any]
+    entries: list[dict[str, Any]]
+    attempts: list[dict[str, Any]]
+    topics: list[str]
+    future: asyncio.Future[bool]
+
+
+@functools.cache
+def finish_many_statement(entries: int, attempts: int) -> str:
+    """finish_many for this many entries and attempts in all (2 stands for "several")."""
+    return (
+        Q["finish_many"]
+        .replace("/* entries */", _rows_sql("e_", _RUN_ENTRY_COLUMNS, entries))
+        .replace("/* attempts */", _rows_sql("a_", _RUN_ATTEMPT_COLUMNS, attempts))
+    )
+
+
 @functools.cache
 def finish_statement(entries: int, attempts: int) -> str:
     """finish_attempt_at_once for this many entries and attempts (2 stands for "several")."""
@@ -177,10 +220,14 @@ class PostgresStore(RowMapping, PostgresConnections):
         self._append_groups: dict[
             asyncio.AbstractEventLoop, list[tuple[dict[str, Any], asyncio.Future[bool]]]
         ] = {}
+        self._finish_groups: dict[asyncio.AbstractEventLoop, list[_Finish]] = {}
         self._group_tasks: set[asyncio.Task[None]] = set()
         self.grouped_appends = 0
         """Step records written through group commit (for tests and stats)."""
         self.append_groups = 0
+        self.grouped_finishes = 0
+        """Completions sent in groups, and how many groups (see _grouped_finish)."""
+        self.finish_groups = 0
         """Transactions those records took."""
         self._opened = False
         self._queue_cache: dict[str, tuple[float, dict[str, QueueConfig]]] = {}
@@ -557,25 +604,96 @@ class PostgresStore(RowMapping, PostgresConnections):
 
         # a task retry also drops entries, a cancel cancels the children: step by step
         if not transition.next_attempt and transition.status is not RunStatus.CANCELLED:
-            at_once = {
-                **params,
-                **_rows_params("e_", _ENTRY_COLUMNS, entry_params),
-                **_rows_params("a_", _ATTEMPT_COLUMNS, attempt_params),
-                "topics": topics,
-            }
-            statement = finish_statement(min(len(entry_params), 2), min(len(attempt_params), 2))
 
-            async def attempt() -> bool:
-                async with self._connection("finish_attempt", transaction=False) as conn:
-                    row = await (await conn.execute(statement, at_once)).fetchone()
-                    return bool(row and row["finished"])
+            async def grouped() -> bool:
+                return await self._grouped_finish(params, entry_params, attempt_params, topics)
 
-            if await self._retrying("finish_attempt", attempt):
+            if await self._retrying("finish_attempt", grouped):
                 self._completed(run_id, transition)
                 self._notifier.notify(set(topics))
                 return
         await self._write("finish_attempt", work, topics)
         self._completed(run_id, transition)  # the waiters woken by the commit run after this
+
+    async def _grouped_finish(
+        self,
+        params: dict[str, Any],
+        entries: list[dict[str, Any]],
+        attempts: list[dict[str, Any]],
+        topics: list[str],
+    ) -> bool:
+        """Group commit of completions: those that runs submit in one event-loop iteration go
+        to the server as one statement (alone: finish_attempt_at_once). True when the run was
+        finished; False sends it down the step-by-step path, which says why not."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        group = self._finish_groups.get(loop)
+        if group is None:
+            group = self._finish_groups[loop] = []
+            loop.call_soon(
+                lambda: self._group_tasks.add(loop.create_task(self._commit_finishes(loop)))
+            )
+        group.append(_Finish(params, entries, attempts, topics, fut))
+        return await fut
+
+    async def _commit_finishes(self, loop: asyncio.AbstractEventLoop) -> None:
+        group = self._finish_groups.pop(loop, [])
+        finished: set[str] = set()
+        try:
+            async with self._connection("finish_attempt", transaction=False) as conn:
+                if len(group) == 1:
+                    (one,) = group
+                    statement = finish_statement(
+                        min(len(one.entries), 2), min(len(one.attempts), 2)
+                    )
+                    cur = await conn.execute(
+                        statement,
+                        {
+                            **one.params,
+                            **_rows_params("e_", _ENTRY_COLUMNS, one.entries),
+                            **_rows_params("a_", _ATTEMPT_COLUMNS, one.attempts),
+                            "topics": one.topics,
+                        },
+                    )
+                    row = await cur.fetchone()
+                    if row and row["finished"]:
+                        finished.add(one.params["id"])
+                else:
+                    finished = await self._finish_many(conn, group)
+        except StoreUnavailable as exc:  # each retries
+            for one in group:
+                if not one.future.done():
+                    one.future.set_exception(exc)
+            return
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].future.set_exception(exc)
+                return
+            # one run's trouble must not fail the others: each takes the step-by-step path
+            log.warning("grouped completion failed (%s); finishing one by one", exc)
+        finally:
+            self._group_tasks.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+        self.grouped_finishes += len(group)
+        self.finish_groups += 1
+        for one in group:
+            if not one.future.done():
+                one.future.set_result(one.params["id"] in finished)
+
+    @staticmethod
+    async def _finish_many(conn: Conn, group: list[_Finish]) -> set[str]:
+        """finish_many for `group`; the ids of the runs it finished."""
+        entries = [entry for one in group for entry in one.entries]
+        attempts = [attempt for one in group for attempt in one.attempts]
+        params = {
+            **{f"f_{name}": [one.params[name] for one in group] for name in _FINISH_COLUMNS},
+            **_rows_params("e_", _RUN_ENTRY_COLUMNS, entries),
+            **_rows_params("a_", _RUN_ATTEMPT_COLUMNS, attempts),
+            "t_run": [one.params["id"] for one in group for _ in one.topics],
+            "t_topic": [topic for one in group for topic in one.topics],
+        }
+        statement = finish_many_statement(min(len(entries), 2), min(len(attempts), 2))
+        cur = await conn.execute(statement, params)
+        return {str(row["id"]) for row in await cur.fetchall()}
 
     async def cancel_run(self, run_id: str) -> RunStatus:
         params = {"id": run_id, "now": time.time()}

@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 from perdure.blobs import LocalBlobStore
+from perdure.errors import CorruptJournal, LeaseLost
+from perdure.store.base import Attempt, RunStatus, Transition
 from perdure.store.postgres import PostgresStore
 
 from ..conftest import ROOT
-from .test_contract import _claim_one, _entry, _new_run
+from .test_contract import _claim_one, _entry, _new_run, _value
 
 
 async def test_concurrent_step_records_share_a_commit(tmp_path: Path, postgres_url: str) -> None:
@@ -30,6 +32,75 @@ async def test_concurrent_step_records_share_a_commit(tmp_path: Path, postgres_u
     assert store.append_groups < 20  # several runs' records per transaction
     for run_id, _lease in leases:
         assert [e.seq for e in await store.load_journal(run_id)] == [1]
+    await store.close()
+
+
+async def test_concurrent_completions_share_a_statement(tmp_path: Path, postgres_url: str) -> None:
+    """Completions submitted together go as one statement, and each keeps its own outcome:
+    finished with its entries and attempts, suspended, a stale lease (LeaseLost), or an entry
+    colliding with a recorded one (CorruptJournal) — the last two do not fail the others."""
+    store = PostgresStore(postgres_url, blobs=LocalBlobStore(tmp_path), inline_limit=1024)
+    await store.open()
+    leases = []
+    for _ in range(8):
+        await store.create_run(_new_run())
+        leases.append(await _claim_one(store))
+    (stale, stale_lease), (collide, collide_lease), (sleeper, sleeper_lease) = leases[:3]
+    await store.append(collide, collide_lease, entries=[_entry(1)], attempts=[])
+    now = time.time()
+    done = [
+        store.finish_attempt(
+            run_id,
+            lease,
+            Transition(status=RunStatus.COMPLETED, result=_value(bytes([i]))),
+            entries=[_entry(1), _entry(2)] if i % 2 else [_entry(1)],
+            attempts=[
+                Attempt(
+                    run_id=run_id, run_attempt=1, seq=1, attempt=1, started_at=now, finished_at=now
+                )
+            ],
+        )
+        for i, (run_id, lease) in enumerate(leases[3:])
+    ]
+    outcomes = await asyncio.gather(
+        *done,
+        store.finish_attempt(
+            stale, stale_lease + 1, Transition(status=RunStatus.COMPLETED), entries=[], attempts=[]
+        ),
+        store.finish_attempt(
+            collide,
+            collide_lease,
+            Transition(status=RunStatus.COMPLETED, result=_value()),
+            entries=[_entry(1, b"\x09")],
+            attempts=[],
+        ),
+        store.finish_attempt(
+            sleeper,
+            sleeper_lease,
+            Transition(status=RunStatus.WAITING, available_at=now + 60),
+            entries=[_entry(1)],
+            attempts=[],
+        ),
+        return_exceptions=True,
+    )
+    assert outcomes[:5] == [None] * 5
+    assert isinstance(outcomes[5], LeaseLost)
+    assert isinstance(outcomes[6], CorruptJournal)
+    assert outcomes[7] is None
+    assert store.finish_groups < store.grouped_finishes  # several completions per statement
+    for i, (run_id, _lease) in enumerate(leases[3:]):
+        run = await store.get_run(run_id)
+        assert run.status is RunStatus.COMPLETED
+        assert run.result is not None
+        assert run.result.data == bytes([i])
+        assert [e.seq for e in await store.load_journal(run_id)] == ([1, 2] if i % 2 else [1])
+        assert [(a.seq, a.attempt) for a in await store.load_attempts(run_id)] == [(1, 1)]
+    assert (await store.get_run(stale)).status is RunStatus.RUNNING
+    assert (await store.get_run(collide)).status is RunStatus.RUNNING
+    slept = await store.get_run(sleeper)
+    assert slept.status is RunStatus.WAITING
+    assert slept.available_at == now + 60
+    assert [e.seq for e in await store.load_journal(sleeper)] == [1]
     await store.close()
 
 

@@ -65,6 +65,7 @@ def test_dialects_name_the_same_queries() -> None:
         "append_entry_fenced",
         "claim_lock",
         "finish_attempt_at_once",
+        "finish_many",
         "insert_run_notify",
         "session_locks",
     }

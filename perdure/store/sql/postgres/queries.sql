@@ -369,6 +369,62 @@ WITH e AS (
 )
 SELECT (SELECT count(*) FROM fin) AS finished, (SELECT count(*) FROM woken) AS woken;
 
+-- name: finish_many
+-- the completions of several runs (each as in finish_attempt_at_once) in one statement: a run
+-- whose lease is stale or one of whose entries' positions is taken is left out (the returned
+-- ids are those finished), and the caller takes the step-by-step path for it
+WITH f AS (
+    SELECT * FROM unnest(
+        %(f_id)s::text[], %(f_lease)s::bigint[], %(f_status)s::text[],
+        %(f_available_at)s::float8[], %(f_children_target)s::integer[],
+        %(f_result_codec)s::text[], %(f_result)s::bytea[], %(f_result_blob)s::text[],
+        %(f_result_raw_size)s::bigint[], %(f_result_stored_size)s::bigint[],
+        %(f_error)s::bytea[], %(f_bump)s::integer[], %(f_now)s::float8[],
+        %(f_finished_at)s::float8[]
+    ) AS f(id, lease, status, available_at, children_target, result_codec, result,
+           result_blob, result_raw_size, result_stored_size, error, bump, now, finished_at)
+), e AS (
+    /* entries */
+), a AS (
+    /* attempts */
+), fin AS (
+    UPDATE runs r
+    SET status = f.status, worker_id = NULL,
+        available_at = CASE
+            WHEN f.children_target IS NULL THEN f.available_at
+            WHEN r.children_done >= f.children_target THEN f.now
+            END,
+        children_target = f.children_target,
+        result_codec = f.result_codec, result = f.result, result_blob = f.result_blob,
+        result_raw_size = f.result_raw_size, result_stored_size = f.result_stored_size,
+        error = coalesce(f.error, r.error), attempt = r.attempt + f.bump, cancel_requested = 0,
+        updated_at = f.now, finished_at = f.finished_at
+    FROM f
+    WHERE r.id = f.id AND r.lease = f.lease AND r.status = 'running'
+      AND NOT EXISTS (
+          SELECT 1 FROM e JOIN journal j ON j.run_id = e.run_id AND j.seq = e.seq
+          WHERE e.run_id = f.id)
+    RETURNING r.id
+), entries AS (
+    INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
+                         stored_size, error, started_at, finished_at, run_attempt, attempt,
+                         attempt_started_at)
+    SELECT e.run_id, e.seq, e.kind, e.name, e.status, e.codec, e.value, e.blob_key, e.raw_size,
+           e.stored_size, e.error, e.started_at, e.finished_at, e.run_attempt, e.attempt,
+           e.attempt_started_at
+    FROM e WHERE e.run_id IN (SELECT id FROM fin)
+), attempts_in AS (
+    INSERT INTO attempts (run_id, run_attempt, seq, attempt, started_at, finished_at, error)
+    SELECT a.run_id, a.run_attempt, a.seq, a.attempt, a.started_at, a.finished_at, a.error
+    FROM a WHERE a.run_id IN (SELECT id FROM fin)
+    ON CONFLICT DO NOTHING
+), woken AS (
+    SELECT pg_notify('perdure', t.topic)
+    FROM unnest(%(t_run)s::text[], %(t_topic)s::text[]) AS t(run_id, topic)
+    WHERE t.run_id IN (SELECT id FROM fin)
+)
+SELECT id, (SELECT count(*) FROM woken) AS woken FROM fin;
+
 -- name: purgeable_runs
 -- ended before the cutoff; never a child whose parent still waits for it
 SELECT id FROM runs
