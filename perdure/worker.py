@@ -220,6 +220,8 @@ class Worker:
                 for run in claimed:
                     self._start(run, claimed.histories.get(run.id))
                 if claimed:
+                    if claimed.looked and len(claimed) < free:  # it took every run due
+                        self._looked = (token, claimed.next_at)
                     return  # there may be more waiting
                 # held back by limits: a run's end (here, or in another worker: polled) or the
                 # rate window frees them

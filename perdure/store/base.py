@@ -260,6 +260,10 @@ class Claimed(list["RunRecord"]):
     histories: dict[str, History]
     """Each claimed run's journal and attempts, read with the claim (one read for the batch
     instead of two per run): what load_journal and load_attempts would return."""
+    looked: bool = False
+    """True when next_at was read with the claim (what next_wake_at would return after it)."""
+    next_at: float | None = None
+    """With looked: when the next run left may be claimed (None: no run left)."""
 
     def __init__(self, runs: Iterable[RunRecord] = ()) -> None:
         super().__init__(runs)

@@ -61,6 +61,7 @@ from perdure.store.pg_connections import (
 )
 from perdure.store.queries import load_migrations, load_queries
 from perdure.store.rows import (
+    UNKNOWN,
     RecentResults,
     RowMapping,
     check_same_entry,
@@ -394,9 +395,10 @@ class PostgresStore(RowMapping, PostgresConnections):
         queues = await self._queues(app)
         if not limits_apply(queues, task_limits or {}):
 
-            async def attempt() -> tuple[list[dict[str, Any]], float | None]:
+            async def attempt() -> tuple[list[dict[str, Any]], float | None, float | None]:
                 # a claim need not wait for its WAL flush (losing one only means the run is
-                # claimed again), and the pipeline sends the statements together
+                # claimed again), and the pipeline sends the statements together, with the
+                # look at what is left (the worker's next read)
                 async with (
                     self._connection("claim_runs", transaction=False) as conn,
                     conn.pipeline(),
@@ -405,20 +407,24 @@ class PostgresStore(RowMapping, PostgresConnections):
                         await conn.execute("SET LOCAL synchronous_commit TO off")
                         await conn.execute(Q["expire_runs"], params)
                         cur = await conn.execute(Q["claim_runs"], params)
-                    return await cur.fetchall(), None
+                        left = await conn.execute(Q["next_wake_at"], params)
+                    (row,) = await left.fetchall()
+                    value = next(iter(row.values()))
+                    return await cur.fetchall(), None, None if value is None else float(value)
 
-        else:
+            rows, retry_at, next_at = await self._retrying("claim_runs", attempt)
+            return await self._claimed(rows, retry_at, next_at)
 
-            async def attempt() -> tuple[list[dict[str, Any]], float | None]:
-                async with (
-                    self._connection("claim_runs", transaction=False) as conn,
-                    conn.pipeline(),
-                    conn.transaction(),
-                ):
-                    return await self._admit_and_claim(conn, params, task_limits or {})
+        async def limited() -> tuple[list[dict[str, Any]], float | None]:
+            async with (
+                self._connection("claim_runs", transaction=False) as conn,
+                conn.pipeline(),
+                conn.transaction(),
+            ):
+                return await self._admit_and_claim(conn, params, task_limits or {})
 
-        rows, retry_at = await self._retrying("claim_runs", attempt)
-        return await self._claimed(rows, retry_at)
+        rows, retry_at = await self._retrying("claim_runs", limited)
+        return await self._claimed(rows, retry_at, UNKNOWN)
 
     async def _admit_and_claim(
         self, conn: Conn, params: dict[str, Any], task_limits: dict[str, int]

@@ -133,6 +133,13 @@ def set_queue_params(
     }
 
 
+class Unknown:
+    """Not read (as opposed to None, read and absent)."""
+
+
+UNKNOWN = Unknown()
+
+
 class RecentResults:
     """The results of the last runs completed by this process (small ones only), so that a
     caller in the same process awaiting one need not read it back."""
@@ -302,11 +309,15 @@ class RowMapping:
             parent_id=row["parent_id"] if "parent_id" in keys else None,
         )
 
-    async def _claimed(self, rows: Sequence[Row], retry_at: float | None) -> Claimed:
+    async def _claimed(
+        self, rows: Sequence[Row], retry_at: float | None, next_at: float | Unknown | None
+    ) -> Claimed:
         """Claimed runs in claim order (RETURNING has none), with their histories."""
         rows = sorted(rows, key=lambda row: (-row["priority"], row["available_at"], row["id"]))
         claimed = Claimed([await self._run_record(row, full=True) for row in rows])
         claimed.retry_at = retry_at
+        if not isinstance(next_at, Unknown):
+            claimed.looked, claimed.next_at = True, next_at
         again = [run.id for run in claimed if run.lease > 1]  # a first claim has no history
         journals: dict[str, list[Row]] = {}
         attempts: dict[str, list[Row]] = {}

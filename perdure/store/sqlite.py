@@ -50,8 +50,10 @@ from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.queries import load_migrations, load_queries
 from perdure.store.rows import (
+    UNKNOWN,
     RecentResults,
     RowMapping,
+    Unknown,
     check_same_entry,
     purge_params,
     set_queue_params,
@@ -286,7 +288,9 @@ class SQLiteStore(RowMapping):
             "now": now,
         }
 
-        def write(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], float | None]:
+        def write(
+            conn: sqlite3.Connection,
+        ) -> tuple[list[sqlite3.Row], float | None, float | Unknown | None]:
             # one writer: what is read here cannot change before the claim commits
             conn.execute(Q["expire_runs"], params)
             queues = {
@@ -294,7 +298,10 @@ class SQLiteStore(RowMapping):
                 for row in conn.execute(Q["app_queues"], params)
             }
             if not limits_apply(queues, task_limits or {}):
-                return conn.execute(Q["claim_runs"], params).fetchall(), None
+                claimed = conn.execute(Q["claim_runs"], params).fetchall()
+                # with the look at what is left (the worker's next read)
+                (left,) = conn.execute(Q["next_wake_at"], params).fetchone()
+                return claimed, None, None if left is None else float(left)
             window = rate_window(queues)
             admission = admit(
                 conn.execute(Q["claim_candidates"], {**params, "scan": limit + CANDIDATE_SCAN}),
@@ -313,11 +320,11 @@ class SQLiteStore(RowMapping):
             claimed = conn.execute(
                 Q["claim_ids"], {**params, "ids": json.dumps(admission.claim)}
             ).fetchall()
-            return claimed, admission.retry_at
+            return claimed, admission.retry_at, UNKNOWN
 
         # not fsynced: a claim lost to a power cut only means the run is claimed again
-        rows, retry_at = await self._write(write, durable=False)
-        return await self._claimed(rows, retry_at)
+        rows, retry_at, next_at = await self._write(write, durable=False)
+        return await self._claimed(rows, retry_at, next_at)
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
         rows = await self._read(Q["next_wake_at"], {"app": app, "tasks": json.dumps(tasks)})

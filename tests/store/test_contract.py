@@ -122,6 +122,11 @@ async def test_claim_respects_tasks_time_and_limit(store: Store) -> None:
     wake = await store.next_wake_at(app=APP, tasks=["t"])
     assert wake is not None
     assert abs(wake - (await store.get_run(later)).created_at - 60) < 1
+    # a claim says what its worker would read next: when the next run left may be claimed
+    assert (rest.looked, rest.next_at) == (True, wake)
+    assert claimed.looked
+    assert claimed.next_at is not None
+    assert claimed.next_at <= time.time()  # the third ready run was left
 
 
 async def test_append_is_fenced_by_the_lease(store: Store) -> None:
