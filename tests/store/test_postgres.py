@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from perdure.blobs import LocalBlobStore
@@ -101,6 +102,44 @@ async def test_concurrent_completions_share_a_statement(tmp_path: Path, postgres
     assert slept.status is RunStatus.WAITING
     assert slept.available_at == now + 60
     assert [e.seq for e in await store.load_journal(sleeper)] == [1]
+    await store.close()
+
+
+async def test_a_parent_suspending_beside_its_last_child_ending_is_woken(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The parent's suspension and its last awaited child's end in one grouped statement: the
+    database trigger counts the child after the parent's update, so the parent is woken."""
+    store = PostgresStore(postgres_url, blobs=LocalBlobStore(tmp_path), inline_limit=1024)
+    await store.open()
+    await store.create_run(_new_run())
+    parent, parent_lease = await _claim_one(store)
+    child = _new_run()
+    await store.create_run(replace(child, parent_id=parent, awaited=True))
+    _child, child_lease = await _claim_one(store)
+    await asyncio.gather(
+        store.finish_attempt(
+            parent,
+            parent_lease,
+            Transition(status=RunStatus.WAITING, children_target=1),
+            entries=[],
+            attempts=[],
+        ),
+        store.finish_attempt(
+            child.id,
+            child_lease,
+            Transition(status=RunStatus.COMPLETED, result=_value(), wakes=True),
+            entries=[],
+            attempts=[],
+        ),
+    )
+    assert store.finish_groups == 1
+    assert store.grouped_finishes == 2
+    woken = await store.get_run(parent)
+    assert woken.status is RunStatus.WAITING
+    assert woken.available_at is not None
+    assert woken.available_at <= time.time()
+    assert await _claim_one(store) == (parent, parent_lease + 1)
     await store.close()
 
 
