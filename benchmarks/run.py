@@ -533,10 +533,16 @@ def peer_python(peer: str) -> Path:
     if not stamp.exists() or stamp.read_text() != wanted:
         print(f"installing {' '.join(PEERS[peer])} into {venv} ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
+        done = subprocess.run(
             [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *PEERS[peer]],
-            check=True,
+            capture_output=True,
+            text=True,
         )
+        # (as scripts/_venv: pip's notes about configured package folders absent here)
+        said = [line for line in done.stderr.splitlines() if "WARNING: Location" not in line]
+        if said:
+            print("\n".join(said), file=sys.stderr)
+        done.check_returncode()
         stamp.write_text(wanted)
     return venv / "bin" / "python"
 
@@ -592,9 +598,13 @@ def main() -> int:
     facts = machine()
     results: list[Metric] = []
     stores = ["sqlite", "postgres"] if args.store == "all" else [args.store]
+    progress = Progress(
+        sum(1 + bool(args.peer and name in PEER_WORKLOADS) for name in selected) * len(stores)
+    )
     for store in stores:
         for name in selected:
             with (
+                progress.step(f"{store} {name}"),
                 tempfile.TemporaryDirectory(prefix=f"perdure-bench-{name}-") as tmp,
                 bench_database(store, Path(tmp), name),
             ):
@@ -604,6 +614,7 @@ def main() -> int:
                 emit(metric, args, facts, results)
             if args.peer and name in PEER_WORKLOADS:  # right after ours, on the same store
                 with (
+                    progress.step(f"{store} {name} on {args.peer}"),
                     tempfile.TemporaryDirectory(prefix=f"{args.peer}-bench-{name}-") as tmp,
                     bench_database(store, Path(tmp), f"{args.peer}_{name}") as url,
                 ):
@@ -616,6 +627,27 @@ def main() -> int:
 
         write_report(results, facts, quick=args.quick)
     return 0
+
+
+class Progress:
+    """One line on stderr per workload measured (with a spinner on a terminal): a full run
+    beside the peer takes a quarter of an hour."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.total = total
+        self.done = 0
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        self.done += 1
+        label = f"[{self.done}/{self.total}] {what}"
+        started = time.perf_counter()
+        with self.console.status(f"{label} ..."):
+            yield
+        self.console.print(f"{label}: {time.perf_counter() - started:.1f} s", highlight=False)
 
 
 def emit(metric: Metric, args: argparse.Namespace, facts: Metric, results: list[Metric]) -> None:
