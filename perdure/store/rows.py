@@ -141,17 +141,27 @@ UNKNOWN = Unknown()
 
 
 class RecentResults:
-    """The results of the last runs completed by this process (small ones only), so that a
-    caller in the same process awaiting one need not read it back."""
+    """The results of the last runs completed by this process, so that a caller in the same
+    process awaiting one need not read it back: small ones only, and a bounded total."""
 
-    def __init__(self, keep: int = 4096) -> None:
+    def __init__(self, keep: int = 4096, max_bytes: int = 8 << 20, largest: int = 16 << 10):
         self.keep = keep
+        self.max_bytes = max_bytes
+        self.largest = largest
         self._results: OrderedDict[str, Value] = OrderedDict()
+        self._bytes = 0
 
     def add(self, run_id: str, value: Value) -> None:
+        if len(value.data) > self.largest:
+            return
+        old = self._results.pop(run_id, None)
+        if old is not None:
+            self._bytes -= len(old.data)
         self._results[run_id] = value
-        if len(self._results) > self.keep:
-            self._results.popitem(last=False)
+        self._bytes += len(value.data)
+        while len(self._results) > self.keep or self._bytes > self.max_bytes:
+            _id, dropped = self._results.popitem(last=False)
+            self._bytes -= len(dropped.data)
 
     def get(self, run_id: str) -> Value | None:
         return self._results.get(run_id)
@@ -172,8 +182,12 @@ class RowMapping:
     def _completed(self, run_id: str, transition: Transition) -> None:
         """Remember a committed completion's result (call before announcing it)."""
         result = transition.result
-        completed = transition.status is RunStatus.COMPLETED and result is not None
-        if completed and result is not None and len(result.data) <= self.inline_limit:
+        # (a result above the inline limit went to the blob store: read it from there)
+        if (
+            transition.status is RunStatus.COMPLETED
+            and result is not None
+            and (len(result.data) <= self.inline_limit)
+        ):
             self._recent.add(run_id, result)
 
     async def offload(self, value: Value | None) -> Value | None:
