@@ -8,18 +8,21 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from perdure.blobs import LocalBlobStore
 from perdure.crypto import Keyring
-from perdure.errors import CorruptJournal, LeaseLost, RunNotFound
+from perdure.errors import CorruptJournal, LeaseLost, RunNotFound, StoreUnavailable
 from perdure.ids import new_id
 from perdure.store.base import (
     Attempt,
+    Claimed,
     EntryKind,
     EntryStatus,
     ErrorInfo,
+    History,
     JournalEntry,
     NewRun,
     RunStatus,
@@ -230,6 +233,51 @@ async def test_complete_is_recorded_once(store: Store) -> None:
     assert run.result is not None
     assert run.result.data == b"\x07"
     assert run.finished_at is not None
+
+
+async def test_a_claim_hands_over_the_histories_it_read(store: Store) -> None:
+    """A run claimed again comes with its journal and attempts (what load_journal and
+    load_attempts return); a first claim with an empty history; and when that read fails the
+    claim stands without them (the run reads its own), never with an empty one."""
+    await store.create_run(_new_run())
+    claimed = await store.claim_runs(app=APP, worker_id="w1", tasks=["t"], limit=1)
+    (first,) = claimed
+    assert first.lease == 1
+    assert claimed.histories[first.id] == History([], [])
+    now = time.time()
+    tried = Attempt(
+        run_id=first.id, run_attempt=1, seq=2, attempt=1, started_at=now, finished_at=now
+    )
+    await store.append(first.id, first.lease, entries=[_entry(1)], attempts=[tried])
+    claimed = await _reclaim(store, first.id, first.lease)
+    recorded = claimed.histories[first.id]
+    assert [e.seq for e in recorded.journal] == [1]
+    assert [e.seq for e in await store.load_journal(first.id)] == [1]
+    assert recorded.attempts == await store.load_attempts(first.id)
+    assert [(a.seq, a.attempt) for a in recorded.attempts] == [(2, 1)]
+
+    def broken(run_ids: list[str]) -> Any:
+        raise StoreUnavailable("the read failed")
+
+    store._read_histories = broken  # type: ignore[attr-defined]
+    claimed = await _reclaim(store, first.id, claimed[0].lease)
+    assert [run.id for run in claimed] == [first.id]
+    assert first.id not in claimed.histories
+
+
+async def _reclaim(store: Store, run_id: str, lease: int) -> Claimed:
+    """Release `run_id` and claim it again."""
+    now = time.time()
+    await store.finish_attempt(
+        run_id,
+        lease,
+        Transition(status=RunStatus.QUEUED, available_at=now),
+        entries=[],
+        attempts=[],
+    )
+    claimed = await store.claim_runs(app=APP, worker_id="w1", tasks=["t"], limit=1)
+    assert [run.id for run in claimed] == [run_id]
+    return claimed
 
 
 async def test_a_completion_committed_here_is_known_without_a_read(store: Store) -> None:
