@@ -13,9 +13,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -67,6 +67,7 @@ from perdure.store.rows import (
     check_same_entry,
     purge_params,
     set_queue_params,
+    wake_time,
 )
 
 log = logging.getLogger("perdure.store")
@@ -152,7 +153,11 @@ class _Finish:
     entries: list[dict[str, Any]]
     attempts: list[dict[str, Any]]
     topics: list[str]
-    future: asyncio.Future[bool]
+
+
+Item = TypeVar("Item")
+Group = list[tuple[Item, "asyncio.Future[bool]"]]
+"""Writes submitted in one event-loop iteration, each with the future its writer awaits."""
 
 
 @functools.cache
@@ -218,10 +223,8 @@ class PostgresStore(RowMapping, PostgresConnections):
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]] = {}
         self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         self._session_locks: dict[str, psycopg.Connection[Any]] = {}
-        self._append_groups: dict[
-            asyncio.AbstractEventLoop, list[tuple[dict[str, Any], asyncio.Future[bool]]]
-        ] = {}
-        self._finish_groups: dict[asyncio.AbstractEventLoop, list[_Finish]] = {}
+        self._append_groups: dict[asyncio.AbstractEventLoop, Group[dict[str, Any]]] = {}
+        self._finish_groups: dict[asyncio.AbstractEventLoop, Group[_Finish]] = {}
         self._group_tasks: set[asyncio.Task[None]] = set()
         self.grouped_appends = 0
         """Step records written through group commit (for tests and stats)."""
@@ -408,9 +411,7 @@ class PostgresStore(RowMapping, PostgresConnections):
                         await conn.execute(Q["expire_runs"], params)
                         cur = await conn.execute(Q["claim_runs"], params)
                         left = await conn.execute(Q["next_wake_at"], params)
-                    (row,) = await left.fetchall()
-                    value = next(iter(row.values()))
-                    return await cur.fetchall(), None, None if value is None else float(value)
+                    return await cur.fetchall(), None, wake_time(await left.fetchall())
 
             rows, retry_at, next_at = await self._retrying("claim_runs", attempt)
             return await self._claimed(rows, retry_at, next_at)
@@ -472,9 +473,9 @@ class PostgresStore(RowMapping, PostgresConnections):
         return queues
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
-        rows = await self._read(Q["next_wake_at"], {"app": app, "tasks": tasks}, "next_wake_at")
-        value = next(iter(rows[0].values())) if rows else None
-        return None if value is None else float(value)
+        return wake_time(
+            await self._read(Q["next_wake_at"], {"app": app, "tasks": tasks}, "next_wake_at")
+        )
 
     # -- journal -----------------------------------------------------------------------------
 
@@ -538,23 +539,42 @@ class PostgresStore(RowMapping, PostgresConnections):
 
         await self._write("append", work)
 
-    async def _grouped_append(self, params: dict[str, Any]) -> bool:
-        """Group commit: the step records that runs submit in one event-loop iteration go to
-        the server together, in one transaction with one commit (alone: one autocommit
-        statement). True when the entry was inserted."""
+    async def _in_group(
+        self,
+        groups: dict[asyncio.AbstractEventLoop, Group[Item]],
+        item: Item,
+        commit: Callable[[Group[Item]], Awaitable[None]],
+    ) -> bool:
+        """Group commit: the writes submitted in one event-loop iteration go to the server
+        together, by `commit`, once the iteration is over; it resolves each write's future."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
-        group = self._append_groups.get(loop)
+        group = groups.get(loop)
         if group is None:
-            group = self._append_groups[loop] = []
+            group = groups[loop] = []
             loop.call_soon(
-                lambda: self._group_tasks.add(loop.create_task(self._commit_group(loop)))
+                lambda: self._group_tasks.add(loop.create_task(self._send(groups, loop, commit)))
             )
-        group.append((params, fut))
+        group.append((item, fut))
         return await fut
 
-    async def _commit_group(self, loop: asyncio.AbstractEventLoop) -> None:
-        group = self._append_groups.pop(loop, [])
+    async def _send(
+        self,
+        groups: dict[asyncio.AbstractEventLoop, Group[Item]],
+        loop: asyncio.AbstractEventLoop,
+        commit: Callable[[Group[Item]], Awaitable[None]],
+    ) -> None:
+        try:
+            await commit(groups.pop(loop, []))
+        finally:
+            self._group_tasks.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+
+    async def _grouped_append(self, params: dict[str, Any]) -> bool:
+        """The step records of one event-loop iteration in one transaction with one commit
+        (alone: one autocommit statement). True when the entry was inserted."""
+        return await self._in_group(self._append_groups, params, self._commit_appends)
+
+    async def _commit_appends(self, group: Group[dict[str, Any]]) -> None:
         try:
             async with self._connection("append", transaction=False) as conn:
                 if len(group) == 1:
@@ -573,8 +593,6 @@ class PostgresStore(RowMapping, PostgresConnections):
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        finally:
-            self._group_tasks.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
         self.grouped_appends += len(group)
         self.append_groups += 1
         for (_params, fut), ok in zip(group, inserted, strict=True):
@@ -628,27 +646,18 @@ class PostgresStore(RowMapping, PostgresConnections):
         attempts: list[dict[str, Any]],
         topics: list[str],
     ) -> bool:
-        """Group commit of completions: those that runs submit in one event-loop iteration go
-        to the server as one statement (alone: finish_attempt_at_once). True when the run was
-        finished; False sends it down the step-by-step path, which says why not."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bool] = loop.create_future()
-        group = self._finish_groups.get(loop)
-        if group is None:
-            group = self._finish_groups[loop] = []
-            loop.call_soon(
-                lambda: self._group_tasks.add(loop.create_task(self._commit_finishes(loop)))
-            )
-        group.append(_Finish(params, entries, attempts, topics, fut))
-        return await fut
+        """The completions of one event-loop iteration in one statement (alone:
+        finish_attempt_at_once). True when the run was finished; False sends it down the
+        step-by-step path, which says why not."""
+        finish = _Finish(params, entries, attempts, topics)
+        return await self._in_group(self._finish_groups, finish, self._commit_finishes)
 
-    async def _commit_finishes(self, loop: asyncio.AbstractEventLoop) -> None:
-        group = self._finish_groups.pop(loop, [])
+    async def _commit_finishes(self, group: Group[_Finish]) -> None:
         finished: set[str] = set()
         try:
             async with self._connection("finish_attempt", transaction=False) as conn:
                 if len(group) == 1:
-                    (one,) = group
+                    ((one, _fut),) = group
                     statement = finish_statement(
                         min(len(one.entries), 2), min(len(one.attempts), 2)
                     )
@@ -665,25 +674,23 @@ class PostgresStore(RowMapping, PostgresConnections):
                     if row and row["finished"]:
                         finished.add(one.params["id"])
                 else:
-                    finished = await self._finish_many(conn, group)
+                    finished = await self._finish_many(conn, [one for one, _fut in group])
         except StoreUnavailable as exc:  # each retries
-            for one in group:
-                if not one.future.done():
-                    one.future.set_exception(exc)
+            for _one, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
             return
         except Exception as exc:
             if len(group) == 1:
-                group[0].future.set_exception(exc)
+                group[0][1].set_exception(exc)
                 return
             # one run's trouble must not fail the others: each takes the step-by-step path
             log.warning("grouped completion failed (%s); finishing one by one", exc)
-        finally:
-            self._group_tasks.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
         self.grouped_finishes += len(group)
         self.finish_groups += 1
-        for one in group:
-            if not one.future.done():
-                one.future.set_result(one.params["id"] in finished)
+        for one, fut in group:
+            if not fut.done():
+                fut.set_result(one.params["id"] in finished)
 
     @staticmethod
     async def _finish_many(conn: Conn, group: list[_Finish]) -> set[str]:

@@ -133,6 +133,12 @@ def set_queue_params(
     }
 
 
+def wake_time(rows: Sequence[Row]) -> float | None:
+    """The answer of next_wake_at: when the first claimable run is due (None: no run is)."""
+    value = rows[0]["wake_at"] if rows else None
+    return None if value is None else float(value)
+
+
 class Unknown:
     """Not read (as opposed to None, read and absent)."""
 

@@ -57,6 +57,7 @@ from perdure.store.rows import (
     check_same_entry,
     purge_params,
     set_queue_params,
+    wake_time,
 )
 
 log = logging.getLogger("perdure.store")
@@ -300,8 +301,8 @@ class SQLiteStore(RowMapping):
             if not limits_apply(queues, task_limits or {}):
                 claimed = conn.execute(Q["claim_runs"], params).fetchall()
                 # with the look at what is left (the worker's next read)
-                (left,) = conn.execute(Q["next_wake_at"], params).fetchone()
-                return claimed, None, None if left is None else float(left)
+                left = wake_time(conn.execute(Q["next_wake_at"], params).fetchall())
+                return claimed, None, left
             window = rate_window(queues)
             admission = admit(
                 conn.execute(Q["claim_candidates"], {**params, "scan": limit + CANDIDATE_SCAN}),
@@ -327,9 +328,9 @@ class SQLiteStore(RowMapping):
         return await self._claimed(rows, retry_at, next_at)
 
     async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
-        rows = await self._read(Q["next_wake_at"], {"app": app, "tasks": json.dumps(tasks)})
-        value = rows[0][0] if rows else None
-        return None if value is None else float(value)
+        return wake_time(
+            await self._read(Q["next_wake_at"], {"app": app, "tasks": json.dumps(tasks)})
+        )
 
     # -- journal -----------------------------------------------------------------------------
 

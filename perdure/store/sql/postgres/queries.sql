@@ -163,7 +163,7 @@ FROM names n LEFT JOIN queues q ON q.app = n.app AND q.name = n.name
 ORDER BY n.app, n.name;
 
 -- name: next_wake_at
-SELECT min(available_at) FROM runs
+SELECT min(available_at) AS wake_at FROM runs
 WHERE app = %(app)s AND status IN ('queued', 'waiting')
   AND task = ANY(%(tasks)s);
 

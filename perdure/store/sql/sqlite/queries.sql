@@ -153,7 +153,7 @@ FROM names n LEFT JOIN queues q ON q.app = n.app AND q.name = n.name
 ORDER BY n.app, n.name;
 
 -- name: next_wake_at
-SELECT min(available_at) FROM runs
+SELECT min(available_at) AS wake_at FROM runs
 WHERE app = :app AND status IN ('queued', 'waiting')
   AND task IN (SELECT value FROM json_each(:tasks));
 
