@@ -96,7 +96,7 @@ class RunContext:
         if self.pending or self.pending_attempts:
             entries, attempts = self.take_pending()
             self.flushing = asyncio.ensure_future(
-                self.store.append(self.run.id, self.run.lease, entries=entries, attempts=attempts)
+                self.store.append(self.run.id, self.run.held, entries=entries, attempts=attempts)
             )
         if self.flushing is not None:
             await asyncio.shield(self.flushing)

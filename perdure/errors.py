@@ -12,6 +12,7 @@ PerdureError
 ├── StepFailed                  a step spent its retries (raised in the task, live and on replay)
 ├── StepTimeout                 one attempt of a step or task ran over its timeout
 ├── NonRetryableError           raise it (or perdure.NonRetryable(exc)) to stop retries
+│   └── StepExited              a step or task raised SystemExit / KeyboardInterrupt
 ├── NonDeterminismError         replay met a different step than the journal recorded
 ├── SerializationError          a value msgspec (or pickle) cannot encode or decode
 ├── SecretLeakError             a Secret, or a secret's value, was about to be stored
@@ -153,6 +154,12 @@ class StepTimeout(PerdureError):
 
 class NonRetryableError(PerdureError):
     """An error that must not be retried: the step (and the run) fail at once."""
+
+
+class StepExited(NonRetryableError):
+    """A step (or a task body) raised SystemExit or KeyboardInterrupt: code in it tried to end
+    the worker process (a library calling sys.exit()). It fails like a non-retryable error, with
+    the original exception as its cause; the worker goes on."""
 
 
 class NonDeterminismError(PerdureError):

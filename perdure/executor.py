@@ -26,7 +26,7 @@ from perdure.errors import (
     StepTimeout,
     Suspend,
 )
-from perdure.step import error_info, return_type
+from perdure.step import error_info, guard_exit, return_type
 from perdure.store.base import (
     Attempt,
     History,
@@ -119,7 +119,7 @@ class Executor:
             failed = error_info(exc)
             await self.store.finish_attempt(
                 run.id,
-                run.lease,
+                run.held,
                 Transition(
                     status=RunStatus.FAILED,
                     error=failed,
@@ -154,12 +154,12 @@ class Executor:
                     transition, entries, attempts = self._failure(task, ctx, started, exc), [], []
             try:
                 await self.store.finish_attempt(
-                    run.id, run.lease, transition, entries=entries, attempts=attempts
+                    run.id, run.held, transition, entries=entries, attempts=attempts
                 )
             except CorruptJournal as exc:  # pending entries collide with recorded ones
                 transition = self._failure(task, ctx, started, exc)
                 await self.store.finish_attempt(
-                    run.id, run.lease, transition, entries=[], attempts=[]
+                    run.id, run.held, transition, entries=[], attempts=[]
                 )
         except LeaseLost:
             log.warning(
@@ -260,11 +260,12 @@ class Executor:
     async def _call(self, task: TaskDef, args: list[Any], kwargs: dict[str, Any]) -> Any:
         timeout = task.options.timeout
         if task.is_async:
-            call = task.fn(*args, **kwargs)
+            body = task.fn(*args, **kwargs)
         else:
             loop = asyncio.get_running_loop()
             context = contextvars.copy_context()
-            call = loop.run_in_executor(None, lambda: context.run(task.fn, *args, **kwargs))
+            body = loop.run_in_executor(None, lambda: context.run(task.fn, *args, **kwargs))
+        call = guard_exit(body, f"task {task.options.name!r}")
         if timeout is None:
             return await call
         try:

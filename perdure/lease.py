@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 from perdure.config import WorkerConfig
+from perdure.errors import LeaseLost
 from perdure.store.base import Store, WorkerRecord
 
 log = logging.getLogger("perdure.lease")
@@ -101,10 +102,14 @@ async def tick(stamp: list[float]) -> None:
 
 
 async def reap_dead_workers(store: Store, me: WorkerRecord, config: WorkerConfig) -> int:
-    """Requeue the runs of workers that are provably dead or stalled; returns runs requeued."""
+    """Requeue the runs of workers that are provably dead or stalled; returns runs requeued.
+    LeaseLost if `me` itself is no longer alive (another worker declared it dead)."""
     now = time.time()
     dead: dict[str, str] = {}
-    others = [w for w in await store.live_workers(app=me.app) if w.id != me.id]
+    live = await store.live_workers(app=me.app)
+    others = [w for w in live if w.id != me.id]
+    if len(others) == len(live):
+        raise LeaseLost(f"worker {me.id} was declared dead by another worker")
     if others and config.session_check and store.session_liveness:
         for worker_id in await store.dead_sessions([w.id for w in others], me=me.id):
             dead[worker_id] = "died (its database session is gone)"
@@ -200,15 +205,16 @@ class LeaseKeeper:
                             extra={"action": "loop_blocked"},
                         )
                     elif not await self._store.heartbeat(self._me.id):
-                        log.error(
-                            "worker %s was declared dead by another worker; its runs were "
-                            "taken over",
-                            self._me.id,
-                            extra={"action": "lease_lost"},
-                        )
-                        self._on_lost()
-                        return
+                        raise LeaseLost(f"worker {self._me.id} was declared dead")
                 if not blocked:  # a worker that cannot vouch for itself judges no one
                     await reap_dead_workers(self._store, self._me, self._config)
+            except LeaseLost:
+                log.error(
+                    "worker %s was declared dead by another worker; its runs were taken over",
+                    self._me.id,
+                    extra={"action": "lease_lost"},
+                )
+                self._on_lost()
+                return
             except Exception:
                 log.exception("heartbeat failed; retrying", extra={"action": "heartbeat"})

@@ -33,6 +33,7 @@ from perdure.errors import (
     PayloadTooLarge,
     SecretLeakError,
     SerializationError,
+    StepExited,
     StepFailed,
     StepTimeout,
     Suspend,
@@ -125,15 +126,33 @@ class Step(Generic[P, R]):
         return f"<perdure step {self.name!r}>"
 
 
+async def guard_exit(call: Awaitable[Any], what: str) -> Any:
+    """Await `call`, turning SystemExit and KeyboardInterrupt into StepExited here, inside the
+    caller's coroutine: escaping to the event loop they would end the worker (asyncio re-raises
+    them from any task), and every worker that resumed the run would die the same way."""
+    try:
+        return await call
+    except (SystemExit, KeyboardInterrupt) as exc:
+        detail = f"{type(exc).__name__}({exc})" if str(exc) else type(exc).__name__
+        raise StepExited(
+            f"{what} raised {detail}: code in it tried to end the worker process; it fails "
+            "without retries (raise an Exception to fail it, or return to end it)"
+        ) from exc
+
+
 async def _run_body(step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     token = _in_step.set(step.name)
     try:
         if step.is_async:
-            call: Awaitable[Any] = typing.cast(Coroutine[Any, Any, Any], step.fn(*args, **kwargs))
+            body = typing.cast(Coroutine[Any, Any, Any], step.fn(*args, **kwargs))
+            call: Awaitable[Any] = guard_exit(body, f"step {step.name!r}")
         else:
             loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
-            call = loop.run_in_executor(None, lambda: ctx.run(step.fn, *args, **kwargs))
+            call = guard_exit(
+                loop.run_in_executor(None, lambda: ctx.run(step.fn, *args, **kwargs)),
+                f"step {step.name!r}",
+            )
         if step.timeout is None:
             return await call
         try:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from perdure.config import WorkerConfig
-from perdure.errors import StoreError
+from perdure.errors import LeaseLost, StoreError
 from perdure.ids import new_id
 from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers, tick
 from perdure.store.base import (
@@ -118,6 +118,11 @@ class Worker:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+        if self._lost.is_set():
+            raise LeaseLost(
+                f"worker {self.id} was declared dead by another worker (stalled, or cut off from "
+                "the database) and its runs were taken over; it stopped. Restart it."
+            )
 
     async def _register(self, me: WorkerRecord) -> bool:
         """Register with the store, waiting (with backoff) while it is unavailable; False if
@@ -218,7 +223,11 @@ class Worker:
                     task_limits=self.task_limits,
                 )
                 for run in claimed:
-                    self._start(run, claimed.histories.get(run.id))
+                    problem = claimed.unreadable.get(run.id)
+                    if problem is None:
+                        await self._start(run, claimed.histories.get(run.id))
+                    else:
+                        await self._give_back_unreadable(run, problem)
                 if claimed:
                     if claimed.looked and len(claimed) < free:  # it took every run due
                         self._looked = (token, claimed.next_at)
@@ -258,7 +267,23 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await fut
 
-    def _start(self, run: RunRecord, history: History | None = None) -> None:
+    async def _start(self, run: RunRecord, history: History | None = None) -> None:
+        previous = self._active.get(run.id)
+        if previous is not None:
+            # this worker runs it already: a database crash undid the claim that execution runs
+            # under, and this claim was given the same lease. Stop that execution and give the
+            # run back: its next claim's lease fences out whatever the old one still writes.
+            task, control = previous
+            control.stop_reason = "lost"
+            task.cancel()
+            log.warning(
+                "run %s: claimed again while this worker still ran it (its claim was lost, the "
+                "database may have crashed); stopping that execution and releasing the run",
+                run.id,
+                extra={"run_id": run.id, "task": run.task, "action": "claim_lost"},
+            )
+            await self._release(run, delay=0.0)
+            return
         control = RunControl(worker_id=self.id, history=history)
         task = asyncio.create_task(self._guarded(run, control), name=f"perdure-run-{run.id}")
         self._active[run.id] = (task, control)
@@ -274,17 +299,39 @@ class Worker:
                 run.id,
                 extra={"run_id": run.id, "task": run.task, "action": "worker_error"},
             )
-            with contextlib.suppress(Exception):
-                await self.store.finish_attempt(
-                    run.id,
-                    run.lease,
-                    Transition(status=RunStatus.QUEUED, available_at=time.time() + _RELEASE_DELAY),
-                    entries=[],
-                    attempts=[],
-                )
+            await self._release(run, delay=_RELEASE_DELAY)
         finally:
-            self._active.pop(run.id, None)
+            if self._active.get(run.id, (None,))[0] is asyncio.current_task():
+                del self._active[run.id]
             self._slot_freed.set()
+
+    async def _release(self, run: RunRecord, *, delay: float, note: str | None = None) -> None:
+        """Give the run back to the queue, claimable after `delay` seconds (if this fails, the
+        run's lease expires instead)."""
+        with contextlib.suppress(Exception):
+            await self.store.finish_attempt(
+                run.id,
+                run.held,
+                Transition(status=RunStatus.QUEUED, available_at=time.time() + delay, note=note),
+                entries=[],
+                attempts=[],
+            )
+
+    async def _give_back_unreadable(self, run: RunRecord, problem: Exception) -> None:
+        """A run this worker cannot read (no or a wrong encryption key, a blob missing from
+        its blob store): leave it, with a note, to a worker that can."""
+        note = (
+            f"worker {self.id} cannot read this run's arguments ({type(problem).__name__}: "
+            f"{problem}); every process of an app needs the same PERDURE_ENCRYPTION_KEY and "
+            "PERDURE_BLOB_URL"
+        )
+        log.error(
+            "run %s: %s; released for another worker",
+            run.id,
+            note,
+            extra={"run_id": run.id, "task": run.task, "action": "unreadable"},
+        )
+        await self._release(run, delay=_RELEASE_DELAY, note=note)
 
     async def _check_cancel_requests(self) -> None:
         for run_id, _lease in await self.store.cancel_requests(self.id):

@@ -50,7 +50,13 @@ def test_trigger_worker_list_show_cancel(
 ) -> None:
     assert as_json(perdure_cli(tmp_path, "migrate", "--json")) == {
         "dry_run": False,
-        "migrations": ["0001_initial", "0002_flow_control", "0003_retention", "0004_claim_order"],
+        "migrations": [
+            "0001_initial",
+            "0002_flow_control",
+            "0003_retention",
+            "0004_claim_order",
+            "0005_running_by_worker",
+        ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []
 

@@ -78,3 +78,28 @@ async def test_sigterm_releases_runs_that_outlast_the_drain(
     assert await handle.result(timeout=30) == ["r:1", "r:2", "r:3"]
     assert _started(tmp_path, "r", 1) == 1
     await app.close()
+
+
+async def test_a_worker_declared_dead_stops_claiming_and_exits_non_zero(
+    tmp_path: Path, worker_processes: list[WorkerProcess], database_url: str
+) -> None:
+    """Another worker declared this one dead (say, it was cut off from the database longer than
+    the stall time): its runs were requeued; it must claim nothing more, stop its runs, and
+    exit non-zero so that a supervisor restarts it."""
+    app = _app(tmp_path, database_url)
+    (tmp_path / "gate").touch()
+    worker = WorkerProcess(
+        "tests.crashapp:app", _env(tmp_path, database_url), log=tmp_path / "w.log"
+    )
+    worker_processes.append(worker)
+    handle = await app.get_task("pipeline").trigger("d", 3)
+    await wait_until(lambda: _started(tmp_path, "d", 2) == 1, timeout=30)
+    (me,) = await app.store.live_workers(app="crash")
+    assert await app.store.reap_workers([me.id], reason="stalled (test)") == 1
+    code = await asyncio.to_thread(worker.proc.wait, 15)
+    assert code != 0
+    assert "declared dead" in worker.log.read_text()
+    run = await app.store.get_run(handle.id)
+    assert run.status is RunStatus.QUEUED
+    assert run.worker_id is None
+    await app.close()

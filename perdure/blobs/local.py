@@ -18,6 +18,7 @@ from perdure.blobs.base import (
     written_with,
 )
 from perdure.crypto import Keyring
+from perdure.errors import CorruptJournal
 
 _HASH_WHILE_WRITING = 1024 * 1024
 """Values at least this big are hashed in parallel with their write."""
@@ -124,7 +125,14 @@ class LocalBlobStore:
 
     def get_sync(self, key: str) -> bytes:
         """Blocking get(), for threads."""
-        return unpack(self._path(key).read_bytes(), self.keyring, what=f"blob {key}")
+        try:
+            stored = self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise CorruptJournal(
+                f"blob folder {self.root}: blob {key} is referenced but missing (is "
+                "PERDURE_BLOB_URL the same, and reachable, in every process of the app?)"
+            ) from exc
+        return unpack(stored, self.keyring, what=f"blob {key}")
 
     async def reencrypt(self, key: str) -> bool:
         def rewrite() -> bool:

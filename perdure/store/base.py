@@ -2,8 +2,8 @@
 
 Every backend (SQLite now, PostgreSQL next) implements `Store`; one contract test suite runs
 against each. Times are POSIX seconds (float). Writes that belong to a run carry the run's `lease`
-(a counter bumped by every claim): a write with a stale lease raises `LeaseLost`, so a worker that
-lost its run can never record into it.
+(see `Lease`): a write with a stale lease raises `LeaseLost`, so a worker that lost its run can
+never record into it.
 """
 
 from __future__ import annotations
@@ -143,6 +143,20 @@ class NewRun:
     """The parent waits for this run's end (counted by children_done)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's hold on a run, as its claim made it. Every write the worker makes for the run
+    carries it, and the store accepts the write only while the run is `running` under both
+    parts. The number alone would not do: a claim lost in a database crash (claims are committed
+    without waiting for the disk) leaves the run with its old number, and the next claim issues
+    the same number again; the worker's id tells the two claims apart."""
+
+    number: int
+    """The run's claim counter after this claim."""
+    worker_id: str
+    """The worker that claimed."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunRecord:
     """A run as stored."""
@@ -193,6 +207,12 @@ class RunRecord:
     """TTL deadline for its start."""
     parent_id: str | None = None
     """The run that triggered it from its body."""
+
+    @property
+    def held(self) -> Lease:
+        """The lease of a claimed run (its claim counter and worker): what fences the claiming
+        worker's writes."""
+        return Lease(self.lease, self.worker_id or "")
 
 
 STRATEGIES = ("queue", "cancel-newest", "cancel-in-progress")
@@ -264,10 +284,14 @@ class Claimed(list["RunRecord"]):
     """True when next_at was read with the claim (what next_wake_at would return after it)."""
     next_at: float | None = None
     """With looked: when the next run left may be claimed (None: no run left)."""
+    unreadable: dict[str, Exception]
+    """Claimed runs whose arguments could not be read here (no or a wrong encryption key, a
+    blob missing from this process's blob store), with why; their `args` are None."""
 
     def __init__(self, runs: Iterable[RunRecord] = ()) -> None:
         super().__init__(runs)
         self.histories = {}
+        self.unreadable = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +391,9 @@ class Transition:
     children_target: int | None = None
     """WAITING for child runs: claimable again once this many awaited children have ended
     (at once if they already have)."""
+    note: str | None = None
+    """Why the run is not progressing (see RunRecord.note), e.g. a release because this worker
+    cannot read the run."""
     wakes: bool = False
     """This end may make another run claimable (a child's end wakes its parent): announce it
     to idle workers. (Workers held back by a limit poll instead: every end would be too many
@@ -446,7 +473,8 @@ class Store(Protocol):
         task_limits: dict[str, int] | None = None,
     ) -> Claimed:
         """Lease up to `limit` claimable runs of `tasks` (QUEUED or WAITING with
-        available_at <= now) to `worker_id`; each claim bumps the run's lease. Never beyond a
+        available_at <= now) to `worker_id`; each claim bumps the run's lease. A worker that is
+        not registered and alive claims nothing. Never beyond a
         queue's, a concurrency key's or a task's limit (`task_limits`: task -> runs at once),
         nor its rate limit, counted over every worker; higher priority first, concurrency keys
         in turn. Runs past their TTL expire instead; the queue's strategy may cancel runs."""
@@ -524,7 +552,7 @@ class Store(Protocol):
         ...
 
     async def append(
-        self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
+        self, run_id: str, lease: Lease, *, entries: list[JournalEntry], attempts: list[Attempt]
     ) -> None:
         """Record journal entries and attempts in one durable write (group-committed with other
         runs' writes). LeaseLost when `lease` is stale; an entry at an occupied seq is kept as
@@ -534,7 +562,7 @@ class Store(Protocol):
     async def finish_attempt(
         self,
         run_id: str,
-        lease: int,
+        lease: Lease,
         transition: Transition,
         *,
         entries: list[JournalEntry],
@@ -546,8 +574,9 @@ class Store(Protocol):
         ...
 
     async def cancel_run(self, run_id: str) -> RunStatus:
-        """Cancel a run: at once if it is not running, else ask its worker. Returns the status
-        after the call (CANCELLED, or RUNNING while the worker stops it)."""
+        """Cancel a run: at once if it is not running (or its worker is no longer alive), else
+        ask its worker. Returns the status after the call (CANCELLED, or RUNNING while the
+        worker stops it)."""
         ...
 
     async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
@@ -567,7 +596,8 @@ class Store(Protocol):
         ...
 
     async def reap_workers(self, worker_ids: list[str], *, reason: str) -> int:
-        """Declare workers dead and requeue their running runs at once; returns runs requeued."""
+        """Declare workers dead and requeue their running runs at once (with those of any other
+        worker that is no longer alive); returns runs requeued."""
         ...
 
     async def deregister_worker(self, worker_id: str) -> None:
@@ -581,7 +611,9 @@ class Store(Protocol):
 
     async def release_strays(self, worker_id: str, *, keep: list[str]) -> list[str]:
         """Requeue runs leased to `worker_id` that it does not run (`keep` are those it does):
-        claims whose answer was lost to a dropped connection. Returns their ids."""
+        claims whose answer was lost to a dropped connection. Returns their ids. Runs leased to
+        workers that are no longer alive (declared dead, stopped) are requeued too: no run stays
+        `running` without a live worker."""
         ...
 
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:

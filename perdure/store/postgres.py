@@ -42,6 +42,7 @@ from perdure.store.base import (
     ChangeToken,
     Claimed,
     JournalEntry,
+    Lease,
     NewRun,
     QueueConfig,
     QueueStats,
@@ -64,6 +65,7 @@ from perdure.store.rows import (
     UNKNOWN,
     RecentResults,
     RowMapping,
+    check_held,
     check_same_entry,
     purge_params,
     set_queue_params,
@@ -128,6 +130,7 @@ def _rows_params(prefix: str, columns: Columns, rows: list[dict[str, Any]]) -> d
 _FINISH_COLUMNS = (
     "id",
     "lease",
+    "worker_id",
     "status",
     "available_at",
     "children_target",
@@ -140,6 +143,7 @@ _FINISH_COLUMNS = (
     "bump",
     "now",
     "finished_at",
+    "note",
 )
 _RUN_ENTRY_COLUMNS = (("run_id", "text"), *_ENTRY_COLUMNS)
 _RUN_ATTEMPT_COLUMNS = (("run_id", "text"), *_ATTEMPT_COLUMNS)
@@ -511,23 +515,21 @@ class PostgresStore(RowMapping, PostgresConnections):
                 check_same_entry(run_id, params, existing, None, self.keyring)
 
     async def append(
-        self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
+        self, run_id: str, lease: Lease, *, entries: list[JournalEntry], attempts: list[Attempt]
     ) -> None:
         entry_params = await self._entry_params(run_id, entries)
         attempt_params = [self._attempt_params(a) for a in attempts]
 
         async def work(conn: Conn) -> None:
             cur = await conn.execute(Q["check_lease"], {"id": run_id})
-            row = await cur.fetchone()
-            if row is None or row["lease"] != lease or row["status"] != "running":
-                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+            check_held(run_id, await cur.fetchone(), lease)
             await self._insert_entries(conn, run_id, entry_params)
             for params in attempt_params:
                 await conn.execute(Q["insert_attempt"], params)
 
         if len(entry_params) == 1 and not attempt_params:
             # the common case (a step's record): one statement, one round trip
-            params = {**entry_params[0], "lease": lease}
+            params = {**entry_params[0], "lease": lease.number, "worker_id": lease.worker_id}
 
             async def one() -> None:
                 if await self._grouped_append(params):
@@ -602,7 +604,7 @@ class PostgresStore(RowMapping, PostgresConnections):
     async def finish_attempt(
         self,
         run_id: str,
-        lease: int,
+        lease: Lease,
         transition: Transition,
         *,
         entries: list[JournalEntry],
@@ -881,7 +883,7 @@ class PostgresStore(RowMapping, PostgresConnections):
                     },
                 )
                 requeued += cur.rowcount
-            return requeued
+            return requeued + (await conn.execute(Q["requeue_orphans"], {"now": now})).rowcount
 
         return await self._write("reap_workers", work, (CLAIMABLE,))
 
@@ -899,6 +901,7 @@ class PostgresStore(RowMapping, PostgresConnections):
 
         async def work(conn: Conn) -> list[str]:
             rows = await (await conn.execute(Q["release_strays"], params)).fetchall()
+            await conn.execute(Q["requeue_orphans"], params)
             return [row["id"] for row in rows]
 
         return await self._write("release_strays", work, (CLAIMABLE,))

@@ -15,7 +15,7 @@ import msgspec
 
 from perdure.blobs.base import BlobStore
 from perdure.crypto import KEY_ID_SIZE, Keyring, require
-from perdure.errors import CorruptJournal, RunNotFound
+from perdure.errors import CorruptJournal, LeaseLost, RunNotFound
 from perdure.store.base import (
     Attempt,
     Claimed,
@@ -24,6 +24,7 @@ from perdure.store.base import (
     ErrorInfo,
     History,
     JournalEntry,
+    Lease,
     NewRun,
     QueueConfig,
     QueueStats,
@@ -101,6 +102,18 @@ def _same(stored: Any, ours: Any) -> bool:
     if isinstance(stored, memoryview):
         stored = bytes(stored)
     return bool(stored == ours)
+
+
+def check_held(run_id: str, row: Row | None, lease: Lease) -> None:
+    """LeaseLost unless `row` (its status, lease and worker_id) shows the run running under
+    `lease`."""
+    if (
+        row is None
+        or row["status"] != "running"
+        or row["lease"] != lease.number
+        or row["worker_id"] != lease.worker_id
+    ):
+        raise LeaseLost(f"run {run_id} is no longer leased to this worker")
 
 
 def purge_params(
@@ -334,7 +347,13 @@ class RowMapping:
     ) -> Claimed:
         """Claimed runs in claim order (RETURNING has none), with their histories."""
         rows = sorted(rows, key=lambda row: (-row["priority"], row["available_at"], row["id"]))
-        claimed = Claimed([await self._run_record(row, full=True) for row in rows])
+        claimed = Claimed()
+        for row in rows:
+            try:
+                claimed.append(await self._run_record(row, full=True))
+            except Exception as exc:  # the claim stands: the worker gives the run back
+                claimed.append(await self._run_record(row, full=False))
+                claimed.unreadable[row["id"]] = exc
         claimed.retry_at = retry_at
         if not isinstance(next_at, Unknown):
             claimed.looked, claimed.next_at = True, next_at
@@ -381,19 +400,19 @@ class RowMapping:
                 status = EntryStatus(row["status"])
             except ValueError as exc:
                 raise CorruptJournal(f"{where}: {exc}") from exc
+            try:
+                value = await self._resolve(
+                    row["codec"], row["value"], row["blob_key"], row["raw_size"], row["stored_size"]
+                )
+            except CorruptJournal as exc:  # its blob is missing: name the entry
+                raise CorruptJournal(f"{where} ({kind} {row['name']!r}): {exc}") from exc
             entries.append(
                 JournalEntry(
                     seq=row["seq"],
                     kind=kind,
                     name=row["name"],
                     status=status,
-                    value=await self._resolve(
-                        row["codec"],
-                        row["value"],
-                        row["blob_key"],
-                        row["raw_size"],
-                        row["stored_size"],
-                    ),
+                    value=value,
                     error=decode_error(row["error"], where),
                     started_at=row["started_at"],
                     finished_at=row["finished_at"],
@@ -484,14 +503,15 @@ class RowMapping:
         }
 
     async def _finish_params(
-        self, run_id: str, lease: int, transition: Transition, attempts: list[Attempt]
+        self, run_id: str, lease: Lease, transition: Transition, attempts: list[Attempt]
     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
         """Parameters of finish_attempt's update, its attempt rows (the task-level attempt
         included), and the topics to announce."""
         now = time.time()
         params = {
             "id": run_id,
-            "lease": lease,
+            "lease": lease.number,
+            "worker_id": lease.worker_id,
             "status": str(transition.status),
             "available_at": transition.available_at,
             "error": encode_error(transition.error),
@@ -499,6 +519,7 @@ class RowMapping:
             "now": now,
             "finished_at": now if transition.status.terminal else None,
             "children_target": transition.children_target,
+            "note": transition.note,
             **self._value_params("result", await self.offload(transition.result)),
         }
         ended = [*attempts, *([transition.attempt] if transition.attempt else [])]

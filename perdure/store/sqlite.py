@@ -38,6 +38,7 @@ from perdure.store.base import (
     ChangeToken,
     Claimed,
     JournalEntry,
+    Lease,
     NewRun,
     QueueConfig,
     QueueStats,
@@ -54,6 +55,7 @@ from perdure.store.rows import (
     RecentResults,
     RowMapping,
     Unknown,
+    check_held,
     check_same_entry,
     purge_params,
     set_queue_params,
@@ -358,15 +360,13 @@ class SQLiteStore(RowMapping):
                 check_same_entry(run_id, params, existing, exc, self.keyring)
 
     async def append(
-        self, run_id: str, lease: int, *, entries: list[JournalEntry], attempts: list[Attempt]
+        self, run_id: str, lease: Lease, *, entries: list[JournalEntry], attempts: list[Attempt]
     ) -> None:
         entry_params = await self._entry_params(run_id, entries)
         attempt_params = [self._attempt_params(a) for a in attempts]
 
         def write(conn: sqlite3.Connection) -> None:
-            row = conn.execute(Q["check_lease"], {"id": run_id}).fetchone()
-            if row is None or row["lease"] != lease or row["status"] != "running":
-                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+            check_held(run_id, conn.execute(Q["check_lease"], {"id": run_id}).fetchone(), lease)
             self._insert_entries(conn, run_id, entry_params)
             for params in attempt_params:
                 conn.execute(Q["insert_attempt"], params)
@@ -376,7 +376,7 @@ class SQLiteStore(RowMapping):
     async def finish_attempt(
         self,
         run_id: str,
-        lease: int,
+        lease: Lease,
         transition: Transition,
         *,
         entries: list[JournalEntry],
@@ -529,7 +529,8 @@ class SQLiteStore(RowMapping):
 
     async def register_worker(self, worker: WorkerRecord) -> None:
         params = self._worker_params(worker)
-        await self._write(lambda conn: conn.execute(Q["register_worker"], params), durable=False)
+        # durable: a worker whose row a power cut took could claim nothing (claims need it)
+        await self._write(lambda conn: conn.execute(Q["register_worker"], params))
 
     async def heartbeat(self, worker_id: str) -> bool:
         params = {"id": worker_id, "now": time.time()}
@@ -559,7 +560,7 @@ class SQLiteStore(RowMapping):
                         "note": f"requeued: worker {worker_id} {reason}",
                     },
                 ).rowcount
-            return requeued
+            return requeued + int(conn.execute(Q["requeue_orphans"], {"now": now}).rowcount)
 
         count: int = await self._write(write, (CLAIMABLE,))
         return count
@@ -575,7 +576,9 @@ class SQLiteStore(RowMapping):
         params = {"worker_id": worker_id, "keep": json.dumps(keep), "now": time.time()}
 
         def write(conn: sqlite3.Connection) -> list[str]:
-            return [row["id"] for row in conn.execute(Q["release_strays"], params).fetchall()]
+            strays = [row["id"] for row in conn.execute(Q["release_strays"], params).fetchall()]
+            conn.execute(Q["requeue_orphans"], params)
+            return strays
 
         released: list[str] = await self._write(write, (CLAIMABLE,))
         return released

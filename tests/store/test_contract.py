@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from perdure.store.base import (
     ErrorInfo,
     History,
     JournalEntry,
+    Lease,
     NewRun,
     RunStatus,
     Store,
@@ -52,6 +54,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             tmp_path / "perdure.db", blobs=blobs, inline_limit=1024, keyring=keyring
         )
     await the_store.open()
+    for worker_id in ("w1", "w2"):
+        await register(the_store, worker_id)
     yield the_store
     await the_store.close()
 
@@ -90,9 +94,28 @@ def _entry(
     )
 
 
-async def _claim_one(store: Store, worker: str = "w1") -> tuple[str, int]:
+async def register(store: Store, worker_id: str, app: str = APP) -> None:
+    """Register `worker_id` as a live worker (claims need one); registering again is a no-op."""
+    now = time.time()
+    await store.register_worker(
+        WorkerRecord(
+            id=worker_id,
+            app=app,
+            host="h",
+            host_key="h",
+            pid=1,
+            pid_started=1,
+            started_at=now,
+            heartbeat_at=now,
+            tasks=["t"],
+        )
+    )
+
+
+async def _claim_one(store: Store, worker: str = "w1") -> tuple[str, Lease]:
+    await register(store, worker)
     (run,) = await store.claim_runs(app=APP, worker_id=worker, tasks=["t"], limit=1)
-    return run.id, run.lease
+    return run.id, run.held
 
 
 async def test_create_and_idempotency(store: Store) -> None:
@@ -132,12 +155,17 @@ async def test_claim_respects_tasks_time_and_limit(store: Store) -> None:
     assert claimed.next_at <= time.time()  # the third ready run was left
 
 
+def _next(lease: Lease) -> Lease:
+    """The lease the run's next claim by the same worker would give."""
+    return Lease(lease.number + 1, lease.worker_id)
+
+
 async def test_append_is_fenced_by_the_lease(store: Store) -> None:
     await store.create_run(_new_run())
     run_id, lease = await _claim_one(store)
     await store.append(run_id, lease, entries=[_entry(1)], attempts=[])
     with pytest.raises(LeaseLost):
-        await store.append(run_id, lease + 1, entries=[_entry(2)], attempts=[])
+        await store.append(run_id, _next(lease), entries=[_entry(2)], attempts=[])
     with pytest.raises(CorruptJournal):
         await store.append(run_id, lease, entries=[_entry(1, b"other")], attempts=[])
     # the same entry again (a write retried after its answer was lost) is fine, encrypted too
@@ -175,7 +203,7 @@ async def test_suspend_then_wake(store: Store) -> None:
     await asyncio.sleep(max(0.0, wake_at - time.time()) + 0.01)
     again_id, again_lease = await _claim_one(store)
     assert again_id == run_id
-    assert again_lease == lease + 1
+    assert again_lease == _next(lease)
     with pytest.raises(LeaseLost):  # the old lease is dead
         await store.finish_attempt(
             run_id,
@@ -242,14 +270,14 @@ async def test_a_claim_hands_over_the_histories_it_read(store: Store) -> None:
     await store.create_run(_new_run())
     claimed = await store.claim_runs(app=APP, worker_id="w1", tasks=["t"], limit=1)
     (first,) = claimed
-    assert first.lease == 1
+    assert first.held == Lease(1, "w1")
     assert claimed.histories[first.id] == History([], [])
     now = time.time()
     tried = Attempt(
         run_id=first.id, run_attempt=1, seq=2, attempt=1, started_at=now, finished_at=now
     )
-    await store.append(first.id, first.lease, entries=[_entry(1)], attempts=[tried])
-    claimed = await _reclaim(store, first.id, first.lease)
+    await store.append(first.id, first.held, entries=[_entry(1)], attempts=[tried])
+    claimed = await _reclaim(store, first.id, first.held)
     recorded = claimed.histories[first.id]
     assert [e.seq for e in recorded.journal] == [1]
     assert [e.seq for e in await store.load_journal(first.id)] == [1]
@@ -260,12 +288,12 @@ async def test_a_claim_hands_over_the_histories_it_read(store: Store) -> None:
         raise StoreUnavailable("the read failed")
 
     store._read_histories = broken  # type: ignore[attr-defined]
-    claimed = await _reclaim(store, first.id, claimed[0].lease)
+    claimed = await _reclaim(store, first.id, claimed[0].held)
     assert [run.id for run in claimed] == [first.id]
     assert first.id not in claimed.histories
 
 
-async def _reclaim(store: Store, run_id: str, lease: int) -> Claimed:
+async def _reclaim(store: Store, run_id: str, lease: Lease) -> Claimed:
     """Release `run_id` and claim it again."""
     now = time.time()
     await store.finish_attempt(
@@ -353,7 +381,7 @@ async def test_reaping_a_worker_requeues_its_runs(store: Store) -> None:
     assert run.note is not None
     assert "died" in run.note
     again_id, lease = await _claim_one(store, "w2")
-    assert (again_id, lease) == (run_id, 2)
+    assert (again_id, lease) == (run_id, Lease(2, "w2"))
 
 
 async def test_wait_for_change_wakes_on_a_commit(store: Store) -> None:
@@ -375,3 +403,88 @@ async def test_reaping_cancels_runs_whose_cancel_was_pending(store: Store) -> No
     run = await store.get_run(run_id)
     assert run.status is RunStatus.CANCELLED
     assert run.finished_at is not None
+
+
+def _sql(store: Store, statement: str, params: dict[str, Any]) -> None:
+    """Change the database behind the store's back (what a crash or another process does)."""
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path)
+        with conn:
+            conn.execute(statement.replace("%(", ":").replace(")s", ""), params)
+        conn.close()
+        return
+    import psycopg
+
+    url: str = store.url  # type: ignore[attr-defined]
+    with psycopg.connect(url, options="-c search_path=perdure") as pg:
+        pg.execute(statement, params)
+
+
+async def test_a_claim_lost_in_a_crash_cannot_share_its_lease(store: Store) -> None:
+    """A claim committed without waiting for the disk can be lost in a database crash: the run
+    is back where it was, and the next claim gives it the same lease number. The worker that
+    claimed first still runs it; its writes must be refused, the new claimer's accepted."""
+    await store.create_run(_new_run())
+    run_id, first = await _claim_one(store, "w1")
+    _sql(
+        store,
+        "UPDATE runs SET status = 'queued', lease = lease - 1, worker_id = NULL WHERE id = %(id)s",
+        {"id": run_id},
+    )
+    again, second = await _claim_one(store, "w2")
+    assert again == run_id
+    assert second.number == first.number  # the number alone cannot tell the claims apart
+    with pytest.raises(LeaseLost):
+        await store.append(run_id, first, entries=[_entry(1, b"first")], attempts=[])
+    with pytest.raises(LeaseLost):
+        await store.finish_attempt(
+            run_id,
+            first,
+            Transition(status=RunStatus.COMPLETED, result=_value(b"first")),
+            entries=[],
+            attempts=[],
+        )
+    await store.append(run_id, second, entries=[_entry(1, b"second")], attempts=[])
+    await store.finish_attempt(
+        run_id,
+        second,
+        Transition(status=RunStatus.COMPLETED, result=_value(b"second")),
+        entries=[],
+        attempts=[],
+    )
+    run = await store.get_run(run_id)
+    assert run.status is RunStatus.COMPLETED
+    assert run.result is not None
+    assert run.result.data == b"second"
+    (entry,) = await store.load_journal(run_id)
+    assert entry.value is not None
+    assert entry.value.data == b"second"
+
+
+async def test_no_run_stays_running_without_a_live_worker(store: Store) -> None:
+    """A worker declared dead claims nothing; a run left running under a worker that is not
+    alive (its claim committed while the worker was being declared dead, or the worker stopped
+    without releasing it) is requeued by the next sweep; and a cancel ends it at once."""
+    for _ in range(3):
+        await store.create_run(_new_run())
+    stranded, _ = await _claim_one(store, "w1")
+    doomed, _ = await _claim_one(store, "w1")
+    _sql(store, "UPDATE workers SET status = 'dead' WHERE id = 'w1'", {})
+    assert await store.claim_runs(app=APP, worker_id="w1", tasks=["t"], limit=5) == []
+    assert await store.claim_runs(app=APP, worker_id="never-registered", tasks=["t"], limit=5) == []
+    assert not await store.heartbeat("w1")
+    assert "w1" not in [w.id for w in await store.live_workers(app=APP)]
+    assert await store.cancel_run(doomed) is RunStatus.CANCELLED  # no live worker to ask
+    assert await store.release_strays("w2", keep=[]) == []  # none of w2's own
+    run = await store.get_run(stranded)
+    assert run.status is RunStatus.QUEUED
+    assert run.note is not None
+    assert "w1" in run.note
+    assert (await store.get_run(doomed)).status is RunStatus.CANCELLED
+    taken = await store.claim_runs(app=APP, worker_id="w2", tasks=["t"], limit=5)
+    assert stranded in [r.id for r in taken]
+    await store.deregister_worker("w2")  # stopped without releasing what it held
+    await register(store, "w3")
+    assert await store.reap_workers([], reason="") == len(taken)
+    for run in await store.get_runs([r.id for r in taken]):
+        assert run.status is RunStatus.QUEUED

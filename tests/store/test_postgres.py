@@ -16,7 +16,7 @@ from perdure.store.base import Attempt, RunStatus, Transition
 from perdure.store.postgres import PostgresStore
 
 from ..conftest import ROOT
-from .test_contract import _claim_one, _entry, _new_run, _value
+from .test_contract import _claim_one, _entry, _new_run, _next, _value
 
 
 async def test_concurrent_step_records_share_a_commit(tmp_path: Path, postgres_url: str) -> None:
@@ -66,7 +66,11 @@ async def test_concurrent_completions_share_a_statement(tmp_path: Path, postgres
     outcomes = await asyncio.gather(
         *done,
         store.finish_attempt(
-            stale, stale_lease + 1, Transition(status=RunStatus.COMPLETED), entries=[], attempts=[]
+            stale,
+            _next(stale_lease),
+            Transition(status=RunStatus.COMPLETED),
+            entries=[],
+            attempts=[],
         ),
         store.finish_attempt(
             collide,
@@ -139,7 +143,7 @@ async def test_a_parent_suspending_beside_its_last_child_ending_is_woken(
     assert woken.status is RunStatus.WAITING
     assert woken.available_at is not None
     assert woken.available_at <= time.time()
-    assert await _claim_one(store) == (parent, parent_lease + 1)
+    assert await _claim_one(store) == (parent, _next(parent_lease))
     await store.close()
 
 

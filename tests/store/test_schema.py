@@ -48,6 +48,7 @@ async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str)
         "0002_flow_control",
         "0003_retention",
         "0004_claim_order",
+        "0005_running_by_worker",
     ]
     from_sqlite = sqlite_columns(tmp_path / "p.db")
     from_postgres = postgres_columns(postgres_url)
@@ -131,7 +132,7 @@ async def test_postgres_upgraded_step_by_step_equals_fresh(
 def _claim_select(dialect: str) -> str:
     """The claim's choice of runs (the subquery of claim_runs)."""
     claim = load_queries(dialect)["claim_runs"]
-    return claim[claim.index("SELECT id") : claim.rindex(")")]
+    return claim[claim.index("SELECT id") : claim.index("\n)")]
 
 
 async def test_a_claim_reads_only_the_runs_it_takes(tmp_path: Path, postgres_url: str) -> None:

@@ -20,6 +20,7 @@ from perdure.store.base import NewRun, RunStatus, Value
 from perdure.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 from ..conftest import ROOT, running_worker, wait_until
+from .test_contract import register
 
 
 def _store(tmp_path: Path, *, auto_migrate: bool = True) -> SQLiteStore:
@@ -78,6 +79,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0002_flow_control",
         "0003_retention",
         "0004_claim_order",
+        "0005_running_by_worker",
     ]
     await store.open()
     await store.close()
@@ -118,6 +120,7 @@ async def test_a_commit_from_another_process_is_noticed_quickly(tmp_path: Path) 
     noticed = time.time()
     stdout, _ = await proc.communicate()
     assert changed
+    await register(store, "w", app="a")
     claimed = await store.claim_runs(app="a", worker_id="w", tasks=["remote"], limit=1)
     assert len(claimed) == 1
     committed = float(stdout.decode().split()[0])

@@ -62,6 +62,8 @@ WHERE id IN (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
+  AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
+              WHERE id = %(worker_id)s AND status = 'alive' FOR SHARE)
 RETURNING *;
 
 -- name: claim_lock
@@ -94,6 +96,8 @@ UPDATE runs
 SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1, note = NULL,
     started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
 WHERE id = ANY(%(ids)s) AND status IN ('queued', 'waiting')
+  AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
+              WHERE id = %(worker_id)s AND status = 'alive' FOR SHARE)
 RETURNING *;
 
 -- name: cancel_queued_ids
@@ -168,7 +172,7 @@ WHERE app = %(app)s AND status IN ('queued', 'waiting')
   AND task = ANY(%(tasks)s);
 
 -- name: check_lease
-SELECT lease, status FROM runs WHERE id = %(id)s FOR UPDATE;
+SELECT lease, worker_id, status FROM runs WHERE id = %(id)s FOR UPDATE;
 
 -- name: insert_entry
 INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
@@ -219,8 +223,9 @@ SET status = %(status)s, worker_id = NULL,
     result_codec = %(result_codec)s, result = %(result)s, result_blob = %(result_blob)s,
     result_raw_size = %(result_raw_size)s, result_stored_size = %(result_stored_size)s,
     error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,
-    updated_at = %(now)s, finished_at = %(finished_at)s
-WHERE id = %(id)s AND lease = %(lease)s AND status = 'running';
+    updated_at = %(now)s, finished_at = %(finished_at)s, note = %(note)s
+WHERE id = %(id)s AND lease = %(lease)s AND worker_id = %(worker_id)s
+  AND status = 'running';
 
 -- name: drop_failed_entries
 DELETE FROM journal
@@ -235,7 +240,10 @@ WITH RECURSIVE tree(id) AS (
 UPDATE runs
 SET status = 'cancelled', worker_id = NULL, available_at = NULL, updated_at = %(now)s,
     finished_at = %(now)s
-WHERE id IN (SELECT id FROM tree) AND status IN ('queued', 'waiting');
+WHERE id IN (SELECT id FROM tree)
+  AND (status IN ('queued', 'waiting')
+       OR status = 'running' AND NOT EXISTS (  -- no live worker to stop it
+           SELECT 1 FROM workers w WHERE w.id = runs.worker_id AND w.status = 'alive'));
 
 -- name: request_cancel_tree
 -- the running ones are asked to stop
@@ -272,6 +280,17 @@ SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
     worker_id = NULL, available_at = %(now)s, updated_at = %(now)s, note = %(note)s
 WHERE worker_id = %(worker_id)s AND status = 'running';
 
+-- name: requeue_orphans
+-- running runs whose worker is not alive (declared dead, stopped, or never registered): a claim
+-- that committed while its worker was being declared dead, a release lost with its connection
+UPDATE runs
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN %(now)s::double precision END,
+    worker_id = NULL, available_at = %(now)s, updated_at = %(now)s,
+    note = 'requeued: its worker ' || coalesce(worker_id, '?') || ' is no longer alive'
+WHERE status = 'running' AND NOT EXISTS (
+    SELECT 1 FROM workers w WHERE w.id = runs.worker_id AND w.status = 'alive');
+
 -- name: note_unclaimable
 UPDATE runs SET note = %(note)s
 WHERE app = %(app)s AND status IN ('queued', 'waiting') AND available_at <= %(now)s
@@ -307,7 +326,8 @@ SELECT %(run_id)s, %(seq)s, %(kind)s, %(name)s, %(status)s, %(codec)s, %(value)s
        %(blob_key)s, %(raw_size)s, %(stored_size)s, %(error)s, %(started_at)s,
        %(finished_at)s, %(run_attempt)s, %(attempt)s, %(attempt_started_at)s
 FROM runs
-WHERE id = %(run_id)s AND lease = %(lease)s AND status = 'running'
+WHERE id = %(run_id)s AND lease = %(lease)s AND worker_id = %(worker_id)s
+  AND status = 'running'
 FOR SHARE
 ON CONFLICT (run_id, seq) DO NOTHING
 RETURNING seq;
@@ -347,8 +367,9 @@ WITH e AS (
         result_codec = %(result_codec)s, result = %(result)s, result_blob = %(result_blob)s,
         result_raw_size = %(result_raw_size)s, result_stored_size = %(result_stored_size)s,
         error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,
-        updated_at = %(now)s, finished_at = %(finished_at)s
-    WHERE id = %(id)s AND lease = %(lease)s AND status = 'running'
+        updated_at = %(now)s, finished_at = %(finished_at)s, note = %(note)s
+    WHERE id = %(id)s AND lease = %(lease)s AND worker_id = %(worker_id)s
+      AND status = 'running'
       AND NOT EXISTS (SELECT 1 FROM journal j JOIN e ON j.seq = e.seq WHERE j.run_id = %(id)s)
     RETURNING id
 ), entries AS (
@@ -375,14 +396,15 @@ SELECT (SELECT count(*) FROM fin) AS finished, (SELECT count(*) FROM woken) AS w
 -- ids are those finished), and the caller takes the step-by-step path for it
 WITH f AS (
     SELECT * FROM unnest(
-        %(f_id)s::text[], %(f_lease)s::bigint[], %(f_status)s::text[],
+        %(f_id)s::text[], %(f_lease)s::bigint[], %(f_worker_id)s::text[], %(f_status)s::text[],
         %(f_available_at)s::float8[], %(f_children_target)s::integer[],
         %(f_result_codec)s::text[], %(f_result)s::bytea[], %(f_result_blob)s::text[],
         %(f_result_raw_size)s::bigint[], %(f_result_stored_size)s::bigint[],
         %(f_error)s::bytea[], %(f_bump)s::integer[], %(f_now)s::float8[],
-        %(f_finished_at)s::float8[]
-    ) AS f(id, lease, status, available_at, children_target, result_codec, result,
-           result_blob, result_raw_size, result_stored_size, error, bump, now, finished_at)
+        %(f_finished_at)s::float8[], %(f_note)s::text[]
+    ) AS f(id, lease, worker_id, status, available_at, children_target, result_codec, result,
+           result_blob, result_raw_size, result_stored_size, error, bump, now, finished_at,
+           note)
 ), e AS (
     /* entries */
 ), a AS (
@@ -398,9 +420,10 @@ WITH f AS (
         result_codec = f.result_codec, result = f.result, result_blob = f.result_blob,
         result_raw_size = f.result_raw_size, result_stored_size = f.result_stored_size,
         error = coalesce(f.error, r.error), attempt = r.attempt + f.bump, cancel_requested = 0,
-        updated_at = f.now, finished_at = f.finished_at
+        updated_at = f.now, finished_at = f.finished_at, note = f.note
     FROM f
-    WHERE r.id = f.id AND r.lease = f.lease AND r.status = 'running'
+    WHERE r.id = f.id AND r.lease = f.lease AND r.worker_id = f.worker_id
+      AND r.status = 'running'
       AND NOT EXISTS (
           SELECT 1 FROM e JOIN journal j ON j.run_id = e.run_id AND j.seq = e.seq
           WHERE e.run_id = f.id)

@@ -58,6 +58,8 @@ WHERE id IN (
     ORDER BY priority DESC, available_at, id
     LIMIT :limit
 )
+  AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
+              WHERE id = :worker_id AND status = 'alive')
 RETURNING *;
 
 -- name: claim_candidates
@@ -86,6 +88,8 @@ UPDATE runs
 SET status = 'running', worker_id = :worker_id, lease = lease + 1, note = NULL,
     started_at = coalesce(started_at, :now), updated_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('queued', 'waiting')
+  AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
+              WHERE id = :worker_id AND status = 'alive')
 RETURNING *;
 
 -- name: cancel_queued_ids
@@ -158,7 +162,7 @@ WHERE app = :app AND status IN ('queued', 'waiting')
   AND task IN (SELECT value FROM json_each(:tasks));
 
 -- name: check_lease
-SELECT lease, status FROM runs WHERE id = :id;
+SELECT lease, worker_id, status FROM runs WHERE id = :id;
 
 -- name: insert_entry
 INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
@@ -202,13 +206,14 @@ SET status = :status, worker_id = NULL,
     result_codec = :result_codec, result = :result, result_blob = :result_blob,
     result_raw_size = :result_raw_size, result_stored_size = :result_stored_size,
     error = coalesce(:error, error), attempt = attempt + :bump, cancel_requested = 0,
-    updated_at = :now, finished_at = :finished_at,
+    updated_at = :now, finished_at = :finished_at, note = :note,
     children_target = :children_target,
     available_at = CASE
         WHEN :children_target IS NULL THEN :available_at
         WHEN children_done >= :children_target THEN :now
         END
-WHERE id = :id AND lease = :lease AND status = 'running';
+WHERE id = :id AND lease = :lease AND worker_id = :worker_id
+  AND status = 'running';
 
 -- name: drop_failed_entries
 DELETE FROM journal
@@ -223,7 +228,10 @@ WITH RECURSIVE tree(id) AS (
 UPDATE runs
 SET status = 'cancelled', worker_id = NULL, available_at = NULL, updated_at = :now,
     finished_at = :now
-WHERE id IN (SELECT id FROM tree) AND status IN ('queued', 'waiting');
+WHERE id IN (SELECT id FROM tree)
+  AND (status IN ('queued', 'waiting')
+       OR status = 'running' AND NOT EXISTS (  -- no live worker to stop it
+           SELECT 1 FROM workers w WHERE w.id = runs.worker_id AND w.status = 'alive'));
 
 -- name: request_cancel_tree
 -- the running ones are asked to stop
@@ -259,6 +267,17 @@ SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
     finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
     worker_id = NULL, available_at = :now, updated_at = :now, note = :note
 WHERE worker_id = :worker_id AND status = 'running';
+
+-- name: requeue_orphans
+-- running runs whose worker is not alive (declared dead, stopped, or never registered): a claim
+-- that committed while its worker was being declared dead, a release lost with its connection
+UPDATE runs
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
+    worker_id = NULL, available_at = :now, updated_at = :now,
+    note = 'requeued: its worker ' || coalesce(worker_id, '?') || ' is no longer alive'
+WHERE status = 'running' AND NOT EXISTS (
+    SELECT 1 FROM workers w WHERE w.id = runs.worker_id AND w.status = 'alive');
 
 -- name: note_unclaimable
 UPDATE runs SET note = :note
