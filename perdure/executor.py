@@ -235,7 +235,7 @@ class Executor:
             if reason == "cancel":
                 return Transition(status=RunStatus.CANCELLED, attempt=self._attempt(ctx, started))
             if reason == "release":
-                return Transition(status=RunStatus.QUEUED, available_at=time.time())
+                return Transition(status=RunStatus.QUEUED, available_at=self.store.now())
             if reason is None:
                 raise
             return None  # lease lost: another worker owns the run now
@@ -308,7 +308,7 @@ class Executor:
             )
             return Transition(
                 status=RunStatus.QUEUED,
-                available_at=time.time() + delay,
+                available_at=self.store.now() + delay,
                 error=attempt.error,
                 next_attempt=True,
                 attempt=attempt,

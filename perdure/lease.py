@@ -77,9 +77,8 @@ def host_key() -> str:
     return "|".join(parts)
 
 
-def new_worker_record(worker_id: str, app: str, tasks: list[str]) -> WorkerRecord:
-    """This process as a worker."""
-    now = time.time()
+def new_worker_record(worker_id: str, app: str, tasks: list[str], now: float) -> WorkerRecord:
+    """This process as a worker, registering at `now` (the store's clock)."""
     pid = os.getpid()
     return WorkerRecord(
         id=worker_id,
@@ -104,7 +103,7 @@ async def tick(stamp: list[float]) -> None:
 async def reap_dead_workers(store: Store, me: WorkerRecord, config: WorkerConfig) -> int:
     """Requeue the runs of workers that are provably dead or stalled; returns runs requeued.
     LeaseLost if `me` itself is no longer alive (another worker declared it dead)."""
-    now = time.time()
+    now = store.now()  # the clock the heartbeats were written on
     dead: dict[str, str] = {}
     live = await store.live_workers(app=me.app)
     others = [w for w in live if w.id != me.id]

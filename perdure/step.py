@@ -215,7 +215,7 @@ async def execute_step(
                     extra=_extra(ctx, step.name, attempt, "step_retry"),
                 )
                 if delay >= ctx.config.retry_suspend_after:
-                    raise Suspend(time.time() + delay) from None
+                    raise Suspend(ctx.store.now() + delay) from None
                 await asyncio.sleep(delay)
                 continue
             ctx.pending.append(

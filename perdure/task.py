@@ -126,8 +126,8 @@ class RunOptions:
         parent_id: str | None = None,
         awaited: bool = False,
     ) -> NewRun:
-        """The run to create."""
-        now = time.time()
+        """The run to create (its start and TTL on the store's clock)."""
+        now = task.app.store.now()
         start = now
         if self.run_at is not None:
             start = self.run_at.timestamp()
@@ -475,6 +475,7 @@ class Task(Generic[P, R]):
         since = self.app.store.change_token()
         ctx = current()
         if ctx is None or in_step():
+            await self.app.store.open()  # (once) the store's clock is read when it opens
             news = [
                 options.new_run(self, v, idempotency_key=_item_key(options, single, index))
                 for index, v in enumerate(values)

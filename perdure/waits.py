@@ -54,10 +54,10 @@ def sleep(seconds: float) -> Any:
     entry = ctx.recorded(seq, EntryKind.SLEEP, "sleep")
     if entry is not None:
         wake_at = float(decode_entry(ctx, entry, float))
-        if wake_at > time.time():
+        if wake_at > ctx.store.now():  # the store's clock: the one the wake-up is kept on
             raise Suspend(wake_at)
     else:
-        wake_at = time.time() + max(0.0, seconds)
+        wake_at = ctx.store.now() + max(0.0, seconds)
         entry, _data = ctx.value_entry(seq, EntryKind.SLEEP, "sleep", wake_at, time.time())
         ctx.pending.append(entry)  # written with the suspension, in one transaction
         if seconds > 0:

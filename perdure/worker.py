@@ -112,7 +112,7 @@ class Worker:
                 loop.add_signal_handler(sig, self.stop)
                 installed.append(sig)
         try:
-            me = new_worker_record(self.id, self.app, self.tasks)
+            me = new_worker_record(self.id, self.app, self.tasks, self.store.now())
             if await self._register(me):
                 await self._serve(loop, me)
         finally:
@@ -213,7 +213,7 @@ class Worker:
                 # a read first: claiming is a write, and most wake-ups find nothing to claim
                 wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
                 self._looked = (token, wake_at)
-            if wake_at is not None and wake_at <= time.time():
+            if wake_at is not None and wake_at <= self.store.now():
                 self._looked = None  # what the claim takes changes what is left
                 claimed = await self.store.claim_runs(
                     app=self.app,
@@ -234,7 +234,7 @@ class Worker:
                     return  # there may be more waiting
                 # held back by limits: a run's end (here, or in another worker: polled) or the
                 # rate window frees them
-                wake_at = min(claimed.retry_at or math.inf, time.time() + _BLOCKED_POLL)
+                wake_at = min(claimed.retry_at or math.inf, self.store.now() + _BLOCKED_POLL)
                 blocked = True
         now = time.monotonic()
         if self._active and now - self._last_cancel_check >= _CANCEL_CHECK_EVERY:
@@ -247,7 +247,7 @@ class Worker:
             await self.store.expire_runs()
         timeout = _IDLE_WAIT
         if wake_at is not None:
-            timeout = max(0.005 if blocked else 0.0, min(timeout, wake_at - time.time()))
+            timeout = max(0.005 if blocked else 0.0, min(timeout, wake_at - self.store.now()))
         if timeout > 0:
             await self._wait(token, timeout)
 
@@ -312,7 +312,9 @@ class Worker:
             await self.store.finish_attempt(
                 run.id,
                 run.held,
-                Transition(status=RunStatus.QUEUED, available_at=time.time() + delay, note=note),
+                Transition(
+                    status=RunStatus.QUEUED, available_at=self.store.now() + delay, note=note
+                ),
                 entries=[],
                 attempts=[],
             )

@@ -129,11 +129,13 @@ class WorkerProcess:
         log: Path,
         concurrency: int = 4,
         args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.log = log
         self._log_file = open(log, "ab")  # noqa: SIM115 - closed in kill()/terminate()
         self.proc = subprocess.Popen(
             [
+                *prefix,  # e.g. faketime
                 sys.executable,
                 "-m",
                 "perdure",

@@ -63,3 +63,10 @@ async def hog(run_key: str, seconds: float) -> str:
 @app.task(name="hogging")
 async def hogging(run_key: str, seconds: float) -> str:
     return await hog(run_key, seconds)
+
+
+@app.task(name="nap")
+async def nap(seconds: float) -> str:
+    """A durable sleep."""
+    await perdure.sleep(seconds)
+    return "woke"

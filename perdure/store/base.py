@@ -415,6 +415,14 @@ class Store(Protocol):
         """Connect and check (or apply) the schema version."""
         ...
 
+    def now(self) -> float:
+        """The store's clock, in POSIX seconds. Every time the store keeps or compares (when a
+        run may start or wake, a heartbeat, a lease's expiry, a TTL) is on it, so processes
+        whose clocks disagree still agree on these. SQLite: this host's clock (every process
+        shares it); PostgreSQL: the server's, as this process's clock plus an offset measured
+        at open and with every heartbeat and reap."""
+        ...
+
     async def close(self) -> None:
         """Flush pending writes and disconnect."""
         ...

@@ -191,6 +191,7 @@ _MIGRATION_LOCK = 7_366_101  # pg_advisory_xact_lock key: one migrator at a time
 _CLAIM_LOCK_CLASS = 7_366_103  # pg_advisory_xact_lock(class, app hash): one limited claim at a time
 _QUEUES_FRESH_FOR = 1.0  # seconds a worker trusts its copy of the queues to pick the claim path
 SESSION_GRACE = 10.0  # seconds after a server start during which missing locks prove nothing
+_CLOCK_READ_QUICK = 0.05  # seconds: a clock reading answered within this sets the offset
 
 
 class PostgresStore(RowMapping, PostgresConnections):
@@ -238,6 +239,8 @@ class PostgresStore(RowMapping, PostgresConnections):
         self.finish_groups = 0
         """Transactions those records took."""
         self._opened = False
+        self._clock_offset = 0.0
+        """The server's clock minus this process's (see now())."""
         self._queue_cache: dict[str, tuple[float, dict[str, QueueConfig]]] = {}
         self._turns = Turns()
 
@@ -290,6 +293,25 @@ class PostgresStore(RowMapping, PostgresConnections):
         finally:
             await conn.close()
 
+    def now(self) -> float:
+        return time.time() + self._clock_offset
+
+    def _observe_clock(self, sent: float, server_now: float) -> None:
+        """A reading of the server's clock, taken between `sent` and now on this process's
+        clock: the offset lies between server_now - now and server_now - sent. A quick reading
+        sets it to the middle; a slow one only when the current estimate lies outside (the
+        clocks jumped), since the event loop may have held the answer back."""
+        received = time.time()
+        low, high = server_now - received, server_now - sent
+        if received - sent <= _CLOCK_READ_QUICK or not low <= self._clock_offset <= high:
+            self._clock_offset = (low + high) / 2
+
+    async def _read_clock(self) -> None:
+        for _ in range(3):  # the quickest of a few readings
+            sent = time.time()
+            rows = await self._read(Q["clock"], {}, "clock")
+            self._observe_clock(sent, rows[0]["server_now"])
+
     async def open(self) -> None:
         if self._opened:
             return
@@ -304,6 +326,7 @@ class PostgresStore(RowMapping, PostgresConnections):
             if applied:
                 log.info("migrated %s: %s", self._redacted(), ", ".join(applied))
         self._opened = True
+        await self._read_clock()
 
     async def close(self) -> None:
         for worker_id in list(self._session_locks):
@@ -319,7 +342,7 @@ class PostgresStore(RowMapping, PostgresConnections):
     # -- runs --------------------------------------------------------------------------------
 
     async def create_run(self, run: NewRun) -> tuple[str, bool]:
-        params = await self._new_run_params(run, time.time())
+        params = await self._new_run_params(run, self.now())
         if run.debounce_key is not None:
             (created,) = await self.create_runs([run])
             return created
@@ -339,7 +362,7 @@ class PostgresStore(RowMapping, PostgresConnections):
     async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
         if len(runs) == 1 and runs[0].debounce_key is None:
             return [await self.create_run(runs[0])]  # one statement, no transaction
-        now = time.time()
+        now = self.now()
         # large arguments go to the blob store side by side
         all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
 
@@ -390,7 +413,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         limit: int,
         task_limits: dict[str, int] | None = None,
     ) -> Claimed:
-        now = time.time()
+        now = self.now()
         params = {
             "app": app,
             "worker_id": worker_id,
@@ -711,7 +734,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         return {str(row["id"]) for row in await cur.fetchall()}
 
     async def cancel_run(self, run_id: str) -> RunStatus:
-        params = {"id": run_id, "now": time.time()}
+        params = {"id": run_id, "now": self.now()}
 
         async def work(conn: Conn) -> RunStatus:
             await conn.execute(Q["cancel_idle_tree"], params)
@@ -726,7 +749,7 @@ class PostgresStore(RowMapping, PostgresConnections):
     # -- queues ------------------------------------------------------------------------------
 
     async def declare_queues(self, app: str, queues: list[QueueConfig]) -> None:
-        now = time.time()
+        now = self.now()
         all_params = [self._queue_params(app, queue, now) for queue in queues]
 
         async def work(conn: Conn) -> None:
@@ -757,11 +780,11 @@ class PostgresStore(RowMapping, PostgresConnections):
         return self._queue_config(row)
 
     async def queue_stats(self, app: str | None = None) -> list[QueueStats]:
-        rows = await self._read(Q["queue_stats"], {"app": app, "now": time.time()}, "queue_stats")
+        rows = await self._read(Q["queue_stats"], {"app": app, "now": self.now()}, "queue_stats")
         return [self._queue_stats(row) for row in rows]
 
     async def expire_runs(self) -> int:
-        params = {"app": None, "now": time.time()}
+        params = {"app": None, "now": self.now()}
 
         async def work(conn: Conn) -> int:
             return (await conn.execute(Q["expire_runs"], params)).rowcount
@@ -843,7 +866,9 @@ class PostgresStore(RowMapping, PostgresConnections):
         await self._write("register_worker", work)
 
     async def dead_sessions(self, worker_ids: list[str], *, me: str) -> list[str]:
+        sent = time.time()
         rows = await self._read(Q["session_locks"], {"lock_class": LOCK_CLASS}, "dead_sessions")
+        self._observe_clock(sent, rows[0]["server_now"])
         held = set(rows[0]["held"])
         if session_key(me) not in held:
             # our own session is gone (the server restarted, or the network dropped): take the
@@ -856,19 +881,25 @@ class PostgresStore(RowMapping, PostgresConnections):
         return [w for w in worker_ids if session_key(w) not in held]
 
     async def heartbeat(self, worker_id: str) -> bool:
-        params = {"id": worker_id, "now": time.time()}
+        sent = time.time()
+        params = {"id": worker_id}
 
-        async def work(conn: Conn) -> bool:
-            return (await conn.execute(Q["heartbeat"], params)).rowcount == 1
+        async def work(conn: Conn) -> float | None:
+            row = await (await conn.execute(Q["heartbeat"], params)).fetchone()
+            return None if row is None else float(row["server_now"])
 
-        return await self._write("heartbeat", work)
+        server_now = await self._write("heartbeat", work)
+        if server_now is None:
+            return False
+        self._observe_clock(sent, server_now)
+        return True
 
     async def live_workers(self, *, app: str) -> list[WorkerRecord]:
         rows = await self._read(Q["live_workers"], {"app": app}, "live_workers")
         return [self._worker_record(row) for row in rows]
 
     async def reap_workers(self, worker_ids: list[str], *, reason: str) -> int:
-        now = time.time()
+        now = self.now()
 
         async def work(conn: Conn) -> int:
             requeued = 0
@@ -897,7 +928,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         await asyncio.to_thread(self._unlock_session, worker_id)
 
     async def release_strays(self, worker_id: str, *, keep: list[str]) -> list[str]:
-        params = {"worker_id": worker_id, "keep": keep, "now": time.time()}
+        params = {"worker_id": worker_id, "keep": keep, "now": self.now()}
 
         async def work(conn: Conn) -> list[str]:
             rows = await (await conn.execute(Q["release_strays"], params)).fetchall()
@@ -907,7 +938,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         return await self._write("release_strays", work, (CLAIMABLE,))
 
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
-        params = {"app": app, "tasks": tasks, "note": note, "now": time.time()}
+        params = {"app": app, "tasks": tasks, "note": note, "now": self.now()}
 
         async def work(conn: Conn) -> int:
             return (await conn.execute(Q["note_unclaimable"], params)).rowcount

@@ -195,6 +195,9 @@ class RowMapping:
     """Encrypts inline values (blobs encrypt themselves) when it has a current key."""
     _recent: RecentResults
 
+    def now(self) -> float:
+        return time.time()
+
     def completed_result(self, run_id: str) -> Value | None:
         return self._recent.get(run_id)
 
@@ -507,7 +510,7 @@ class RowMapping:
     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
         """Parameters of finish_attempt's update, its attempt rows (the task-level attempt
         included), and the topics to announce."""
-        now = time.time()
+        now = self.now()
         params = {
             "id": run_id,
             "lease": lease.number,

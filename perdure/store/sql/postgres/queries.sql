@@ -265,7 +265,10 @@ VALUES (%(id)s, %(app)s, %(host)s, %(host_key)s, %(pid)s, %(pid_started)s, %(tas
 ON CONFLICT DO NOTHING;
 
 -- name: heartbeat
-UPDATE workers SET heartbeat_at = %(now)s WHERE id = %(id)s AND status = 'alive';
+-- on the server's clock, which it returns (the worker keeps its estimate of it up to date)
+UPDATE workers SET heartbeat_at = extract(epoch FROM clock_timestamp())
+WHERE id = %(id)s AND status = 'alive'
+RETURNING heartbeat_at AS server_now;
 
 -- name: live_workers
 SELECT * FROM workers WHERE app = %(app)s AND status = 'alive';
@@ -303,7 +306,11 @@ SELECT array(
              AND objsubid = 2 AND granted
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
        ) AS held,
-       extract(epoch FROM now() - pg_postmaster_start_time())::float8 AS uptime;
+       extract(epoch FROM now() - pg_postmaster_start_time())::float8 AS uptime,
+       extract(epoch FROM clock_timestamp())::float8 AS server_now;
+
+-- name: clock
+SELECT extract(epoch FROM clock_timestamp())::float8 AS server_now;
 
 -- name: entry_at
 SELECT kind, name, status, codec, value, blob_key, error FROM journal
