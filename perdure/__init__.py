@@ -6,10 +6,16 @@ worker resumes the run after the last successful step.
 
 from perdure import errors
 from perdure.app import App
-from perdure.errors import ChildFailed, NonRetryable, NonRetryableError, PerdureError
+from perdure.errors import (
+    ChildFailed,
+    NonRetryable,
+    NonRetryableError,
+    PerdureError,
+    RetryAfter,
+)
 from perdure.retry import Retry
 from perdure.secrets import Secret, secret
-from perdure.step import Step
+from perdure.step import Step, step_key
 from perdure.store.base import RunStatus
 from perdure.task import RunHandle, Task
 from perdure.waits import now, random, sleep, uuid4
@@ -23,6 +29,7 @@ __all__ = [
     "NonRetryableError",
     "PerdureError",
     "Retry",
+    "RetryAfter",
     "RunHandle",
     "RunStatus",
     "Secret",
@@ -33,5 +40,6 @@ __all__ = [
     "random",
     "secret",
     "sleep",
+    "step_key",
     "uuid4",
 ]

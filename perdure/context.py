@@ -152,7 +152,21 @@ class RunContext:
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
     "perdure_run", default=None
 )
-_in_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("perdure_step", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveStep:
+    """The step whose body is running (in this context)."""
+
+    name: str
+    """Step name."""
+    key: str
+    """`run id:journal position`: the same for every attempt and replay of this step call."""
+
+
+_in_step: contextvars.ContextVar[ActiveStep | None] = contextvars.ContextVar(
+    "perdure_step", default=None
+)
 
 
 def current() -> RunContext | None:

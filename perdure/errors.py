@@ -11,6 +11,7 @@ PerdureError
 ├── RunCancelled                the run was cancelled (RunHandle.result)
 ├── StepFailed                  a step spent its retries (raised in the task, live and on replay)
 ├── StepTimeout                 one attempt of a step or task ran over its timeout
+├── RetryAfter                  raise it to retry after a given delay (a rate limit's)
 ├── NonRetryableError           raise it (or perdure.NonRetryable(exc)) to stop retries
 │   └── StepExited              a step or task raised SystemExit / KeyboardInterrupt
 ├── NonDeterminismError         replay met a different step than the journal recorded
@@ -150,6 +151,21 @@ class StepFailed(PerdureError):
 
 class StepTimeout(PerdureError):
     """An attempt ran over its timeout."""
+
+
+class RetryAfter(PerdureError):
+    """Retry after the given delay: `raise perdure.RetryAfter(30) from exc` when an API asks to
+    wait (a 429's Retry-After). The step's policy still decides whether it is retried and how
+    often; only the delay comes from here."""
+
+    def __init__(self, seconds: float, message: str | None = None) -> None:
+        if seconds < 0:
+            raise ValueError(f"RetryAfter needs seconds >= 0, got {seconds}")
+        super().__init__(message or f"retry after {seconds:g}s")
+        self.seconds = float(seconds)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.seconds, str(self)))
 
 
 class NonRetryableError(PerdureError):

@@ -5,7 +5,6 @@ from the last checkpoint, suspended, cancelled or released."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
 import logging
@@ -16,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from perdure import serde
+from perdure.calls import call_body
 from perdure.config import WorkerConfig
 from perdure.context import RunContext, TaskOptions, _current, activate
 from perdure.errors import (
@@ -23,10 +23,9 @@ from perdure.errors import (
     CorruptJournal,
     LeaseLost,
     PerdureError,
-    StepTimeout,
     Suspend,
 )
-from perdure.step import error_info, guard_exit, return_type
+from perdure.step import error_info, return_type
 from perdure.store.base import (
     Attempt,
     History,
@@ -217,7 +216,7 @@ class Executor:
         try:
             assert run.args is not None
             args, kwargs = task.decode_args(run.id, run.args)
-            result = await self._call(task, args, kwargs)
+            result = await self._call(task, ctx.control, args, kwargs)
             data = serde.encode(
                 result,
                 codec=task.options.codec,
@@ -257,23 +256,18 @@ class Executor:
             attempt=self._attempt(ctx, started),
         )
 
-    async def _call(self, task: TaskDef, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        timeout = task.options.timeout
-        if task.is_async:
-            body = task.fn(*args, **kwargs)
-        else:
-            loop = asyncio.get_running_loop()
-            context = contextvars.copy_context()
-            body = loop.run_in_executor(None, lambda: context.run(task.fn, *args, **kwargs))
-        call = guard_exit(body, f"task {task.options.name!r}")
-        if timeout is None:
-            return await call
-        try:
-            return await asyncio.wait_for(call, timeout)
-        except TimeoutError:
-            raise StepTimeout(
-                f"task {task.options.name!r} ran over its timeout of {timeout}s"
-            ) from None
+    async def _call(
+        self, task: TaskDef, control: RunControl, args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
+        return await call_body(
+            task.fn,
+            args,
+            kwargs,
+            is_async=task.is_async,
+            what=f"task {task.options.name!r}",
+            timeout=task.options.timeout,
+            threads=control.threads,
+        )
 
     def _attempt(
         self, ctx: RunContext, started: float, exc: BaseException | None = None
@@ -285,7 +279,7 @@ class Executor:
             attempt=ctx.run.attempt,
             started_at=started,
             finished_at=time.time(),
-            error=None if exc is None else error_info(exc),
+            error=None if exc is None else error_info(exc, policy=ctx.task.retry),
         )
 
     def _failure(
@@ -296,7 +290,7 @@ class Executor:
         assert attempt.error is not None
         policy = task.options.retry
         if attempt.error.retryable and run.attempt < policy.max_attempts:
-            delay = policy.delay(run.attempt)
+            delay = policy.delay(run.attempt, error=exc)
             log.warning(
                 "run %s attempt %d failed (%s: %s); retrying from its last checkpoint in %.2fs",
                 run.id,

@@ -6,7 +6,6 @@ call of its function."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
 import logging
@@ -14,12 +13,14 @@ import os
 import time
 import traceback
 import typing
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from perdure import serde
+from perdure.calls import call_body
 from perdure.context import (
+    ActiveStep,
     RunContext,
     _in_step,
     current,
@@ -31,11 +32,10 @@ from perdure.errors import (
     NonDeterminismError,
     NonRetryableError,
     PayloadTooLarge,
+    PerdureError,
     SecretLeakError,
     SerializationError,
-    StepExited,
     StepFailed,
-    StepTimeout,
     Suspend,
 )
 from perdure.retry import DEFAULT_RETRY, Retry
@@ -58,13 +58,22 @@ _NOT_RETRYABLE = (
 )
 
 
-def error_info(exc: BaseException, *, retryable: bool | None = None) -> ErrorInfo:
-    """An exception as stored."""
+def error_info(
+    exc: BaseException, *, retryable: bool | None = None, policy: Retry | None = None
+) -> ErrorInfo:
+    """An exception as stored; retryable unless perdure knows retrying cannot help, or the
+    retry `policy` (its retry_on, dont_retry_on, should_retry) says no."""
     cls = type(exc)
     if retryable is None:
         retryable = not isinstance(exc, _NOT_RETRYABLE) and not (
             isinstance(exc, StepFailed) and not exc.retryable
         )
+        if retryable and policy is not None:
+            try:
+                retryable = policy.allows(exc)
+            except Exception:
+                log.exception("Retry.should_retry raised; the error is not retried")
+                retryable = False
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         tb = tb.tb_next  # perdure's own frames say nothing about the user's error
@@ -126,41 +135,33 @@ class Step(Generic[P, R]):
         return f"<perdure step {self.name!r}>"
 
 
-async def guard_exit(call: Awaitable[Any], what: str) -> Any:
-    """Await `call`, turning SystemExit and KeyboardInterrupt into StepExited here, inside the
-    caller's coroutine: escaping to the event loop they would end the worker (asyncio re-raises
-    them from any task), and every worker that resumed the run would die the same way."""
-    try:
-        return await call
-    except (SystemExit, KeyboardInterrupt) as exc:
-        detail = f"{type(exc).__name__}({exc})" if str(exc) else type(exc).__name__
-        raise StepExited(
-            f"{what} raised {detail}: code in it tried to end the worker process; it fails "
-            "without retries (raise an Exception to fail it, or return to end it)"
-        ) from exc
+def step_key() -> str:
+    """A key for the step call whose body is running: the run's id and the step's journal
+    position, the same on every attempt and after every crash, and different for every other
+    step call. Hand it to external systems as an idempotency key (a payment, an email), so a
+    body that runs again after a crash does not act twice."""
+    step = _in_step.get()
+    if step is None:
+        raise PerdureError(
+            "perdure.step_key() is only available inside a step body (it names one step call)"
+        )
+    return step.key
 
 
-async def _run_body(step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    token = _in_step.set(step.name)
+async def _run_body(
+    ctx: RunContext, step: Step[Any, Any], key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    token = _in_step.set(ActiveStep(step.name, key))
     try:
-        if step.is_async:
-            body = typing.cast(Coroutine[Any, Any, Any], step.fn(*args, **kwargs))
-            call: Awaitable[Any] = guard_exit(body, f"step {step.name!r}")
-        else:
-            loop = asyncio.get_running_loop()
-            ctx = contextvars.copy_context()
-            call = guard_exit(
-                loop.run_in_executor(None, lambda: ctx.run(step.fn, *args, **kwargs)),
-                f"step {step.name!r}",
-            )
-        if step.timeout is None:
-            return await call
-        try:
-            return await asyncio.wait_for(call, step.timeout)
-        except TimeoutError:
-            raise StepTimeout(
-                f"step {step.name!r} ran over its timeout of {step.timeout}s"
-            ) from None
+        return await call_body(
+            step.fn,
+            args,
+            kwargs,
+            is_async=step.is_async,
+            what=f"step {step.name!r}",
+            timeout=step.timeout,
+            threads=ctx.control.threads,
+        )
     finally:
         _in_step.reset(token)
 
@@ -186,12 +187,12 @@ async def execute_step(
         ctx.check_active()
         started = time.time()
         try:
-            result = await _run_body(step, args, kwargs)
+            result = await _run_body(ctx, step, f"{ctx.run.id}:{seq}", args, kwargs)
             entry, data = ctx.value_entry(seq, EntryKind.STEP, step.name, result, first_started)
             entry = await ctx.offload(entry)
         except Exception as exc:
             ctx.check_active()
-            info = error_info(exc)
+            info = error_info(exc, policy=step.retry)
             ctx.pending_attempts.append(
                 Attempt(
                     run_id=ctx.run.id,
@@ -204,7 +205,7 @@ async def execute_step(
                 )
             )
             if info.retryable and attempt < step.retry.max_attempts:
-                delay = step.retry.delay(attempt)
+                delay = step.retry.delay(attempt, error=exc)
                 log.warning(
                     "step %s attempt %d failed (%s: %s); retrying in %.2fs",
                     step.name,

@@ -34,7 +34,7 @@ def _no_waits_in_steps(what: str) -> None:
     step = _in_step.get()
     if step is not None:
         raise PerdureError(
-            f"{what} was called inside step {step!r}; durable waits belong in the task body, "
+            f"{what} was called inside step {step.name!r}; durable waits belong in the task body, "
             "between steps"
         )
 

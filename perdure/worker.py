@@ -14,8 +14,9 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from perdure.config import WorkerConfig
 from perdure.errors import LeaseLost, StoreError
@@ -45,6 +46,48 @@ _STORE_RETRY_MIN = 0.1
 _STORE_RETRY_MAX = 5.0
 
 
+class StepThreads:
+    """The threads sync steps and sync tasks run in: a pool of the worker's own, apart from the
+    event loop's default executor (which the store's blocking calls use, and which stuck user
+    code must never starve). A sync call cannot be interrupted, so one that ran over its
+    timeout, or whose run stopped, keeps its thread until it returns; when every thread is
+    held so, the worker can run no sync code (see `exhausted`)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="perdure-step")
+        self._lock = threading.Lock()
+        self._held = 0
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run `fn` in one of the threads."""
+        return self.pool.submit(fn)
+
+    def abandon(self, call: Future[Any]) -> None:
+        """Nobody waits for `call` any more; it holds its thread until it returns."""
+        with self._lock:
+            self._held += 1
+        call.add_done_callback(self._returned)  # in the thread that ends it (or here)
+
+    def _returned(self, _call: Future[Any]) -> None:
+        with self._lock:
+            self._held -= 1
+
+    @property
+    def held(self) -> int:
+        """Threads held by calls nobody waits for."""
+        return self._held
+
+    @property
+    def exhausted(self) -> bool:
+        """True when every thread is held by a call nobody waits for."""
+        return self._held >= self.size
+
+    def shutdown(self) -> None:
+        """Stop the idle threads; the held ones end with their calls (or the process)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 @dataclass(slots=True)
 class RunControl:
     """What the worker tells a run while it executes."""
@@ -55,6 +98,8 @@ class RunControl:
     """Set before the run's task is cancelled: "cancel" (user request) or "release" (drain)."""
     history: History | None = None
     """The run's journal and attempts, read with its claim (None: read them)."""
+    threads: StepThreads | None = None
+    """Where its sync code runs (None: the event loop's default executor)."""
 
 
 Execute = Callable[[RunRecord, RunControl], Awaitable[None]]
@@ -92,6 +137,8 @@ class Worker:
         self._last_unknown_check = 0.0
         self._lost = threading.Event()
         self._force = False
+        self.threads = StepThreads(config.concurrency * 2 + 4)
+        self._said_exhausted = False
 
     def stop(self) -> None:
         """Stop claiming and drain (call from the worker's loop; a second call releases at once)."""
@@ -102,10 +149,6 @@ class Worker:
     async def run(self, *, install_signal_handlers: bool = True) -> None:
         """Run until stop() (or SIGTERM/SIGINT), then drain."""
         loop = asyncio.get_running_loop()
-        pool = ThreadPoolExecutor(
-            max_workers=self.config.concurrency * 2 + 4, thread_name_prefix="perdure-step"
-        )
-        loop.set_default_executor(pool)
         installed = []
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,6 +161,7 @@ class Worker:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            self.threads.shutdown()
         if self._lost.is_set():
             raise LeaseLost(
                 f"worker {self.id} was declared dead by another worker (stalled, or cut off from "
@@ -203,6 +247,20 @@ class Worker:
         token = self.store.change_token()
         self._slot_freed.clear()
         free = self.config.concurrency - len(self._active)
+        if self.threads.exhausted:
+            free = 0  # no thread left for sync code: claim nothing until one returns
+            if not self._said_exhausted:
+                self._said_exhausted = True
+                log.error(
+                    "all %d step threads are held by sync steps that ran over their timeouts "
+                    "(a sync call cannot be interrupted); this worker claims nothing until one "
+                    "returns. Restart it, and give those steps code that can end.",
+                    self.threads.size,
+                    extra={"action": "threads_exhausted"},
+                )
+        elif self._said_exhausted:
+            self._said_exhausted = False
+            log.info("step threads are free again; claiming", extra={"action": "threads_free"})
         wake_at = None
         blocked = False
         if free > 0:
@@ -284,7 +342,7 @@ class Worker:
             )
             await self._release(run, delay=0.0)
             return
-        control = RunControl(worker_id=self.id, history=history)
+        control = RunControl(worker_id=self.id, history=history, threads=self.threads)
         task = asyncio.create_task(self._guarded(run, control), name=f"perdure-run-{run.id}")
         self._active[run.id] = (task, control)
 

@@ -70,3 +70,19 @@ async def nap(seconds: float) -> str:
     """A durable sleep."""
     await perdure.sleep(seconds)
     return "woke"
+
+
+@app.step(name="stuck", retry=perdure.Retry(max_attempts=1), timeout=0.1)
+def stuck(seconds: float) -> str:
+    """A sync step that outlasts its timeout (sync code cannot be interrupted)."""
+    time.sleep(seconds)
+    return "finished"
+
+
+@app.task(name="stuck_task")
+async def stuck_task(seconds: float) -> str:
+    try:
+        result: str = await stuck(seconds)  # type: ignore[misc]
+    except perdure.errors.StepFailed:
+        return "timed out"
+    return result

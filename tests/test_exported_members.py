@@ -9,6 +9,7 @@ def test_public_names_are_pinned() -> None:
         "NonRetryableError",
         "PerdureError",
         "Retry",
+        "RetryAfter",
         "RunHandle",
         "RunStatus",
         "Secret",
@@ -19,6 +20,7 @@ def test_public_names_are_pinned() -> None:
         "random",
         "secret",
         "sleep",
+        "step_key",
         "uuid4",
     ]
     for name in perdure.__all__:

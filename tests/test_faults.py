@@ -3,17 +3,22 @@ that lose their claim; each fails or recovers the run cleanly, and the worker go
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import perdure
 from perdure.crypto import new_key
-from perdure.errors import TaskFailed
+from perdure.errors import PerdureError, TaskFailed
 from perdure.store.base import EntryStatus, RunStatus
 
-from .conftest import running_worker, wait_until
+from . import crashapp
+from .conftest import WorkerProcess, running_worker, wait_until
 
 
 @pytest.mark.parametrize("kind", ["async", "sync", "async+timeout", "task"])
@@ -125,3 +130,91 @@ async def test_a_run_this_worker_cannot_read_is_given_back_not_stranded(
 
 async def _noted(app: perdure.App, run_id: str) -> bool:
     return any(run.note for run in await app.store.list_runs() if run.id == run_id)
+
+
+async def test_a_step_over_its_timeout_fails_even_if_it_swallows_the_cancellation(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    app = make_app()
+    returned: list[float] = []
+
+    @app.step(retry=perdure.Retry(max_attempts=1), timeout=0.2)
+    async def stubborn() -> str:
+        for _ in range(10):
+            with contextlib.suppress(asyncio.CancelledError):  # a library that swallows it
+                await asyncio.sleep(0.1)
+        returned.append(time.time())
+        return "late"
+
+    @app.task(retry=perdure.Retry(max_attempts=1))
+    async def flow() -> str:
+        result: str = await stubborn()
+        return result
+
+    async with running_worker(app):
+        handle = await flow.trigger()
+        with pytest.raises(TaskFailed, match="StepTimeout"):
+            await handle.result(timeout=10)
+        journal = await app.store.load_journal(handle.id)
+        attempts = await app.store.load_attempts(handle.id)
+        await wait_until(lambda: returned, timeout=5)  # the body did return "late", later
+    (entry,) = journal
+    assert entry.status is EntryStatus.FAILED  # the late value was dropped
+    assert entry.error is not None
+    assert entry.error.type == "perdure.errors.StepTimeout"
+    (step_attempt,) = [a for a in attempts if a.seq == 1]
+    assert step_attempt.finished_at < returned[0]  # it failed at its timeout, not at the return
+
+
+async def test_step_key_is_stable_per_step_call(make_app: Callable[..., perdure.App]) -> None:
+    app = make_app()
+    keys: list[str] = []
+
+    @app.step(retry=perdure.Retry(max_attempts=3, min_timeout=0.01))
+    async def charge(amount: int) -> str:
+        keys.append(perdure.step_key())
+        if len(keys) == 1:
+            raise ConnectionError("the payment API timed out")
+        return f"charged {amount} with key {perdure.step_key()}"
+
+    @app.task
+    async def checkout() -> list[str]:
+        return [await charge(1), await charge(2)]
+
+    async with running_worker(app):
+        handle = await checkout.trigger()
+        first, second = await handle.result(timeout=10)
+    assert keys == [f"{handle.id}:1", f"{handle.id}:1", f"{handle.id}:2"]  # retries share one
+    assert first.endswith(f"{handle.id}:1")
+    assert second.endswith(f"{handle.id}:2")
+    with pytest.raises(PerdureError, match="inside a step"):
+        perdure.step_key()
+
+
+async def test_a_worker_whose_step_threads_are_all_stuck_stops_claiming_and_drains(
+    tmp_path: Path, worker_processes: list[WorkerProcess], database_url: str
+) -> None:
+    """Sync steps that outlast their timeouts keep their threads (sync code cannot be
+    interrupted). Once every step thread is held, the worker says so and claims nothing; its
+    store still works, and SIGTERM drains and exits within the drain timeout."""
+    app = perdure.App("crash", database=database_url, blobs=f"file://{tmp_path}/blobs")
+    app.task(name="stuck_task")(crashapp.stuck_task.fn)
+    env = {
+        "PERDURE_DATABASE_URL": database_url,
+        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
+        "CRASH_LOG": str(tmp_path / "side-effects.log"),
+        "PERDURE_DRAIN_TIMEOUT": "1",
+    }
+    worker = WorkerProcess("tests.crashapp:app", env, log=tmp_path / "w.log", concurrency=1)
+    worker_processes.append(worker)
+    threads = 1 * 2 + 4  # the worker's step threads for concurrency 1
+    handles = [await app.get_task("stuck_task").trigger(60.0) for _ in range(threads + 2)]
+    await wait_until(lambda: "claims nothing" in worker.log.read_text(), timeout=30)
+    statuses = [await h.status() for h in handles]
+    assert statuses.count(RunStatus.COMPLETED) == threads
+    assert statuses.count(RunStatus.QUEUED) == 2  # left for a worker that can run them
+    assert [await h.result(timeout=1) for h in handles[:threads]] == ["timed out"] * threads
+    started = time.monotonic()
+    assert await asyncio.to_thread(worker.terminate, 15) == 0
+    assert time.monotonic() - started < 10
+    await app.close()
