@@ -115,6 +115,7 @@ class App:
         concurrency: int | None = None,
         timeout: float | None = None,
         serializer: str = "msgpack",
+        max_steps: int | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -127,13 +128,18 @@ class App:
         concurrency: int | None = None,
         timeout: float | None = None,
         serializer: str = "msgpack",
+        max_steps: int | None = None,
     ) -> Any:
         """Register a durable task (sync or async). Options: `retry` (task-level retries from
         the last checkpoint), `queue` (a name; limits via app.queue), `concurrency` (runs of
         this task running at once, over every worker), `timeout` (seconds per attempt),
-        `serializer` ("msgpack", or "pickle" to opt in to pickle)."""
+        `serializer` ("msgpack", or "pickle" to opt in to pickle), `max_steps` (journal
+        positions a run may take: steps, sleeps, recorded values, child triggers; a run past
+        it fails with TooManySteps, so a runaway loop cannot grow its journal without end)."""
         if concurrency is not None and concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+        if max_steps is not None and max_steps < 1:
+            raise ConfigurationError(f"max_steps must be at least 1, got {max_steps}")
 
         def register(fn: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or fn.__qualname__
@@ -150,6 +156,7 @@ class App:
                 concurrency=concurrency,
                 timeout=timeout,
                 serializer=serializer,
+                max_steps=max_steps,
             )
             self.tasks[task_name] = task
             return task

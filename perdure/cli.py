@@ -26,7 +26,7 @@ from perdure.blobs import open_blobs
 from perdure.blobs.base import REFRESH_AFTER
 from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL
 from perdure.crypto import Keyring, new_key
-from perdure.errors import PerdureError
+from perdure.errors import CorruptJournal, EncryptionError, PerdureError, StoreRefused
 from perdure.retention import PurgeReport, parse_age, purge
 from perdure.rotation import RotationReport, rotate
 from perdure.store import open_store
@@ -128,7 +128,7 @@ def _decoded(data: bytes, codec: str) -> Any:
         return f"<{exc}>"
 
 
-def _run_dict(run: RunRecord) -> dict[str, Any]:
+def _run_dict(run: RunRecord, *, values: bool = True) -> dict[str, Any]:
     out = {
         "id": run.id,
         "app": run.app,
@@ -146,9 +146,10 @@ def _run_dict(run: RunRecord) -> dict[str, Any]:
         "error": None if run.error is None else msgspec.to_builtins(run.error),
     }
     if run.result is not None:
-        out["result"] = _value_json(_decoded(run.result.data, run.result.codec))
+        if values:
+            out["result"] = _value_json(_decoded(run.result.data, run.result.codec))
         out["result_size"] = {"raw": run.result.raw_size, "stored": run.result.stored_size}
-    if run.args is not None:
+    if run.args is not None and values:
         out["args"] = _value_json(_decoded(run.args.data, run.args.codec))
     return out
 
@@ -307,21 +308,38 @@ def runs_show(
     database: DbOpt = None,
     blobs: BlobOpt = None,
     as_json: JsonOpt = False,
+    limit: Annotated[
+        int,
+        typer.Option(min=0, help="Journal entries in the table: the first and last half (0: all)."),
+    ] = 200,
 ) -> None:
     """Show a run: its steps with timing, attempts, errors with tracebacks, stored sizes."""
 
-    async def load(store: Store) -> tuple[RunRecord, list[JournalEntry], list[Attempt]]:
-        run = await store.get_run(run_id)
-        return run, await store.load_journal(run_id), await store.load_attempts(run_id)
+    async def load(
+        store: Store,
+    ) -> tuple[RunRecord, list[JournalEntry], list[Attempt], Exception | None]:
+        unreadable = None
+        try:
+            run = await store.get_run(run_id)
+        except (CorruptJournal, EncryptionError, StoreRefused) as exc:  # shown all the same
+            run, unreadable = await store.get_run(run_id, values=False), exc
+        # the steps' values are not shown: their sizes need no blob store and no key
+        journal = await store.load_journal(run_id, values=False)
+        return run, journal, await store.load_attempts(run_id), unreadable
 
-    run, journal, attempts = _on_store(app, database, blobs, load)
-    entries = [_entry_dict(e, [a for a in attempts if a.seq == e.seq]) for e in journal]
+    run, journal, attempts, unreadable = _on_store(app, database, blobs, load)
+    by_seq: dict[int, list[Attempt]] = {}
+    for attempt in attempts:
+        by_seq.setdefault(attempt.seq, []).append(attempt)
+    entries = [_entry_dict(e, by_seq.get(e.seq, [])) for e in journal]
     stored = sum(e["stored_size"] for e in entries) + (run.result.stored_size if run.result else 0)
     if as_json:
-        out = _run_dict(run)
+        out = _run_dict(run, values=unreadable is None)
         out["stored_size"] = stored
         out["journal"] = entries
         out["attempts"] = [_attempt_dict(a) for a in attempts]
+        if unreadable is not None:
+            out["unreadable"] = f"{type(unreadable).__name__}: {unreadable}"
         print(json.dumps(out))
         return
     console.print(f"[bold]run {run.id}[/bold]  task {run.task}  [bold]{run.status}[/bold]")
@@ -331,8 +349,19 @@ def runs_show(
     )
     if run.note:
         console.print(f"[yellow]note:[/yellow] {run.note}")
+    if unreadable is not None:
+        console.print(
+            f"[yellow]values unreadable here:[/yellow] {type(unreadable).__name__}: {unreadable}",
+            markup=True,
+            highlight=False,
+        )
     table = Table("seq", "kind", "name", "status", "start", "ms", "attempts", "stored bytes")
-    for e in entries:
+    shown = entries
+    if limit and len(entries) > limit:
+        shown = entries[: limit // 2] + entries[len(entries) - (limit - limit // 2) :]
+    for index, e in enumerate(shown):
+        if shown is not entries and index == limit // 2:
+            table.add_row("…", f"{len(entries) - limit:,} more (--limit 0 shows all)", *[""] * 6)
         size = f"{e['stored_size']}" + (" (blob)" if e["in_blob_store"] else "")
         table.add_row(
             str(e["seq"]),
@@ -346,6 +375,9 @@ def runs_show(
         )
     console.print(table)
     failed = [a for a in attempts if a.error is not None]
+    if limit and len(failed) > limit:
+        console.print(f"{len(failed) - limit:,} earlier failed attempt(s) not shown")
+        failed = failed[-limit:]
     for a in failed:
         where = f"step #{a.seq}" if a.seq else "task"
         assert a.error is not None
@@ -354,7 +386,7 @@ def runs_show(
             f"{_time(a.started_at)}: {a.error.type}: {a.error.message}[/red]"
         )
         console.print(a.error.traceback.rstrip(), markup=False, highlight=False)
-    if run.result is not None:
+    if run.result is not None and unreadable is None:
         console.print("result:")
         console.print_json(data=_value_json(_decoded(run.result.data, run.result.codec)))
 
@@ -428,11 +460,23 @@ def runs_purge(
         ),
     )
     if as_json:
-        print(json.dumps({"dry_run": dry_run, "runs": report.runs, "blobs": report.blobs}))
+        print(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "runs": report.runs,
+                    "blobs": report.blobs,
+                    "partial_writes": report.partial,
+                }
+            )
+        )
     elif dry_run:
         console.print(f"would delete {report.runs} run(s)")
     else:
-        console.print(f"deleted {report.runs} run(s) and {report.blobs} unreferenced blob(s)")
+        console.print(
+            f"deleted {report.runs} run(s) and {report.blobs} unreferenced blob(s)"
+            + (f", and {report.partial} partial blob write(s)" if report.partial else "")
+        )
 
 
 @encryption_cli.command("new-key")

@@ -12,7 +12,7 @@ from typing import Any
 
 from perdure import serde
 from perdure.config import WorkerConfig
-from perdure.errors import CancelSignal, NonDeterminismError
+from perdure.errors import CancelSignal, NonDeterminismError, TooManySteps
 from perdure.retry import Retry
 from perdure.store.base import (
     Attempt,
@@ -42,6 +42,8 @@ class TaskOptions:
     """Codec of every value the task's runs store."""
     max_value_size: int
     """Encoded values above this many bytes are refused (PayloadTooLarge)."""
+    max_steps: int | None = None
+    """Journal positions a run may take (None: no bound); past it, TooManySteps."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -81,6 +83,13 @@ class RunContext:
 
     def next_seq(self) -> int:
         """The next journal position, in call order."""
+        limit = self.task.max_steps
+        if limit is not None and self.seq >= limit:
+            raise TooManySteps(
+                f"run {self.run.id} (task {self.task.name!r}) reached its max_steps of {limit} "
+                "journal positions (steps, sleeps, recorded values, child triggers); raise the "
+                "task's max_steps, or make the loop end"
+            )
         self.seq += 1
         return self.seq
 

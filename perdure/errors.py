@@ -13,7 +13,8 @@ PerdureError
 ├── StepTimeout                 one attempt of a step or task ran over its timeout
 ├── RetryAfter                  raise it to retry after a given delay (a rate limit's)
 ├── NonRetryableError           raise it (or perdure.NonRetryable(exc)) to stop retries
-│   └── StepExited              a step or task raised SystemExit / KeyboardInterrupt
+│   ├── StepExited              a step or task raised SystemExit / KeyboardInterrupt
+│   └── TooManySteps            a run went past its task's max_steps
 ├── NonDeterminismError         replay met a different step than the journal recorded
 ├── SerializationError          a value msgspec (or pickle) cannot encode or decode
 ├── SecretLeakError             a Secret, or a secret's value, was about to be stored
@@ -22,6 +23,7 @@ PerdureError
 ├── LeaseLost                   this worker no longer owns the run (another worker took it)
 └── StoreError
     ├── StoreUnavailable        the database cannot be reached
+    ├── StoreRefused            the database refused a write that retrying cannot fix
     ├── SchemaTooNew            the database was migrated by a newer perdure
     └── SchemaOutdated          the database needs `perdure migrate`
 ```
@@ -178,6 +180,10 @@ class StepExited(NonRetryableError):
     the original exception as its cause; the worker goes on."""
 
 
+class TooManySteps(NonRetryableError):
+    """A run went past its task's `max_steps` journal positions (a loop that does not end)."""
+
+
 class NonDeterminismError(PerdureError):
     """The task called a different step than the journal recorded at this position.
 
@@ -217,6 +223,12 @@ class StoreError(PerdureError):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached."""
+
+
+class StoreRefused(StoreError):
+    """The database refused a write that retrying cannot fix: a value too big for it, a
+    character it cannot hold (a NUL in a PostgreSQL text), a name over an index's limit. The
+    run's attempt fails with this error, and the task's retry policy decides what follows."""
 
 
 class SchemaTooNew(StoreError):

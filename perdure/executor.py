@@ -23,6 +23,7 @@ from perdure.errors import (
     CorruptJournal,
     LeaseLost,
     PerdureError,
+    StoreRefused,
     Suspend,
 )
 from perdure.step import error_info, return_type
@@ -155,7 +156,9 @@ class Executor:
                 await self.store.finish_attempt(
                     run.id, run.held, transition, entries=entries, attempts=attempts
                 )
-            except CorruptJournal as exc:  # pending entries collide with recorded ones
+            except (CorruptJournal, StoreRefused) as exc:
+                # pending entries collide with recorded ones, or the database refused what was
+                # to be written: the attempt fails (retrying the write as it is cannot help)
                 transition = self._failure(task, ctx, started, exc)
                 await self.store.finish_attempt(
                     run.id, run.held, transition, entries=[], attempts=[]

@@ -40,6 +40,8 @@ class PurgeReport:
     """Runs deleted (or found, with dry_run)."""
     blobs: int = 0
     """Unreferenced blobs deleted."""
+    partial: int = 0
+    """Temporary files of blob writes that never finished, removed."""
 
 
 async def purge(
@@ -83,6 +85,7 @@ async def purge(
             progress(report)
         if len(deleted) < _BATCH:
             break
+    report.partial = await blobs.remove_partial_writes()
     # blobs: listed first, then checked against what the rows reference now; the store checks
     # each blob's time once more as it deletes (a put may have refreshed it meanwhile)
     written_before = now - grace

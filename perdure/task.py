@@ -283,6 +283,7 @@ class Task(Generic[P, R]):
         timeout: float | None,
         serializer: str,
         concurrency: int | None = None,
+        max_steps: int | None = None,
     ) -> None:
         try:
             codec = serde.Codec(serializer)
@@ -309,6 +310,7 @@ class Task(Generic[P, R]):
                 timeout=timeout,
                 codec=codec,
                 max_value_size=app.max_value_size,
+                max_steps=max_steps,
             ),
             fn=fn,
         )

@@ -178,10 +178,25 @@ class Worker:
                 if self.queues:
                     await self.store.declare_queues(self.app, self.queues)
                 await reap_dead_workers(self.store, me, self.config)
+                await self._remove_partial_writes()
                 return True
             except StoreError as exc:
                 delay = await self._back_off(f"worker {self.id} cannot register", exc, delay)
         return False
+
+    async def _remove_partial_writes(self) -> None:
+        """What blob writes killed with their process (or stopped by a full disk) left."""
+        try:
+            removed = await self.store.blobs.remove_partial_writes()
+        except Exception as exc:
+            log.warning("could not look for partial blob writes: %s", exc)
+            return
+        if removed:
+            log.info(
+                "removed %d partial blob write(s) left by stopped processes",
+                removed,
+                extra={"action": "remove_partial"},
+            )
 
     async def _back_off(self, what: str, exc: StoreError, delay: float) -> float:
         """Say why, wait `delay` (or until stop()), and return the next, longer delay."""

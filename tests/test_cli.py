@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import perdure
+from perdure.crypto import new_key
+from perdure.ids import new_id
+from perdure.store.base import (
+    Attempt,
+    EntryKind,
+    EntryStatus,
+    JournalEntry,
+    NewRun,
+    RunStatus,
+    Transition,
+    Value,
+)
+
 from .conftest import ROOT, WorkerProcess
+from .store.test_contract import register
 
 
 def perdure_cli(tmp_path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -200,3 +217,67 @@ def test_queues_list_set_pause_resume(tmp_path: Path) -> None:
     refused = perdure_cli(tmp_path, "queues", "set", "shared", "--app-name", "flow", check=False)
     assert refused.returncode != 0
     assert "--concurrency N or --no-limit" in refused.stdout + refused.stderr
+
+
+def test_runs_show_stays_readable_for_huge_and_unreadable_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with thousands of journal entries, whose values were encrypted with a key this
+    process does not have: `runs show` still shows it (sizes, statuses, attempts), says why
+    its values cannot be shown, and the table shows the first and last entries."""
+    entries = 5_000
+    monkeypatch.setenv("PERDURE_ENCRYPTION_KEY", new_key())
+    run_id = asyncio.run(_huge_run(tmp_path, entries))
+    monkeypatch.delenv("PERDURE_ENCRYPTION_KEY")
+    shown = as_json(perdure_cli(tmp_path, "runs", "show", run_id, "--json"))
+    assert len(shown["journal"]) == entries
+    assert all(e["stored_size"] > 0 for e in shown["journal"])
+    assert "EncryptionError" in shown["unreadable"]
+    assert "result" not in shown
+    assert shown["result_size"]["raw"] == 1
+    table = perdure_cli(tmp_path, "runs", "show", run_id, "--limit", "10").stdout
+    assert "values unreadable here" in table
+    assert f"{entries - 10:,} more" in table
+    assert table.count("work") == 10
+
+
+async def _huge_run(tmp_path: Path, entries: int) -> str:
+    app = perdure.App(
+        "crash", database=f"sqlite:///{tmp_path}/perdure.db", blobs=f"file://{tmp_path}/blobs"
+    )
+    store = app.store
+    await store.open()
+    now = time.time()
+    value = Value(codec="msgpack", data=b"\xc3", raw_size=1)
+    run_id, _ = await store.create_run(
+        NewRun(
+            id=new_id(), app="crash", task="pipeline", queue="default", args=value, available_at=now
+        )
+    )
+    await register(store, "w1", app="crash")
+    (run,) = await store.claim_runs(app="crash", worker_id="w1", tasks=["pipeline"], limit=1)
+    journal = [
+        JournalEntry(
+            seq=seq,
+            kind=EntryKind.STEP,
+            name="work",
+            status=EntryStatus.COMPLETED,
+            value=value,
+            started_at=now,
+            finished_at=now,
+            attempt=Attempt(
+                run_id=run_id, run_attempt=1, seq=seq, attempt=1, started_at=now, finished_at=now
+            ),
+        )
+        for seq in range(1, entries + 1)
+    ]
+    await store.append(run_id, run.held, entries=journal, attempts=[])
+    await store.finish_attempt(
+        run_id,
+        run.held,
+        Transition(status=RunStatus.COMPLETED, result=value),
+        entries=[],
+        attempts=[],
+    )
+    await app.close()
+    return run_id

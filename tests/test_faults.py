@@ -218,3 +218,94 @@ async def test_a_worker_whose_step_threads_are_all_stuck_stops_claiming_and_drai
     assert await asyncio.to_thread(worker.terminate, 15) == 0
     assert time.monotonic() - started < 10
     await app.close()
+
+
+@pytest.mark.parametrize("name", ["bad\ud800name", "bad\x00name"])
+async def test_a_value_the_store_refuses_fails_the_run_after_its_retries(
+    make_app: Callable[..., perdure.App], name: str
+) -> None:
+    """A write the database refuses for good (a name it cannot hold) fails the attempt with
+    StoreRefused; the task's retry policy decides what follows, and the step body does not run
+    again every few seconds forever."""
+    app = make_app()
+    bodies: list[str] = []
+
+    @app.step(name=name)
+    async def odd() -> str:
+        bodies.append("ran")
+        return "value"
+
+    @app.task(retry=perdure.Retry(max_attempts=2, min_timeout=0.01))
+    async def flow() -> str:
+        result: str = await odd()
+        return result
+
+    if "\x00" in name and app.database.startswith("sqlite"):
+        pytest.skip("SQLite holds NUL characters in text")
+    async with running_worker(app):
+        handle = await flow.trigger()
+        with pytest.raises(TaskFailed) as info:
+            await handle.result(timeout=20)
+        await asyncio.sleep(0.5)  # a runaway retry loop would run the body again
+    assert info.value.error_type == "perdure.errors.StoreRefused"
+    assert bodies == ["ran", "ran"]  # once per task attempt
+
+
+async def test_a_recorded_value_gone_from_the_blob_store_fails_the_run_naming_it(
+    make_app: Callable[..., perdure.App], tmp_path: Path
+) -> None:
+    app = make_app(inline_limit=1024)
+
+    @app.step(name="fetch_page")
+    async def fetch_page() -> str:
+        return "page " * 1000  # over the inline limit: kept in the blob store
+
+    @app.task(retry=perdure.Retry(max_attempts=3, min_timeout=0.01))
+    async def crawl() -> int:
+        page = await fetch_page()
+        await perdure.sleep(0.5)
+        return len(page)
+
+    async with running_worker(app):
+        handle = await crawl.trigger()
+        await wait_until(lambda: _is(handle, RunStatus.WAITING), timeout=10)
+        blobs = [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+        assert blobs
+        for blob in blobs:
+            blob.unlink()
+        with pytest.raises(TaskFailed) as info:
+            await handle.result(timeout=10)
+    assert info.value.error_type == "perdure.errors.CorruptJournal"
+    message = info.value.error_message
+    assert "seq 1" in message
+    assert "fetch_page" in message
+    assert "missing" in message
+
+
+async def _is(handle: perdure.RunHandle[int], status: RunStatus) -> bool:
+    return await handle.status() is status
+
+
+async def test_max_steps_ends_a_runaway_loop(make_app: Callable[..., perdure.App]) -> None:
+    app = make_app()
+
+    @app.step
+    async def poll(n: int) -> int:
+        return n
+
+    @app.task(max_steps=5, retry=perdure.Retry(max_attempts=3, min_timeout=0.01))
+    async def forever() -> None:
+        n = 0
+        while True:  # a loop whose end condition never comes
+            n = await poll(n + 1)
+
+    async with running_worker(app):
+        handle = await forever.trigger()
+        with pytest.raises(TaskFailed) as info:
+            await handle.result(timeout=10)
+        journal = await app.store.load_journal(handle.id)
+        run = await app.store.get_run(handle.id)
+    assert info.value.error_type == "perdure.errors.TooManySteps"
+    assert "max_steps of 5" in info.value.error_message
+    assert [e.seq for e in journal] == [1, 2, 3, 4, 5]
+    assert run.attempt == 1  # not retried: it would only hit the bound again

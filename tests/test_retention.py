@@ -163,9 +163,9 @@ def test_the_purge_command(tmp_path: Path) -> None:
     assert cli("runs", "cancel", queued["id"]).returncode == 0
     done = cli("runs", "purge", "--older-than", "0s", "--dry-run", "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"dry_run": True, "runs": 1, "blobs": 0}
+    assert json.loads(done.stdout) == {"dry_run": True, "runs": 1, "blobs": 0, "partial_writes": 0}
     done = cli("runs", "purge", "--older-than", "0s", "--json")
-    assert json.loads(done.stdout) == {"dry_run": False, "runs": 1, "blobs": 0}
+    assert json.loads(done.stdout) == {"dry_run": False, "runs": 1, "blobs": 0, "partial_writes": 0}
     assert cli("runs", "show", queued["id"]).returncode != 0
     bad = cli("runs", "purge", "--older-than", "soon")
     assert bad.returncode != 0
@@ -176,3 +176,39 @@ def test_the_purge_command(tmp_path: Path) -> None:
     asked = cli("runs", "purge", "--older-than", "1d", "--grace", "5m")
     assert asked.returncode != 0
     assert "grace must be at least" in asked.stdout + asked.stderr
+
+
+async def test_partial_blob_writes_are_removed_at_start_and_by_purge(
+    make_sqlite_app: Callable[..., perdure.App], tmp_path: Path
+) -> None:
+    """A process killed (or a disk filled) while it wrote a blob leaves a temporary file: a
+    worker removes the abandoned ones when it starts, and so does a purge; a write in progress
+    (a file changed recently) is left alone."""
+    spool = tmp_path / "blobs" / "tmp"
+    spool.mkdir(parents=True)
+
+    def leave(name: str, age: float) -> Path:
+        path = spool / name
+        path.write_bytes(b"\x01" * 1000)
+        then = time.time() - age
+        os.utime(path, (then, then))
+        return path
+
+    killed = leave("123.456.1.tmp", 3600)
+    writing = leave("124.457.2.tmp", 1)
+    app = make_sqlite_app()
+
+    @app.task
+    async def noop() -> None:
+        return None
+
+    async with running_worker(app):
+        await wait_until(lambda: not killed.exists())
+        assert writing.exists()
+    killed_later = leave("125.458.3.tmp", 3600)
+    await app.store.open()
+    report = await purge(app.store, app.store.blobs, older_than=86_400)
+    await app.close()
+    assert report.partial == 1
+    assert not killed_later.exists()
+    assert writing.exists()

@@ -57,6 +57,15 @@ class BlobStore(Protocol):
         put refreshed meanwhile is kept; missing ones are fine); returns how many went."""
         ...
 
+    async def remove_partial_writes(self) -> int:
+        """Remove what writes that never finished left behind (a process killed, a disk full
+        while it wrote); returns how many. A write in progress is never touched."""
+        ...
+
+
+PARTIAL_AFTER = 300.0
+"""Seconds after its last change when a temporary file is taken for a write that never finished
+(a write changes its file continuously and renames it as soon as it is complete)."""
 
 REFRESH_AFTER = 600.0
 """Seconds after which a put of bytes already stored writes them again (a blob's last-written

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from perdure.blobs.base import (
+    PARTIAL_AFTER,
     REFRESH_AFTER,
     BlobRef,
     content_key,
@@ -146,6 +147,24 @@ class LocalBlobStore:
             return True
 
         return await asyncio.to_thread(rewrite)
+
+    async def remove_partial_writes(self) -> int:
+        return await asyncio.to_thread(self._remove_partial_writes)
+
+    def _remove_partial_writes(self) -> int:
+        removed = 0
+        spool = self.root / "tmp"
+        if not spool.is_dir():
+            return 0
+        before = time.time() - PARTIAL_AFTER
+        for path in spool.iterdir():
+            try:
+                if path.name.endswith(".tmp") and path.stat().st_mtime < before:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     async def keys_older_than(self, moment: float) -> list[str]:
         return await asyncio.to_thread(self._keys_older_than, moment)

@@ -134,6 +134,9 @@ class ObjectBlobStore:
             ) from exc
         return True
 
+    async def remove_partial_writes(self) -> int:
+        return 0  # an object is written whole or not at all
+
     async def keys_older_than(self, moment: float) -> list[str]:
         keys = []
         try:

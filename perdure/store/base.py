@@ -451,8 +451,10 @@ class Store(Protocol):
         """create_run for many runs in one durable write; results in order."""
         ...
 
-    async def get_run(self, run_id: str) -> RunRecord:
-        """The run with its arguments and result; RunNotFound when there is none."""
+    async def get_run(self, run_id: str, *, values: bool = True) -> RunRecord:
+        """The run with its arguments and result; RunNotFound when there is none. With
+        values=False, the values' sizes and codecs without their bytes (nothing to decrypt or
+        fetch from the blob store: a run whose values cannot be read can still be shown)."""
         ...
 
     async def get_runs(self, run_ids: list[str]) -> list[RunRecord]:
@@ -551,8 +553,9 @@ class Store(Protocol):
         is claimable now; None when there is none). A read: cheap, no write."""
         ...
 
-    async def load_journal(self, run_id: str) -> list[JournalEntry]:
-        """The run's finished journal entries in seq order, values resolved."""
+    async def load_journal(self, run_id: str, *, values: bool = True) -> list[JournalEntry]:
+        """The run's finished journal entries in seq order, values resolved (with values=False,
+        as in get_run: sizes without bytes)."""
         ...
 
     async def load_attempts(self, run_id: str) -> list[Attempt]:

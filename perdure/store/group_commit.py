@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from perdure.errors import StoreUnavailable
+from perdure.errors import StoreRefused, StoreUnavailable
 
 log = logging.getLogger("perdure.store")
 
@@ -275,8 +275,12 @@ class GroupCommitWriter:
                 try:
                     result = write.fn(conn)
                 except Exception as exc:
-                    if isinstance(exc, sqlite3.Error) and transient(exc):
-                        raise  # busy or I/O: retry the batch, not a user-visible failure
+                    if isinstance(exc, sqlite3.Error | UnicodeError):
+                        if isinstance(exc, sqlite3.Error) and transient(exc):
+                            raise  # busy or I/O: retry the batch, not a user-visible failure
+                        refused = StoreRefused(f"SQLite refused the write: {exc}")
+                        refused.__cause__ = exc
+                        exc = refused  # a value too big, a constraint: retrying cannot help
                     self._undo(conn, isolate)
                     outcomes.append((write.future, None, exc))
                 else:

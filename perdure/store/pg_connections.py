@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from perdure.errors import StoreUnavailable
+from perdure.errors import StoreRefused, StoreUnavailable
 from perdure.store.notify import ChangeNotifier
 
 log = logging.getLogger("perdure.store")
@@ -36,6 +36,8 @@ def session_key(worker_id: str) -> int:
 
 def translate(exc: psycopg.Error, what: str) -> Exception:
     """Driver errors at the boundary: the cause is kept on __cause__."""
+    if isinstance(exc, psycopg.DataError | psycopg.errors.ProgramLimitExceeded):
+        return StoreRefused(f"PostgreSQL refused {what}: {exc}")
     if isinstance(exc, psycopg.OperationalError | PoolTimeout):
         return StoreUnavailable(f"PostgreSQL unavailable during {what}: {exc}")
     return exc
@@ -110,6 +112,8 @@ class PostgresConnections:
             if translated is exc:
                 raise
             raise translated from exc
+        except UnicodeError as exc:  # a str PostgreSQL cannot hold (a lone surrogate)
+            raise StoreRefused(f"PostgreSQL refused {what}: {exc}") from exc
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run `attempt`; while the server is unreachable, retry with backoff and say so, for

@@ -384,11 +384,11 @@ class PostgresStore(RowMapping, PostgresConnections):
 
         return await self._write("create_runs", work, (CLAIMABLE,))
 
-    async def get_run(self, run_id: str) -> RunRecord:
+    async def get_run(self, run_id: str, *, values: bool = True) -> RunRecord:
         rows = await self._read(Q["get_run"], {"id": run_id}, "get_run")
         if not rows:
             raise RunNotFound(f"no run with id {run_id!r} in {self._redacted()}")
-        return await self._run_record(rows[0], full=True)
+        return await self._run_record(rows[0], full=True, fetch=values)
 
     async def get_runs(self, run_ids: list[str]) -> list[RunRecord]:
         rows = await self._read(Q["get_runs"], {"ids": run_ids}, "get_runs")
@@ -506,9 +506,9 @@ class PostgresStore(RowMapping, PostgresConnections):
 
     # -- journal -----------------------------------------------------------------------------
 
-    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+    async def load_journal(self, run_id: str, *, values: bool = True) -> list[JournalEntry]:
         rows = await self._read(Q["load_journal"], {"run_id": run_id}, "load_journal")
-        return await self._journal_entries(run_id, rows)
+        return await self._journal_entries(run_id, rows, values=values)
 
     async def _read_histories(
         self, run_ids: list[str]

@@ -225,10 +225,27 @@ class RowMapping:
         )
 
     async def _resolve(
-        self, codec: str | None, data: bytes | None, blob_key: str | None, raw: int, stored: int
+        self,
+        codec: str | None,
+        data: bytes | None,
+        blob_key: str | None,
+        raw: int,
+        stored: int,
+        *,
+        fetch: bool = True,
     ) -> Value | None:
+        """The stored value; without `fetch`, only what the row says of it (codec, sizes, blob
+        key) and no bytes: neither the blob store nor a key is needed."""
         if codec is None:
             return None
+        if not fetch:
+            return Value(
+                codec=codec.removesuffix(ENCRYPTED_CODEC),
+                data=b"",
+                blob_key=blob_key,
+                raw_size=raw,
+                stored_size=stored,
+            )
         if blob_key is not None:
             data = await self.blobs.get(blob_key)
         elif codec.endswith(ENCRYPTED_CODEC):
@@ -301,7 +318,8 @@ class RowMapping:
             )
         return rewrites
 
-    async def _run_record(self, row: Row, *, full: bool) -> RunRecord:
+    async def _run_record(self, row: Row, *, full: bool, fetch: bool = True) -> RunRecord:
+        """The run in `row`; with `full`, its arguments and result (see _resolve's fetch)."""
         keys = row.keys()
         args = result = None
         if full:
@@ -311,6 +329,7 @@ class RowMapping:
                 row["args_blob"],
                 row["args_raw_size"],
                 row["args_stored_size"],
+                fetch=fetch,
             )
             result = await self._resolve(
                 row["result_codec"],
@@ -318,6 +337,7 @@ class RowMapping:
                 row["result_blob"],
                 row["result_raw_size"],
                 row["result_stored_size"],
+                fetch=fetch,
             )
         return RunRecord(
             id=row["id"],
@@ -394,7 +414,9 @@ class RowMapping:
             raise RunNotFound(f"no run with id {missing[0]!r}")
         return [await self._run_record(by_id[run_id], full=True) for run_id in run_ids]
 
-    async def _journal_entries(self, run_id: str, rows: Iterable[Row]) -> list[JournalEntry]:
+    async def _journal_entries(
+        self, run_id: str, rows: Iterable[Row], *, values: bool = True
+    ) -> list[JournalEntry]:
         entries = []
         for row in rows:
             where = f"journal row (run {run_id}, seq {row['seq']})"
@@ -405,7 +427,12 @@ class RowMapping:
                 raise CorruptJournal(f"{where}: {exc}") from exc
             try:
                 value = await self._resolve(
-                    row["codec"], row["value"], row["blob_key"], row["raw_size"], row["stored_size"]
+                    row["codec"],
+                    row["value"],
+                    row["blob_key"],
+                    row["raw_size"],
+                    row["stored_size"],
+                    fetch=values,
                 )
             except CorruptJournal as exc:  # its blob is missing: name the entry
                 raise CorruptJournal(f"{where} ({kind} {row['name']!r}): {exc}") from exc

@@ -254,11 +254,11 @@ class SQLiteStore(RowMapping):
         result: list[tuple[str, bool]] = await self._write(write, (CLAIMABLE,))
         return result
 
-    async def get_run(self, run_id: str) -> RunRecord:
+    async def get_run(self, run_id: str, *, values: bool = True) -> RunRecord:
         rows = await self._read(Q["get_run"], {"id": run_id})
         if not rows:
             raise RunNotFound(f"no run with id {run_id!r} in {self.path}")
-        return await self._run_record(rows[0], full=True)
+        return await self._run_record(rows[0], full=True, fetch=values)
 
     async def get_runs(self, run_ids: list[str]) -> list[RunRecord]:
         rows = await self._read(Q["get_runs"], {"ids": json.dumps(run_ids)})
@@ -336,9 +336,9 @@ class SQLiteStore(RowMapping):
 
     # -- journal -----------------------------------------------------------------------------
 
-    async def load_journal(self, run_id: str) -> list[JournalEntry]:
+    async def load_journal(self, run_id: str, *, values: bool = True) -> list[JournalEntry]:
         rows = await self._read(Q["load_journal"], {"run_id": run_id})
-        return await self._journal_entries(run_id, rows)
+        return await self._journal_entries(run_id, rows, values=values)
 
     async def _read_histories(
         self, run_ids: list[str]

@@ -14,7 +14,13 @@ import pytest
 
 import perdure
 from perdure.blobs import LocalBlobStore
-from perdure.errors import SchemaOutdated, SchemaTooNew, StoreUnavailable, TaskFailed
+from perdure.errors import (
+    SchemaOutdated,
+    SchemaTooNew,
+    StoreRefused,
+    StoreUnavailable,
+    TaskFailed,
+)
 from perdure.ids import new_id
 from perdure.store.base import NewRun, RunStatus, Value
 from perdure.store.sqlite import SCHEMA_VERSION, SQLiteStore
@@ -67,7 +73,9 @@ async def test_one_failing_write_does_not_undo_its_batch(tmp_path: Path) -> None
     results = await asyncio.gather(
         *(store.create_run(_run()) for _ in range(20)), bad(), return_exceptions=True
     )
-    assert sum(isinstance(r, sqlite3.IntegrityError) for r in results) == 1
+    refused = [r for r in results if isinstance(r, StoreRefused)]
+    assert len(refused) == 1
+    assert isinstance(refused[0].__cause__, sqlite3.IntegrityError)
     assert len(await store.list_runs(limit=100)) == 21
     await store.close()
 
@@ -225,7 +233,8 @@ async def test_a_write_that_cannot_succeed_fails_instead_of_retrying_forever(
         timeout=10,
     )
     for outcome in (alone[0], batch[-1]):
-        assert isinstance(outcome, sqlite3.OperationalError)
+        assert isinstance(outcome, StoreRefused)
+        assert isinstance(outcome.__cause__, sqlite3.OperationalError)
         assert "no_such_table" in str(outcome)
     assert len(await store.list_runs(limit=100)) == 5
     await store.close()
