@@ -50,8 +50,8 @@ class TaskNotFound(PerdureError):
     """No task of that name is registered in this app."""
 
 
-class InvalidArguments(PerdureError):
-    """The trigger arguments do not fit the task's signature."""
+class InvalidArguments(PerdureError, TypeError):
+    """The trigger arguments do not fit the task's signature or its parameters' types."""
 
 
 class RunNotFound(PerdureError):

@@ -8,6 +8,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import reprlib
 import time
 import typing
 from collections.abc import Callable, Mapping
@@ -21,8 +22,10 @@ from perdure.context import RunContext, TaskOptions, _current, activate
 from perdure.errors import (
     CancelSignal,
     CorruptJournal,
+    InvalidArguments,
     LeaseLost,
     PerdureError,
+    SerializationError,
     StoreRefused,
     Suspend,
 )
@@ -66,8 +69,13 @@ class TaskDef:
         )
         return Value(codec=str(self.options.codec), data=data, raw_size=len(data))
 
-    def decode_args(self, run_id: str, value: Value) -> tuple[list[Any], dict[str, Any]]:
-        """Stored arguments, converted to the parameters' annotated types."""
+    def decode_args(
+        self, run_id: str, value: Value, *, given: inspect.BoundArguments | None = None
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """Stored arguments, converted to the parameters' annotated types; InvalidArguments
+        (naming the parameter, the type it expects and the one it got) when one cannot be. At
+        trigger time (`given`: the arguments as passed) this checks that a worker will be able
+        to call the task, before anything is stored."""
         codec = serde.Codec(value.codec)
         what = f"arguments of run {run_id}"
         raw = serde.decode(value.data, codec=codec, what=what)
@@ -81,8 +89,33 @@ class TaskDef:
         for name, val in list(bound.arguments.items()):
             param = bound.signature.parameters[name]
             if name in hints and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-                bound.arguments[name] = serde.convert(val, hints[name], what=f"{what}: {name}")
+                if type(val) is hints[name]:
+                    continue  # (an int for an int, a str for a str: nothing to convert)
+                try:
+                    bound.arguments[name] = serde.convert(val, hints[name], what=name)
+                except SerializationError as exc:
+                    got = given.arguments.get(name, val) if given is not None else val
+                    raise InvalidArguments(
+                        f"task {self.options.name!r}: parameter {name!r} expects "
+                        f"{_type_name(hints[name])}, got {type(got).__name__} "
+                        f"{reprlib.repr(got)} ({exc.__cause__ or exc})"
+                    ) from None
         return list(bound.args), dict(bound.kwargs)
+
+
+def check_args(task: TaskDef, value: Value, given: inspect.BoundArguments) -> None:
+    """At trigger time: InvalidArguments unless a worker will be able to convert the encoded
+    arguments `value` to the task's annotated types (`given`: the arguments as passed)."""
+    hints, _signature = _call_shape(task.fn)
+    if hints is None or value.codec == serde.Codec.PICKLE:
+        return
+    if all(type(val) is hints.get(name, type(val)) for name, val in given.arguments.items()):
+        return  # each is of its annotated class already: nothing a worker must convert
+    task.decode_args("(trigger)", value, given=given)
+
+
+def _type_name(type_: Any) -> str:
+    return type_.__name__ if isinstance(type_, type) else repr(type_).replace("typing.", "")
 
 
 @functools.lru_cache(maxsize=1024)

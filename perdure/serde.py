@@ -30,7 +30,9 @@ def _enc_hook(obj: Any) -> Any:
         )
     model_dump = getattr(obj, "model_dump", None)  # pydantic v2 models
     if callable(model_dump):
-        return model_dump(mode="python")
+        # JSON mode: what pydantic itself round-trips (IP addresses, URLs, paths, decimals
+        # become strings, which model_validate turns back into their types)
+        return model_dump(mode="json")
     raise TypeError(f"Encoding objects of type {type(obj).__qualname__} is unsupported")
 
 

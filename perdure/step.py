@@ -29,6 +29,7 @@ from perdure.context import (
 )
 from perdure.errors import (
     CorruptJournal,
+    InvalidArguments,
     NonDeterminismError,
     NonRetryableError,
     PayloadTooLarge,
@@ -50,6 +51,7 @@ R = TypeVar("R")
 
 _NOT_RETRYABLE = (
     NonRetryableError,
+    InvalidArguments,
     PayloadTooLarge,
     SerializationError,
     SecretLeakError,

@@ -25,7 +25,7 @@ from perdure.errors import (
     Suspend,
     TaskFailed,
 )
-from perdure.executor import TaskDef, task_return_type
+from perdure.executor import TaskDef, check_args, task_return_type
 from perdure.ids import new_id
 from perdure.retry import DEFAULT_RETRY, Retry
 from perdure.store.base import (
@@ -468,12 +468,14 @@ class Task(Generic[P, R]):
         values = []
         for args, kwargs in calls:
             try:
-                self.signature.bind(*args, **kwargs)
+                given = self.signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise InvalidArguments(
                     f"arguments do not fit task {self.name!r}{self.signature}: {exc}"
                 ) from None
-            values.append(self.definition.encode_args(args, kwargs))
+            value = self.definition.encode_args(args, kwargs)
+            check_args(self.definition, value, given)  # refused here, not on a worker
+            values.append(value)
         since = self.app.store.change_token()
         ctx = current()
         if ctx is None or in_step():

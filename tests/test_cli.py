@@ -141,6 +141,7 @@ def test_trigger_worker_list_show_cancel(
     [
         (["trigger", "tests.crashapp:app", "nope"], "not registered"),
         (["trigger", "tests.crashapp:app", "pipeline", '["x"]'], "do not fit"),
+        (["trigger", "tests.crashapp:app", "pipeline", '["x", "two"]'], "'steps' expects int"),
         (["trigger", "tests.crashapp:app", "pipeline", "{bad"], "not JSON"),
         (["runs", "show", "missing"], "no run with id"),
         (["worker", "tests.crashapp"], "MODULE:APP"),

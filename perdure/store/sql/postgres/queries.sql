@@ -63,7 +63,7 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
   AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
-              WHERE id = %(worker_id)s AND status = 'alive' FOR SHARE)
+              WHERE id = %(worker_id)s AND status = 'alive')
 RETURNING *;
 
 -- name: claim_lock
@@ -97,7 +97,7 @@ SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1, note = NUL
     started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
 WHERE id = ANY(%(ids)s) AND status IN ('queued', 'waiting')
   AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
-              WHERE id = %(worker_id)s AND status = 'alive' FOR SHARE)
+              WHERE id = %(worker_id)s AND status = 'alive')
 RETURNING *;
 
 -- name: cancel_queued_ids
