@@ -34,12 +34,12 @@ def _gated(index: int) -> bool:
 
 @app.step(name="work", retry=perdure.Retry(max_attempts=1))
 async def work(run_key: str, index: int, pause: float) -> str:
-    _log(f"start {run_key} {index} {time.time():.6f}")
+    _log(f"start {run_key} {index} {time.time():.6f} {os.getpid()}")
     while _gated(index):  # noqa: ASYNC110 - the gate is a file another process removes
         await asyncio.sleep(0.01)
     if pause:
         await asyncio.sleep(pause)
-    _log(f"done {run_key} {index} {time.time():.6f}")
+    _log(f"done {run_key} {index} {time.time():.6f} {os.getpid()}")
     return f"{run_key}:{index}"
 
 
