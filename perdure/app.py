@@ -276,6 +276,7 @@ class App:
         )
 
     async def run_worker(self, *, concurrency: int | None = None, **settings: Any) -> None:
-        """Run a worker until SIGTERM/SIGINT, then drain."""
-        await self.store.open()
+        """Run a worker until SIGTERM/SIGINT, then drain. While the store cannot be reached,
+        the worker waits for it (with backoff, saying so); a store that is configured wrongly
+        (ConfigurationError) ends it at once."""
         await self.worker(concurrency=concurrency, **settings).run()

@@ -26,7 +26,13 @@ from perdure.blobs import open_blobs
 from perdure.blobs.base import REFRESH_AFTER
 from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL
 from perdure.crypto import Keyring, new_key
-from perdure.errors import CorruptJournal, EncryptionError, PerdureError, StoreRefused
+from perdure.errors import (
+    ConfigurationError,
+    CorruptJournal,
+    EncryptionError,
+    PerdureError,
+    StoreRefused,
+)
 from perdure.retention import PurgeReport, parse_age, purge
 from perdure.rotation import RotationReport, rotate
 from perdure.store import open_store
@@ -67,7 +73,13 @@ def load_app(spec: str) -> App:
     if not module_name or not attr:
         raise typer.BadParameter(f"{spec!r} is not MODULE:APP (e.g. shop.tasks:app)")
     sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise typer.BadParameter(
+            f"cannot import {module_name!r} ({exc}); run from the folder that holds it, or put "
+            "that folder on PYTHONPATH"
+        ) from None
     app = getattr(module, attr, None)
     if not isinstance(app, App):
         raise typer.BadParameter(f"{spec!r} is not a perdure.App (found {type(app).__name__})")
@@ -162,7 +174,10 @@ def worker(
     as_json: Annotated[bool, typer.Option("--json", help="Log JSON lines to stderr.")] = False,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (then drain: finish or release every run)."""
-    logs.configure(log_level, as_json=as_json)
+    try:
+        logs.configure(log_level, as_json=as_json)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-level") from None
     the_app = load_app(app)
 
     async def go() -> None:
@@ -253,7 +268,7 @@ def trigger(
 def runs_list(
     status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status.")] = None,
     task: Annotated[str | None, typer.Option(help="Only runs of this task.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many (newest first).")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 50,
     app: AppOpt = None,
     database: DbOpt = None,
     blobs: BlobOpt = None,

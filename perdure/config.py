@@ -65,6 +65,16 @@ class WorkerConfig:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.heartbeat_interval <= 0 or self.missed_heartbeats < 1:
             raise ConfigurationError("heartbeat_interval must be > 0 and missed_heartbeats >= 1")
+        if self.drain_timeout < 0:
+            raise ConfigurationError(
+                f"drain_timeout (PERDURE_DRAIN_TIMEOUT) must be >= 0 seconds, got "
+                f"{self.drain_timeout}"
+            )
+        if self.reap_interval <= 0:
+            raise ConfigurationError(
+                f"reap_interval (PERDURE_REAP_INTERVAL) must be > 0 seconds, got "
+                f"{self.reap_interval}"
+            )
 
     @property
     def stalled_after(self) -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -153,7 +152,7 @@ class RunContext:
             status=EntryStatus.COMPLETED,
             value=Value(codec=str(self.task.codec), data=data, raw_size=len(data)),
             started_at=started,
-            finished_at=time.time(),
+            finished_at=self.store.now(),
         )
         return entry, data
 

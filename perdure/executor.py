@@ -9,7 +9,6 @@ import functools
 import inspect
 import logging
 import reprlib
-import time
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -139,7 +138,7 @@ class Executor:
 
     async def __call__(self, run: RunRecord, control: RunControl) -> None:
         task = self.tasks[run.task]
-        started = time.time()
+        started = self.store.now()
         try:
             ctx = await self._context(run, control, task)
         except CorruptJournal as exc:
@@ -162,7 +161,7 @@ class Executor:
                         seq=0,
                         attempt=run.attempt,
                         started_at=started,
-                        finished_at=time.time(),
+                        finished_at=self.store.now(),
                         error=failed,
                     ),
                 ),
@@ -314,7 +313,7 @@ class Executor:
             seq=0,
             attempt=ctx.run.attempt,
             started_at=started,
-            finished_at=time.time(),
+            finished_at=self.store.now(),
             error=None if exc is None else error_info(exc, policy=ctx.task.retry),
         )
 

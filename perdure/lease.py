@@ -93,6 +93,25 @@ def new_worker_record(worker_id: str, app: str, tasks: list[str], now: float) ->
     )
 
 
+class Liveness:
+    """How long this worker may act for its runs without asking the store: no other worker
+    declares it stalled before its last heartbeat's time plus the stall time. Past half of
+    that (the process was stopped, its loop starved, the store unreachable) it must confirm
+    with a heartbeat before it starts anything for a run."""
+
+    def __init__(self, stalled_after: float) -> None:
+        self._stalled_after = stalled_after
+        self._confirmed = time.monotonic()
+
+    def confirmed(self, sent: float) -> None:
+        """A heartbeat (or the registration) sent at `sent` (time.monotonic()) succeeded."""
+        self._confirmed = max(self._confirmed, sent)
+
+    def fresh(self) -> bool:
+        """True while the last confirmation is recent enough to act on."""
+        return time.monotonic() - self._confirmed < self._stalled_after / 2
+
+
 async def tick(stamp: list[float]) -> None:
     """Run on the worker's loop: prove every second that the loop still runs."""
     while True:
@@ -153,12 +172,14 @@ class LeaseKeeper:
         *,
         on_lost: Callable[[], None],
         loop_age: Callable[[], float],
+        liveness: Liveness,
     ) -> None:
         self._store = store
         self._me = me
         self._config = config
         self._on_lost = on_lost
         self._loop_age = loop_age
+        self._liveness = liveness
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._main, name=f"perdure-heartbeat-{me.id[-6:]}", daemon=True
@@ -203,8 +224,11 @@ class LeaseKeeper:
                             stuck,
                             extra={"action": "loop_blocked"},
                         )
-                    elif not await self._store.heartbeat(self._me.id):
-                        raise LeaseLost(f"worker {self._me.id} was declared dead")
+                    else:
+                        sent = time.monotonic()
+                        if not await self._store.heartbeat(self._me.id):
+                            raise LeaseLost(f"worker {self._me.id} was declared dead")
+                        self._liveness.confirmed(sent)
                 if not blocked:  # a worker that cannot vouch for itself judges no one
                     await reap_dead_workers(self._store, self._me, self._config)
             except LeaseLost:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
+from perdure.errors import ConfigurationError
 from perdure.secrets import redact
 
 KEYS = ("run_id", "task", "step", "attempt", "action", "worker")
@@ -56,6 +57,10 @@ def configure(level: str, *, as_json: bool) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if level.upper() not in logging.getLevelNamesMapping():
+        raise ConfigurationError(
+            f"unknown log level {level!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -70,10 +70,14 @@ def encode(value: Any, *, codec: Codec, what: str, max_size: int | None = None) 
         pickle.PicklingError,
         AttributeError,
     ) as exc:
+        if codec is Codec.PICKLE:
+            raise SerializationError(
+                f"{what} cannot be pickled: {type(exc).__name__}: {exc}"
+            ) from exc
         raise SerializationError(
-            f"{what} cannot be serialised: {type(value).__name__} is not supported by msgspec "
-            f"({exc}). Return bytes, str, numbers, lists, dicts, dataclasses, msgspec.Struct or "
-            "pydantic models, or opt in to pickle with @app.task(serializer='pickle')."
+            f"{what} cannot be serialised: {exc} (in a {type(value).__name__}). Return bytes, "
+            "str, numbers, lists, dicts, dataclasses, msgspec.Struct or pydantic models, or opt "
+            "in to pickle with @app.task(serializer='pickle')."
         ) from exc
     if max_size is not None and len(data) > max_size:
         raise PayloadTooLarge(

@@ -10,7 +10,6 @@ import functools
 import inspect
 import logging
 import os
-import time
 import traceback
 import typing
 from collections.abc import Callable
@@ -182,12 +181,14 @@ async def execute_step(
             raise _step_failed(step.name, entry.error)
         return decode_entry(ctx, entry, step.return_type)
     attempt = ctx.step_attempts.get(seq, 0)
-    first_started = time.time()
+    first_started = ctx.store.now()
     while True:
         attempt += 1
         await ctx.flush()  # earlier records are durable before this body's side effects
         ctx.check_active()
-        started = time.time()
+        if ctx.control.vouch is not None:
+            await ctx.control.vouch()  # this worker still holds the run
+        started = ctx.store.now()
         try:
             result = await _run_body(ctx, step, f"{ctx.run.id}:{seq}", args, kwargs)
             entry, data = ctx.value_entry(seq, EntryKind.STEP, step.name, result, first_started)
@@ -202,7 +203,7 @@ async def execute_step(
                     seq=seq,
                     attempt=attempt,
                     started_at=started,
-                    finished_at=time.time(),
+                    finished_at=ctx.store.now(),
                     error=info,
                 )
             )
@@ -229,7 +230,7 @@ async def execute_step(
                     status=EntryStatus.FAILED,
                     error=info,
                     started_at=first_started,
-                    finished_at=time.time(),
+                    finished_at=ctx.store.now(),
                 )
             )
             log.warning(

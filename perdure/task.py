@@ -517,7 +517,7 @@ class Task(Generic[P, R]):
                 )
             ids = [run_id for run_id, _new in await self.app.store.create_runs(news)]
             recorded: Any = ids[0] if kind is EntryKind.TRIGGER else (ids, awaited)
-            new_entry, _data = ctx.value_entry(seq, kind, self.name, recorded, time.time())
+            new_entry, _data = ctx.value_entry(seq, kind, self.name, recorded, ctx.store.now())
             ctx.pending.append(new_entry)
         if awaited:
             ctx.awaited_children += len(ids)
@@ -536,7 +536,7 @@ class Task(Generic[P, R]):
                 raise Suspend(None, children=ctx.awaited_children)
             outcomes = [_outcome(run) for run in runs]
             new_entry, _data = ctx.value_entry(
-                seq, EntryKind.CHILD_RESULTS, self.name, outcomes, time.time()
+                seq, EntryKind.CHILD_RESULTS, self.name, outcomes, ctx.store.now()
             )
             ctx.pending.append(new_entry)
         return [self._result_of(run_id, o) for run_id, o in zip(ids, outcomes, strict=True)]

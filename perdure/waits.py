@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random as _random
-import time
 import uuid as _uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -58,7 +57,7 @@ def sleep(seconds: float) -> Any:
             raise Suspend(wake_at)
     else:
         wake_at = ctx.store.now() + max(0.0, seconds)
-        entry, _data = ctx.value_entry(seq, EntryKind.SLEEP, "sleep", wake_at, time.time())
+        entry, _data = ctx.value_entry(seq, EntryKind.SLEEP, "sleep", wake_at, ctx.store.now())
         ctx.pending.append(entry)  # written with the suspension, in one transaction
         if seconds > 0:
             raise Suspend(wake_at)
@@ -72,7 +71,7 @@ def _recorded(kind: EntryKind, make: Callable[[], T], type_: Any) -> T:
     seq = ctx.next_seq()
     entry = ctx.recorded(seq, kind, str(kind))
     if entry is None:
-        entry, _data = ctx.value_entry(seq, kind, str(kind), make(), time.time())
+        entry, _data = ctx.value_entry(seq, kind, str(kind), make(), ctx.store.now())
         ctx.pending.append(entry)
     value: T = decode_entry(ctx, entry, type_)
     return value

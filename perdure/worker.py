@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from perdure.config import WorkerConfig
-from perdure.errors import LeaseLost, StoreError
+from perdure.errors import CancelSignal, LeaseLost, StoreError
 from perdure.ids import new_id
-from perdure.lease import LeaseKeeper, new_worker_record, reap_dead_workers, tick
+from perdure.lease import LeaseKeeper, Liveness, new_worker_record, reap_dead_workers, tick
 from perdure.store.base import (
     ChangeToken,
     History,
@@ -100,6 +100,9 @@ class RunControl:
     """The run's journal and attempts, read with its claim (None: read them)."""
     threads: StepThreads | None = None
     """Where its sync code runs (None: the event loop's default executor)."""
+    vouch: Callable[[], Awaitable[None]] | None = None
+    """Awaited before a step body starts: returns once the worker is sure it still holds its
+    runs, raises CancelSignal if it does not (None: no check)."""
 
 
 Execute = Callable[[RunRecord, RunControl], Awaitable[None]]
@@ -138,6 +141,7 @@ class Worker:
         self._lost = threading.Event()
         self._force = False
         self.threads = StepThreads(config.concurrency * 2 + 4)
+        self.liveness = Liveness(config.stalled_after)
         self._said_exhausted = False
 
     def stop(self) -> None:
@@ -155,8 +159,8 @@ class Worker:
                 loop.add_signal_handler(sig, self.stop)
                 installed.append(sig)
         try:
-            me = new_worker_record(self.id, self.app, self.tasks, self.store.now())
-            if await self._register(me):
+            me = await self._register()
+            if me is not None:
                 await self._serve(loop, me)
         finally:
             for sig in installed:
@@ -168,21 +172,25 @@ class Worker:
                 "the database) and its runs were taken over; it stopped. Restart it."
             )
 
-    async def _register(self, me: WorkerRecord) -> bool:
-        """Register with the store, waiting (with backoff) while it is unavailable; False if
-        stopped first."""
+    async def _register(self) -> WorkerRecord | None:
+        """Register with the store, waiting (with backoff) while it is unavailable; this worker
+        as registered, or None if stopped first."""
         delay = _STORE_RETRY_MIN
         while not self._stopping.is_set():
             try:
+                await self.store.open()  # (once) a store that is down is waited for here
+                me = new_worker_record(self.id, self.app, self.tasks, self.store.now())
+                sent = time.monotonic()
                 await self.store.register_worker(me)
+                self.liveness.confirmed(sent)
                 if self.queues:
                     await self.store.declare_queues(self.app, self.queues)
                 await reap_dead_workers(self.store, me, self.config)
                 await self._remove_partial_writes()
-                return True
+                return me
             except StoreError as exc:
                 delay = await self._back_off(f"worker {self.id} cannot register", exc, delay)
-        return False
+        return None
 
     async def _remove_partial_writes(self) -> None:
         """What blob writes killed with their process (or stopped by a full disk) left."""
@@ -214,6 +222,7 @@ class Worker:
             self.config,
             on_lost=lambda: self._call_soon(loop, self._on_lost),
             loop_age=lambda: time.monotonic() - stamp[0],
+            liveness=self.liveness,
         )
         keeper.start()
         log.info(
@@ -240,6 +249,31 @@ class Worker:
     @staticmethod
     def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
         loop.call_soon_threadsafe(fn)
+
+    async def _vouch(self) -> None:
+        """Before a step body starts: make sure this worker still holds its runs (see
+        Liveness). When its last heartbeat is too old to rely on (the process was stopped, its
+        loop starved), heartbeat now, waiting while the store is unreachable; stop the run if
+        the worker was declared dead meanwhile (its runs are someone else's now)."""
+        delay = _STORE_RETRY_MIN
+        while not self.liveness.fresh():
+            if self._lost.is_set():
+                raise CancelSignal("lost")
+            sent = time.monotonic()
+            try:
+                alive = await self.store.heartbeat(self.id)
+            except StoreError as exc:
+                delay = await self._back_off("cannot confirm this worker's lease", exc, delay)
+                continue
+            if not alive:
+                log.error(
+                    "worker %s was declared dead by another worker; its runs were taken over",
+                    self.id,
+                    extra={"action": "lease_lost"},
+                )
+                self._on_lost()
+                raise CancelSignal("lost")
+            self.liveness.confirmed(sent)
 
     def _on_lost(self) -> None:
         self._lost.set()
@@ -357,7 +391,9 @@ class Worker:
             )
             await self._release(run, delay=0.0)
             return
-        control = RunControl(worker_id=self.id, history=history, threads=self.threads)
+        control = RunControl(
+            worker_id=self.id, history=history, threads=self.threads, vouch=self._vouch
+        )
         task = asyncio.create_task(self._guarded(run, control), name=f"perdure-run-{run.id}")
         self._active[run.id] = (task, control)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
 import signal
 import subprocess
@@ -104,6 +105,19 @@ async def running_worker(app: perdure.App, **settings: Any) -> AsyncIterator[Wor
         await app.close()
 
 
+def faketime_env(offset: str) -> dict[str, str]:
+    """The environment of a process whose clock is moved by `offset` ("+2h", "-2h"), through
+    libfaketime preloaded in it (not the faketime wrapper, which would stand between the test
+    and the process it signals). Skips (fails, with CI=true) when libfaketime is missing."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        message = "libfaketime is not installed: apt-get install faketime (scripts/test does this)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return {"LD_PRELOAD": found[0], "FAKETIME": offset}
+
+
 async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
     """Poll `predicate` (sync or async) until it is true, failing after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -129,13 +143,11 @@ class WorkerProcess:
         log: Path,
         concurrency: int = 4,
         args: tuple[str, ...] = (),
-        prefix: tuple[str, ...] = (),
     ) -> None:
         self.log = log
         self._log_file = open(log, "ab")  # noqa: SIM115 - closed in kill()/terminate()
         self.proc = subprocess.Popen(
             [
-                *prefix,  # e.g. faketime
                 sys.executable,
                 "-m",
                 "perdure",

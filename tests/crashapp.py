@@ -12,8 +12,15 @@ import time
 from pathlib import Path
 
 import perdure
+from perdure.context import current
 
 app = perdure.App("crash")
+
+
+def _now() -> float:
+    """The store's clock inside a run (workers whose clocks are moved agree on it)."""
+    ctx = current()
+    return ctx.store.now() if ctx is not None else time.time()
 
 
 def _log(line: str) -> None:
@@ -34,19 +41,30 @@ def _gated(index: int) -> bool:
 
 @app.step(name="work", retry=perdure.Retry(max_attempts=1))
 async def work(run_key: str, index: int, pause: float) -> str:
-    _log(f"start {run_key} {index} {time.time():.6f} {os.getpid()}")
+    _log(f"start {run_key} {index} {_now():.6f} {os.getpid()}")
     while _gated(index):  # noqa: ASYNC110 - the gate is a file another process removes
         await asyncio.sleep(0.01)
     if pause:
         await asyncio.sleep(pause)
-    _log(f"done {run_key} {index} {time.time():.6f} {os.getpid()}")
+    _log(f"done {run_key} {index} {_now():.6f} {os.getpid()}")
     return f"{run_key}:{index}"
+
+
+async def _task_gate(index: int) -> None:
+    """In the task body, before step $CRASH_TASK_GATE_STEP: say so (a file beside the gate)
+    and wait while the file $CRASH_TASK_GATE exists."""
+    gate = os.environ.get("CRASH_TASK_GATE")
+    if gate and index == int(os.environ.get("CRASH_TASK_GATE_STEP", "0")):
+        Path(gate + ".reached").touch()  # noqa: ASYNC240 - a test's marker
+        while os.path.exists(gate):  # noqa: ASYNC110, ASYNC240 - a file another process removes
+            await asyncio.sleep(0.01)
 
 
 @app.task(name="pipeline")
 async def pipeline(run_key: str, steps: int, pause: float = 0.0) -> list[str]:
     results = []
     for index in range(1, steps + 1):
+        await _task_gate(index)
         results.append(await work(run_key, index, pause))
     return results
 

@@ -4,28 +4,14 @@ sleeps, because on PostgreSQL every stored time is on the server's clock."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import time
 from pathlib import Path
-
-import pytest
 
 import perdure
 from perdure.store.base import RunStatus
 
 from . import crashapp
-from .conftest import WorkerProcess, wait_until
-
-
-def _faketime(offset: str) -> tuple[str, ...]:
-    """The command prefix that runs a process with its clock moved by `offset` ("+2h")."""
-    if shutil.which("faketime") is None:
-        message = "faketime is not installed: apt-get install faketime (scripts/test does this)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return ("faketime", "-f", offset)
+from .conftest import WorkerProcess, faketime_env, wait_until
 
 
 def _env(tmp_path: Path, database: str) -> dict[str, str]:
@@ -43,12 +29,13 @@ async def _alive(app: perdure.App) -> set[str]:
 async def test_workers_hours_apart_agree_on_leases_delays_and_sleeps(
     tmp_path: Path, worker_processes: list[WorkerProcess], postgres_url: str
 ) -> None:
-    ahead = _faketime("+2h")
     app = perdure.App("crash", database=postgres_url, blobs=f"file://{tmp_path}/blobs")
     for task in (crashapp.pipeline, crashapp.nap):
         app.task(name=task.name)(task.fn)
     env = _env(tmp_path, postgres_url)
-    fast = WorkerProcess("tests.crashapp:app", env, log=tmp_path / "ahead.log", prefix=ahead)
+    fast = WorkerProcess(
+        "tests.crashapp:app", {**env, **faketime_env("+2h")}, log=tmp_path / "ahead.log"
+    )
     worker_processes.append(fast)
     fast.wait_started()
     delayed = await app.get_task("pipeline").trigger("delayed", 1, delay=3600)
@@ -63,7 +50,7 @@ async def test_workers_hours_apart_agree_on_leases_delays_and_sleeps(
     # workers on the right clock and two hours behind join; nobody evicts anybody
     normal = WorkerProcess("tests.crashapp:app", env, log=tmp_path / "normal.log")
     behind = WorkerProcess(
-        "tests.crashapp:app", env, log=tmp_path / "behind.log", prefix=_faketime("-2h")
+        "tests.crashapp:app", {**env, **faketime_env("-2h")}, log=tmp_path / "behind.log"
     )
     worker_processes.extend([normal, behind])
     normal.wait_started()

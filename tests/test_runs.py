@@ -9,6 +9,7 @@ import enum
 import ipaddress
 import pathlib
 import pickle
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -466,3 +467,23 @@ async def test_pydantic_models_round_trip(make_app: Callable[..., perdure.App]) 
     assert result == expected
     assert result.at.utcoffset() == datetime.timedelta(hours=1)
     assert isinstance(result.ship_to.ip, ipaddress.IPv4Address)
+
+
+async def test_a_value_pickle_cannot_store_says_so(make_app: Callable[..., perdure.App]) -> None:
+    app = make_app()
+
+    @app.step(retry=perdure.Retry(max_attempts=1))
+    async def make_lock() -> object:
+        return {"lock": threading.Lock()}
+
+    @app.task(serializer="pickle", retry=perdure.Retry(max_attempts=1))
+    async def flow() -> None:
+        await make_lock()
+
+    async with running_worker(app):
+        with pytest.raises(TaskFailed) as info:
+            await (await flow.trigger()).result(timeout=10)
+    message = info.value.error_message
+    assert "cannot be pickled" in message
+    assert "lock" in message
+    assert "serializer='pickle'" not in message  # it is a pickle task already

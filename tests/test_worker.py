@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
+import pytest
+
 import perdure
+from perdure.config import WorkerConfig
+from perdure.errors import ConfigurationError
 from perdure.store.base import RunStatus
 
 from . import crashapp
@@ -103,3 +109,45 @@ async def test_a_worker_declared_dead_stops_claiming_and_exits_non_zero(
     assert run.status is RunStatus.QUEUED
     assert run.worker_id is None
     await app.close()
+
+
+async def test_a_worker_stopped_before_a_step_does_not_start_it_once_taken_over(
+    tmp_path: Path, worker_processes: list[WorkerProcess], database_url: str
+) -> None:
+    """A worker process is stopped (SIGSTOP) in a run's task body before a step, with nothing
+    left to record (whose refused write would tell it), for longer than the stall time; another
+    worker takes the run over and completes it. Resumed, the first worker goes on to the step:
+    it must find out that it lost the run before the step's body starts, not after."""
+    app = _app(tmp_path, database_url)
+    gate = tmp_path / "task-gate"
+    gate.touch()
+    fast = {"PERDURE_HEARTBEAT_INTERVAL": "0.2", "PERDURE_PID_CHECK": "0"}
+    first = WorkerProcess(
+        "tests.crashapp:app",
+        _env(tmp_path, database_url, CRASH_TASK_GATE=str(gate), CRASH_TASK_GATE_STEP="1", **fast),
+        log=tmp_path / "first.log",
+    )
+    worker_processes.append(first)
+    handle = await app.get_task("pipeline").trigger("between", 3)
+    await wait_until(lambda: Path(f"{gate}.reached").exists(), timeout=30)
+    os.kill(first.pid, signal.SIGSTOP)  # in the task body, before step 1
+    second = WorkerProcess(
+        "tests.crashapp:app", _env(tmp_path, database_url, **fast), log=tmp_path / "second.log"
+    )
+    worker_processes.append(second)
+    assert await handle.result(timeout=30) == ["between:1", "between:2", "between:3"]
+    gate.unlink()
+    os.kill(first.pid, signal.SIGCONT)
+    assert await asyncio.to_thread(first.proc.wait, 15) != 0  # it stopped: declared dead
+    for index in (1, 2, 3):
+        assert _started(tmp_path, "between", index) == 1  # by the second worker only
+    await app.close()
+
+
+def test_worker_settings_that_cannot_work_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERDURE_DRAIN_TIMEOUT", "-1")
+    with pytest.raises(ConfigurationError, match="PERDURE_DRAIN_TIMEOUT"):
+        WorkerConfig()
+    monkeypatch.setenv("PERDURE_DRAIN_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="not a number"):
+        WorkerConfig()

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from perdure.errors import StoreRefused, StoreUnavailable
+from perdure.errors import ConfigurationError, StoreRefused, StoreUnavailable
 from perdure.store.notify import ChangeNotifier
 
 log = logging.getLogger("perdure.store")
@@ -34,8 +34,35 @@ def session_key(worker_id: str) -> int:
     return zlib.crc32(worker_id.encode()) & 0x7FFFFFFF
 
 
-def translate(exc: psycopg.Error, what: str) -> Exception:
-    """Driver errors at the boundary: the cause is kept on __cause__."""
+_PERMANENT = (
+    "does not exist",  # FATAL: database "x" / role "x" does not exist
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "failed to resolve host",
+    "could not translate host name",
+    "invalid sslmode",
+    "invalid port",
+    "invalid integer value",
+    "invalid connection option",
+    "invalid dsn",
+    "but ssl was required",
+    "certificate",
+)
+"""What a connection error says when trying again cannot help: a wrong URL, user, password,
+database, host name or TLS setting (the server being down or restarting can)."""
+
+
+def translate(exc: psycopg.Error, what: str, *, first_connect: bool = False) -> Exception:
+    """Driver errors at the boundary: the cause is kept on __cause__. On a store's first
+    connection, an error that retrying cannot fix is a ConfigurationError (said at once);
+    once a store has connected, every connection error is taken as passing."""
+    if first_connect and isinstance(exc, psycopg.OperationalError):
+        reason = " ".join(str(exc).split())
+        if any(marker in reason.lower() for marker in _PERMANENT):
+            return ConfigurationError(
+                f"cannot connect to PostgreSQL: {reason}; check the database URL "
+                "(PERDURE_DATABASE_URL or App(database=...))"
+            )
     if isinstance(exc, psycopg.DataError | psycopg.errors.ProgramLimitExceeded):
         return StoreRefused(f"PostgreSQL refused {what}: {exc}")
     if isinstance(exc, psycopg.OperationalError | PoolTimeout):

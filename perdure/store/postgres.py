@@ -269,7 +269,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         try:
             conn = await psycopg.AsyncConnection.connect(self.url, row_factory=dict_row)
         except psycopg.Error as exc:
-            raise translate(exc, "connect") from exc
+            raise translate(exc, "connect", first_connect=not self._opened) from exc
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))

@@ -355,21 +355,8 @@ async def test_cancel(store: Store) -> None:
 
 
 async def test_reaping_a_worker_requeues_its_runs(store: Store) -> None:
-    now = time.time()
     for worker_id in ("w1", "w2"):
-        await store.register_worker(
-            WorkerRecord(
-                id=worker_id,
-                app=APP,
-                host="h",
-                host_key="h",
-                pid=1,
-                pid_started=1,
-                started_at=now,
-                heartbeat_at=now,
-                tasks=["t"],
-            )
-        )
+        await register(store, worker_id)  # (the fixture did: registering again is a no-op)
     await store.create_run(_new_run())
     run_id, _ = await _claim_one(store, "w1")
     assert await store.heartbeat("w1")
