@@ -119,7 +119,10 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except PerdureError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        if "--json" in sys.argv[1:]:  # a machine reads this: the error as JSON too
+            print(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}))
+        else:
+            console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
 
 

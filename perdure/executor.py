@@ -24,6 +24,7 @@ from perdure.errors import (
     InvalidArguments,
     LeaseLost,
     PerdureError,
+    RunCancelled,
     SerializationError,
     StoreRefused,
     Suspend,
@@ -172,8 +173,6 @@ class Executor:
         transition = await self._run(task, ctx, started)
         if transition is None:
             return
-        if run.parent_id is not None and transition.status.terminal:
-            transition = replace(transition, wakes=True)  # its parent may wait
         entries, attempts = ctx.take_pending()
         try:
             if ctx.flushing is not None:
@@ -184,17 +183,7 @@ class Executor:
                 except Exception as exc:
                     # the journal is not what the task saw (it may have swallowed the error)
                     transition, entries, attempts = self._failure(task, ctx, started, exc), [], []
-            try:
-                await self.store.finish_attempt(
-                    run.id, run.held, transition, entries=entries, attempts=attempts
-                )
-            except (CorruptJournal, StoreRefused) as exc:
-                # pending entries collide with recorded ones, or the database refused what was
-                # to be written: the attempt fails (retrying the write as it is cannot help)
-                transition = self._failure(task, ctx, started, exc)
-                await self.store.finish_attempt(
-                    run.id, run.held, transition, entries=[], attempts=[]
-                )
+            transition = await self._finish(task, ctx, started, transition, entries, attempts)
         except LeaseLost:
             log.warning(
                 "run %s was taken over by another worker; this worker's outcome is dropped",
@@ -209,6 +198,35 @@ class Executor:
             transition.status,
             extra={"run_id": run.id, "task": run.task, "action": f"run_{transition.status}"},
         )
+
+    async def _finish(
+        self,
+        task: TaskDef,
+        ctx: RunContext,
+        started: float,
+        transition: Transition,
+        entries: list[JournalEntry],
+        attempts: list[Attempt],
+    ) -> Transition:
+        """Write the run's end with its pending records; returns the transition written."""
+        run = ctx.run
+        while True:
+            if run.parent_id is not None and transition.status.terminal:
+                transition = replace(transition, wakes=True)  # its parent may wait
+            try:
+                await self.store.finish_attempt(
+                    run.id, run.held, transition, entries=entries, attempts=attempts
+                )
+                return transition
+            except RunCancelled:
+                # asked to cancel while it finished: a finish never overwrites a cancel
+                transition = Transition(
+                    status=RunStatus.CANCELLED, attempt=self._attempt(ctx, started)
+                )
+            except (CorruptJournal, StoreRefused) as exc:
+                # pending entries collide with recorded ones, or the database refused what was
+                # to be written: the attempt fails (retrying the write as it is cannot help)
+                transition, entries, attempts = self._failure(task, ctx, started, exc), [], []
 
     async def _context(self, run: RunRecord, control: RunControl, task: TaskDef) -> RunContext:
         journal: list[JournalEntry] = []

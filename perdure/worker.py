@@ -37,7 +37,7 @@ from perdure.store.notify import CANCEL, CLAIMABLE
 log = logging.getLogger("perdure.worker")
 
 _IDLE_WAIT = 1.0
-_CANCEL_CHECK_EVERY = 0.05
+_CANCEL_CHECK_EVERY = 1.0  # besides every announced cancel: a safety net for a lost one
 _HOUSEKEEPING_EVERY = 5.0
 _RELEASE_DELAY = 5.0
 _WAKE_TOPICS = (CLAIMABLE, CANCEL)
@@ -134,6 +134,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._last_cancel_check = 0.0
+        self._cancels_seen: ChangeToken = -1
+        """The change token before the last read of cancel requests."""
         self._looked: tuple[ChangeToken, float | None] | None = None
         """The last look for claimable runs: the change token before it, and the earliest
         time a run may be claimed (None: no run)."""
@@ -344,7 +346,13 @@ class Worker:
                 wake_at = min(claimed.retry_at or math.inf, self.store.now() + _BLOCKED_POLL)
                 blocked = True
         now = time.monotonic()
-        if self._active and now - self._last_cancel_check >= _CANCEL_CHECK_EVERY:
+        if self._active and (
+            self.store.changed_since(self._cancels_seen, (CANCEL,))
+            or now - self._last_cancel_check >= _CANCEL_CHECK_EVERY
+        ):
+            # every cancel announced since the last read is seen (a time throttle here let a
+            # wake-up by a cancel pass unread, and the run ran on until the next idle timeout)
+            self._cancels_seen = token
             self._last_cancel_check = now
             await self._check_cancel_requests()
         if now - self._last_unknown_check >= _HOUSEKEEPING_EVERY:

@@ -287,3 +287,11 @@ async def _huge_run(tmp_path: Path, entries: int) -> str:
     )
     await app.close()
     return run_id
+
+
+def test_errors_are_json_with_json(tmp_path: Path) -> None:
+    done = perdure_cli(tmp_path, "runs", "show", "missing", "--json", check=False)
+    assert done.returncode == 1
+    error = as_json(done)["error"]
+    assert error["type"] == "RunNotFound"
+    assert "missing" in error["message"]

@@ -151,3 +151,26 @@ def test_worker_settings_that_cannot_work_are_refused(monkeypatch: pytest.Monkey
     monkeypatch.setenv("PERDURE_DRAIN_TIMEOUT", "soon")
     with pytest.raises(ConfigurationError, match="not a number"):
         WorkerConfig()
+
+
+async def test_a_cancel_from_another_process_stops_the_run_at_its_next_await(
+    tmp_path: Path, worker_processes: list[WorkerProcess], database_url: str
+) -> None:
+    app = _app(tmp_path, database_url)
+    (tmp_path / "gate").touch()
+    worker = WorkerProcess(
+        "tests.crashapp:app", _env(tmp_path, database_url), log=tmp_path / "w.log"
+    )
+    worker_processes.append(worker)
+    handle = await app.get_task("pipeline").trigger("stop", 3)
+    await wait_until(lambda: _started(tmp_path, "stop", 2) == 1, timeout=30)
+    assert await handle.cancel() is RunStatus.RUNNING  # asked; its worker stops it
+    with pytest.raises(perdure.errors.RunCancelled):
+        await handle.result(timeout=1.0)  # within a second, while step 2 still waits
+    (tmp_path / "gate").unlink()
+    await asyncio.sleep(0.5)
+    assert _started(tmp_path, "stop", 3) == 0  # no step body after the cancel
+    run = await app.store.get_run(handle.id)
+    assert run.status is RunStatus.CANCELLED
+    assert worker.terminate() == 0
+    await app.close()

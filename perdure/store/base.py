@@ -581,7 +581,8 @@ class Store(Protocol):
     ) -> None:
         """End the worker's hold on the run: complete, fail, cancel, suspend, retry or release,
         with any pending journal entries and attempts, in one durable write. LeaseLost when
-        stale."""
+        stale; RunCancelled (nothing written) when a cancel was requested meanwhile and the
+        transition is not CANCELLED: a finish never overwrites a requested cancel."""
         ...
 
     async def cancel_run(self, run_id: str) -> RunStatus:

@@ -24,7 +24,6 @@ from psycopg_pool import AsyncConnectionPool
 from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
 from perdure.errors import (
-    LeaseLost,
     RunNotFound,
     SchemaOutdated,
     SchemaTooNew,
@@ -68,6 +67,7 @@ from perdure.store.rows import (
     check_held,
     check_same_entry,
     purge_params,
+    refused_finish,
     set_queue_params,
     wake_time,
 )
@@ -641,7 +641,8 @@ class PostgresStore(RowMapping, PostgresConnections):
         async def work(conn: Conn) -> None:
             cur = await conn.execute(Q["finish_attempt"], params)
             if cur.rowcount != 1:
-                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+                row = await (await conn.execute(Q["check_lease"], params)).fetchone()
+                raise refused_finish(run_id, row, lease)
             await self._insert_entries(conn, run_id, entry_params)
             for one in attempt_params:
                 await conn.execute(Q["insert_attempt"], one)

@@ -15,7 +15,7 @@ import msgspec
 
 from perdure.blobs.base import BlobStore
 from perdure.crypto import KEY_ID_SIZE, Keyring, require
-from perdure.errors import CorruptJournal, LeaseLost, RunNotFound
+from perdure.errors import CorruptJournal, LeaseLost, RunCancelled, RunNotFound
 from perdure.store.base import (
     Attempt,
     Claimed,
@@ -114,6 +114,17 @@ def check_held(run_id: str, row: Row | None, lease: Lease) -> None:
         or row["worker_id"] != lease.worker_id
     ):
         raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+
+
+def refused_finish(run_id: str, row: Row | None, lease: Lease) -> Exception:
+    """Why finish_attempt changed nothing: RunCancelled when the run is still held under
+    `lease` but a cancel was requested meanwhile (the worker then ends it as cancelled: a
+    finish never overwrites a requested cancel), else LeaseLost."""
+    check_held(run_id, row, lease)
+    assert row is not None
+    if row["cancel_requested"]:
+        return RunCancelled(f"run {run_id} was asked to cancel before it could finish")
+    return LeaseLost(f"run {run_id} is no longer leased to this worker")
 
 
 def purge_params(

@@ -20,7 +20,6 @@ from typing import Any
 from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
 from perdure.errors import (
-    LeaseLost,
     RunNotFound,
     SchemaOutdated,
     SchemaTooNew,
@@ -58,6 +57,7 @@ from perdure.store.rows import (
     check_held,
     check_same_entry,
     purge_params,
+    refused_finish,
     set_queue_params,
     wake_time,
 )
@@ -389,7 +389,9 @@ class SQLiteStore(RowMapping):
 
         def write(conn: sqlite3.Connection) -> None:
             if conn.execute(Q["finish_attempt"], params).rowcount != 1:
-                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+                raise refused_finish(
+                    run_id, conn.execute(Q["check_lease"], params).fetchone(), lease
+                )
             self._insert_entries(conn, run_id, entry_params)
             for one in attempt_params:
                 conn.execute(Q["insert_attempt"], one)

@@ -15,7 +15,7 @@ import pytest
 
 from perdure.blobs import LocalBlobStore
 from perdure.crypto import Keyring
-from perdure.errors import CorruptJournal, LeaseLost, RunNotFound, StoreUnavailable
+from perdure.errors import CorruptJournal, LeaseLost, RunCancelled, RunNotFound, StoreUnavailable
 from perdure.ids import new_id
 from perdure.store.base import (
     Attempt,
@@ -475,3 +475,31 @@ async def test_no_run_stays_running_without_a_live_worker(store: Store) -> None:
     assert await store.reap_workers([], reason="") == len(taken)
     for run in await store.get_runs([r.id for r in taken]):
         assert run.status is RunStatus.QUEUED
+
+
+async def test_a_finish_never_overwrites_a_requested_cancel(store: Store) -> None:
+    """A cancel requested while the worker finishes the run wins: the finish (completion,
+    failure, suspension, release) is refused with RunCancelled, nothing of it is written or
+    remembered, and the worker ends the run as cancelled."""
+    outcomes = [
+        Transition(status=RunStatus.COMPLETED, result=_value(b"\x07")),
+        Transition(status=RunStatus.FAILED, error=ErrorInfo(type="x.E", message="no")),
+        Transition(status=RunStatus.WAITING, available_at=time.time() + 60),
+        Transition(status=RunStatus.QUEUED, available_at=time.time()),
+    ]
+    for outcome in outcomes:
+        await store.create_run(_new_run())
+        run_id, lease = await _claim_one(store)
+        assert await store.cancel_run(run_id) is RunStatus.RUNNING  # asked to stop
+        with pytest.raises(RunCancelled):
+            await store.finish_attempt(run_id, lease, outcome, entries=[_entry(1)], attempts=[])
+        assert store.completed_result(run_id) is None
+        assert (await store.get_run(run_id)).status is RunStatus.RUNNING
+        assert await store.load_journal(run_id) == []  # nothing of the refused finish
+        await store.finish_attempt(
+            run_id, lease, Transition(status=RunStatus.CANCELLED), entries=[_entry(1)], attempts=[]
+        )
+        run = await store.get_run(run_id)
+        assert run.status is RunStatus.CANCELLED
+        assert run.result is None
+        assert [e.seq for e in await store.load_journal(run_id)] == [1]

@@ -172,7 +172,7 @@ WHERE app = %(app)s AND status IN ('queued', 'waiting')
   AND task = ANY(%(tasks)s);
 
 -- name: check_lease
-SELECT lease, worker_id, status FROM runs WHERE id = %(id)s FOR UPDATE;
+SELECT lease, worker_id, status, cancel_requested FROM runs WHERE id = %(id)s FOR UPDATE;
 
 -- name: insert_entry
 INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
@@ -225,7 +225,8 @@ SET status = %(status)s, worker_id = NULL,
     error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,
     updated_at = %(now)s, finished_at = %(finished_at)s, note = %(note)s
 WHERE id = %(id)s AND lease = %(lease)s AND worker_id = %(worker_id)s
-  AND status = 'running';
+  AND status = 'running'
+  AND (cancel_requested = 0 OR %(status)s = 'cancelled');  -- a cancel is never overwritten
 
 -- name: drop_failed_entries
 DELETE FROM journal
@@ -376,7 +377,7 @@ WITH e AS (
         error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,
         updated_at = %(now)s, finished_at = %(finished_at)s, note = %(note)s
     WHERE id = %(id)s AND lease = %(lease)s AND worker_id = %(worker_id)s
-      AND status = 'running'
+      AND status = 'running' AND (cancel_requested = 0 OR %(status)s = 'cancelled')
       AND NOT EXISTS (SELECT 1 FROM journal j JOIN e ON j.seq = e.seq WHERE j.run_id = %(id)s)
     RETURNING id
 ), entries AS (
@@ -430,7 +431,7 @@ WITH f AS (
         updated_at = f.now, finished_at = f.finished_at, note = f.note
     FROM f
     WHERE r.id = f.id AND r.lease = f.lease AND r.worker_id = f.worker_id
-      AND r.status = 'running'
+      AND r.status = 'running' AND (r.cancel_requested = 0 OR f.status = 'cancelled')
       AND NOT EXISTS (
           SELECT 1 FROM e JOIN journal j ON j.run_id = e.run_id AND j.seq = e.seq
           WHERE e.run_id = f.id)

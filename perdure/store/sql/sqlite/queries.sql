@@ -162,7 +162,7 @@ WHERE app = :app AND status IN ('queued', 'waiting')
   AND task IN (SELECT value FROM json_each(:tasks));
 
 -- name: check_lease
-SELECT lease, worker_id, status FROM runs WHERE id = :id;
+SELECT lease, worker_id, status, cancel_requested FROM runs WHERE id = :id;
 
 -- name: insert_entry
 INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
@@ -213,7 +213,8 @@ SET status = :status, worker_id = NULL,
         WHEN children_done >= :children_target THEN :now
         END
 WHERE id = :id AND lease = :lease AND worker_id = :worker_id
-  AND status = 'running';
+  AND status = 'running'
+  AND (cancel_requested = 0 OR :status = 'cancelled');  -- a cancel is never overwritten
 
 -- name: drop_failed_entries
 DELETE FROM journal
