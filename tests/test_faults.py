@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -14,7 +16,7 @@ import pytest
 
 import perdure
 from perdure.crypto import new_key
-from perdure.errors import PerdureError, TaskFailed
+from perdure.errors import PerdureError, StoreUnavailable, TaskFailed
 from perdure.store.base import EntryStatus, RunStatus
 
 from . import crashapp
@@ -309,3 +311,38 @@ async def test_max_steps_ends_a_runaway_loop(make_app: Callable[..., perdure.App
     assert "max_steps of 5" in info.value.error_message
     assert [e.seq for e in journal] == [1, 2, 3, 4, 5]
     assert run.attempt == 1  # not retried: it would only hit the bound again
+
+
+async def test_a_trigger_on_a_full_disk_gives_up_in_time_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SQLite database's disk is full: the store warns "disk full", a trigger gives up
+    after PERDURE_TRIGGER_TIMEOUT with StoreUnavailable (nothing stored), and once there is
+    room again triggers work."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("needs root to mount a small tmpfs")
+        pytest.skip("needs root to mount a small tmpfs")
+    from .chaos.harness import fill_disk, small_disk
+
+    monkeypatch.setenv("PERDURE_TRIGGER_TIMEOUT", "2")
+    with small_disk(tmp_path / "disk", 16) as disk:
+        app = perdure.App("full", database=f"sqlite:///{disk}/p.db", blobs=f"file://{tmp_path}/b")
+
+        @app.task
+        async def noop() -> None:
+            return None
+
+        await noop.trigger()
+        filler = disk / "filler"
+        await asyncio.to_thread(fill_disk, filler)
+        with (
+            caplog.at_level(logging.WARNING, logger="perdure.store"),
+            pytest.raises(StoreUnavailable, match="disk full"),
+        ):
+            await noop.trigger()
+        assert any("disk full" in r.getMessage() for r in caplog.records)
+        filler.unlink()
+        await noop.trigger()
+        assert len(await app.store.list_runs()) == 2  # the one that gave up is not there
+        await app.close()

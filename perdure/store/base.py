@@ -16,6 +16,15 @@ from typing import Protocol
 import msgspec
 
 from perdure.blobs.base import BlobStore
+from perdure.config import env_float
+
+
+def trigger_timeout() -> float:
+    """Seconds a trigger waits for a store that cannot take writes (a database down, a full
+    disk) before it raises StoreUnavailable: $PERDURE_TRIGGER_TIMEOUT, else 30. Workers' own
+    writes wait longer (they must not drop what a run did)."""
+    return env_float("PERDURE_TRIGGER_TIMEOUT", 30.0)
+
 
 ChangeToken = int
 """Opaque: what a store needs to tell whether anything changed since (see change_token)."""

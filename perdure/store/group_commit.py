@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from perdure.errors import StoreRefused, StoreUnavailable
@@ -46,6 +48,8 @@ class _Write:
     future: asyncio.Future[Any]
     topics: Collection[str]
     durable: bool
+    give_up_at: float | None = None
+    """time.monotonic() after which a write that still cannot commit fails (None: never)."""
 
 
 class GroupCommitWriter:
@@ -58,8 +62,13 @@ class GroupCommitWriter:
         on_commit: Callable[[set[str] | None], None],
         poll_interval: float,
         name: str = "perdure-writer",
+        path: Path | None = None,
     ) -> None:
         self._connect = connect
+        self._path = path
+        self._identity: tuple[int, int] | None = None
+        """(device, inode) of the database file when the writer opened it."""
+        self._gone = False
         self._on_commit = on_commit
         self._poll_interval = poll_interval
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -71,6 +80,8 @@ class GroupCommitWriter:
         self._error: BaseException | None = None
         self._synchronous = "FULL"
         self._data_version = 0
+        self._last_transient: sqlite3.Error | None = None
+        """Why the last commit attempt that could not commit for now failed."""
         self.batches = 0
         self.writes = 0
         self.fsyncs = 0
@@ -91,11 +102,18 @@ class GroupCommitWriter:
             self._thread.join()
 
     def submit(
-        self, fn: WriteFn, topics: Collection[str] = (), *, durable: bool = True
+        self,
+        fn: WriteFn,
+        topics: Collection[str] = (),
+        *,
+        durable: bool = True,
+        give_up_after: float | None = None,
     ) -> asyncio.Future[Any]:
         """Queue `fn(connection)` from a running event loop; the future resolves once its batch
         is committed (and fsynced if `durable`); `topics` are announced to on_commit if the
-        write succeeded."""
+        write succeeded. While the database cannot take writes (locked, disk full) a write is
+        retried, for ever, or until `give_up_after` seconds have passed: then it fails with
+        StoreUnavailable, and nothing of it is written."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not self._thread.is_alive():
@@ -105,7 +123,8 @@ class GroupCommitWriter:
         if pending is None:
             pending = self._pending[loop] = []
             loop.call_soon(self._dispatch, loop)  # after the writes of this iteration
-        pending.append(_Write(fn, fut, topics, durable))
+        give_up_at = None if give_up_after is None else time.monotonic() + give_up_after
+        pending.append(_Write(fn, fut, topics, durable, give_up_at))
         return fut
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -142,6 +161,7 @@ class GroupCommitWriter:
             # retries with its own backoff
             conn.execute("PRAGMA busy_timeout = 0")
             self._data_version = self._read_data_version(conn)
+            self._identity = self._file_identity()
             self._conn = conn
         except BaseException as exc:
             self._error = exc
@@ -234,14 +254,18 @@ class GroupCommitWriter:
                 done = self._try_commit(conn, batch)
             if done is not None:
                 break
-            # locked by another process, or disk trouble: keep trying; a write is never dropped
+            # locked by another process, or disk trouble: keep trying; a write is never dropped,
+            # unless its caller gave up waiting (a trigger), when it fails and says why
+            batch = self._give_up(batch)
+            if not batch:
+                return
             time.sleep(delay)
             waited += delay
             delay = min(delay * 2, 0.25)
             if waited >= 1.0:
                 log.warning(
-                    "store writes are blocked (locked by another process, or disk trouble); "
-                    "still retrying",
+                    "store writes are blocked: %s; still retrying (nothing is dropped)",
+                    _why_blocked(self._last_transient),
                     extra={"action": "write_retry"},
                 )
                 waited = 0.0
@@ -255,6 +279,44 @@ class GroupCommitWriter:
         if topics:
             self._on_commit(topics)
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self._path is None:
+            return None
+        try:
+            found = os.stat(self._path)
+        except FileNotFoundError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _file_gone(self) -> bool:
+        """True once the database file was deleted or replaced under the open connection
+        (writes would go to a file nobody else sees: they must fail, and say so)."""
+        if self._identity is None or self._gone:
+            return self._gone
+        if self._file_identity() != self._identity:
+            self._gone = True
+            log.error(
+                "the SQLite database file %s was deleted or replaced while in use; every write "
+                "fails from now on (restore the file, or restart with the new one)",
+                self._path,
+                extra={"action": "database_gone"},
+            )
+        return self._gone
+
+    def _give_up(self, batch: list[_Write]) -> list[_Write]:
+        """Fail the writes of `batch` whose callers stopped waiting; the others."""
+        now = time.monotonic()
+        kept = []
+        for write in batch:
+            if write.give_up_at is None or now < write.give_up_at:
+                kept.append(write)
+                continue
+            error = StoreUnavailable(f"SQLite write gave up: {_why_blocked(self._last_transient)}")
+            outcome: list[Outcome] = [(write.future, None, error)]
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                write.future.get_loop().call_soon_threadsafe(_resolve, outcome)
+        return kept
+
     def _try_commit(
         self, conn: sqlite3.Connection, batch: list[_Write]
     ) -> tuple[list[Outcome], set[str]] | None:
@@ -262,6 +324,11 @@ class GroupCommitWriter:
         now (busy, I/O). Any other failure fails the whole batch: a write is never left
         waiting."""
         durable = any(w.durable for w in batch)
+        if self._file_gone():
+            gone = StoreUnavailable(
+                f"the SQLite database file {self._path} was deleted or replaced while in use"
+            )
+            return [(w.future, None, gone) for w in batch], set()
         # a batch of one needs no savepoint: if the write fails, the transaction is only its own
         isolate = len(batch) > 1
         outcomes: list[Outcome] = []
@@ -296,6 +363,7 @@ class GroupCommitWriter:
                     conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error) and transient(exc):
                 log.debug("store write attempt failed: %s", exc, extra={"action": "write_retry"})
+                self._last_transient = exc
                 return None
             log.error("store write failed: %s", exc, extra={"action": "write_failed"})
             failed = StoreUnavailable(f"SQLite write failed: {exc}")
@@ -325,6 +393,18 @@ _TRANSIENT = {
     sqlite3.SQLITE_CANTOPEN,
     sqlite3.SQLITE_PROTOCOL,
 }
+
+
+def _why_blocked(exc: sqlite3.Error | None) -> str:
+    """What a transient SQLite error means for the person reading the log."""
+    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        return "disk full (free space on the database's disk to go on)"
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return "the database is locked by another process"
+    if code == sqlite3.SQLITE_IOERR:
+        return f"disk I/O error ({exc})"
+    return f"{exc}" if exc is not None else "locked by another process, or disk trouble"
 
 
 def transient(exc: sqlite3.Error) -> bool:

@@ -142,11 +142,19 @@ class PostgresConnections:
         except UnicodeError as exc:  # a str PostgreSQL cannot hold (a lone surrogate)
             raise StoreRefused(f"PostgreSQL refused {what}: {exc}") from exc
 
-    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        give_up_after: float | None = None,
+    ) -> T:
         """Run `attempt`; while the server is unreachable, retry with backoff and say so, for
-        up to `retry_for` seconds. Every write is safe to repeat: an answer lost with the
-        connection is found again (same journal entry, same run id, a claim released later)."""
-        delay, deadline = 0.1, time.monotonic() + self.retry_for
+        up to `retry_for` seconds (or `give_up_after`, when shorter). Every write is safe to
+        repeat: an answer lost with the connection is found again (same journal entry, same
+        run id, a claim released later)."""
+        patience = self.retry_for if give_up_after is None else min(self.retry_for, give_up_after)
+        delay, deadline = 0.1, time.monotonic() + patience
         while True:
             try:
                 return await attempt()
@@ -172,6 +180,8 @@ class PostgresConnections:
         what: str,
         work: Callable[[Conn], Awaitable[T]],
         topics: Collection[str] = (),
+        *,
+        give_up_after: float | None = None,
     ) -> T:
 
         async def attempt() -> T:
@@ -184,7 +194,7 @@ class PostgresConnections:
                     )
             return result
 
-        result = await self._retrying(what, attempt)
+        result = await self._retrying(what, attempt, give_up_after=give_up_after)
         if topics:
             self._notifier.notify(set(topics))  # this process need not wait for the echo
         return result

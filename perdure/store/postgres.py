@@ -49,6 +49,7 @@ from perdure.store.base import (
     RunStatus,
     Transition,
     WorkerRecord,
+    trigger_timeout,
 )
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.pg_connections import (
@@ -355,7 +356,7 @@ class PostgresStore(RowMapping, PostgresConnections):
                 assert row is not None
                 return str(row["id"]), row["id"] == run.id
 
-        created = await self._retrying("create_run", attempt)
+        created = await self._retrying("create_run", attempt, give_up_after=trigger_timeout())
         self._notifier.notify({CLAIMABLE})
         return created
 
@@ -382,7 +383,7 @@ class PostgresStore(RowMapping, PostgresConnections):
                     out.append((str(row["id"]), row["id"] == params["id"]))
             return out
 
-        return await self._write("create_runs", work, (CLAIMABLE,))
+        return await self._write("create_runs", work, (CLAIMABLE,), give_up_after=trigger_timeout())
 
     async def get_run(self, run_id: str, *, values: bool = True) -> RunRecord:
         rows = await self._read(Q["get_run"], {"id": run_id}, "get_run")

@@ -45,6 +45,7 @@ from perdure.store.base import (
     RunStatus,
     Transition,
     WorkerRecord,
+    trigger_timeout,
 )
 from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
@@ -131,12 +132,19 @@ class SQLiteStore(RowMapping):
             raise StoreUnavailable(f"SQLite read failed on {self.path}: {exc}") from exc
 
     async def _write(
-        self, write: Any, topics: Collection[str] = (), *, durable: bool = True
+        self,
+        write: Any,
+        topics: Collection[str] = (),
+        *,
+        durable: bool = True,
+        give_up_after: float | None = None,
     ) -> Any:
         if self._writer is None:
             await self.open()
         assert self._writer is not None
-        return await self._writer.submit(write, topics, durable=durable)
+        return await self._writer.submit(
+            write, topics, durable=durable, give_up_after=give_up_after
+        )
 
     # -- lifecycle and schema ----------------------------------------------------------------
 
@@ -198,7 +206,10 @@ class SQLiteStore(RowMapping):
             finally:
                 conn.close()
             writer = GroupCommitWriter(
-                self._connect, on_commit=self._notifier.notify, poll_interval=self.poll_interval
+                self._connect,
+                on_commit=self._notifier.notify,
+                poll_interval=self.poll_interval,
+                path=self.path,
             )
             writer.start()
             self._writer = writer
@@ -234,7 +245,7 @@ class SQLiteStore(RowMapping):
         return created
 
     async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
-        now = time.time()
+        now = self.now()
         # large arguments go to the blob store side by side
         all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
 
@@ -251,7 +262,10 @@ class SQLiteStore(RowMapping):
                     out.append((str(row["id"]), False))
             return out
 
-        result: list[tuple[str, bool]] = await self._write(write, (CLAIMABLE,))
+        # a trigger gives up on a database that cannot take writes (a full disk) in the end
+        result: list[tuple[str, bool]] = await self._write(
+            write, (CLAIMABLE,), give_up_after=trigger_timeout()
+        )
         return result
 
     async def get_run(self, run_id: str, *, values: bool = True) -> RunRecord:

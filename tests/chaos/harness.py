@@ -229,7 +229,7 @@ async def _inject(
             raise ValueError("the disk-full nemesis needs the small filesystem of the database")
         filler = disk / "filler"
         try:
-            await asyncio.to_thread(_fill, filler)
+            await asyncio.to_thread(fill_disk, filler)
             await asyncio.sleep(rng.uniform(0.5, 1.5))
         finally:
             filler.unlink(missing_ok=True)
@@ -253,7 +253,7 @@ def small_disk(path: Path, size_mb: int = 64) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
-def _fill(path: Path) -> None:
+def fill_disk(path: Path) -> None:
     """Write zeros to `path` until its filesystem is full."""
     chunk = bytes(1 << 20)
     with contextlib.suppress(OSError), open(path, "wb", buffering=0) as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
@@ -255,4 +256,18 @@ async def test_writes_fail_rather_than_wait_when_the_writer_thread_dies(tmp_path
     await wait_until(lambda: not writer._thread.is_alive())
     with pytest.raises(StoreUnavailable, match="closed"):
         await asyncio.wait_for(store.create_run(_run()), timeout=10)
+    await store.close()
+
+
+async def test_a_deleted_database_file_is_noticed(tmp_path: Path) -> None:
+    """The database file deleted while the store has it open: writes would go to a file nobody
+    else sees; they fail instead, saying so."""
+    store = _store(tmp_path)
+    await store.open()
+    await store.create_run(_run())
+    for name in os.listdir(tmp_path):
+        if name.startswith("p.db"):
+            os.unlink(tmp_path / name)
+    with pytest.raises(StoreUnavailable, match="deleted or replaced"):
+        await store.create_run(_run())
     await store.close()
