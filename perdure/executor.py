@@ -282,13 +282,20 @@ class Executor:
                 available_at=suspend.wake_at,
                 children_target=suspend.children,
             )
-        except (CancelSignal, asyncio.CancelledError):
+        except (CancelSignal, asyncio.CancelledError) as exc:
             reason = ctx.control.stop_reason
             if reason == "cancel":
                 return Transition(status=RunStatus.CANCELLED, attempt=self._attempt(ctx, started))
             if reason == "release":
                 return Transition(status=RunStatus.QUEUED, available_at=self.store.now())
             if reason is None:
+                current = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and not (
+                    current is not None and current.cancelling()
+                ):
+                    # user code raised CancelledError itself (nobody cancelled this run): a
+                    # failure like any other, not a stop that would leave the run running
+                    return self._failure(task, ctx, started, exc)
                 raise
             return None  # lease lost: another worker owns the run now
         except LeaseLost:
@@ -336,7 +343,7 @@ class Executor:
         )
 
     def _failure(
-        self, task: TaskDef, ctx: RunContext, started: float, exc: Exception
+        self, task: TaskDef, ctx: RunContext, started: float, exc: BaseException
     ) -> Transition:
         run = ctx.run
         attempt = self._attempt(ctx, started, exc)

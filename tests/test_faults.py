@@ -346,3 +346,24 @@ async def test_a_trigger_on_a_full_disk_gives_up_in_time_and_says_why(
         await noop.trigger()
         assert len(await app.store.list_runs()) == 2  # the one that gave up is not there
         await app.close()
+
+
+async def test_a_step_raising_cancelled_error_itself_fails_the_run_not_strands_it(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    """Code that raises asyncio.CancelledError without anyone cancelling the run (a library
+    bug) fails the attempt like any error; the run never stays running with nobody on it."""
+    app = make_app()
+
+    @app.step(retry=perdure.Retry(max_attempts=1))
+    async def confused() -> None:
+        raise asyncio.CancelledError("a library gave up")
+
+    @app.task(retry=perdure.Retry(max_attempts=1))
+    async def flow() -> None:
+        await confused()
+
+    async with running_worker(app):
+        handle = await flow.trigger()
+        with pytest.raises(TaskFailed, match="CancelledError"):
+            await handle.result(timeout=10)
