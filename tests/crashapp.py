@@ -104,3 +104,12 @@ async def stuck_task(seconds: float) -> str:
     except perdure.errors.StepFailed:
         return "timed out"
     return result
+
+
+LIMIT = 4
+"""Runs of the limited app's queue running at once, over every worker."""
+
+limited = perdure.App("crash-limited")
+"""The same pipeline on a queue with a concurrency limit (the chaos harness checks it holds)."""
+limited.queue("limited", concurrency=LIMIT)
+limited.task(name="pipeline", queue="limited")(pipeline.fn)

@@ -41,6 +41,11 @@ def main() -> int:
         help=f"comma-separated subset of {','.join(NEMESES)} (default: all that apply)",
     )
     parser.add_argument("--seed", type=int, default=20261125)
+    parser.add_argument(
+        "--limited",
+        action="store_true",
+        help="run on a queue with a concurrency limit, and check that it holds",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     stores = ["sqlite", "postgres"] if args.store == "all" else [args.store]
@@ -83,6 +88,7 @@ def _run(store: str, nemeses: tuple[str, ...], args: argparse.Namespace) -> Chao
                     cluster=where.get("cluster"),
                     disk=where.get("disk"),
                     seed=args.seed,
+                    limited=args.limited,
                 )
             )
 

@@ -12,8 +12,10 @@ Nemeses:
 - disk-full: fill the small filesystem the SQLite database lives on, for a while (SQLite only).
 
 Checks: every run completed (none lost, none left non-ended), none completed twice, no recorded
-step ran again, and no step of a run started after a later step of that run had started (a
-worker that was taken over never goes on).
+step ran again, no step of a run started after a later step of that run had started (a worker
+that was taken over never goes on), and, with `limited`, the queue's concurrency limit held:
+no more runs than the limit recorded a step attempt at the same moment (every recorded attempt
+ran while its run held its lease, so the limit bounds them).
 
 Used by tests/chaos/test_chaos.py (bounded, in CI) and by `scripts/chaos` (any size).
 """
@@ -82,6 +84,8 @@ class ChaosReport:
     double_completions: int = 0
     reexecuted_recorded_steps: int = 0
     out_of_order_steps: int = 0
+    most_at_once: int = 0
+    limit: int | None = None
     interrupted_steps_rerun: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -98,6 +102,7 @@ class ChaosReport:
             or self.double_completions
             or self.reexecuted_recorded_steps
             or self.out_of_order_steps
+            or (self.limit is not None and self.most_at_once > self.limit)
         )
 
     def figures(self) -> dict[str, object]:
@@ -108,7 +113,8 @@ class ChaosReport:
 class _Fleet:
     """The worker processes, each started again when it dies or is killed."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, count: int) -> None:
+    def __init__(self, spec: str, env: dict[str, str], workdir: Path, count: int) -> None:
+        self.spec = spec
         self.env = env
         self.workdir = workdir
         self.started = 0
@@ -117,7 +123,7 @@ class _Fleet:
     def _start(self, extra: dict[str, str] | None = None) -> WorkerProcess:
         self.started += 1
         log = self.workdir / f"worker-{self.started}.log"
-        return WorkerProcess("tests.crashapp:app", {**self.env, **(extra or {})}, log=log)
+        return WorkerProcess(self.spec, {**self.env, **(extra or {})}, log=log)
 
     def replace(self, slot: int, extra: dict[str, str] | None = None) -> None:
         self.procs[slot].kill()
@@ -151,25 +157,37 @@ async def run_chaos(
     fault_every: tuple[float, float] = (0.3, 1.0),
     step_delay: float = 0.2,
     seed: int = 20261125,
+    limited: bool = False,
 ) -> ChaosReport:
     """Trigger `runs` runs, inject a random one of `nemeses` every `fault_every` seconds for
     `seconds` (the database nemeses need the private `cluster` the database lives on,
     disk-full the small filesystem `disk` it lives on), then drain and check every run."""
     log = workdir / "side-effects.log"
-    app = perdure.App("crash", database=database, blobs=f"file://{workdir}/blobs")
-    app.task(name="pipeline")(crashapp.pipeline.fn)
+    spec = "tests.crashapp:limited" if limited else "tests.crashapp:app"
+    app = perdure.App(
+        "crash-limited" if limited else "crash", database=database, blobs=f"file://{workdir}/blobs"
+    )
+    if limited:
+        app.queue("limited", concurrency=crashapp.LIMIT)
+    app.task(name="pipeline", queue="limited" if limited else "default")(crashapp.pipeline.fn)
     env = {
         "PERDURE_DATABASE_URL": database,
         "PERDURE_BLOB_URL": app.blobs,
         "CRASH_LOG": str(log),
         "PERDURE_HEARTBEAT_INTERVAL": str(HEARTBEAT),
     }
-    report = ChaosReport(runs=runs, steps=steps, workers=workers, nemeses=list(nemeses))
+    report = ChaosReport(
+        runs=runs,
+        steps=steps,
+        workers=workers,
+        nemeses=list(nemeses),
+        limit=crashapp.LIMIT if limited else None,
+    )
     rng = random.Random(seed)
     task = app.get_task("pipeline")
     handles = [await task.trigger(f"c{i}", steps, step_delay) for i in range(runs)]
     started = time.monotonic()
-    fleet = _Fleet(env, workdir, workers)
+    fleet = _Fleet(spec, env, workdir, workers)
     try:
         while time.monotonic() - started < seconds:
             await asyncio.sleep(rng.uniform(*fault_every))
@@ -270,6 +288,7 @@ async def check(
     after a later step of their run."""
     starts = step_starts(log)
     store = app.store
+    held: list[tuple[float, float, str]] = []  # recorded step attempts: (start, end, run)
     for i, handle in enumerate(handles):
         key = f"c{i}"
         run = await store.get_run(handle.id)
@@ -284,6 +303,11 @@ async def check(
         if len(completions) != 1:
             report.double_completions += 1
             report.problems.append(f"run {handle.id} completed {len(completions)} times")
+        held.extend(
+            (a.started_at, a.finished_at, handle.id)
+            for a in await store.load_attempts(handle.id)
+            if a.seq > 0
+        )
         journal = [e for e in await store.load_journal(handle.id) if e.kind is EntryKind.STEP]
         for entry in journal:
             times = starts.get((key, entry.seq), [])
@@ -299,6 +323,30 @@ async def check(
                 report.problems.append(
                     f"run {handle.id} step {entry.seq} started after a later step had"
                 )
+    report.most_at_once = most_at_once(held)
+    if report.limit is not None and report.most_at_once > report.limit:
+        report.problems.append(
+            f"{report.most_at_once} runs of a queue limited to {report.limit} ran at once"
+        )
+
+
+def most_at_once(intervals: list[tuple[float, float, str]]) -> int:
+    """The most distinct runs inside one of their `intervals` at the same moment (intervals
+    that only touch do not overlap; 5 ms are allowed for the clocks' readings)."""
+    events = []
+    for start, end, run in intervals:
+        if end - start > 0.01:
+            events.append((start + 0.005, 1, run))
+            events.append((end - 0.005, -1, run))
+    events.sort(key=lambda e: (e[0], e[1]))  # at one moment, ends before starts
+    inside: dict[str, int] = {}
+    most = 0
+    for _t, change, run in events:
+        inside[run] = inside.get(run, 0) + change
+        if inside[run] == 0:
+            del inside[run]
+        most = max(most, len(inside))
+    return most
 
 
 def step_starts(log: Path) -> dict[tuple[str, int], list[float]]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from .. import crashapp
 from ..pg_private import PrivateCluster
-from .harness import NEMESES, applies, run_chaos, small_disk, unsupported
+from .harness import NEMESES, applies, most_at_once, run_chaos, small_disk, unsupported
 
 pytestmark = pytest.mark.crash
 
@@ -77,3 +78,33 @@ async def test_each_nemesis_briefly(store: str, nemesis: str, tmp_path: Path) ->
     assert report.faults.get(nemesis, 0) >= 3
     assert report.problems == []
     assert report.completed == 40
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_a_queue_limit_holds_under_kills(store: str, tmp_path: Path) -> None:
+    """Runs on a queue limited to crashapp.LIMIT, three workers of four slots each, workers
+    killed at random: no more runs than the limit ever ran at once."""
+    with _database(store, "kill", tmp_path) as where:
+        report = await run_chaos(
+            str(where["database"]),
+            tmp_path,
+            runs=40,
+            steps=4,
+            workers=3,
+            seconds=8,
+            nemeses=("kill",),
+            fault_every=(0.5, 1.5),
+            step_delay=0.1,
+            limited=True,
+        )
+    print(json.dumps(report.figures()))
+    assert report.problems == []
+    assert report.completed == 40
+    assert report.most_at_once == crashapp.LIMIT  # the limit was reached, and held
+
+
+def test_the_limit_check_counts_runs_inside_at_once() -> None:
+    one, two, three = "r1", "r2", "r3"
+    assert most_at_once([(0.0, 1.0, one), (0.5, 1.5, two), (0.9, 2.0, three)]) == 3
+    assert most_at_once([(0.0, 1.0, one), (1.0, 2.0, two)]) == 1  # touching is not overlapping
+    assert most_at_once([(0.0, 1.0, one), (0.2, 0.4, one), (0.5, 1.5, two)]) == 2  # per run
