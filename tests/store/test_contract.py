@@ -503,3 +503,15 @@ async def test_a_finish_never_overwrites_a_requested_cancel(store: Store) -> Non
         assert run.status is RunStatus.CANCELLED
         assert run.result is None
         assert [e.seq for e in await store.load_journal(run_id)] == [1]
+
+
+async def test_a_stray_run_asked_to_cancel_ends_cancelled(store: Store) -> None:
+    """A run left running under its (live) worker, which does not run it any more, with a
+    cancel pending: the stray sweep ends it cancelled rather than requeueing it to run again."""
+    await store.create_run(_new_run())
+    run_id, _ = await _claim_one(store, "w1")
+    assert await store.cancel_run(run_id) is RunStatus.RUNNING
+    assert await store.release_strays("w1", keep=[]) == [run_id]
+    run = await store.get_run(run_id)
+    assert run.status is RunStatus.CANCELLED
+    assert run.finished_at is not None

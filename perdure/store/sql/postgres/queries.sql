@@ -318,8 +318,11 @@ SELECT kind, name, status, codec, value, blob_key, error FROM journal
 WHERE run_id = %(run_id)s AND seq = %(seq)s;
 
 -- name: release_strays
+-- (a run asked to cancel ends cancelled: released, it would run again)
 UPDATE runs
-SET status = 'queued', worker_id = NULL, available_at = %(now)s, updated_at = %(now)s,
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN %(now)s::double precision END,
+    worker_id = NULL, available_at = %(now)s, updated_at = %(now)s,
     note = 'requeued: its worker no longer ran it'
 WHERE worker_id = %(worker_id)s AND status = 'running' AND id <> ALL(%(keep)s)
 RETURNING id;

@@ -290,8 +290,11 @@ SELECT kind, name, status, codec, value, blob_key, error FROM journal
 WHERE run_id = :run_id AND seq = :seq;
 
 -- name: release_strays
+-- (a run asked to cancel ends cancelled: released, it would run again)
 UPDATE runs
-SET status = 'queued', worker_id = NULL, available_at = :now, updated_at = :now,
+SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
+    finished_at = CASE WHEN cancel_requested = 1 THEN :now END,
+    worker_id = NULL, available_at = :now, updated_at = :now,
     note = 'requeued: its worker no longer ran it'
 WHERE worker_id = :worker_id AND status = 'running'
   AND id NOT IN (SELECT value FROM json_each(:keep))
