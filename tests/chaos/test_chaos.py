@@ -75,7 +75,7 @@ async def test_each_nemesis_briefly(store: str, nemesis: str, tmp_path: Path) ->
             step_delay=0.1,
         )
     print(json.dumps(report.figures()))
-    assert report.faults.get(nemesis, 0) >= 3
+    assert report.faults.get(nemesis, 0) >= 2  # (a pause takes 2-3 s of the 8)
     assert report.problems == []
     assert report.completed == 40
 
