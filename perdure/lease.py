@@ -232,12 +232,7 @@ class LeaseKeeper:
                 if not blocked:  # a worker that cannot vouch for itself judges no one
                     await reap_dead_workers(self._store, self._me, self._config)
             except LeaseLost:
-                log.error(
-                    "worker %s was declared dead by another worker; its runs were taken over",
-                    self._me.id,
-                    extra={"action": "lease_lost"},
-                )
-                self._on_lost()
+                self._on_lost()  # (the worker says so)
                 return
             except Exception:
                 log.exception("heartbeat failed; retrying", extra={"action": "heartbeat"})

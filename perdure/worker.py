@@ -268,16 +268,19 @@ class Worker:
                 delay = await self._back_off("cannot confirm this worker's lease", exc, delay)
                 continue
             if not alive:
-                log.error(
-                    "worker %s was declared dead by another worker; its runs were taken over",
-                    self.id,
-                    extra={"action": "lease_lost"},
-                )
                 self._on_lost()
                 raise CancelSignal("lost")
             self.liveness.confirmed(sent)
 
     def _on_lost(self) -> None:
+        """Another worker declared this one dead (found by the heartbeat thread or before a
+        step body): its runs are someone else's now; stop them, and stop."""
+        if not self._lost.is_set():
+            log.error(
+                "worker %s was declared dead by another worker; its runs were taken over",
+                self.id,
+                extra={"action": "lease_lost"},
+            )
         self._lost.set()
         for task, control in self._active.values():
             control.stop_reason = "lost"

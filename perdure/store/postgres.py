@@ -308,7 +308,9 @@ class PostgresStore(RowMapping, PostgresConnections):
             self._clock_offset = (low + high) / 2
 
     async def _read_clock(self) -> None:
-        for _ in range(3):  # the quickest of a few readings
+        # twice: the first reading also opens this loop's first connection, so it is slow and
+        # sets the offset only if the clocks are far apart; the second is quick
+        for _ in range(2):
             sent = time.time()
             rows = await self._read(Q["clock"], {}, "clock")
             self._observe_clock(sent, rows[0]["server_now"])

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from ..pg_private import PrivateCluster
-from .harness import NEMESES, ChaosReport, applies, run_chaos, small_disk, unsupported
+from .harness import NEMESES, ChaosReport, applies, chaos_database, run_chaos, unsupported
 
 
 def main() -> int:
@@ -75,7 +71,7 @@ def main() -> int:
 def _run(store: str, nemeses: tuple[str, ...], args: argparse.Namespace) -> ChaosReport:
     with tempfile.TemporaryDirectory(prefix="perdure-chaos-") as tmp:
         workdir = Path(tmp)
-        with _database(store, nemeses, workdir) as where:
+        with chaos_database(store, nemeses, workdir) as where:
             return asyncio.run(
                 run_chaos(
                     where["database"],
@@ -91,18 +87,6 @@ def _run(store: str, nemeses: tuple[str, ...], args: argparse.Namespace) -> Chao
                     limited=args.limited,
                 )
             )
-
-
-@contextlib.contextmanager
-def _database(store: str, nemeses: tuple[str, ...], workdir: Path) -> Iterator[dict[str, Any]]:
-    if store == "postgres":
-        with PrivateCluster() as cluster:
-            yield {"database": cluster.url(), "cluster": cluster}
-    elif "disk-full" in nemeses:
-        with small_disk(workdir / "disk") as disk:
-            yield {"database": f"sqlite:///{disk}/perdure.db", "disk": disk}
-    else:
-        yield {"database": f"sqlite:///{workdir}/perdure.db"}
 
 
 def _show(store: str, report: ChaosReport, *, as_json: bool) -> None:

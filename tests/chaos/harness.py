@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import perdure
 from perdure.store.base import EntryKind, RunStatus
@@ -253,6 +254,21 @@ async def _inject(
             filler.unlink(missing_ok=True)
     else:
         raise ValueError(f"unknown nemesis {nemesis!r}")
+
+
+@contextlib.contextmanager
+def chaos_database(store: str, nemeses: tuple[str, ...], workdir: Path) -> Iterator[dict[str, Any]]:
+    """Where the runs of a chaos run live: `database` (its URL), with `cluster` (a private
+    PostgreSQL server, never the shared one) or `disk` (the small filesystem under the SQLite
+    file, for disk-full) when the nemeses need them."""
+    if store == "postgres":
+        with PrivateCluster() as cluster:
+            yield {"database": cluster.url(), "cluster": cluster}
+    elif "disk-full" in nemeses:
+        with small_disk(workdir / "disk") as disk:
+            yield {"database": f"sqlite:///{disk}/perdure.db", "disk": disk}
+    else:
+        yield {"database": f"sqlite:///{workdir}/perdure.db"}
 
 
 @contextlib.contextmanager

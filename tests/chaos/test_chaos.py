@@ -11,12 +11,20 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .. import crashapp
-from ..pg_private import PrivateCluster
-from .harness import NEMESES, applies, most_at_once, run_chaos, small_disk, unsupported
+from .harness import (
+    NEMESES,
+    ChaosReport,
+    applies,
+    chaos_database,
+    most_at_once,
+    run_chaos,
+    unsupported,
+)
 
 pytestmark = pytest.mark.crash
 
@@ -40,26 +48,23 @@ CASES = [
 
 
 @contextlib.contextmanager
-def _database(store: str, nemesis: str, tmp_path: Path) -> Iterator[dict[str, object]]:
-    """Where the runs live: a private PostgreSQL server, or a SQLite file (on a small disk of
-    its own for disk-full)."""
+def _database(store: str, nemesis: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """chaos_database, or a skip (a failure with CI=true) where this machine cannot run
+    `nemesis`."""
     reason = unsupported(nemesis, store)
     if reason is not None:  # scripts/test installs faketime; CI runs as root
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    if store == "postgres":
-        with PrivateCluster() as cluster:
-            yield {"database": cluster.url(), "cluster": cluster}
-    elif nemesis == "disk-full":
-        with small_disk(tmp_path / "disk") as disk:
-            yield {"database": f"sqlite:///{disk}/perdure.db", "disk": disk}
-    else:
-        yield {"database": f"sqlite:///{tmp_path}/perdure.db"}
+    with chaos_database(store, (nemesis,), tmp_path) as where:
+        yield where
 
 
-@pytest.mark.parametrize(("store", "nemesis"), CASES)
-async def test_each_nemesis_briefly(store: str, nemesis: str, tmp_path: Path) -> None:
+async def _briefly(
+    store: str, nemesis: str, tmp_path: Path, *, limited: bool = False
+) -> ChaosReport:
+    """40 runs x 4 steps on 3 workers, `nemesis` every 0.5-1.5 s for 8 s; the figures printed
+    for the log of the run."""
     with _database(store, nemesis, tmp_path) as where:
         report = await run_chaos(
             str(where["database"]),
@@ -69,12 +74,19 @@ async def test_each_nemesis_briefly(store: str, nemesis: str, tmp_path: Path) ->
             workers=3,
             seconds=8,
             nemeses=(nemesis,),
-            cluster=where.get("cluster"),  # type: ignore[arg-type]
-            disk=where.get("disk"),  # type: ignore[arg-type]
+            cluster=where.get("cluster"),
+            disk=where.get("disk"),
             fault_every=(0.5, 1.5),
             step_delay=0.1,
+            limited=limited,
         )
     print(json.dumps(report.figures()))
+    return report
+
+
+@pytest.mark.parametrize(("store", "nemesis"), CASES)
+async def test_each_nemesis_briefly(store: str, nemesis: str, tmp_path: Path) -> None:
+    report = await _briefly(store, nemesis, tmp_path)
     assert report.faults.get(nemesis, 0) >= 2  # (a pause takes 2-3 s of the 8)
     assert report.problems == []
     assert report.completed == 40
@@ -84,20 +96,7 @@ async def test_each_nemesis_briefly(store: str, nemesis: str, tmp_path: Path) ->
 async def test_a_queue_limit_holds_under_kills(store: str, tmp_path: Path) -> None:
     """Runs on a queue limited to crashapp.LIMIT, three workers of four slots each, workers
     killed at random: no more runs than the limit ever ran at once."""
-    with _database(store, "kill", tmp_path) as where:
-        report = await run_chaos(
-            str(where["database"]),
-            tmp_path,
-            runs=40,
-            steps=4,
-            workers=3,
-            seconds=8,
-            nemeses=("kill",),
-            fault_every=(0.5, 1.5),
-            step_delay=0.1,
-            limited=True,
-        )
-    print(json.dumps(report.figures()))
+    report = await _briefly(store, "kill", tmp_path, limited=True)
     assert report.problems == []
     assert report.completed == 40
     assert report.most_at_once == crashapp.LIMIT  # the limit was reached, and held
