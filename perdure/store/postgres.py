@@ -652,6 +652,7 @@ class PostgresStore(RowMapping, PostgresConnections):
             if transition.next_attempt:
                 await conn.execute(Q["drop_failed_entries"], {"run_id": run_id})
             if transition.status is RunStatus.CANCELLED:  # its children go with it
+                await conn.execute(Q["lock_tree"], params)
                 await conn.execute(Q["cancel_idle_tree"], params)
                 await conn.execute(Q["request_cancel_tree"], params)
 
@@ -741,6 +742,7 @@ class PostgresStore(RowMapping, PostgresConnections):
         params = {"id": run_id, "now": self.now()}
 
         async def work(conn: Conn) -> RunStatus:
+            await conn.execute(Q["lock_tree"], params)
             await conn.execute(Q["cancel_idle_tree"], params)
             await conn.execute(Q["request_cancel_tree"], params)
             row = await (await conn.execute(Q["check_lease"], params)).fetchone()

@@ -9,6 +9,9 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from perdure.blobs import LocalBlobStore
 from perdure.errors import CorruptJournal, LeaseLost
@@ -176,4 +179,57 @@ async def test_a_trigger_from_another_process_wakes_a_waiter(
     triggered = float(stdout.decode().split()[0])
     assert changed
     assert triggered <= noticed < triggered + 1.0  # woken by that commit: pushed, not polled
+    await store.close()
+
+
+async def test_a_cancel_beside_a_suspension_is_not_lost(tmp_path: Path, postgres_url: str) -> None:
+    """A run that suspends (running → waiting) while a cancel is being requested ends cancelled:
+    the cancel waits for the suspension's commit and then sees the run waiting, instead of
+    asking a running run to stop that is no longer running."""
+    store = PostgresStore(postgres_url, blobs=LocalBlobStore(tmp_path), inline_limit=1024)
+    await store.open()
+    await store.create_run(_new_run())
+    run_id, _lease = await _claim_one(store)
+    async with await psycopg.AsyncConnection.connect(postgres_url) as other:
+        # the suspension, committed only after the cancel has started
+        await other.execute(
+            "UPDATE perdure.runs SET status = 'waiting', worker_id = NULL WHERE id = %s", (run_id,)
+        )
+        cancel = asyncio.ensure_future(store.cancel_run(run_id))
+        await asyncio.sleep(0.5)
+        await other.commit()
+        assert await cancel is RunStatus.CANCELLED
+    assert (await store.get_run(run_id)).status is RunStatus.CANCELLED
+    await store.close()
+
+
+async def test_a_write_chosen_as_a_deadlock_victim_goes_again(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two writers locking two rows in opposite orders: the server aborts the one that waited
+    first (the store's); its transaction, rolled back whole, runs again and succeeds."""
+    store = PostgresStore(postgres_url, blobs=LocalBlobStore(tmp_path), inline_limit=1024)
+    await store.open()
+    first, second = _new_run(), _new_run()
+    await store.create_run(first)
+    await store.create_run(second)
+    touch = "UPDATE perdure.runs SET priority = priority + 1 WHERE id = %(id)s"
+    tries = 0
+    async with await psycopg.AsyncConnection.connect(postgres_url) as other:
+        await other.execute(touch, {"id": second.id})  # holds `second`
+
+        async def work(conn: Any) -> None:
+            nonlocal tries
+            tries += 1
+            await conn.execute(touch, {"id": first.id})
+            await conn.execute(touch, {"id": second.id})  # waits for `other`
+
+        write = asyncio.ensure_future(store._write("deadlock test", work))
+        await asyncio.sleep(0.3)
+        await other.execute(touch, {"id": first.id})  # waits for the store: a deadlock
+        await other.commit()
+        await write
+    assert tries == 2
+    assert (await store.get_run(first.id)).priority == 2
+    assert (await store.get_run(second.id)).priority == 2
     await store.close()

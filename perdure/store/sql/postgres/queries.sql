@@ -233,6 +233,14 @@ DELETE FROM journal
 WHERE run_id = %(run_id)s
   AND seq >= (SELECT min(seq) FROM journal WHERE run_id = %(run_id)s AND status = 'failed');
 
+-- name: lock_tree
+-- the run and its descendants, locked first: a change committing meanwhile (a suspension,
+-- a finish) is waited for and then seen by the two updates below
+WITH RECURSIVE tree(id) AS (
+    SELECT %(id)s::text UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id
+)
+SELECT id FROM runs WHERE id IN (SELECT id FROM tree) ORDER BY id FOR UPDATE;
+
 -- name: cancel_idle_tree
 -- the run and its descendants that are not running end at once
 WITH RECURSIVE tree(id) AS (
