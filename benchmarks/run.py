@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import perdure  # noqa: E402
-from perdure.store.base import RunStatus  # noqa: E402
+from perdure.records import RunStatus  # noqa: E402
 from perdure.worker import Worker  # noqa: E402
 
 Metric = dict[str, Any]

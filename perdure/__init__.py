@@ -13,10 +13,10 @@ from perdure.errors import (
     PerdureError,
     RetryAfter,
 )
+from perdure.records import RunStatus
 from perdure.retry import Retry
 from perdure.secrets import Secret, secret
 from perdure.step import Step, step_key
-from perdure.store.base import RunStatus
 from perdure.task import RunHandle, Task
 from perdure.waits import now, random, sleep, uuid4
 

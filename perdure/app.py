@@ -11,10 +11,11 @@ from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL, WorkerConfig,
 from perdure.crypto import Keyring
 from perdure.errors import ConfigurationError, RunNotFound, TaskNotFound
 from perdure.executor import Executor
+from perdure.records import STRATEGIES, QueueConfig
 from perdure.retry import Retry
 from perdure.step import Step
 from perdure.store import open_store
-from perdure.store.base import STRATEGIES, QueueConfig, Store
+from perdure.store.base import Store
 from perdure.store.sqlite import DEFAULT_INLINE_LIMIT
 from perdure.task import RunHandle, Task
 from perdure.worker import Worker

@@ -33,10 +33,11 @@ from perdure.errors import (
     PerdureError,
     StoreRefused,
 )
+from perdure.records import Attempt, JournalEntry, QueueStats, RunRecord, RunStatus
 from perdure.retention import PurgeReport, parse_age, purge
 from perdure.rotation import RotationReport, rotate
 from perdure.store import open_store
-from perdure.store.base import Attempt, JournalEntry, QueueStats, RunRecord, RunStatus, Store
+from perdure.store.base import Store
 
 T = TypeVar("T")
 

@@ -12,16 +12,9 @@ from typing import Any
 from perdure import serde
 from perdure.config import WorkerConfig
 from perdure.errors import CancelSignal, NonDeterminismError, TooManySteps
+from perdure.records import Attempt, EntryKind, EntryStatus, JournalEntry, RunRecord, Value
 from perdure.retry import Retry
-from perdure.store.base import (
-    Attempt,
-    EntryKind,
-    EntryStatus,
-    JournalEntry,
-    RunRecord,
-    Store,
-    Value,
-)
+from perdure.store.base import Store
 from perdure.worker import RunControl
 
 log = logging.getLogger("perdure.run")

@@ -29,17 +29,9 @@ from perdure.errors import (
     StoreRefused,
     Suspend,
 )
+from perdure.records import Attempt, History, JournalEntry, RunRecord, RunStatus, Transition, Value
 from perdure.step import error_info, return_type
-from perdure.store.base import (
-    Attempt,
-    History,
-    JournalEntry,
-    RunRecord,
-    RunStatus,
-    Store,
-    Transition,
-    Value,
-)
+from perdure.store.base import Store
 from perdure.worker import RunControl
 
 log = logging.getLogger("perdure.run")

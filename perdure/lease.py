@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from perdure.config import WorkerConfig
 from perdure.errors import LeaseLost
-from perdure.store.base import Store, WorkerRecord
+from perdure.records import WorkerRecord
+from perdure.store.base import Store
 
 log = logging.getLogger("perdure.lease")
 

@@ -15,7 +15,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from perdure.blobs.base import REFRESH_AFTER, BlobStore
-from perdure.store.base import RunStatus, Store
+from perdure.records import RunStatus
+from perdure.store.base import Store
 
 DEFAULT_GRACE = 3600.0
 """Blobs written within this many seconds are kept even if nothing references them yet."""

@@ -38,9 +38,9 @@ from perdure.errors import (
     StepFailed,
     Suspend,
 )
+from perdure.records import Attempt, EntryKind, EntryStatus, ErrorInfo, JournalEntry
 from perdure.retry import DEFAULT_RETRY, Retry
 from perdure.secrets import redact
-from perdure.store.base import Attempt, EntryKind, EntryStatus, ErrorInfo, JournalEntry
 
 log = logging.getLogger("perdure.run")
 

@@ -27,16 +27,9 @@ from perdure.errors import (
 )
 from perdure.executor import TaskDef, check_args, task_return_type
 from perdure.ids import new_id
+from perdure.records import EntryKind, ErrorInfo, NewRun, RunRecord, RunStatus, Value
 from perdure.retry import DEFAULT_RETRY, Retry
-from perdure.store.base import (
-    ChangeToken,
-    EntryKind,
-    ErrorInfo,
-    NewRun,
-    RunRecord,
-    RunStatus,
-    Value,
-)
+from perdure.store.base import ChangeToken
 from perdure.store.notify import run_topic
 
 if TYPE_CHECKING:

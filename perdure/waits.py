@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from perdure.context import RunContext, _in_step, current, decode_entry, in_thread_of_loop
 from perdure.errors import PerdureError, Suspend
-from perdure.store.base import EntryKind
+from perdure.records import EntryKind
 
 T = TypeVar("T")
 

@@ -22,16 +22,8 @@ from perdure.config import WorkerConfig
 from perdure.errors import CancelSignal, LeaseLost, StoreError
 from perdure.ids import new_id
 from perdure.lease import LeaseKeeper, Liveness, new_worker_record, reap_dead_workers, tick
-from perdure.store.base import (
-    ChangeToken,
-    History,
-    QueueConfig,
-    RunRecord,
-    RunStatus,
-    Store,
-    Transition,
-    WorkerRecord,
-)
+from perdure.records import History, QueueConfig, RunRecord, RunStatus, Transition, WorkerRecord
+from perdure.store.base import ChangeToken, Store
 from perdure.store.notify import CANCEL, CLAIMABLE
 
 log = logging.getLogger("perdure.worker")

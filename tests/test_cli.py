@@ -17,7 +17,7 @@ import pytest
 import perdure
 from perdure.crypto import new_key
 from perdure.ids import new_id
-from perdure.store.base import (
+from perdure.records import (
     Attempt,
     EntryKind,
     EntryStatus,

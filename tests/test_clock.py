@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import perdure
-from perdure.store.base import RunStatus
+from perdure.records import RunStatus
 
 from . import crashapp
 from .conftest import WorkerProcess, faketime_env, wait_until

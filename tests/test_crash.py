@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import perdure
-from perdure.store.base import EntryKind, RunStatus
+from perdure.records import EntryKind, RunStatus
 
 from . import crashapp
 from .conftest import WorkerProcess, wait_until

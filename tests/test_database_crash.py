@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import perdure
-from perdure.store.base import RunStatus
+from perdure.records import RunStatus
 
 from . import crashapp
 from .conftest import WorkerProcess, wait_until

@@ -17,7 +17,7 @@ import pytest
 import perdure
 from perdure.crypto import new_key
 from perdure.errors import PerdureError, StoreUnavailable, TaskFailed
-from perdure.store.base import EntryStatus, RunStatus
+from perdure.records import EntryStatus, RunStatus
 
 from . import crashapp
 from .conftest import WorkerProcess, running_worker, wait_until

@@ -11,7 +11,7 @@ import pytest
 
 import perdure
 from perdure.errors import ChildFailed, InvalidArguments, RunExpired
-from perdure.store.base import RunStatus
+from perdure.records import RunStatus
 
 from .conftest import running_worker, wait_until
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import perdure
-from perdure.store.base import RunStatus
+from perdure.records import RunStatus
 
 from . import flowapp
 from .conftest import WorkerProcess, wait_until

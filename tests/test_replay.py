@@ -12,7 +12,7 @@ import pytest
 
 import perdure
 from perdure.errors import NonDeterminismError, StepFailed, TaskFailed
-from perdure.store.base import EntryKind, EntryStatus, RunStatus
+from perdure.records import EntryKind, EntryStatus, RunStatus
 
 from .conftest import running_worker
 

@@ -16,8 +16,8 @@ import pytest
 
 import perdure
 from perdure.errors import RunNotFound
+from perdure.records import RunStatus
 from perdure.retention import parse_age, purge
-from perdure.store.base import RunStatus
 
 from .conftest import ROOT, running_worker, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 
 import perdure
 from perdure.errors import ConfigurationError, TaskFailed
-from perdure.store.base import RunStatus
+from perdure.records import RunStatus
 
 from .conftest import running_worker, wait_until
 

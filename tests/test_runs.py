@@ -28,7 +28,7 @@ from perdure.errors import (
     TaskFailed,
     TaskNotFound,
 )
-from perdure.store.base import EntryStatus, RunStatus
+from perdure.records import EntryStatus, RunStatus
 
 from .conftest import running_worker, stored_bytes, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 import perdure
 from perdure.config import WorkerConfig
 from perdure.errors import ConfigurationError
-from perdure.store.base import RunStatus
+from perdure.records import RunStatus
 
 from . import crashapp
 from .conftest import WorkerProcess, wait_until

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from perdure.store.base import QueueConfig
+from perdure.records import QueueConfig
 
 Row = Mapping[str, Any]
 

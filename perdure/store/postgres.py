@@ -29,16 +29,8 @@ from perdure.errors import (
     SchemaTooNew,
     StoreUnavailable,
 )
-from perdure.store.admission import (
-    CANDIDATE_SCAN,
-    Turns,
-    admit,
-    limits_apply,
-    rate_window,
-)
-from perdure.store.base import (
+from perdure.records import (
     Attempt,
-    ChangeToken,
     Claimed,
     JournalEntry,
     Lease,
@@ -49,8 +41,15 @@ from perdure.store.base import (
     RunStatus,
     Transition,
     WorkerRecord,
-    trigger_timeout,
 )
+from perdure.store.admission import (
+    CANDIDATE_SCAN,
+    Turns,
+    admit,
+    limits_apply,
+    rate_window,
+)
+from perdure.store.base import ChangeToken, trigger_timeout
 from perdure.store.notify import CANCEL, CLAIMABLE, ChangeNotifier, run_topic
 from perdure.store.pg_connections import (
     LOCK_CLASS,

@@ -16,7 +16,7 @@ import msgspec
 from perdure.blobs.base import BlobStore
 from perdure.crypto import KEY_ID_SIZE, Keyring, require
 from perdure.errors import CorruptJournal, LeaseLost, RunCancelled, RunNotFound
-from perdure.store.base import (
+from perdure.records import (
     Attempt,
     Claimed,
     EntryKind,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import perdure
-from perdure.store.base import EntryKind, RunStatus
+from perdure.records import EntryKind, RunStatus
 
 from .. import crashapp
 from ..conftest import WorkerProcess, faketime_env

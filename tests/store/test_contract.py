@@ -17,7 +17,7 @@ from perdure.blobs import LocalBlobStore
 from perdure.crypto import Keyring
 from perdure.errors import CorruptJournal, LeaseLost, RunCancelled, RunNotFound, StoreUnavailable
 from perdure.ids import new_id
-from perdure.store.base import (
+from perdure.records import (
     Attempt,
     Claimed,
     EntryKind,
@@ -28,11 +28,11 @@ from perdure.store.base import (
     Lease,
     NewRun,
     RunStatus,
-    Store,
     Transition,
     Value,
     WorkerRecord,
 )
+from perdure.store.base import Store
 from perdure.store.sqlite import SQLiteStore
 
 APP = "contract"

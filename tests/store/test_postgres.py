@@ -15,7 +15,7 @@ import psycopg
 
 from perdure.blobs import LocalBlobStore
 from perdure.errors import CorruptJournal, LeaseLost
-from perdure.store.base import Attempt, RunStatus, Transition
+from perdure.records import Attempt, RunStatus, Transition
 from perdure.store.postgres import PostgresStore
 
 from ..conftest import ROOT

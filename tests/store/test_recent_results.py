@@ -3,7 +3,7 @@ size, and by the size of one result."""
 
 from __future__ import annotations
 
-from perdure.store.base import Value
+from perdure.records import Value
 from perdure.store.rows import RecentResults
 
 

@@ -23,7 +23,7 @@ from perdure.errors import (
     TaskFailed,
 )
 from perdure.ids import new_id
-from perdure.store.base import NewRun, RunStatus, Value
+from perdure.records import NewRun, RunStatus, Value
 from perdure.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 from ..conftest import ROOT, running_worker, wait_until
