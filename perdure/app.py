@@ -16,8 +16,8 @@ from perdure.retry import Retry
 from perdure.step import Step
 from perdure.store import open_store
 from perdure.store.base import Store
-from perdure.store.sqlite import DEFAULT_INLINE_LIMIT
 from perdure.task import RunHandle, Task
+from perdure.values import DEFAULT_INLINE_LIMIT
 from perdure.worker import Worker
 
 DEFAULT_MAX_VALUE_SIZE = 64 * 1024 * 1024

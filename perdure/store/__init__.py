@@ -7,7 +7,8 @@ from perdure.config import env_float
 from perdure.crypto import Keyring
 from perdure.errors import ConfigurationError
 from perdure.store.base import Store
-from perdure.store.sqlite import DEFAULT_INLINE_LIMIT, SQLiteStore
+from perdure.store.sqlite import SQLiteStore
+from perdure.values import DEFAULT_INLINE_LIMIT
 
 __all__ = ["Store", "open_store", "sqlite_path"]
 

@@ -27,6 +27,7 @@ CHANNEL = "perdure"
 LOCK_CLASS = 7_366_102  # first key of the workers' session locks
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[dict[str, Any]]
+Pipeline = psycopg.AsyncPipeline
 
 
 def session_key(worker_id: str) -> int:
@@ -76,7 +77,7 @@ class PostgresConnections:
     url: str
     pool_size: int
     retry_for: float
-    _notifier: ChangeNotifier
+    notifier: ChangeNotifier
     _opened: bool
     _pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]]
     _listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]]
@@ -125,15 +126,11 @@ class PostgresConnections:
         return pool
 
     @contextlib.asynccontextmanager
-    async def _connection(self, what: str, *, transaction: bool) -> AsyncIterator[Conn]:
+    async def _connection(self, what: str) -> AsyncIterator[Conn]:
         pool = await self._pool()
         try:
             async with pool.connection() as conn:
-                if transaction:
-                    async with conn.transaction():
-                        yield conn
-                else:
-                    yield conn
+                yield conn
         except psycopg.Error as exc:
             translated = translate(exc, what)
             if translated is exc:
@@ -167,26 +164,28 @@ class PostgresConnections:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _read(self, sql: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
-        async def attempt() -> list[dict[str, Any]]:
-            async with self._connection(what, transaction=False) as conn:
-                cur = await conn.execute(sql, params)
-                return await cur.fetchall()
-
-        return await self._retrying(what, attempt)
-
     async def _write(
         self,
         what: str,
-        work: Callable[[Conn], Awaitable[T]],
+        work: Callable[[Conn, Pipeline], Awaitable[T]],
         topics: Collection[str] = (),
         *,
+        durable: bool = True,
         give_up_after: float | None = None,
     ) -> T:
+        """`work` in one transaction, in pipeline mode: what it sends goes to the server when
+        it syncs the pipeline (the transaction's BEGIN with its first queries, the topics'
+        NOTIFY with its COMMIT)."""
 
         async def attempt() -> T:
-            async with self._connection(what, transaction=True) as conn:
-                result = await work(conn)
+            async with (
+                self._connection(what) as conn,
+                conn.pipeline() as pipeline,
+                conn.transaction(),
+            ):
+                if not durable:  # a commit that need not wait for its WAL flush
+                    await conn.execute("SET LOCAL synchronous_commit TO off")
+                result = await work(conn, pipeline)
                 if topics:  # delivered at commit, to every listening process
                     await conn.execute(
                         "SELECT pg_notify(%s, t) FROM unnest(%s::text[]) AS t",
@@ -196,7 +195,7 @@ class PostgresConnections:
 
         result = await self._retrying(what, attempt, give_up_after=give_up_after)
         if topics:
-            self._notifier.notify(set(topics))  # this process need not wait for the echo
+            self.notifier.notify(set(topics))  # this process need not wait for the echo
         return result
 
     def _redacted(self) -> str:
@@ -228,10 +227,10 @@ class PostgresConnections:
                 conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
                 try:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    self._notifier.notify(None)  # we may have missed changes while away
+                    self.notifier.notify(None)  # we may have missed changes while away
                     delay = 0.1
                     async for note in conn.notifies():
-                        self._notifier.notify({note.payload})
+                        self.notifier.notify({note.payload})
                 finally:
                     await conn.close()
             except psycopg.Error as exc:

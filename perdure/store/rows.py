@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
@@ -34,16 +33,10 @@ from perdure.records import (
     Value,
     WorkerRecord,
 )
+from perdure.store.connector import Row
 from perdure.store.notify import CLAIMABLE, run_topic
 
 log = logging.getLogger("perdure.store")
-
-
-class Row(Protocol):
-    """A result row by column name (sqlite3.Row, or a dict from psycopg)."""
-
-    def __getitem__(self, key: str) -> Any: ...
-    def keys(self) -> Any: ...
 
 
 def encode_error(error: ErrorInfo | None) -> bytes | None:
@@ -144,7 +137,7 @@ def purge_params(
 
 
 def set_queue_params(
-    app: str, name: str, concurrency: int | None, unlimited: bool, paused: bool | None
+    app: str, name: str, concurrency: int | None, unlimited: bool, paused: bool | None, now: float
 ) -> dict[str, Any]:
     """Parameters of set_queue: a new limit (or none, with `unlimited`), paused or not."""
     return {
@@ -153,7 +146,7 @@ def set_queue_params(
         "concurrency": concurrency,
         "set_limit": int(concurrency is not None or unlimited),
         "paused": None if paused is None else int(paused),
-        "now": time.time(),
+        "now": now,
     }
 
 
@@ -207,7 +200,7 @@ class RowMapping:
     _recent: RecentResults
 
     def now(self) -> float:
-        return time.time()
+        raise NotImplementedError
 
     def completed_result(self, run_id: str) -> Value | None:
         return self._recent.get(run_id)

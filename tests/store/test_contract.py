@@ -402,7 +402,7 @@ def _sql(store: Store, statement: str, params: dict[str, Any]) -> None:
         return
     import psycopg
 
-    url: str = store.url  # type: ignore[attr-defined]
+    url: str = store.db.url  # type: ignore[attr-defined]
     with psycopg.connect(url, options="-c search_path=perdure") as pg:
         pg.execute(statement, params)
 

@@ -16,10 +16,17 @@ import psycopg
 from perdure.blobs import LocalBlobStore
 from perdure.errors import CorruptJournal, LeaseLost
 from perdure.records import Attempt, RunStatus, Transition
+from perdure.store.pg_fast import PostgresFastPaths
 from perdure.store.postgres import PostgresStore
 
 from ..conftest import ROOT
 from .test_contract import _claim_one, _entry, _new_run, _next, _value
+
+
+def _fast(store: PostgresStore) -> PostgresFastPaths:
+    fast = store.db.fast
+    assert fast is not None
+    return fast
 
 
 async def test_concurrent_step_records_share_a_commit(tmp_path: Path, postgres_url: str) -> None:
@@ -32,8 +39,8 @@ async def test_concurrent_step_records_share_a_commit(tmp_path: Path, postgres_u
     await asyncio.gather(
         *(store.append(run_id, lease, entries=[_entry(1)], attempts=[]) for run_id, lease in leases)
     )
-    assert store.grouped_appends == 20
-    assert store.append_groups < 20  # several runs' records per transaction
+    assert _fast(store).grouped_appends == 20
+    assert _fast(store).append_groups < 20  # several runs' records per transaction
     for run_id, _lease in leases:
         assert [e.seq for e in await store.load_journal(run_id)] == [1]
     await store.close()
@@ -95,7 +102,9 @@ async def test_concurrent_completions_share_a_statement(tmp_path: Path, postgres
     assert isinstance(outcomes[5], LeaseLost)
     assert isinstance(outcomes[6], CorruptJournal)
     assert outcomes[7] is None
-    assert store.finish_groups < store.grouped_finishes  # several completions per statement
+    assert (
+        _fast(store).finish_groups < _fast(store).grouped_finishes
+    )  # several completions per statement
     for i, (run_id, _lease) in enumerate(leases[3:]):
         run = await store.get_run(run_id)
         assert run.status is RunStatus.COMPLETED
@@ -140,8 +149,8 @@ async def test_a_parent_suspending_beside_its_last_child_ending_is_woken(
             attempts=[],
         ),
     )
-    assert store.finish_groups == 1
-    assert store.grouped_finishes == 2
+    assert _fast(store).finish_groups == 1
+    assert _fast(store).grouped_finishes == 2
     woken = await store.get_run(parent)
     assert woken.status is RunStatus.WAITING
     assert woken.available_at is not None
@@ -218,13 +227,13 @@ async def test_a_write_chosen_as_a_deadlock_victim_goes_again(
     async with await psycopg.AsyncConnection.connect(postgres_url) as other:
         await other.execute(touch, {"id": second.id})  # holds `second`
 
-        async def work(conn: Any) -> None:
+        async def work(conn: Any, _pipeline: Any) -> None:
             nonlocal tries
             tries += 1
             await conn.execute(touch, {"id": first.id})
             await conn.execute(touch, {"id": second.id})  # waits for `other`
 
-        write = asyncio.ensure_future(store._write("deadlock test", work))
+        write = asyncio.ensure_future(store.db._write("deadlock test", work))
         await asyncio.sleep(0.3)
         await other.execute(touch, {"id": first.id})  # waits for the store: a deadlock
         await other.commit()

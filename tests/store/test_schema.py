@@ -59,18 +59,15 @@ async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str)
 def test_dialects_name_the_same_queries() -> None:
     sqlite_names = set(load_queries("sqlite"))
     postgres_names = set(load_queries("postgres"))
-    # PostgreSQL has a few single-statement shortcuts, its session locks, its claim and tree
-    # locks (SQLite's single writer serialises writes by itself) and its clock (SQLite's processes
-    # share their host's) on top
+    # PostgreSQL has its fast paths (single-statement appends, finishes and triggers), its
+    # workers' session locks and its clock on top
     assert sqlite_names <= postgres_names
     assert postgres_names - sqlite_names == {
         "append_entry_fenced",
-        "claim_lock",
         "clock",
         "finish_attempt_at_once",
         "finish_many",
         "insert_run_notify",
-        "lock_tree",
         "session_locks",
     }
 

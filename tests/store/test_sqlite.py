@@ -8,8 +8,9 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,11 +48,18 @@ def _run(task: str = "t") -> NewRun:
     )
 
 
+def _submit(store: SQLiteStore, write: Callable[[sqlite3.Connection], Any]) -> Awaitable[Any]:
+    """A raw write through the store's writer thread."""
+    writer = store.db.writer
+    assert writer is not None
+    return writer.submit(write)
+
+
 async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
     store = _store(tmp_path)
     await store.open()
     await asyncio.gather(*(store.create_run(_run()) for _ in range(200)))
-    writer = store._writer
+    writer = store.db.writer
     assert writer is not None
     assert writer.writes == 200
     assert writer.batches < 100  # many writes per transaction (one fsync each)
@@ -69,7 +77,7 @@ async def test_one_failing_write_does_not_undo_its_batch(tmp_path: Path) -> None
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT INTO runs (id) VALUES (?)", (duplicate.id,))
 
-        await store._write(write)
+        await _submit(store, write)
 
     results = await asyncio.gather(
         *(store.create_run(_run()) for _ in range(20)), bad(), return_exceptions=True
@@ -224,11 +232,11 @@ async def test_a_write_that_cannot_succeed_fails_instead_of_retrying_forever(
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
     # alone (committed on the loop) and in a batch (committed by the writer thread)
-    alone = await asyncio.gather(store._write(write), return_exceptions=True)
+    alone = await asyncio.gather(_submit(store, write), return_exceptions=True)
     batch = await asyncio.wait_for(
         asyncio.gather(
             *(store.create_run(_run()) for _ in range(5)),
-            store._write(write),
+            _submit(store, write),
             return_exceptions=True,
         ),
         timeout=10,
@@ -244,7 +252,7 @@ async def test_a_write_that_cannot_succeed_fails_instead_of_retrying_forever(
 async def test_writes_fail_rather_than_wait_when_the_writer_thread_dies(tmp_path: Path) -> None:
     store = _store(tmp_path)
     await store.open()
-    writer = store._writer
+    writer = store.db.writer
     assert writer is not None
 
     def fatal(conn: sqlite3.Connection) -> None:
@@ -252,7 +260,9 @@ async def test_writes_fail_rather_than_wait_when_the_writer_thread_dies(tmp_path
 
     with pytest.raises(StoreUnavailable):
         # a batch, so the thread commits it
-        await asyncio.wait_for(asyncio.gather(store._write(fatal), store._write(fatal)), timeout=10)
+        await asyncio.wait_for(
+            asyncio.gather(_submit(store, fatal), _submit(store, fatal)), timeout=10
+        )
     await wait_until(lambda: not writer._thread.is_alive())
     with pytest.raises(StoreUnavailable, match="closed"):
         await asyncio.wait_for(store.create_run(_run()), timeout=10)

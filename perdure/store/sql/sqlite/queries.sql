@@ -170,7 +170,9 @@ INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, ra
                      attempt_started_at)
 VALUES (:run_id, :seq, :kind, :name, :status, :codec, :value, :blob_key, :raw_size,
         :stored_size, :error, :started_at, :finished_at, :run_attempt, :attempt,
-        :attempt_started_at);
+        :attempt_started_at)
+ON CONFLICT (run_id, seq) DO NOTHING
+RETURNING seq;
 
 -- name: insert_attempt
 INSERT INTO attempts (run_id, run_attempt, seq, attempt, started_at, finished_at, error)
@@ -254,7 +256,8 @@ VALUES (:id, :app, :host, :host_key, :pid, :pid_started, :tasks, :started_at, :h
 ON CONFLICT DO NOTHING;
 
 -- name: heartbeat
-UPDATE workers SET heartbeat_at = :now WHERE id = :id AND status = 'alive';
+UPDATE workers SET heartbeat_at = :now WHERE id = :id AND status = 'alive'
+RETURNING heartbeat_at AS server_now;
 
 -- name: live_workers
 SELECT * FROM workers WHERE app = :app AND status = 'alive';
@@ -352,3 +355,11 @@ WHERE id = :id AND result_codec = :old_codec AND result = :old_value;
 -- name: rewrite_journal
 UPDATE journal SET codec = :codec, value = :value
 WHERE run_id = :id AND seq = :seq AND codec = :old_codec AND value = :old_value;
+
+-- name: claim_lock
+-- nothing to lock: the one writer already makes claims one at a time
+SELECT NULL WHERE 0;
+
+-- name: lock_tree
+-- nothing to lock: the one writer already makes writes one at a time
+SELECT NULL WHERE 0;

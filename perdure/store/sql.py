@@ -1,0 +1,534 @@
+"""The store, written once: every `Store` operation over a `Connector` (see connector.py).
+
+Each operation prepares its parameters (values over the inline limit go to the blob store
+first), runs a generator of named queries through the connector, and turns rows back into
+records. SQLite and PostgreSQL differ only in their connectors and their queries.sql.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection
+from typing import Any
+
+from perdure.blobs.base import BlobStore
+from perdure.crypto import Keyring
+from perdure.errors import RunNotFound
+from perdure.records import (
+    Attempt,
+    Claimed,
+    JournalEntry,
+    Lease,
+    NewRun,
+    QueueConfig,
+    QueueStats,
+    RunRecord,
+    RunStatus,
+    Transition,
+    WorkerRecord,
+)
+from perdure.store.admission import CANDIDATE_SCAN, Turns, admit, limits_apply, rate_window
+from perdure.store.base import ChangeToken, trigger_timeout
+from perdure.store.connector import Batch, Connector, Operation, Query, Result, Row
+from perdure.store.notify import CANCEL, CLAIMABLE, run_topic
+from perdure.store.rows import (
+    UNKNOWN,
+    RecentResults,
+    RowMapping,
+    Unknown,
+    check_held,
+    check_same_entry,
+    purge_params,
+    refused_finish,
+    set_queue_params,
+    wake_time,
+)
+
+_QUEUES_FRESH_FOR = 1.0  # seconds a store trusts its copy of an app's queues to pick the claim path
+_CLAIM_LOCK_CLASS = 7_366_103  # (PostgreSQL) advisory lock class of the claims of one app
+
+ClaimAnswer = tuple[list[Row], float | None, float | Unknown | None]
+
+
+class SQLStore(RowMapping):
+    """`Store` on a SQL database reached through `db`."""
+
+    def __init__(
+        self,
+        db: Connector,
+        *,
+        blobs: BlobStore,
+        inline_limit: int,
+        keyring: Keyring | None = None,
+    ) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.inline_limit = inline_limit
+        self.keyring = keyring
+        self.session_liveness = db.session_liveness
+        self._recent = RecentResults()
+        self._turns = Turns()
+        self._queue_cache: dict[str, tuple[float, dict[str, QueueConfig]]] = {}
+
+    def now(self) -> float:
+        return self.db.now()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def detach(self) -> None:
+        await self.db.detach()
+
+    async def migrate(self, *, dry_run: bool = False, target: int | None = None) -> list[str]:
+        return await self.db.migrate(dry_run=dry_run, target=target)
+
+    async def _one(self, query: str, params: dict[str, Any], what: str) -> list[Row]:
+        """The rows of one read query."""
+
+        def read() -> Operation[list[Row]]:
+            result: Result = yield Query(query, params)
+            return result.rows
+
+        return await self.db.read(read, what)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def create_run(self, run: NewRun) -> tuple[str, bool]:
+        (created,) = await self.create_runs([run])
+        return created
+
+    async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
+        now = self.now()
+        # large arguments go to the blob store side by side
+        all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
+        fast = self.db.fast
+        if fast is not None and len(runs) == 1 and runs[0].debounce_key is None:
+            return [await fast.create_one(all_params[0], give_up_after=trigger_timeout())]
+
+        def create() -> Operation[list[tuple[str, bool]]]:
+            out = []
+            for params in all_params:
+                if params["debounce_key"] is not None:
+                    row = (yield Query("upsert_debounced_run", params)).first
+                    out.append((str(row["id"]), row["id"] == params["id"]))
+                elif (yield Query("insert_run", params)).count == 1:
+                    out.append((params["id"], True))
+                else:
+                    row = (yield Query("run_by_idempotency_key", params)).first
+                    out.append((str(row["id"]), row["id"] == params["id"]))
+            return out
+
+        # a trigger gives up on a database that cannot take writes (a full disk) in the end
+        return await self.db.write(
+            create, "create_runs", (CLAIMABLE,), give_up_after=trigger_timeout()
+        )
+
+    async def get_run(self, run_id: str, *, values: bool = True) -> RunRecord:
+        rows = await self._one("get_run", {"id": run_id}, "get_run")
+        if not rows:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.db.where}")
+        return await self._run_record(rows[0], full=True, fetch=values)
+
+    async def get_runs(self, run_ids: list[str]) -> list[RunRecord]:
+        rows = await self._one("get_runs", {"ids": run_ids}, "get_runs")
+        return await self._in_order(run_ids, rows)
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        params = {"status": None if status is None else str(status), "task": task, "limit": limit}
+        rows = await self._one("list_runs", params, "list_runs")
+        return [await self._run_record(row, full=False) for row in rows]
+
+    # -- claims ------------------------------------------------------------------------------
+
+    async def claim_runs(
+        self,
+        *,
+        app: str,
+        worker_id: str,
+        tasks: list[str],
+        limit: int,
+        task_limits: dict[str, int] | None = None,
+    ) -> Claimed:
+        params = {
+            "app": app,
+            "worker_id": worker_id,
+            "tasks": tasks,
+            "limit": limit,
+            "now": self.now(),
+            "lock_class": _CLAIM_LOCK_CLASS,
+        }
+        task_limits = task_limits or {}
+        limited = limits_apply(await self._queues(app), task_limits)
+
+        def claim() -> Operation[ClaimAnswer]:
+            if not limited:
+                # with the look at what is left (the worker's next read)
+                _expired, claimed, left = yield Batch(
+                    [Query(name, params) for name in ("expire_runs", "claim_runs", "next_wake_at")]
+                )
+                return claimed.rows, None, wake_time(left.rows)
+            return (yield from self._admit_and_claim(params, task_limits))
+
+        # not durable: a claim lost to a power cut only means the run is claimed again
+        rows, retry_at, next_at = await self.db.write(claim, "claim_runs", durable=False)
+        return await self._claimed(rows, retry_at, next_at)
+
+    def _admit_and_claim(
+        self, params: dict[str, Any], task_limits: dict[str, int]
+    ) -> Operation[ClaimAnswer]:
+        """The claim when limits apply, under the app's claim lock (SQLite: its one writer):
+        what is read here is what every earlier claim of the app committed."""
+        now = params["now"]
+        scan = {**params, "scan": params["limit"] + CANDIDATE_SCAN}
+        _lock, _expired, fresh, candidates, running = yield Batch(
+            [
+                Query("claim_lock", params),
+                Query("expire_runs", params),
+                Query("app_queues", params),
+                Query("claim_candidates", scan),
+                Query("running_runs", params),
+            ]
+        )
+        queues = {row["name"]: self._queue_config(row) for row in fresh.rows}
+        window = rate_window(queues)
+        starts: list[Row] = []
+        if window:
+            starts = (yield Query("recent_starts", {**params, "since": now - window})).rows
+        admission = admit(
+            candidates.rows,
+            running.rows,
+            starts,
+            queues,
+            task_limits,
+            params["limit"],
+            now,
+            self._turns,
+        )
+        for query, ids, more in admission.cancellations(now):
+            yield Query(query, {**more, "ids": ids})
+        claimed = yield Query("claim_ids", {**params, "ids": admission.claim})
+        return claimed.rows, admission.retry_at, UNKNOWN
+
+    async def _queues(self, app: str) -> dict[str, QueueConfig]:
+        """The app's queues, read at most once a second (to pick the claim path; the limited
+        path reads them again under its lock)."""
+        cached = self._queue_cache.get(app)
+        if cached is not None and time.monotonic() - cached[0] < _QUEUES_FRESH_FOR:
+            return cached[1]
+        rows = await self._one("app_queues", {"app": app}, "app_queues")
+        queues = {row["name"]: self._queue_config(row) for row in rows}
+        self._queue_cache[app] = (time.monotonic(), queues)
+        return queues
+
+    async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
+        return wake_time(await self._one("next_wake_at", {"app": app, "tasks": tasks}, "wake"))
+
+    # -- journal -----------------------------------------------------------------------------
+
+    async def load_journal(self, run_id: str, *, values: bool = True) -> list[JournalEntry]:
+        rows = await self._one("load_journal", {"run_id": run_id}, "load_journal")
+        return await self._journal_entries(run_id, rows, values=values)
+
+    async def _read_histories(self, run_ids: list[str]) -> tuple[list[Row], list[Row]]:
+        ids = {"ids": run_ids}
+
+        def read() -> Operation[tuple[list[Row], list[Row]]]:
+            journal, attempts = yield Batch(
+                [Query("histories", ids), Query("histories_attempts", ids)]
+            )
+            return journal.rows, attempts.rows
+
+        return await self.db.read(read, "read_histories")
+
+    async def load_attempts(self, run_id: str) -> list[Attempt]:
+        rows = await self._one("load_attempts", {"run_id": run_id}, "load_attempts")
+        return self._attempts(run_id, rows)
+
+    def _record(
+        self, run_id: str, entries: list[dict[str, Any]], attempts: list[dict[str, Any]]
+    ) -> Operation[None]:
+        """Insert journal entries and attempts. A position already recorded is fine if it holds
+        exactly this entry (a write retried after its answer was lost), else CorruptJournal."""
+        inserted: list[Result] = yield Batch(
+            [
+                *(Query("insert_entry", params) for params in entries),
+                *(Query("insert_attempt", params) for params in attempts),
+            ]
+        )
+        for params, result in zip(entries, inserted, strict=False):
+            if result.first is None:  # the position is taken (ON CONFLICT DO NOTHING)
+                existing = (yield Query("entry_at", params)).first
+                check_same_entry(run_id, params, existing, None, self.keyring)
+
+    async def append(
+        self, run_id: str, lease: Lease, *, entries: list[JournalEntry], attempts: list[Attempt]
+    ) -> None:
+        entry_params = await self._entry_params(run_id, entries)
+        attempt_params = [self._attempt_params(a) for a in attempts]
+        fast = self.db.fast
+        if fast is not None and len(entry_params) == 1 and not attempt_params:
+            fenced = {**entry_params[0], "lease": lease.number, "worker_id": lease.worker_id}
+            if await fast.append_one(fenced):
+                return  # else the shared operation says why not
+
+        def append() -> Operation[None]:
+            check_held(run_id, (yield Query("check_lease", {"id": run_id})).first, lease)
+            yield from self._record(run_id, entry_params, attempt_params)
+
+        await self.db.write(append, "append")
+
+    async def finish_attempt(
+        self,
+        run_id: str,
+        lease: Lease,
+        transition: Transition,
+        *,
+        entries: list[JournalEntry],
+        attempts: list[Attempt],
+    ) -> None:
+        entry_params = await self._entry_params(run_id, entries)
+        params, attempt_params, topics = await self._finish_params(
+            run_id, lease, transition, attempts
+        )
+        cancelled = transition.status is RunStatus.CANCELLED
+        fast = self.db.fast
+        # a task retry also drops entries, a cancel cancels the children: the shared way
+        if (
+            fast is not None
+            and not transition.next_attempt
+            and not cancelled
+            and await fast.finish(params, entry_params, attempt_params, topics)
+        ):
+            self._completed(run_id, transition)
+            return  # else the shared operation says why not
+
+        def finish() -> Operation[None]:
+            if (yield Query("finish_attempt", params)).count != 1:
+                raise refused_finish(run_id, (yield Query("check_lease", params)).first, lease)
+            yield from self._record(run_id, entry_params, attempt_params)
+            if transition.next_attempt:
+                yield Query("drop_failed_entries", {"run_id": run_id})
+            if cancelled:  # its children go with it
+                yield from self._cancel_tree(params)
+
+        await self.db.write(finish, "finish_attempt", topics)
+        # the waiters woken by the commit run after this: they find the result here
+        self._completed(run_id, transition)
+
+    @staticmethod
+    def _cancel_tree(params: dict[str, Any]) -> Operation[None]:
+        """The run and its descendants: those not running end at once, the running ones are
+        asked to stop. The tree is locked first: a run changing meanwhile (suspending, ending)
+        is waited for, then seen as it is."""
+        yield Batch([Query(name, params) for name in ("lock_tree", "cancel_idle_tree")])
+        yield Query("request_cancel_tree", params)
+
+    async def cancel_run(self, run_id: str) -> RunStatus:
+        params = {"id": run_id, "now": self.now()}
+
+        def cancel() -> Operation[RunStatus]:
+            yield from self._cancel_tree(params)
+            row = (yield Query("check_lease", params)).first
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r} in {self.db.where}")
+            return RunStatus(row["status"])
+
+        return await self.db.write(cancel, "cancel_run", (run_topic(run_id), CANCEL, CLAIMABLE))
+
+    async def cancel_requests(self, worker_id: str) -> list[tuple[str, int]]:
+        rows = await self._one("cancel_requests", {"worker_id": worker_id}, "cancel_requests")
+        return [(row["id"], row["lease"]) for row in rows]
+
+    # -- queues ------------------------------------------------------------------------------
+
+    async def declare_queues(self, app: str, queues: list[QueueConfig]) -> None:
+        now = self.now()
+        batch = Batch(Query("declare_queue", self._queue_params(app, q, now)) for q in queues)
+
+        def declare() -> Operation[None]:
+            yield batch
+
+        await self.db.write(declare, "declare_queues", (CLAIMABLE,))
+        self._queue_cache.pop(app, None)
+
+    async def set_queue(
+        self,
+        app: str,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        unlimited: bool = False,
+        paused: bool | None = None,
+    ) -> QueueConfig:
+        params = set_queue_params(app, name, concurrency, unlimited, paused, self.now())
+
+        def change() -> Operation[Row]:
+            result: Result = yield Query("set_queue", params)
+            return result.rows[0]
+
+        row = await self.db.write(change, "set_queue", (CLAIMABLE,))
+        self._queue_cache.pop(app, None)
+        return self._queue_config(row)
+
+    async def queue_stats(self, app: str | None = None) -> list[QueueStats]:
+        rows = await self._one("queue_stats", {"app": app, "now": self.now()}, "queue_stats")
+        return [self._queue_stats(row) for row in rows]
+
+    async def expire_runs(self) -> int:
+        return await self._count("expire_runs", {"app": None, "now": self.now()}, (CLAIMABLE,))
+
+    async def _count(
+        self,
+        query: str,
+        params: dict[str, Any],
+        topics: Collection[str] = (),
+        *,
+        durable: bool = True,
+    ) -> int:
+        """One write query; how many rows it changed."""
+
+        def write() -> Operation[int]:
+            result: Result = yield Query(query, params)
+            return result.count
+
+        return await self.db.write(write, query, topics, durable=durable)
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def purge_runs(
+        self,
+        *,
+        finished_before: float,
+        statuses: Collection[RunStatus],
+        app: str | None = None,
+        limit: int = 500,
+        dry_run: bool = False,
+    ) -> list[str]:
+        params = purge_params(finished_before, statuses, app, limit)
+        if dry_run:
+            return [row["id"] for row in await self._one("purgeable_runs", params, "purge_runs")]
+
+        def purge() -> Operation[list[str]]:
+            ids = [row["id"] for row in (yield Query("purgeable_runs", params)).rows]
+            doomed = {"ids": ids}
+            yield Batch(
+                Query(name, doomed)
+                for name in ("delete_journals", "delete_attempts", "delete_runs")
+            )
+            return ids
+
+        return await self.db.write(purge, "purge_runs")
+
+    async def reencrypt_values(
+        self, *, after: str = "", limit: int = 200
+    ) -> tuple[int, str | None]:
+        rows = await self._one("run_ids_after", {"after": after, "limit": limit}, "reencrypt")
+        ids = [row["id"] for row in rows]
+        if not ids:
+            return 0, None
+        rewrites = self._rotated(await self._one("inline_values_of", {"ids": ids}, "reencrypt"))
+
+        def rewrite() -> Operation[int]:
+            done = yield Batch(Query(f"rewrite_{r['col']}", r) for r in rewrites)
+            return sum(result.count for result in done)
+
+        return (await self.db.write(rewrite, "reencrypt") if rewrites else 0), ids[-1]
+
+    async def reclaim(self) -> None:
+        await self.db.vacuum()
+
+    async def referenced_blobs(self, keys: list[str]) -> set[str]:
+        rows = await self._one("referenced_blobs", {"keys": keys}, "referenced_blobs")
+        return {row["key"] for row in rows}
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        # the session first: a registered worker without it would look dead to the others
+        await self.db.hold_session(worker.id)
+        # durable: a worker whose row a power cut took could claim nothing (claims need it)
+        await self._count("register_worker", self._worker_params(worker))
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        sent = time.time()
+        params = {"id": worker_id, "now": self.now()}
+
+        def beat() -> Operation[float | None]:
+            row = (yield Query("heartbeat", params)).first
+            return None if row is None else float(row["server_now"])
+
+        server_now = await self.db.write(beat, "heartbeat", durable=False)
+        if server_now is None:
+            return False
+        self.db.observe_clock(sent, server_now)
+        return True
+
+    async def live_workers(self, *, app: str) -> list[WorkerRecord]:
+        rows = await self._one("live_workers", {"app": app}, "live_workers")
+        return [self._worker_record(row) for row in rows]
+
+    async def reap_workers(self, worker_ids: list[str], *, reason: str) -> int:
+        now = self.now()
+
+        def reap() -> Operation[int]:
+            requeued = 0
+            for worker_id in worker_ids:
+                yield Query("mark_worker_dead", {"id": worker_id, "status": "dead"})
+                note = f"requeued: worker {worker_id} {reason}"
+                params = {"worker_id": worker_id, "now": now, "note": note}
+                requeued += (yield Query("requeue_worker_runs", params)).count
+            orphans: Result = yield Query("requeue_orphans", {"now": now})
+            return requeued + orphans.count
+
+        return await self.db.write(reap, "reap_workers", (CLAIMABLE,))
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        params = {"id": worker_id, "status": "stopped"}
+        await self._count("mark_worker_dead", params, durable=False)
+        await self.db.release_session(worker_id)
+
+    async def dead_sessions(self, worker_ids: list[str], *, me: str) -> list[str]:
+        return await self.db.dead_sessions(worker_ids, me=me)
+
+    async def release_strays(self, worker_id: str, *, keep: list[str]) -> list[str]:
+        params = {"worker_id": worker_id, "keep": keep, "now": self.now()}
+
+        def release() -> Operation[list[str]]:
+            strays, _orphans = yield Batch(
+                [Query("release_strays", params), Query("requeue_orphans", params)]
+            )
+            return [row["id"] for row in strays.rows]
+
+        return await self.db.write(release, "release_strays", (CLAIMABLE,))
+
+    async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
+        params = {"app": app, "tasks": tasks, "note": note, "now": self.now()}
+        return await self._count("note_unclaimable", params, durable=False)
+
+    # -- change notification -----------------------------------------------------------------
+
+    def change_token(self) -> ChangeToken:
+        return self.db.notifier.token()
+
+    def changed_since(self, since: ChangeToken, topics: Collection[str] | None = None) -> bool:
+        return self.db.notifier.changed(since, None if topics is None else frozenset(topics))
+
+    async def wait_for_change(
+        self,
+        timeout: float,
+        *,
+        topics: Collection[str] | None = None,
+        since: ChangeToken | None = None,
+    ) -> bool:
+        await self.db.watch()
+        notifier = self.db.notifier
+        wanted = None if topics is None else frozenset(topics)
+        return await notifier.wait(notifier.token() if since is None else since, wanted, timeout)
