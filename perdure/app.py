@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+from perdure.admin import Admin
 from perdure.blobs import open_blobs
 from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL, WorkerConfig, env_float
 from perdure.crypto import Keyring
@@ -17,7 +18,7 @@ from perdure.step import Step
 from perdure.store import open_store
 from perdure.store.base import Store
 from perdure.task import RunHandle, Task
-from perdure.values import DEFAULT_INLINE_LIMIT
+from perdure.values import DEFAULT_INLINE_LIMIT, RecentResults
 from perdure.worker import Worker
 
 DEFAULT_MAX_VALUE_SIZE = 64 * 1024 * 1024
@@ -76,6 +77,9 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.steps: dict[str, Step[Any, Any]] = {}
         self.queues: dict[str, QueueConfig] = {}
+        self.results = RecentResults()
+        """Results of the runs this process's workers completed lately: a handle waiting for
+        one in the same process needs no read."""
         self._store: Store | None = None
 
     def __repr__(self) -> str:
@@ -93,6 +97,12 @@ class App:
                 keyring=keyring,
             )
         return self._store
+
+    @property
+    def admin(self) -> Admin:
+        """Operations on the stored runs and queues: list, show, cancel, purge, rotate keys,
+        migrate (what the CLI and the server call)."""
+        return Admin(self)
 
     async def close(self) -> None:
         """Flush and close the store."""
@@ -262,7 +272,10 @@ class App:
             settings["concurrency"] = concurrency
         config = WorkerConfig(**settings)
         executor = Executor(
-            self.store, {name: t.definition for name, t in self.tasks.items()}, config
+            self.store,
+            {name: t.definition for name, t in self.tasks.items()},
+            config,
+            results=self.results,
         )
         return Worker(
             self.store,

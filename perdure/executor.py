@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from perdure import serde
+from perdure import serde, values
 from perdure.calls import call_body
 from perdure.config import WorkerConfig
 from perdure.context import RunContext, TaskOptions, _current, activate
@@ -29,9 +29,10 @@ from perdure.errors import (
     StoreRefused,
     Suspend,
 )
+from perdure.journal import Journal, error_info
 from perdure.records import Attempt, History, JournalEntry, RunRecord, RunStatus, Transition, Value
-from perdure.step import error_info, return_type
 from perdure.store.base import Store
+from perdure.values import RecentResults
 from perdure.worker import RunControl
 
 log = logging.getLogger("perdure.run")
@@ -53,7 +54,7 @@ class TaskDef:
 
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Value:
         """Check the arguments against the signature and encode them."""
-        data = serde.encode(
+        data = values.encode(
             [list(args), kwargs],
             codec=self.options.codec,
             what=f"arguments of task {self.options.name!r}",
@@ -124,10 +125,18 @@ def _call_shape(fn: Callable[..., Any]) -> tuple[dict[str, Any] | None, inspect.
 class Executor:
     """The worker's `execute` callback for one app's tasks."""
 
-    def __init__(self, store: Store, tasks: Mapping[str, TaskDef], config: WorkerConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tasks: Mapping[str, TaskDef],
+        config: WorkerConfig,
+        *,
+        results: RecentResults | None = None,
+    ) -> None:
         self.store = store
         self.tasks = tasks
         self.config = config
+        self.results = results if results is not None else RecentResults()
 
     async def __call__(self, run: RunRecord, control: RunControl) -> None:
         task = self.tasks[run.task]
@@ -165,11 +174,11 @@ class Executor:
         transition = await self._run(task, ctx, started)
         if transition is None:
             return
-        entries, attempts = ctx.take_pending()
+        entries, attempts = ctx.journal.take_pending()
         try:
-            if ctx.flushing is not None:
+            if ctx.journal.flushing is not None:
                 try:
-                    await ctx.flushing  # in order after the last flush, and its outcome
+                    await ctx.journal.flushing  # in order after the last flush, and its outcome
                 except (LeaseLost, asyncio.CancelledError):
                     raise
                 except Exception as exc:
@@ -209,6 +218,9 @@ class Executor:
                 await self.store.finish_attempt(
                     run.id, run.held, transition, entries=entries, attempts=attempts
                 )
+                if transition.result is not None and transition.status is RunStatus.COMPLETED:
+                    # committed: a handle in this process woken by it finds it without a read
+                    self.results.add(run.id, transition.result)
                 return transition
             except RunCancelled:
                 # asked to cancel while it finished: a finish never overwrites a cancel
@@ -221,22 +233,13 @@ class Executor:
                 transition, entries, attempts = self._failure(task, ctx, started, exc), [], []
 
     async def _context(self, run: RunRecord, control: RunControl, task: TaskDef) -> RunContext:
-        journal: list[JournalEntry] = []
-        step_attempts: dict[int, int] = {}
         history = control.history
         control.history = None  # not kept while the run executes
         if history is None and run.lease > 1:  # claimed before: there may be a journal
             history = History(
                 await self.store.load_journal(run.id), await self.store.load_attempts(run.id)
             )
-        if history is not None:
-            journal = history.journal
-            for attempt in history.attempts:
-                if attempt.run_attempt == run.attempt and attempt.seq > 0:
-                    step_attempts[attempt.seq] = max(
-                        step_attempts.get(attempt.seq, 0), attempt.attempt
-                    )
-        if not journal:
+        if history is None or not history.journal:
             log.info(
                 "run %s of %s started (attempt %d)",
                 run.id,
@@ -251,8 +254,15 @@ class Executor:
             control=control,
             config=self.config,
             loop=asyncio.get_running_loop(),
-            journal={entry.seq: entry for entry in journal},
-            step_attempts=step_attempts,
+            journal=Journal(
+                self.store,
+                run,
+                task=task.options.name,
+                codec=task.options.codec,
+                max_value_size=task.options.max_value_size,
+                max_steps=task.options.max_steps,
+                history=history,
+            ),
         )
 
     async def _run(self, task: TaskDef, ctx: RunContext, started: float) -> Transition | None:
@@ -262,7 +272,7 @@ class Executor:
             assert run.args is not None
             args, kwargs = task.decode_args(run.id, run.args)
             result = await self._call(task, ctx.control, args, kwargs)
-            data = serde.encode(
+            data = values.encode(
                 result,
                 codec=task.options.codec,
                 what=f"result of task {task.options.name!r}",
@@ -374,4 +384,4 @@ class Executor:
 
 def task_return_type(fn: Callable[..., Any]) -> Any:
     """Type a task's result decodes to."""
-    return return_type(fn)
+    return serde.return_type(fn)

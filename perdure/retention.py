@@ -20,6 +20,9 @@ from perdure.store.base import Store
 
 DEFAULT_GRACE = 3600.0
 """Blobs written within this many seconds are kept even if nothing references them yet."""
+MIN_GRACE = 2 * REFRESH_AFTER
+"""The shortest grace that is safe: a blob used again is refreshed once it is REFRESH_AFTER
+old."""
 
 _BATCH = 500
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import pickle
+import typing
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
 import msgspec
 
-from perdure.errors import PayloadTooLarge, SecretLeakError, SerializationError
-from perdure.secrets import Secret, check_for_leaks
+from perdure.errors import SecretLeakError, SerializationError
+from perdure.secrets import Secret
 
 
 class Codec(StrEnum):
@@ -52,9 +54,9 @@ def _decoder(type_: Any) -> msgspec.msgpack.Decoder[Any]:
     return msgspec.msgpack.Decoder(type=type_, dec_hook=_dec_hook)
 
 
-def encode(value: Any, *, codec: Codec, what: str, max_size: int | None = None) -> bytes:
-    """Encode `value`; `what` names it in errors ("step 'fetch' result"). Over `max_size`
-    bytes it is refused with PayloadTooLarge."""
+def encode(value: Any, *, codec: Codec, what: str) -> bytes:
+    """Encode `value`; `what` names it in errors ("step 'fetch' result"). (What may be stored
+    — its size, no secret in it — is perdure.values.encode's to say.)"""
     try:
         if codec is Codec.PICKLE:
             data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -79,13 +81,6 @@ def encode(value: Any, *, codec: Codec, what: str, max_size: int | None = None) 
             "str, numbers, lists, dicts, dataclasses, msgspec.Struct or pydantic models, or opt "
             "in to pickle with @app.task(serializer='pickle')."
         ) from exc
-    if max_size is not None and len(data) > max_size:
-        raise PayloadTooLarge(
-            f"{what} is {len(data):,} bytes encoded, over the limit of {max_size:,} bytes "
-            "(PERDURE_MAX_VALUE_SIZE); keep large data outside the journal and return a "
-            "reference to it, or raise the limit"
-        )
-    check_for_leaks(data, what)
     return data
 
 
@@ -113,3 +108,13 @@ def convert(value: Any, type_: Any, *, what: str) -> Any:
         return msgspec.convert(value, type_, dec_hook=_dec_hook, strict=False)
     except (msgspec.ValidationError, TypeError) as exc:
         raise SerializationError(f"{what} cannot be converted to {type_!r}: {exc}") from exc
+
+
+def return_type(fn: Callable[..., Any]) -> Any:
+    """The annotated return type of `fn`: what its recorded result decodes to (Any when
+    missing or unresolvable)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return Any
+    return hints.get("return", Any)

@@ -10,10 +10,8 @@ import functools
 import inspect
 import logging
 import os
-import traceback
 import typing
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from perdure import serde
@@ -23,76 +21,21 @@ from perdure.context import (
     RunContext,
     _in_step,
     current,
-    decode_entry,
     in_thread_of_loop,
 )
 from perdure.errors import (
-    CorruptJournal,
-    InvalidArguments,
-    NonDeterminismError,
-    NonRetryableError,
-    PayloadTooLarge,
     PerdureError,
-    SecretLeakError,
-    SerializationError,
-    StepFailed,
     Suspend,
 )
-from perdure.records import Attempt, EntryKind, EntryStatus, ErrorInfo, JournalEntry
+from perdure.journal import error_info, step_failed
+from perdure.records import EntryKind, EntryStatus
 from perdure.retry import DEFAULT_RETRY, Retry
-from perdure.secrets import redact
 
 log = logging.getLogger("perdure.run")
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_NOT_RETRYABLE = (
-    NonRetryableError,
-    InvalidArguments,
-    PayloadTooLarge,
-    SerializationError,
-    SecretLeakError,
-    NonDeterminismError,
-    CorruptJournal,
-)
-
-
-def error_info(
-    exc: BaseException, *, retryable: bool | None = None, policy: Retry | None = None
-) -> ErrorInfo:
-    """An exception as stored; retryable unless perdure knows retrying cannot help, or the
-    retry `policy` (its retry_on, dont_retry_on, should_retry) says no."""
-    cls = type(exc)
-    if retryable is None:
-        retryable = not isinstance(exc, _NOT_RETRYABLE) and not (
-            isinstance(exc, StepFailed) and not exc.retryable
-        )
-        if retryable and policy is not None:
-            try:
-                retryable = policy.allows(exc)
-            except Exception:
-                log.exception("Retry.should_retry raised; the error is not retried")
-                retryable = False
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        tb = tb.tb_next  # perdure's own frames say nothing about the user's error
-    return ErrorInfo(
-        type=f"{cls.__module__}.{cls.__qualname__}",
-        message=redact(str(exc)),  # errors are stored: never with a secret's value in them
-        traceback=redact("".join(traceback.format_exception(cls, exc, tb or exc.__traceback__))),
-        retryable=retryable,
-    )
-
-
-def return_type(fn: Callable[..., Any]) -> Any:
-    """The annotated return type of `fn` (Any when missing or unresolvable)."""
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:
-        return Any
-    return hints.get("return", Any)
 
 
 class Step(Generic[P, R]):
@@ -118,14 +61,14 @@ class Step(Generic[P, R]):
     def return_type(self) -> Any:
         """Type the recorded result decodes to."""
         if self._return_type is None:
-            self._return_type = return_type(self.fn)
+            self._return_type = serde.return_type(self.fn)
         return self._return_type
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         ctx = current()
         if ctx is None or _in_step.get() is not None:
             return self.fn(*args, **kwargs)  # outside a run, or a step called from a step
-        seq = ctx.next_seq()  # at call time, before any await: deterministic under gather
+        seq = ctx.journal.next_seq()  # at call time, before any await: deterministic under gather
         coro = execute_step(ctx, self, seq, args, kwargs)
         if in_thread_of_loop(ctx):
             return typing.cast(R, coro)
@@ -175,38 +118,29 @@ async def execute_step(
     kwargs: dict[str, Any],
 ) -> Any:
     """Replay or run the step at `seq` of the current run."""
-    entry = ctx.recorded(seq, EntryKind.STEP, step.name)
+    journal = ctx.journal
+    entry = journal.recorded(seq, EntryKind.STEP, step.name)
     if entry is not None:
         if entry.status is EntryStatus.FAILED:
-            raise _step_failed(step.name, entry.error)
-        return decode_entry(ctx, entry, step.return_type)
-    attempt = ctx.step_attempts.get(seq, 0)
+            raise step_failed(step.name, entry.error)
+        return journal.decode(entry, step.return_type)
+    attempt = journal.step_attempts.get(seq, 0)
     first_started = ctx.store.now()
     while True:
         attempt += 1
-        await ctx.flush()  # earlier records are durable before this body's side effects
+        await journal.flush()  # earlier records are durable before this body's side effects
         ctx.check_active()
         if ctx.control.vouch is not None:
             await ctx.control.vouch()  # this worker still holds the run
         started = ctx.store.now()
         try:
             result = await _run_body(ctx, step, f"{ctx.run.id}:{seq}", args, kwargs)
-            entry, data = ctx.value_entry(seq, EntryKind.STEP, step.name, result, first_started)
-            entry = await ctx.offload(entry)
+            entry, data = journal.entry(seq, EntryKind.STEP, step.name, result, first_started)
+            entry = await journal.offload(entry)
         except Exception as exc:
             ctx.check_active()
             info = error_info(exc, policy=step.retry)
-            ctx.pending_attempts.append(
-                Attempt(
-                    run_id=ctx.run.id,
-                    run_attempt=ctx.run.attempt,
-                    seq=seq,
-                    attempt=attempt,
-                    started_at=started,
-                    finished_at=ctx.store.now(),
-                    error=info,
-                )
-            )
+            journal.record_attempt(journal.attempt(seq, attempt, started, info))
             if info.retryable and attempt < step.retry.max_attempts:
                 delay = step.retry.delay(attempt, error=exc)
                 log.warning(
@@ -222,17 +156,7 @@ async def execute_step(
                     raise Suspend(ctx.store.now() + delay) from None
                 await asyncio.sleep(delay)
                 continue
-            ctx.pending.append(
-                JournalEntry(
-                    seq=seq,
-                    kind=EntryKind.STEP,
-                    name=step.name,
-                    status=EntryStatus.FAILED,
-                    error=info,
-                    started_at=first_started,
-                    finished_at=ctx.store.now(),
-                )
-            )
+            journal.failed(seq, EntryKind.STEP, step.name, info, first_started)
             log.warning(
                 "step %s failed after %d attempt(s): %s: %s",
                 step.name,
@@ -241,21 +165,9 @@ async def execute_step(
                 exc,
                 extra=_extra(ctx, step.name, attempt, "step_failed"),
             )
-            raise _step_failed(step.name, info) from exc
+            raise step_failed(step.name, info) from exc
         ctx.check_active()
-        ctx.pending.append(
-            replace(
-                entry,
-                attempt=Attempt(
-                    run_id=ctx.run.id,
-                    run_attempt=ctx.run.attempt,
-                    seq=seq,
-                    attempt=attempt,
-                    started_at=started,
-                    finished_at=entry.finished_at,
-                ),
-            )
-        )
+        journal.record_success(entry, attempt, started)
         # hand back what a replay would: the decoded record, not the live object (for a value
         # that decodes to itself, the value: no second copy of a large bytes or str)
         if type(result) in _SELF_DECODING and step.return_type in (Any, type(result)):
@@ -265,19 +177,6 @@ async def execute_step(
 
 _SELF_DECODING = (bytes, str, int, float, bool, type(None))
 """Types whose recorded value decodes (with their own type, or Any) to an equal value."""
-
-
-def _step_failed(name: str, info: ErrorInfo | None) -> StepFailed:
-    if info is None:
-        info = ErrorInfo(type="unknown", message="no error recorded")
-    return StepFailed(
-        f"step {name!r} failed: {info.type.rsplit('.', 1)[-1]}: {info.message}",
-        step=name,
-        error_type=info.type,
-        error_message=info.message,
-        traceback=info.traceback,
-        retryable=info.retryable,
-    )
 
 
 def _extra(ctx: RunContext, step: str, attempt: int, action: str) -> dict[str, Any]:

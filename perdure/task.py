@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 import msgspec
 
 from perdure import serde
-from perdure.context import RunContext, TaskOptions, current, decode_entry, in_step
+from perdure.context import RunContext, TaskOptions, current, in_step
 from perdure.errors import (
     ChildFailed,
     ConfigurationError,
@@ -208,7 +208,7 @@ class RunHandle(Generic[R]):
             await store.wait_for_change(first_wait, topics=topics, since=since)
         while True:
             token = store.change_token()
-            known = store.completed_result(self.id)  # completed by this process: no read
+            known = self._app.results.get(self.id)  # completed in this process: no read
             if known is not None:
                 return self._decode(known)
             run = await store.get_run(self.id)
@@ -438,7 +438,7 @@ class Task(Generic[P, R]):
         any await), so that calls gathered concurrently number the same way on every replay."""
         ctx = self._in_task_body(what)
         ctx.check_active()
-        return ctx.next_seq(), ctx.next_seq()
+        return ctx.journal.next_seq(), ctx.journal.next_seq()
 
     def _in_task_body(self, what: str) -> RunContext:
         ctx = current()
@@ -484,15 +484,16 @@ class Task(Generic[P, R]):
             ]
         # inside a task: journaled, so a replay returns the same runs instead of new ones
         ctx.check_active()
+        journal = ctx.journal
         if seq is None:
-            seq = ctx.next_seq()
+            seq = journal.next_seq()
         kind = EntryKind.TRIGGER if single and not awaited else EntryKind.CHILDREN
-        entry = ctx.recorded(seq, kind, self.name)
+        entry = journal.recorded(seq, kind, self.name)
         if entry is not None:
             if kind is EntryKind.TRIGGER:
-                ids = [decode_entry(ctx, entry, str)]
+                ids = [journal.decode(entry, str)]
             else:
-                ids = decode_entry(ctx, entry, tuple[list[str], bool])[0]
+                ids = journal.decode(entry, tuple[list[str], bool])[0]
         else:
             news = []
             for index, value in enumerate(values):
@@ -510,28 +511,29 @@ class Task(Generic[P, R]):
                 )
             ids = [run_id for run_id, _new in await self.app.store.create_runs(news)]
             recorded: Any = ids[0] if kind is EntryKind.TRIGGER else (ids, awaited)
-            new_entry, _data = ctx.value_entry(seq, kind, self.name, recorded, ctx.store.now())
-            ctx.pending.append(new_entry)
+            new_entry, _data = journal.entry(seq, kind, self.name, recorded, ctx.store.now())
+            journal.record(new_entry)
         if awaited:
-            ctx.awaited_children += len(ids)
+            journal.awaited_children += len(ids)
         return [RunHandle(self.app, run_id, self.result_type) for run_id in ids]
 
     async def _wait_for(self, ids: list[str], seq: int) -> list[Any]:
         """The outcomes of awaited children, once all have ended (else the run suspends)."""
         ctx = self._in_task_body("wait")
         ctx.check_active()
-        entry = ctx.recorded(seq, EntryKind.CHILD_RESULTS, self.name)
+        journal = ctx.journal
+        entry = journal.recorded(seq, EntryKind.CHILD_RESULTS, self.name)
         if entry is not None:
-            outcomes = decode_entry(ctx, entry, list[ChildOutcome])
+            outcomes = journal.decode(entry, list[ChildOutcome])
         else:
             runs = await self.app.store.get_runs(ids) if ids else []
             if not all(run.status.terminal for run in runs):
-                raise Suspend(None, children=ctx.awaited_children)
+                raise Suspend(None, children=journal.awaited_children)
             outcomes = [_outcome(run) for run in runs]
-            new_entry, _data = ctx.value_entry(
+            new_entry, _data = journal.entry(
                 seq, EntryKind.CHILD_RESULTS, self.name, outcomes, ctx.store.now()
             )
-            ctx.pending.append(new_entry)
+            journal.record(new_entry)
         return [self._result_of(run_id, o) for run_id, o in zip(ids, outcomes, strict=True)]
 
     def _result_of(self, run_id: str, outcome: ChildOutcome) -> Any:

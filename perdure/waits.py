@@ -14,7 +14,7 @@ import uuid as _uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from perdure.context import RunContext, _in_step, current, decode_entry, in_thread_of_loop
+from perdure.context import RunContext, _in_step, current, in_thread_of_loop
 from perdure.errors import PerdureError, Suspend
 from perdure.records import EntryKind
 
@@ -49,16 +49,17 @@ def sleep(seconds: float) -> Any:
         return asyncio.sleep(seconds)
     _no_waits_in_steps("perdure.sleep")
     ctx.check_active()
-    seq = ctx.next_seq()
-    entry = ctx.recorded(seq, EntryKind.SLEEP, "sleep")
+    journal = ctx.journal
+    seq = journal.next_seq()
+    entry = journal.recorded(seq, EntryKind.SLEEP, "sleep")
     if entry is not None:
-        wake_at = float(decode_entry(ctx, entry, float))
+        wake_at = float(journal.decode(entry, float))
         if wake_at > ctx.store.now():  # the store's clock: the one the wake-up is kept on
             raise Suspend(wake_at)
     else:
         wake_at = ctx.store.now() + max(0.0, seconds)
-        entry, _data = ctx.value_entry(seq, EntryKind.SLEEP, "sleep", wake_at, ctx.store.now())
-        ctx.pending.append(entry)  # written with the suspension, in one transaction
+        entry, _data = journal.entry(seq, EntryKind.SLEEP, "sleep", wake_at, ctx.store.now())
+        journal.record(entry)  # written with the suspension, in one transaction
         if seconds > 0:
             raise Suspend(wake_at)
     return _Done() if in_thread_of_loop(ctx) else None
@@ -68,13 +69,7 @@ def _recorded(kind: EntryKind, make: Callable[[], T], type_: Any) -> T:
     ctx: RunContext | None = current()
     if ctx is None or _in_step.get() is not None:
         return make()
-    seq = ctx.next_seq()
-    entry = ctx.recorded(seq, kind, str(kind))
-    if entry is None:
-        entry, _data = ctx.value_entry(seq, kind, str(kind), make(), ctx.store.now())
-        ctx.pending.append(entry)
-    value: T = decode_entry(ctx, entry, type_)
-    return value
+    return ctx.journal.replay_or_record(kind, str(kind), make, type_)
 
 
 def now() -> dt.datetime:

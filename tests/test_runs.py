@@ -487,3 +487,33 @@ async def test_a_value_pickle_cannot_store_says_so(make_app: Callable[..., perdu
     assert "cannot be pickled" in message
     assert "lock" in message
     assert "serializer='pickle'" not in message  # it is a pickle task already
+
+
+async def test_a_result_completed_in_this_process_needs_no_read(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    """A run completed by this process's worker is remembered with its result, as stored,
+    once the completion is committed: a handle waiting here returns it without reading the run.
+    A failure is not remembered."""
+    app = make_app()
+
+    @app.task()
+    async def seven() -> int:
+        return 7
+
+    @app.task(retry=perdure.Retry(max_attempts=1))
+    async def broken() -> int:
+        raise ValueError("no")
+
+    async with running_worker(app):
+        done = await seven.trigger()
+        assert await done.result() == 7
+        known = app.results.get(done.id)
+        stored = (await app.store.get_run(done.id)).result
+        assert known is not None
+        assert stored is not None
+        assert (known.codec, known.data) == (stored.codec, stored.data)
+        failed = await broken.trigger()
+        with pytest.raises(TaskFailed):
+            await failed.result()
+        assert app.results.get(failed.id) is None

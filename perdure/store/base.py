@@ -102,12 +102,6 @@ class Store(Protocol):
         """Those runs with their results, in the order given; RunNotFound if one is missing."""
         ...
 
-    def completed_result(self, run_id: str) -> Value | None:
-        """The result of a run whose completion this store committed, in this process, if it
-        still remembers it (small results of recent completions); None: read the run. A
-        completed run never changes, so this is what get_run would return."""
-        ...
-
     async def list_runs(
         self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
     ) -> list[RunRecord]:

@@ -17,8 +17,7 @@ operation.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from perdure.store.notify import ChangeNotifier
 
@@ -29,8 +28,7 @@ Row = Mapping[str, Any]
 """A result row by column name (a sqlite3.Row, or a dict from psycopg)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
+class Query(NamedTuple):
     """One named query of the dialect's queries.sql, with its parameters (lists are passed as
     the dialect passes lists: arrays, or JSON text for SQLite's json_each)."""
 
@@ -45,13 +43,12 @@ class Batch(tuple[Query, ...]):
         return super().__new__(cls, queries)
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
     """What a query returned: its rows (none for a write without RETURNING) and how many rows
     it changed (-1 for a read)."""
 
     rows: list[Row]
-    count: int
+    rowcount: int
 
     @property
     def first(self) -> Any:
@@ -73,10 +70,10 @@ def drive(operation: Operation[T], execute: Callable[[Query], Result]) -> T:
     try:
         step = next(operation)
         while True:
-            if isinstance(step, Batch):
+            if step.__class__ is Batch:
                 step = operation.send([execute(query) for query in step])
             else:
-                step = operation.send(execute(step))
+                step = operation.send(execute(step))  # type: ignore[arg-type]
     except StopIteration as stop:
         result: T = stop.value
         return result

@@ -64,6 +64,7 @@ class PostgresConnector(PostgresConnections):
         auto_migrate: bool = True,
         pool_size: int = 10,
         retry_for: float = 300.0,
+        fast_paths: bool = True,
     ) -> None:
         self.url = url
         self.auto_migrate = auto_migrate
@@ -77,7 +78,9 @@ class PostgresConnector(PostgresConnections):
         self._clock_offset = 0.0
         """The server's clock minus this process's (see now())."""
         self.where = self._redacted()
-        self.fast: PostgresFastPaths | None = PostgresFastPaths(self)
+        self.fast = PostgresFastPaths(self) if fast_paths else None
+        """The fast paths of the hottest writes (off: every write takes the shared operation,
+        as the contract suite checks)."""
 
     # -- running operations ------------------------------------------------------------------
 
@@ -294,8 +297,13 @@ class PostgresStore(SQLStore):
         pool_size: int = 10,
         retry_for: float = 300.0,
         keyring: Keyring | None = None,
+        fast_paths: bool = True,
     ) -> None:
         connector = PostgresConnector(
-            url, auto_migrate=auto_migrate, pool_size=pool_size, retry_for=retry_for
+            url,
+            auto_migrate=auto_migrate,
+            pool_size=pool_size,
+            retry_for=retry_for,
+            fast_paths=fast_paths,
         )
         super().__init__(connector, blobs=blobs, inline_limit=inline_limit, keyring=keyring)

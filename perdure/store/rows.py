@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
-from perdure.blobs.base import BlobStore
-from perdure.crypto import KEY_ID_SIZE, Keyring, require
 from perdure.errors import CorruptJournal, LeaseLost, RunCancelled, RunNotFound
 from perdure.records import (
     Attempt,
@@ -30,11 +27,11 @@ from perdure.records import (
     RunRecord,
     RunStatus,
     Transition,
-    Value,
     WorkerRecord,
 )
 from perdure.store.connector import Row
 from perdure.store.notify import CLAIMABLE, run_topic
+from perdure.values import StoredValues
 
 log = logging.getLogger("perdure.store")
 
@@ -52,9 +49,6 @@ def decode_error(data: bytes | None, where: str) -> ErrorInfo | None:
         raise CorruptJournal(f"{where}: stored error cannot be read ({exc})") from exc
 
 
-ENCRYPTED_CODEC = ";aes"
-"""Suffix of the codec of an inline value stored encrypted (see perdure.crypto)."""
-
 _ENTRY_FIELDS = ("kind", "name", "status", "codec", "value", "blob_key", "error")
 
 
@@ -62,33 +56,22 @@ def check_same_entry(
     run_id: str,
     params: dict[str, Any],
     existing: Row | None,
-    cause: Exception | None,
-    keyring: Keyring | None = None,
+    values: StoredValues,
 ) -> None:
     """A journal position that is already recorded: fine if it holds exactly this entry (a
-    write retried after its acknowledgement was lost), CorruptJournal otherwise. Encrypted
-    values are compared in the clear (each write draws a fresh nonce)."""
+    write retried after its acknowledgement was lost), CorruptJournal otherwise."""
+    what = f"journal entry (run {run_id}, seq {params['seq']})"
     if existing is not None and all(
-        _same_field(name, existing, params, keyring) for name in _ENTRY_FIELDS
+        values.same_inline(params["codec"], existing[name], params[name], what)
+        if name == "value"
+        else _same(existing[name], params[name])
+        for name in _ENTRY_FIELDS
     ):
         return
     raise CorruptJournal(
         f"run {run_id}: journal position {params['seq']} is already recorded; "
         "the same position was written twice under one lease"
-    ) from cause
-
-
-def _same_field(name: str, existing: Row, params: dict[str, Any], keyring: Keyring | None) -> bool:
-    codec = params["codec"]
-    if name == "value" and keyring is not None and codec and codec.endswith(ENCRYPTED_CODEC):
-        if existing["codec"] != codec or existing["value"] is None:
-            return False
-        aad = codec.removesuffix(ENCRYPTED_CODEC).encode()
-        what = f"journal entry (run {params['run_id']}, seq {params['seq']})"
-        return keyring.decrypt(bytes(existing["value"]), aad=aad, what=what) == keyring.decrypt(
-            params["value"], aad=aad, what=what
-        )
-    return _same(existing[name], params[name])
+    )
 
 
 def _same(stored: Any, ours: Any) -> bool:
@@ -163,171 +146,21 @@ class Unknown:
 UNKNOWN = Unknown()
 
 
-class RecentResults:
-    """The results of the last runs completed by this process, so that a caller in the same
-    process awaiting one need not read it back: small ones only, and a bounded total."""
-
-    def __init__(self, keep: int = 4096, max_bytes: int = 8 << 20, largest: int = 16 << 10):
-        self.keep = keep
-        self.max_bytes = max_bytes
-        self.largest = largest
-        self._results: OrderedDict[str, Value] = OrderedDict()
-        self._bytes = 0
-
-    def add(self, run_id: str, value: Value) -> None:
-        if len(value.data) > self.largest:
-            return
-        old = self._results.pop(run_id, None)
-        if old is not None:
-            self._bytes -= len(old.data)
-        self._results[run_id] = value
-        self._bytes += len(value.data)
-        while len(self._results) > self.keep or self._bytes > self.max_bytes:
-            _id, dropped = self._results.popitem(last=False)
-            self._bytes -= len(dropped.data)
-
-    def get(self, run_id: str) -> Value | None:
-        return self._results.get(run_id)
-
-
 class RowMapping:
-    """Records <-> rows, and large values <-> the blob store."""
+    """Records <-> rows (values through StoredValues)."""
 
-    blobs: BlobStore
-    inline_limit: int
-    keyring: Keyring | None = None
-    """Encrypts inline values (blobs encrypt themselves) when it has a current key."""
-    _recent: RecentResults
+    values: StoredValues
 
     def now(self) -> float:
         raise NotImplementedError
 
-    def completed_result(self, run_id: str) -> Value | None:
-        return self._recent.get(run_id)
-
-    def _completed(self, run_id: str, transition: Transition) -> None:
-        """Remember a committed completion's result (call before announcing it)."""
-        result = transition.result
-        # (a result above the inline limit went to the blob store: read it from there)
-        if (
-            transition.status is RunStatus.COMPLETED
-            and result is not None
-            and (len(result.data) <= self.inline_limit)
-        ):
-            self._recent.add(run_id, result)
-
-    async def offload(self, value: Value | None) -> Value | None:
-        if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:
-            return value
-        ref = await self.blobs.put(value.data)
-        return Value(
-            codec=value.codec,
-            data=value.data,
-            blob_key=ref.key,
-            raw_size=ref.raw_size,
-            stored_size=ref.stored_size,
-        )
-
-    async def _resolve(
-        self,
-        codec: str | None,
-        data: bytes | None,
-        blob_key: str | None,
-        raw: int,
-        stored: int,
-        *,
-        fetch: bool = True,
-    ) -> Value | None:
-        """The stored value; without `fetch`, only what the row says of it (codec, sizes, blob
-        key) and no bytes: neither the blob store nor a key is needed."""
-        if codec is None:
-            return None
-        if not fetch:
-            return Value(
-                codec=codec.removesuffix(ENCRYPTED_CODEC),
-                data=b"",
-                blob_key=blob_key,
-                raw_size=raw,
-                stored_size=stored,
-            )
-        if blob_key is not None:
-            data = await self.blobs.get(blob_key)
-        elif codec.endswith(ENCRYPTED_CODEC):
-            codec = codec.removesuffix(ENCRYPTED_CODEC)
-            data = require(self.keyring, "a stored value").decrypt(
-                bytes(data or b""), aad=codec.encode(), what="a stored value"
-            )
-        return Value(
-            codec=codec, data=data or b"", blob_key=blob_key, raw_size=raw, stored_size=stored
-        )
-
-    def _value_params(self, prefix: str, value: Value | None) -> dict[str, Any]:
-        if value is None:
-            return {
-                f"{prefix}_codec": None,
-                prefix: None,
-                f"{prefix}_blob": None,
-                f"{prefix}_raw_size": 0,
-                f"{prefix}_stored_size": 0,
-            }
-        if value.blob_key is not None:  # the blob store encrypted it
-            return {
-                f"{prefix}_codec": value.codec,
-                prefix: None,
-                f"{prefix}_blob": value.blob_key,
-                f"{prefix}_raw_size": value.raw_size,
-                f"{prefix}_stored_size": value.stored_size,
-            }
-        codec, data = value.codec, value.data
-        if self.keyring is not None and self.keyring.encrypts:
-            data = self.keyring.encrypt(data, aad=codec.encode())
-            codec += ENCRYPTED_CODEC
-        return {
-            f"{prefix}_codec": codec,
-            prefix: data,
-            f"{prefix}_blob": None,
-            f"{prefix}_raw_size": len(value.data),
-            f"{prefix}_stored_size": len(data),
-        }
-
-    def _rotated(self, rows: Iterable[Row]) -> list[dict[str, Any]]:
-        """Rewrites of the inline values in `rows` (col, id, seq, codec, value) that are not
-        stored as the current key wants: under another key, or in the clear while a key is set
-        (or encrypted while no key is: then decrypted with an old key)."""
-        current = self.keyring.current_id if self.keyring is not None else None
-        rewrites = []
-        for row in rows:
-            codec, stored = row["codec"], bytes(row["value"])
-            encrypted = codec.endswith(ENCRYPTED_CODEC)
-            if (stored[:KEY_ID_SIZE] if encrypted else None) == current:
-                continue
-            plain_codec = codec.removesuffix(ENCRYPTED_CODEC)
-            what = f"{row['col']} of run {row['id']}"
-            data = (
-                require(self.keyring, what).decrypt(stored, aad=plain_codec.encode(), what=what)
-                if encrypted
-                else stored
-            )
-            new = self._value_params("v", Value(codec=plain_codec, data=data))
-            rewrites.append(
-                {
-                    "col": row["col"],
-                    "id": row["id"],
-                    "seq": row["seq"],
-                    "codec": new["v_codec"],
-                    "value": new["v"],
-                    "old_codec": codec,
-                    "old_value": stored,
-                }
-            )
-        return rewrites
-
     async def _run_record(self, row: Row, *, full: bool, fetch: bool = True) -> RunRecord:
-        """The run in `row`; with `full`, its arguments and result (see _resolve's fetch)."""
+        """The run in `row`; with `full`, its arguments and result (`fetch`: see
+        StoredValues.resolve)."""
         keys = row.keys()
         args = result = None
         if full:
-            args = await self._resolve(
+            args = await self.values.resolve(
                 row["args_codec"],
                 row["args"],
                 row["args_blob"],
@@ -335,7 +168,7 @@ class RowMapping:
                 row["args_stored_size"],
                 fetch=fetch,
             )
-            result = await self._resolve(
+            result = await self.values.resolve(
                 row["result_codec"],
                 row["result"],
                 row["result_blob"],
@@ -430,7 +263,7 @@ class RowMapping:
             except ValueError as exc:
                 raise CorruptJournal(f"{where}: {exc}") from exc
             try:
-                value = await self._resolve(
+                value = await self.values.resolve(
                     row["codec"],
                     row["value"],
                     row["blob_key"],
@@ -472,8 +305,8 @@ class RowMapping:
     async def _entry_params(self, run_id: str, entries: list[JournalEntry]) -> list[dict[str, Any]]:
         params = []
         for entry in entries:
-            value = await self.offload(entry.value)
-            vp = self._value_params("value", value)
+            value = await self.values.offload(entry.value)
+            vp = self.values.columns("value", value)
             params.append(
                 {
                     "run_id": run_id,
@@ -554,7 +387,7 @@ class RowMapping:
             "finished_at": now if transition.status.terminal else None,
             "children_target": transition.children_target,
             "note": transition.note,
-            **self._value_params("result", await self.offload(transition.result)),
+            **self.values.columns("result", await self.values.offload(transition.result)),
         }
         ended = [*attempts, *([transition.attempt] if transition.attempt else [])]
         topics = [run_topic(run_id)]
@@ -577,7 +410,7 @@ class RowMapping:
             "debounce_key": run.debounce_key,
             "parent_id": run.parent_id,
             "awaited": int(run.awaited),
-            **self._value_params("args", await self.offload(run.args)),
+            **self.values.columns("args", await self.values.offload(run.args)),
         }
 
     @staticmethod

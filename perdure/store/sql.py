@@ -26,6 +26,7 @@ from perdure.records import (
     RunRecord,
     RunStatus,
     Transition,
+    Value,
     WorkerRecord,
 )
 from perdure.store.admission import CANDIDATE_SCAN, Turns, admit, limits_apply, rate_window
@@ -34,7 +35,6 @@ from perdure.store.connector import Batch, Connector, Operation, Query, Result, 
 from perdure.store.notify import CANCEL, CLAIMABLE, run_topic
 from perdure.store.rows import (
     UNKNOWN,
-    RecentResults,
     RowMapping,
     Unknown,
     check_held,
@@ -44,6 +44,7 @@ from perdure.store.rows import (
     set_queue_params,
     wake_time,
 )
+from perdure.values import StoredValues
 
 _QUEUES_FRESH_FOR = 1.0  # seconds a store trusts its copy of an app's queues to pick the claim path
 _CLAIM_LOCK_CLASS = 7_366_103  # (PostgreSQL) advisory lock class of the claims of one app
@@ -63,16 +64,18 @@ class SQLStore(RowMapping):
         keyring: Keyring | None = None,
     ) -> None:
         self.db = db
+        self.values = StoredValues(blobs, inline_limit=inline_limit, keyring=keyring)
         self.blobs = blobs
         self.inline_limit = inline_limit
-        self.keyring = keyring
         self.session_liveness = db.session_liveness
-        self._recent = RecentResults()
         self._turns = Turns()
         self._queue_cache: dict[str, tuple[float, dict[str, QueueConfig]]] = {}
 
     def now(self) -> float:
         return self.db.now()
+
+    async def offload(self, value: Value | None) -> Value | None:
+        return await self.values.offload(value)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -117,7 +120,7 @@ class SQLStore(RowMapping):
                 if params["debounce_key"] is not None:
                     row = (yield Query("upsert_debounced_run", params)).first
                     out.append((str(row["id"]), row["id"] == params["id"]))
-                elif (yield Query("insert_run", params)).count == 1:
+                elif (yield Query("insert_run", params)).rowcount == 1:
                     out.append((params["id"], True))
                 else:
                     row = (yield Query("run_by_idempotency_key", params)).first
@@ -266,24 +269,34 @@ class SQLStore(RowMapping):
         for params, result in zip(entries, inserted, strict=False):
             if result.first is None:  # the position is taken (ON CONFLICT DO NOTHING)
                 existing = (yield Query("entry_at", params)).first
-                check_same_entry(run_id, params, existing, None, self.keyring)
+                check_same_entry(run_id, params, existing, self.values)
 
     async def append(
         self, run_id: str, lease: Lease, *, entries: list[JournalEntry], attempts: list[Attempt]
     ) -> None:
         entry_params = await self._entry_params(run_id, entries)
         attempt_params = [self._attempt_params(a) for a in attempts]
-        fast = self.db.fast
-        if fast is not None and len(entry_params) == 1 and not attempt_params:
+        if len(entry_params) == 1 and not attempt_params:
+            # the common case (a step's record): one statement fenced by the lease
             fenced = {**entry_params[0], "lease": lease.number, "worker_id": lease.worker_id}
-            if await fast.append_one(fenced):
-                return  # else the shared operation says why not
+            fast = self.db.fast
+            if await (fast.append_one(fenced) if fast else self._append_fenced(fenced)):
+                return  # else the operation below says why not
 
         def append() -> Operation[None]:
             check_held(run_id, (yield Query("check_lease", {"id": run_id})).first, lease)
             yield from self._record(run_id, entry_params, attempt_params)
 
         await self.db.write(append, "append")
+
+    async def _append_fenced(self, fenced: dict[str, Any]) -> bool:
+        """One journal entry, fenced by the lease in the statement; True when inserted."""
+
+        def append() -> Operation[bool]:
+            result: Result = yield Query("append_entry_fenced", fenced)
+            return bool(result.rows)
+
+        return await self.db.write(append, "append")
 
     async def finish_attempt(
         self,
@@ -307,11 +320,10 @@ class SQLStore(RowMapping):
             and not cancelled
             and await fast.finish(params, entry_params, attempt_params, topics)
         ):
-            self._completed(run_id, transition)
             return  # else the shared operation says why not
 
         def finish() -> Operation[None]:
-            if (yield Query("finish_attempt", params)).count != 1:
+            if (yield Query("finish_attempt", params)).rowcount != 1:
                 raise refused_finish(run_id, (yield Query("check_lease", params)).first, lease)
             yield from self._record(run_id, entry_params, attempt_params)
             if transition.next_attempt:
@@ -320,8 +332,6 @@ class SQLStore(RowMapping):
                 yield from self._cancel_tree(params)
 
         await self.db.write(finish, "finish_attempt", topics)
-        # the waiters woken by the commit run after this: they find the result here
-        self._completed(run_id, transition)
 
     @staticmethod
     def _cancel_tree(params: dict[str, Any]) -> Operation[None]:
@@ -397,7 +407,7 @@ class SQLStore(RowMapping):
 
         def write() -> Operation[int]:
             result: Result = yield Query(query, params)
-            return result.count
+            return result.rowcount
 
         return await self.db.write(write, query, topics, durable=durable)
 
@@ -434,11 +444,13 @@ class SQLStore(RowMapping):
         ids = [row["id"] for row in rows]
         if not ids:
             return 0, None
-        rewrites = self._rotated(await self._one("inline_values_of", {"ids": ids}, "reencrypt"))
+        rewrites = self.values.rotated(
+            await self._one("inline_values_of", {"ids": ids}, "reencrypt")
+        )
 
         def rewrite() -> Operation[int]:
             done = yield Batch(Query(f"rewrite_{r['col']}", r) for r in rewrites)
-            return sum(result.count for result in done)
+            return sum(result.rowcount for result in done)
 
         return (await self.db.write(rewrite, "reencrypt") if rewrites else 0), ids[-1]
 
@@ -484,9 +496,9 @@ class SQLStore(RowMapping):
                 yield Query("mark_worker_dead", {"id": worker_id, "status": "dead"})
                 note = f"requeued: worker {worker_id} {reason}"
                 params = {"worker_id": worker_id, "now": now, "note": note}
-                requeued += (yield Query("requeue_worker_runs", params)).count
+                requeued += (yield Query("requeue_worker_runs", params)).rowcount
             orphans: Result = yield Query("requeue_orphans", {"now": now})
-            return requeued + orphans.count
+            return requeued + orphans.rowcount
 
         return await self.db.write(reap, "reap_workers", (CLAIMABLE,))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
 from perdure.errors import SchemaOutdated, SchemaTooNew, StoreUnavailable
-from perdure.store.connector import OperationFactory, Query, Result, T, drive
+from perdure.store.connector import Batch, Operation, OperationFactory, Query, Result, T
 from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import ChangeNotifier
 from perdure.store.queries import load_migrations, load_queries
@@ -77,13 +77,31 @@ class SQLiteConnector:
         return conn
 
     @staticmethod
-    def _execute(conn: sqlite3.Connection, query: Query) -> Result:
-        params = query.params
-        if any(isinstance(value, list) for value in params.values()):  # json_each takes lists
-            params = {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()}
-        cur = conn.execute(SQL[query.name], params)
-        rows = cur.fetchall()
-        return Result(rows, cur.rowcount)
+    def _run(conn: sqlite3.Connection, operation: Operation[T]) -> T:
+        """Run `operation` on `conn` (drive, unrolled: this is every write's path)."""
+        execute = conn.execute
+        results: list[Result]
+        try:
+            step = next(operation)
+            while True:
+                results = []
+                batch = step.__class__ is Batch
+                queries: tuple[Query, ...] = step if batch else (step,)  # type: ignore[assignment]
+                for query in queries:
+                    params = query.params
+                    for value in params.values():
+                        if value.__class__ is list:  # json_each takes a list as JSON text
+                            params = {
+                                k: json.dumps(v) if v.__class__ is list else v
+                                for k, v in params.items()
+                            }
+                            break
+                    cur = execute(SQL[query.name], params)
+                    results.append(Result(cur.fetchall(), cur.rowcount))
+                step = operation.send(results if batch else results[0])
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
 
     def _read_here(self, make: OperationFactory[T]) -> T:
         """On a reader thread: its connection, opened on first use."""
@@ -93,7 +111,7 @@ class SQLiteConnector:
             with self._open_lock:
                 self._reader_conns.append(conn)
         try:
-            return drive(make(), lambda query: self._execute(conn, query))
+            return self._run(conn, make())
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(f"SQLite read failed on {self.path}: {exc}") from exc
 
@@ -119,7 +137,7 @@ class SQLiteConnector:
         assert self.writer is not None
 
         def run(conn: sqlite3.Connection) -> T:
-            return drive(make(), lambda query: self._execute(conn, query))
+            return self._run(conn, make())
 
         result: T = await self.writer.submit(
             run, topics, durable=durable, give_up_after=give_up_after

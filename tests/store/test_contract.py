@@ -4,17 +4,12 @@ fixture's parameters)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from perdure.blobs import LocalBlobStore
-from perdure.crypto import Keyring
 from perdure.errors import CorruptJournal, LeaseLost, RunCancelled, RunNotFound, StoreUnavailable
 from perdure.ids import new_id
 from perdure.records import (
@@ -33,31 +28,10 @@ from perdure.records import (
     WorkerRecord,
 )
 from perdure.store.base import Store
+from perdure.store.sql import SQLStore
 from perdure.store.sqlite import SQLiteStore
 
 APP = "contract"
-
-
-@pytest.fixture(params=["sqlite", "postgres", "sqlite+encryption", "postgres+encryption"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """Each store, in the clear and encrypted at rest (every contract holds both ways)."""
-    keyring = Keyring(os.urandom(32)) if request.param.endswith("+encryption") else None
-    blobs = LocalBlobStore(tmp_path / "blobs", keyring=keyring)
-    the_store: Store
-    if request.param.startswith("postgres"):
-        from perdure.store.postgres import PostgresStore
-
-        url = request.getfixturevalue("postgres_url")
-        the_store = PostgresStore(url, blobs=blobs, inline_limit=1024, keyring=keyring)
-    else:
-        the_store = SQLiteStore(
-            tmp_path / "perdure.db", blobs=blobs, inline_limit=1024, keyring=keyring
-        )
-    await the_store.open()
-    for worker_id in ("w1", "w2"):
-        await register(the_store, worker_id)
-    yield the_store
-    await the_store.close()
 
 
 def _value(data: bytes = b"\x01") -> Value:
@@ -92,6 +66,11 @@ def _entry(
         started_at=now,
         finished_at=now,
     )
+
+
+def encrypted(store: Store) -> bool:
+    """True when `store` keeps its inline values encrypted."""
+    return isinstance(store, SQLStore) and store.values.keyring is not None
 
 
 async def register(store: Store, worker_id: str, app: str = APP) -> None:
@@ -129,7 +108,7 @@ async def test_create_and_idempotency(store: Store) -> None:
     assert run.status is RunStatus.QUEUED
     assert run.args is not None
     # encrypted: key id, nonce and tag come on top (8 + 12 + 16 bytes)
-    overhead = 36 if getattr(store, "keyring", None) else 0
+    overhead = 36 if encrypted(store) else 0
     assert (run.args.data, run.args.stored_size) == (b"\x01", 1 + overhead)
     with pytest.raises(RunNotFound):
         await store.get_run("missing")
@@ -308,40 +287,6 @@ async def _reclaim(store: Store, run_id: str, lease: Lease) -> Claimed:
     return claimed
 
 
-async def test_a_completion_committed_here_is_known_without_a_read(store: Store) -> None:
-    """completed_result returns what get_run returns, once the completion is committed, and
-    only then: not for a lost lease, a failure, a big (offloaded) result or another run."""
-    small, big = _value(b"\x07"), _value(bytes(range(256)) * 64)
-    ids = []
-    for result in (small, big):
-        await store.create_run(_new_run())
-        run_id, lease = await _claim_one(store)
-        assert store.completed_result(run_id) is None
-        done = Transition(status=RunStatus.COMPLETED, result=result)
-        await store.finish_attempt(run_id, lease, done, entries=[], attempts=[])
-        with pytest.raises(LeaseLost):  # a stale worker's completion is not remembered
-            await store.finish_attempt(
-                run_id,
-                lease,
-                Transition(status=RunStatus.COMPLETED, result=_value(b"\x09")),
-                entries=[],
-                attempts=[],
-            )
-        ids.append(run_id)
-    known = store.completed_result(ids[0])
-    stored = (await store.get_run(ids[0])).result
-    assert known is not None
-    assert stored is not None
-    assert (known.codec, known.data) == (stored.codec, stored.data) == ("msgpack", b"\x07")
-    assert store.completed_result(ids[1]) is None  # offloaded: read from the blob store
-    await store.create_run(_new_run())
-    run_id, lease = await _claim_one(store)
-    failed = Transition(status=RunStatus.FAILED, error=ErrorInfo(type="x.E", message="no"))
-    await store.finish_attempt(run_id, lease, failed, entries=[], attempts=[])
-    assert store.completed_result(run_id) is None
-    assert store.completed_result(new_id()) is None
-
-
 async def test_cancel(store: Store) -> None:
     queued, _ = await store.create_run(_new_run())
     assert await store.cancel_run(queued) is RunStatus.CANCELLED
@@ -479,8 +424,8 @@ async def test_no_run_stays_running_without_a_live_worker(store: Store) -> None:
 
 async def test_a_finish_never_overwrites_a_requested_cancel(store: Store) -> None:
     """A cancel requested while the worker finishes the run wins: the finish (completion,
-    failure, suspension, release) is refused with RunCancelled, nothing of it is written or
-    remembered, and the worker ends the run as cancelled."""
+    failure, suspension, release) is refused with RunCancelled, nothing of it is written, and
+    the worker ends the run as cancelled."""
     outcomes = [
         Transition(status=RunStatus.COMPLETED, result=_value(b"\x07")),
         Transition(status=RunStatus.FAILED, error=ErrorInfo(type="x.E", message="no")),
@@ -493,7 +438,6 @@ async def test_a_finish_never_overwrites_a_requested_cancel(store: Store) -> Non
         assert await store.cancel_run(run_id) is RunStatus.RUNNING  # asked to stop
         with pytest.raises(RunCancelled):
             await store.finish_attempt(run_id, lease, outcome, entries=[_entry(1)], attempts=[])
-        assert store.completed_result(run_id) is None
         assert (await store.get_run(run_id)).status is RunStatus.RUNNING
         assert await store.load_journal(run_id) == []  # nothing of the refused finish
         await store.finish_attempt(

@@ -4,7 +4,7 @@ size, and by the size of one result."""
 from __future__ import annotations
 
 from perdure.records import Value
-from perdure.store.rows import RecentResults
+from perdure.values import RecentResults
 
 
 def _value(size: int) -> Value:

@@ -59,11 +59,10 @@ async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str)
 def test_dialects_name_the_same_queries() -> None:
     sqlite_names = set(load_queries("sqlite"))
     postgres_names = set(load_queries("postgres"))
-    # PostgreSQL has its fast paths (single-statement appends, finishes and triggers), its
-    # workers' session locks and its clock on top
+    # PostgreSQL has its fast paths (single-statement finishes and triggers), its workers'
+    # session locks and its clock on top
     assert sqlite_names <= postgres_names
     assert postgres_names - sqlite_names == {
-        "append_entry_fenced",
         "clock",
         "finish_attempt_at_once",
         "finish_many",

@@ -363,3 +363,17 @@ SELECT NULL WHERE 0;
 -- name: lock_tree
 -- nothing to lock: the one writer already makes writes one at a time
 SELECT NULL WHERE 0;
+
+-- name: append_entry_fenced
+-- One journal entry in one statement, fenced by the run's lease: no rows back means a lost
+-- lease or a taken position.
+INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
+                     stored_size, error, started_at, finished_at, run_attempt, attempt,
+                     attempt_started_at)
+SELECT :run_id, :seq, :kind, :name, :status, :codec, :value, :blob_key, :raw_size,
+       :stored_size, :error, :started_at, :finished_at, :run_attempt, :attempt,
+       :attempt_started_at
+FROM runs
+WHERE id = :run_id AND lease = :lease AND worker_id = :worker_id AND status = 'running'
+ON CONFLICT (run_id, seq) DO NOTHING
+RETURNING seq;

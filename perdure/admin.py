@@ -1,0 +1,124 @@
+"""The App's admin API: what an operator does to runs, queues and the stored data — list, show,
+cancel, purge, rotate keys, migrate. The CLI calls it; so will the server. Nothing above it
+touches the store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from perdure.errors import CorruptJournal, EncryptionError, StoreRefused
+from perdure.records import Attempt, JournalEntry, QueueConfig, QueueStats, RunRecord, RunStatus
+from perdure.retention import DEFAULT_GRACE, MIN_GRACE, PurgeReport, parse_age, purge
+from perdure.rotation import RotationReport, rotate
+
+if TYPE_CHECKING:
+    from perdure.app import App
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "MIN_GRACE",
+    "Admin",
+    "PurgeReport",
+    "RotationReport",
+    "RunDetails",
+    "parse_age",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetails:
+    """A run as an operator sees it: its record, its journal and its attempts (values' sizes
+    and codecs only: showing a run needs neither its blobs nor its key)."""
+
+    run: RunRecord
+    """The run, with its arguments and result when they could be read."""
+    journal: list[JournalEntry]
+    """Its journal entries, without their values' bytes."""
+    attempts: list[Attempt]
+    """Every attempt, oldest first."""
+    unreadable: Exception | None
+    """Why the run's values could not be read here (no or a wrong key, a missing blob), if
+    so: the run is shown all the same, without them."""
+
+
+class Admin:
+    """Operations on an App's stored runs and queues (app.admin)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """Newest runs first, without arguments or results."""
+        return await self.app.store.list_runs(status=status, task=task, limit=limit)
+
+    async def run_details(self, run_id: str) -> RunDetails:
+        """The run with its journal and attempts; RunNotFound when there is none."""
+        store = self.app.store
+        unreadable = None
+        try:
+            run = await store.get_run(run_id)
+        except (CorruptJournal, EncryptionError, StoreRefused) as exc:  # shown all the same
+            run, unreadable = await store.get_run(run_id, values=False), exc
+        journal = await store.load_journal(run_id, values=False)
+        return RunDetails(run, journal, await store.load_attempts(run_id), unreadable)
+
+    async def cancel_run(self, run_id: str) -> RunStatus:
+        """Cancel a run and its children (see Store.cancel_run); the status after the call."""
+        return await self.app.store.cancel_run(run_id)
+
+    async def purge(
+        self,
+        *,
+        older_than: float,
+        statuses: Collection[RunStatus] | None = None,
+        app: str | None = None,
+        grace: float = DEFAULT_GRACE,
+        dry_run: bool = False,
+        progress: Callable[[PurgeReport], None] | None = None,
+    ) -> PurgeReport:
+        """Delete runs that ended more than `older_than` seconds ago (in `statuses`, default
+        every ended status; of app `app`, default all), then the blobs nothing references."""
+        store = self.app.store
+        return await purge(
+            store,
+            store.blobs,
+            older_than=older_than,
+            statuses=statuses or [s for s in RunStatus if s.terminal],
+            app=app,
+            grace=grace,
+            dry_run=dry_run,
+            progress=progress,
+        )
+
+    async def rotate_encryption(
+        self, *, progress: Callable[[RotationReport], None] | None = None
+    ) -> RotationReport:
+        """Rewrite every stored value and blob under the current key."""
+        store = self.app.store
+        return await rotate(store, store.blobs, progress=progress)
+
+    async def queues(self, app: str | None = None) -> list[QueueStats]:
+        """Every queue (of app `app`, default all) with its load."""
+        return await self.app.store.queue_stats(app)
+
+    async def set_queue(
+        self,
+        app: str,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        unlimited: bool = False,
+        paused: bool | None = None,
+    ) -> QueueConfig:
+        """Change a queue at run time (see Store.set_queue)."""
+        return await self.app.store.set_queue(
+            app, name, concurrency=concurrency, unlimited=unlimited, paused=paused
+        )
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        """Apply (or list) the pending schema migrations; their names."""
+        return await self.app.store.migrate(dry_run=dry_run)

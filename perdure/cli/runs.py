@@ -1,0 +1,251 @@
+"""`perdure runs`: list, show, cancel and purge runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.table import Table
+
+from perdure.admin import MIN_GRACE, PurgeReport, parse_age
+from perdure.cli.common import (
+    AppOpt,
+    BlobOpt,
+    DbOpt,
+    JsonOpt,
+    console,
+    decoded,
+    load_app,
+    on_admin,
+    run_dict,
+    time_text,
+    value_json,
+)
+from perdure.records import Attempt, JournalEntry, RunStatus
+
+runs_cli = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
+
+
+@runs_cli.command("list")
+def runs_list(
+    status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only runs of this task.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 50,
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List runs, newest first."""
+    found = on_admin(
+        app, database, blobs, lambda admin: admin.list_runs(status=status, task=task, limit=limit)
+    )
+    if as_json:
+        print(json.dumps([run_dict(r) for r in found]))
+        return
+    table = Table("id", "task", "status", "attempt", "created", "finished", "note")
+    for r in found:
+        table.add_row(
+            r.id,
+            r.task,
+            str(r.status),
+            str(r.attempt),
+            time_text(r.created_at),
+            time_text(r.finished_at),
+            r.note or "",
+        )
+    console.print(table)
+
+
+def _entry_dict(entry: JournalEntry, attempts: list[Attempt]) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "kind": str(entry.kind),
+        "name": entry.name,
+        "status": str(entry.status),
+        "started_at": entry.started_at,
+        "finished_at": entry.finished_at,
+        "duration_ms": round((entry.finished_at - entry.started_at) * 1000, 3),
+        "attempts": len(attempts),
+        "raw_size": entry.value.raw_size if entry.value else 0,
+        "stored_size": entry.value.stored_size if entry.value else 0,
+        "in_blob_store": bool(entry.value and entry.value.blob_key),
+        "error": None if entry.error is None else msgspec.to_builtins(entry.error),
+    }
+
+
+def _attempt_dict(a: Attempt) -> dict[str, Any]:
+    return {**dataclasses.asdict(a), "error": msgspec.to_builtins(a.error)}
+
+
+@runs_cli.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+    limit: Annotated[
+        int,
+        typer.Option(min=0, help="Journal entries in the table: the first and last half (0: all)."),
+    ] = 200,
+) -> None:
+    """Show a run: its steps with timing, attempts, errors with tracebacks, stored sizes."""
+
+    details = on_admin(app, database, blobs, lambda admin: admin.run_details(run_id))
+    run, journal, attempts, unreadable = (
+        details.run,
+        details.journal,
+        details.attempts,
+        details.unreadable,
+    )
+    by_seq: dict[int, list[Attempt]] = {}
+    for attempt in attempts:
+        by_seq.setdefault(attempt.seq, []).append(attempt)
+    entries = [_entry_dict(e, by_seq.get(e.seq, [])) for e in journal]
+    stored = sum(e["stored_size"] for e in entries) + (run.result.stored_size if run.result else 0)
+    if as_json:
+        out = run_dict(run, values=unreadable is None)
+        out["stored_size"] = stored
+        out["journal"] = entries
+        out["attempts"] = [_attempt_dict(a) for a in attempts]
+        if unreadable is not None:
+            out["unreadable"] = f"{type(unreadable).__name__}: {unreadable}"
+        print(json.dumps(out))
+        return
+    console.print(f"[bold]run {run.id}[/bold]  task {run.task}  [bold]{run.status}[/bold]")
+    console.print(
+        f"stored {stored:,} bytes  attempt {run.attempt}  created {time_text(run.created_at)}  "
+        f"started {time_text(run.started_at)}  finished {time_text(run.finished_at)}"
+    )
+    if run.note:
+        console.print(f"[yellow]note:[/yellow] {run.note}")
+    if unreadable is not None:
+        console.print(
+            f"[yellow]values unreadable here:[/yellow] {type(unreadable).__name__}: {unreadable}",
+            markup=True,
+            highlight=False,
+        )
+    table = Table("seq", "kind", "name", "status", "start", "ms", "attempts", "stored bytes")
+    shown = entries
+    if limit and len(entries) > limit:
+        shown = entries[: limit // 2] + entries[len(entries) - (limit - limit // 2) :]
+    for index, e in enumerate(shown):
+        if shown is not entries and index == limit // 2:
+            table.add_row("…", f"{len(entries) - limit:,} more (--limit 0 shows all)", *[""] * 6)
+        size = f"{e['stored_size']}" + (" (blob)" if e["in_blob_store"] else "")
+        table.add_row(
+            str(e["seq"]),
+            e["kind"],
+            e["name"],
+            e["status"],
+            time_text(e["started_at"]),
+            f"{e['duration_ms']:.1f}",
+            str(e["attempts"]),
+            size,
+        )
+    console.print(table)
+    failed = [a for a in attempts if a.error is not None]
+    if limit and len(failed) > limit:
+        console.print(f"{len(failed) - limit:,} earlier failed attempt(s) not shown")
+        failed = failed[-limit:]
+    for a in failed:
+        where = f"step #{a.seq}" if a.seq else "task"
+        assert a.error is not None
+        console.print(
+            f"[red]{where} attempt {a.attempt} (run attempt {a.run_attempt}) at "
+            f"{time_text(a.started_at)}: {a.error.type}: {a.error.message}[/red]"
+        )
+        console.print(a.error.traceback.rstrip(), markup=False, highlight=False)
+    if run.result is not None and unreadable is None:
+        console.print("result:")
+        console.print_json(data=value_json(decoded(run.result.data, run.result.codec)))
+
+
+@runs_cli.command("cancel")
+def runs_cancel(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a run (at once if queued or sleeping; a running run stops at its next await)."""
+    status = on_admin(app, database, blobs, lambda admin: admin.cancel_run(run_id))
+    if as_json:
+        print(json.dumps({"id": run_id, "status": str(status)}))
+    else:
+        console.print(f"run {run_id}: {status}")
+
+
+@runs_cli.command("purge")
+def runs_purge(
+    older_than: Annotated[
+        str, typer.Option(help="Runs that ended more than this long ago: 30d, 12h, 90m, 2w.")
+    ],
+    status: Annotated[
+        list[RunStatus] | None,
+        typer.Option(help="Only runs in this status (repeatable; default: every ended one)."),
+    ] = None,
+    grace: Annotated[
+        str, typer.Option(help="Keep unreferenced blobs written more recently than this.")
+    ] = "1h",
+    dry_run: Annotated[bool, typer.Option(help="Only count the runs it would delete.")] = False,
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete old runs with their journals, then the blobs no run references any more (safe
+    while workers run)."""
+    try:
+        age, grace_s = parse_age(older_than), parse_age(grace)
+        if grace_s < MIN_GRACE:
+            raise ValueError(f"grace must be at least {MIN_GRACE / 60:.0f}m")
+        statuses = status or [s for s in RunStatus if s.terminal]
+        if any(not s.terminal for s in statuses):
+            raise ValueError(
+                "only ended runs (completed, failed, cancelled, expired) can be purged"
+            )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    app_name = None if app is None else load_app(app).name
+
+    def show(report: PurgeReport) -> None:
+        if not as_json and console.is_terminal:
+            console.print(f"  {report.runs} run(s), {report.blobs} blob(s) deleted", end="\r")
+
+    report = on_admin(
+        app,
+        database,
+        blobs,
+        lambda admin: admin.purge(
+            older_than=age,
+            statuses=statuses,
+            app=app_name,
+            grace=grace_s,
+            dry_run=dry_run,
+            progress=show,
+        ),
+    )
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "runs": report.runs,
+                    "blobs": report.blobs,
+                    "partial_writes": report.partial,
+                }
+            )
+        )
+    elif dry_run:
+        console.print(f"would delete {report.runs} run(s)")
+    else:
+        console.print(
+            f"deleted {report.runs} run(s) and {report.blobs} unreferenced blob(s)"
+            + (f", and {report.partial} partial blob write(s)" if report.partial else "")
+        )
