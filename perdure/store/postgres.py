@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
-from perdure.errors import SchemaOutdated, SchemaTooNew
+from perdure.errors import SchemaOutdated
 from perdure.store.connector import Batch, OperationFactory, Query, Result, T
 from perdure.store.notify import ChangeNotifier
 from perdure.store.pg_connections import (
@@ -36,7 +36,7 @@ from perdure.store.pg_connections import (
     translate,
 )
 from perdure.store.pg_fast import PostgresFastPaths
-from perdure.store.queries import load_migrations, load_queries
+from perdure.store.queries import load_migrations, load_queries, pending_migrations
 from perdure.store.sql import SQLStore
 from perdure.values import DEFAULT_INLINE_LIMIT
 
@@ -154,12 +154,7 @@ class PostgresConnector(PostgresConnections):
         return int(row["v"] or 0) if row else 0
 
     def _pending(self, version: int, target: int | None = None) -> list[tuple[int, str, str]]:
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"database {self.where} has schema version {version}, but this perdure "
-                f"knows versions up to {SCHEMA_VERSION}; upgrade perdure"
-            )
-        return [m for m in MIGRATIONS if version < m[0] <= (target or SCHEMA_VERSION)]
+        return pending_migrations(MIGRATIONS, version, target, self.where)
 
     async def migrate(self, *, dry_run: bool = False, target: int | None = None) -> list[str]:
         try:

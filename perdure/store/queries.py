@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+from perdure.errors import SchemaTooNew
+
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -26,3 +28,17 @@ def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
             found.append((version, item.name.removesuffix(".sql"), item.read_text()))
     found.sort()
     return found
+
+
+def pending_migrations(
+    migrations: list[tuple[int, str, str]], version: int, target: int | None, where: str
+) -> list[tuple[int, str, str]]:
+    """The migrations a database at schema `version` needs to reach `target` (default: the
+    latest); SchemaTooNew when the database is ahead of this perdure."""
+    latest = migrations[-1][0]
+    if version > latest:
+        raise SchemaTooNew(
+            f"database {where} has schema version {version}, but this perdure knows versions "
+            f"up to {latest}; upgrade perdure"
+        )
+    return [m for m in migrations if version < m[0] <= (target or latest)]

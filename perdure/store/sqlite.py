@@ -9,22 +9,24 @@ file on the event loop. Other processes on the same file are noticed through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Collection
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
-from perdure.errors import SchemaOutdated, SchemaTooNew, StoreUnavailable
+from perdure.errors import SchemaOutdated, StoreUnavailable
 from perdure.store.connector import Batch, Operation, OperationFactory, Query, Result, T
 from perdure.store.group_commit import GroupCommitWriter
 from perdure.store.notify import ChangeNotifier
-from perdure.store.queries import load_migrations, load_queries
+from perdure.store.queries import load_migrations, load_queries, pending_migrations
 from perdure.store.sql import SQLStore
 from perdure.values import DEFAULT_INLINE_LIMIT
 
@@ -33,7 +35,63 @@ log = logging.getLogger("perdure.store")
 SQL = load_queries("sqlite")
 MIGRATIONS = load_migrations("sqlite")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-_READERS = 4  # reader threads (each with its own connection)
+_READERS = 2  # reader threads (each with its own connection and page cache)
+
+
+class ReaderThreads:
+    """A few threads that run reads off the event loop, each on a connection of its own (a
+    read never waits for the writer: WAL)."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], count: int) -> None:
+        self._connect = connect
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._main, name=f"perdure-read-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """`fn(connection)` on a reader thread; its outcome on the calling loop."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, fut, loop))
+        return fut
+
+    def stop(self) -> None:
+        """End the threads (after the reads queued before) and close their connections."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _main(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while (item := self._queue.get()) is not None:
+                fn, fut, loop = item
+                outcome: tuple[asyncio.Future[Any], Any, BaseException | None]
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                    outcome = (fut, fn(conn), None)
+                except BaseException as exc:  # the caller gets it
+                    outcome = (fut, None, exc)
+                with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, *outcome)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the caller stopped waiting
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
 
 
 class SQLiteConnector:
@@ -50,9 +108,7 @@ class SQLiteConnector:
         self.auto_migrate = auto_migrate
         self.poll_interval = poll_interval
         self.notifier = ChangeNotifier()
-        self._local = threading.local()
-        self._readers: ThreadPoolExecutor | None = None
-        self._reader_conns: list[sqlite3.Connection] = []
+        self._readers: ReaderThreads | None = None
         self.writer: GroupCommitWriter | None = None
         self._open_lock = threading.Lock()
 
@@ -103,13 +159,7 @@ class SQLiteConnector:
             result: T = stop.value
             return result
 
-    def _read_here(self, make: OperationFactory[T]) -> T:
-        """On a reader thread: its connection, opened on first use."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-            with self._open_lock:
-                self._reader_conns.append(conn)
+    def _read(self, conn: sqlite3.Connection, make: OperationFactory[T]) -> T:
         try:
             return self._run(conn, make())
         except sqlite3.DatabaseError as exc:
@@ -119,9 +169,7 @@ class SQLiteConnector:
         if self.writer is None:
             await self.open()
         assert self._readers is not None
-        return await asyncio.get_running_loop().run_in_executor(
-            self._readers, self._read_here, make
-        )
+        return await self._readers.submit(lambda conn: self._read(conn, make))
 
     async def write(
         self,
@@ -161,12 +209,7 @@ class SQLiteConnector:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
     def _pending(self, version: int, target: int | None = None) -> list[tuple[int, str, str]]:
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"database {self.path} has schema version {version}, but this perdure knows "
-                f"versions up to {SCHEMA_VERSION}; upgrade perdure"
-            )
-        return [m for m in MIGRATIONS if version < m[0] <= (target or SCHEMA_VERSION)]
+        return pending_migrations(MIGRATIONS, version, target, self.where)
 
     def _apply(
         self, conn: sqlite3.Connection, dry_run: bool, target: int | None = None
@@ -215,8 +258,7 @@ class SQLiteConnector:
                 path=self.path,
             )
             writer.start()
-            self._local = threading.local()
-            self._readers = ThreadPoolExecutor(_READERS, thread_name_prefix="perdure-read")
+            self._readers = ReaderThreads(self._connect, _READERS)
             self.writer = writer
 
     async def open(self) -> None:
@@ -227,13 +269,10 @@ class SQLiteConnector:
         with self._open_lock:
             writer, self.writer = self.writer, None
             readers, self._readers = self._readers, None
-            conns, self._reader_conns = self._reader_conns, []
         if writer is not None:
             writer.stop()
         if readers is not None:
-            readers.shutdown(wait=True)
-        for conn in conns:
-            conn.close()
+            readers.stop()
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close)
