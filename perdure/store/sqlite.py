@@ -35,6 +35,8 @@ log = logging.getLogger("perdure.store")
 SQL = load_queries("sqlite")
 MIGRATIONS = load_migrations("sqlite")
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+_LISTS = ("ids", "tasks", "keys", "statuses", "keep")
+"""The parameters that take a list (read with json_each): passed as JSON text."""
 _READERS = 2  # reader threads (each with its own connection and page cache)
 
 
@@ -68,6 +70,9 @@ class ReaderThreads:
 
     def _main(self) -> None:
         conn: sqlite3.Connection | None = None
+        with contextlib.suppress(StoreUnavailable, sqlite3.Error):
+            conn = self._connect()  # now, with the schema read: the first read is not slower
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         try:
             while (item := self._queue.get()) is not None:
                 fn, fut, loop = item
@@ -145,15 +150,16 @@ class SQLiteConnector:
                 queries: tuple[Query, ...] = step if batch else (step,)  # type: ignore[assignment]
                 for query in queries:
                     params = query.params
-                    for value in params.values():
-                        if value.__class__ is list:  # json_each takes a list as JSON text
+                    for name in _LISTS:
+                        if name in params:  # json_each takes a list as JSON text
                             params = {
                                 k: json.dumps(v) if v.__class__ is list else v
                                 for k, v in params.items()
                             }
                             break
                     cur = execute(SQL[query.name], params)
-                    results.append(Result(cur.fetchall(), cur.rowcount))
+                    rows = cur.fetchall() if cur.description is not None else []
+                    results.append(Result(rows, cur.rowcount))
                 step = operation.send(results if batch else results[0])
         except StopIteration as stop:
             result: T = stop.value

@@ -26,7 +26,7 @@ from perdure.errors import (
 )
 from perdure.ids import new_id
 from perdure.records import NewRun, RunStatus, Value
-from perdure.store.group_commit import QUICK_COMMIT
+from perdure.store import group_commit
 from perdure.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 from ..conftest import ROOT, running_worker, wait_until
@@ -285,25 +285,27 @@ async def test_a_deleted_database_file_is_noticed(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_the_loop_commits_a_lone_write_only_while_the_disk_is_quick(tmp_path: Path) -> None:
+async def test_the_loop_commits_a_lone_write_only_while_the_disk_is_quick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A lone write is committed by its own event loop while commits are quick; after a slow
-    one (over QUICK_COMMIT), durable writes go to the writer thread, so a loop never waits
-    long on the disk, until a commit there is quick again."""
+    one (its COMMIT over QUICK_COMMIT: here the bar is raised over any real fsync), durable
+    writes go to the writer thread, so a loop never waits long on the disk, until a commit
+    there is quick again."""
     store = _store(tmp_path)
     await store.open()
     where: list[str] = []
 
-    def write(pause: float) -> Callable[[sqlite3.Connection], None]:
-        def fn(conn: sqlite3.Connection) -> None:
-            where.append(threading.current_thread().name)
-            time.sleep(pause)
-
-        return fn
+    def write(conn: sqlite3.Connection) -> None:
+        where.append(threading.current_thread().name)
 
     loop_thread = threading.current_thread().name
-    await _submit(store, write(0))  # quick: the loop commits it
-    await _submit(store, write(10 * QUICK_COMMIT))  # on the loop, and slow
-    await _submit(store, write(0))  # the disk looked slow: the writer thread commits it
-    await _submit(store, write(0))  # quick there: the loop again
-    assert where == [loop_thread, loop_thread, "perdure-writer", loop_thread]
+    await _submit(store, write)  # quick: the loop commits it
+    monkeypatch.setattr(group_commit, "QUICK_COMMIT", 0.0)  # every fsync now counts as slow
+    await _submit(store, write)  # on the loop, and slow
+    await _submit(store, write)  # the disk looked slow: the writer thread commits it
+    monkeypatch.setattr(group_commit, "QUICK_COMMIT", 60.0)
+    await _submit(store, write)  # still the thread (the last commit was slow), and quick
+    await _submit(store, write)  # quick: the loop again
+    assert where == [loop_thread, loop_thread, "perdure-writer", "perdure-writer", loop_thread]
     await store.close()
