@@ -47,6 +47,24 @@ _MAX_BATCH = 512
 QUICK_COMMIT = 0.002
 """Seconds under which durable COMMITs (their fsync) count as quick, on average: the loop may
 commit a lone write itself while they do (see the module's docstring)."""
+
+
+class Timing:
+    """Whether some work is quick enough for an event loop to do itself: a moving average of
+    how long it takes (one spike does not count), against a bar."""
+
+    def __init__(self) -> None:
+        self.average = 0.0
+        """Seconds, a moving average."""
+        self.quick = True
+        """The average is under the bar of the last observation."""
+
+    def observe(self, seconds: float, bar: float) -> None:
+        """One more measure of the work."""
+        self.average += 0.1 * (seconds - self.average)
+        self.quick = self.average < bar
+
+
 _STOP = object()
 
 
@@ -88,10 +106,9 @@ class GroupCommitWriter:
         self._error: BaseException | None = None
         self._synchronous = "FULL"
         self._data_version = 0
-        self._fsync_time = 0.0
-        """A moving average of lone durable writes' COMMIT durations (their fsync), seconds."""
-        self._disk_quick = True
-        """That average is under QUICK_COMMIT: the loop may commit a lone write itself."""
+        self._lone_commits = Timing()
+        """How long a lone durable write's COMMIT (its fsync) takes: the loop may commit a lone
+        write itself while it is quick."""
         self._last_transient: sqlite3.Error | None = None
         """Why the last commit attempt that could not commit for now failed."""
         self.batches = 0
@@ -143,7 +160,7 @@ class GroupCommitWriter:
         writes = self._pending.pop(loop, [])
         if (
             len(writes) == 1
-            and (self._disk_quick or not writes[0].durable)  # no fsync: nothing to wait on
+            and (self._lone_commits.quick or not writes[0].durable)  # no fsync: no wait
             and self._queue.empty()
             and self._lock.acquire(blocking=False)
         ):
@@ -376,8 +393,7 @@ class GroupCommitWriter:
                 started = time.monotonic()
                 conn.execute("COMMIT")
                 if durable and len(batch) == 1:  # what a lone write costs a loop, on average
-                    self._fsync_time += 0.1 * (time.monotonic() - started - self._fsync_time)
-                    self._disk_quick = self._fsync_time < QUICK_COMMIT
+                    self._lone_commits.observe(time.monotonic() - started, QUICK_COMMIT)
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:

@@ -27,6 +27,8 @@ from perdure.errors import (
 from perdure.ids import new_id
 from perdure.records import NewRun, RunStatus, Value
 from perdure.store import group_commit
+from perdure.store import sqlite as sqlite_store
+from perdure.store.connector import Operation, Query
 from perdure.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 from ..conftest import ROOT, running_worker, wait_until
@@ -308,4 +310,32 @@ async def test_the_loop_commits_a_lone_write_only_while_the_disk_is_quick(
     await _submit(store, write)  # still the thread (the last commit was slow), and quick
     await _submit(store, write)  # quick: the loop again
     assert where == [loop_thread, loop_thread, "perdure-writer", "perdure-writer", loop_thread]
+    await store.close()
+
+
+async def test_the_loop_reads_itself_only_while_reads_are_quick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quick reads run on the calling loop; once reads are slow on average (the bar raised
+    over any real read here), they go to the reader threads until they are quick again."""
+    store = _store(tmp_path)
+    await store.open()
+    run_id, _ = await store.create_run(_run())
+    where: list[str] = []
+
+    def read() -> Operation[None]:
+        where.append(threading.current_thread().name)
+        yield Query("get_run", {"id": run_id})
+
+    loop_thread = threading.current_thread().name
+    await store.db.read(read, "test")  # quick: on the loop
+    monkeypatch.setattr(sqlite_store, "QUICK_READ", 0.0)  # every read now counts as slow
+    await store.db.read(read, "test")  # on the loop, and slow
+    await store.db.read(read, "test")  # reads looked slow: a reader thread
+    monkeypatch.setattr(sqlite_store, "QUICK_READ", 60.0)
+    await store.db.read(read, "test")  # still a reader thread (the last was slow), quick
+    await store.db.read(read, "test")  # quick: the loop again
+    assert where[0] == where[1] == where[4] == loop_thread
+    assert where[2].startswith("perdure-read")
+    assert where[3].startswith("perdure-read")
     await store.close()
