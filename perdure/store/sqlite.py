@@ -86,10 +86,7 @@ class ReaderThreads:
             thread.join()
 
     def _main(self) -> None:
-        conn: sqlite3.Connection | None = None
-        with contextlib.suppress(StoreUnavailable, sqlite3.Error):
-            conn = self._connect()  # now, with the schema read: the first read is not slower
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        conn: sqlite3.Connection | None = None  # opened on first use: quick reads need none
         try:
             while (item := self._queue.get()) is not None:
                 fn, fut, loop = item
