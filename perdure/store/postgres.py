@@ -99,6 +99,9 @@ class PostgresConnector(PostgresConnections):
             step = next(operation)
             while True:
                 queries = step if isinstance(step, Batch) else (step,)
+                if not queries:  # an empty batch: nothing to send
+                    step = operation.send([])
+                    continue
                 if pipeline is not None:
                     cursors = [await conn.execute(SQL[q.name], q.params) for q in queries]
                     await pipeline.sync()

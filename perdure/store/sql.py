@@ -260,6 +260,8 @@ class SQLStore(RowMapping):
     ) -> Operation[None]:
         """Insert journal entries and attempts. A position already recorded is fine if it holds
         exactly this entry (a write retried after its answer was lost), else CorruptJournal."""
+        if not entries and not attempts:
+            return  # nothing to send (on PostgreSQL, not even a round trip)
         inserted: list[Result] = yield Batch(
             [
                 *(Query("insert_entry", params) for params in entries),

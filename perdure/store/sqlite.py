@@ -25,7 +25,7 @@ from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
 from perdure.errors import SchemaOutdated, StoreUnavailable
 from perdure.store.connector import Batch, Operation, OperationFactory, Query, Result, T
-from perdure.store.group_commit import GroupCommitWriter, Timing
+from perdure.store.group_commit import GroupCommitWriter, Timing, transient
 from perdure.store.notify import ChangeNotifier
 from perdure.store.queries import load_migrations, load_queries, pending_migrations
 from perdure.store.sql import SQLStore
@@ -254,11 +254,11 @@ class SQLiteConnector:
             raise
         return [name for _v, name, _sql in pending]
 
-    def _open(self) -> None:
-        with self._open_lock:
-            if self.writer is not None:
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _prepare(self) -> None:
+        """WAL mode and the schema, waiting out another process doing the same: two processes
+        switching a new file to WAL at once can be told "locked" at once, busy timeout or not."""
+        deadline = time.monotonic() + 30.0
+        while True:
             conn = self._connect()
             try:
                 self._use_wal(conn)
@@ -272,10 +272,21 @@ class SQLiteConnector:
                     applied = self._apply(conn, dry_run=False)
                     if applied:
                         log.info("migrated %s: %s", self.path, ", ".join(applied))
+                return
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+                if not transient(exc) or time.monotonic() > deadline:
+                    message = f"cannot open SQLite database {self.path}: {exc}"
+                    raise StoreUnavailable(message) from exc
             finally:
                 conn.close()
+            time.sleep(0.05)
+
+    def _open(self) -> None:
+        with self._open_lock:
+            if self.writer is not None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._prepare()
             writer = GroupCommitWriter(
                 self._connect,
                 on_commit=self.notifier.notify,

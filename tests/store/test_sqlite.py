@@ -339,3 +339,33 @@ async def test_the_loop_reads_itself_only_while_reads_are_quick(
     assert where[2].startswith("perdure-read")
     assert where[3].startswith("perdure-read")
     await store.close()
+
+
+def test_processes_opening_a_new_file_at_once_all_open(tmp_path: Path) -> None:
+    """Processes that open a new database file at the same moment (each switching it to WAL
+    and migrating it: a worker and a trigger started together) wait each other out instead of
+    failing with "database is locked"."""
+    script = (
+        "import asyncio, sys\n"
+        "from perdure.blobs import LocalBlobStore\n"
+        "from perdure.store.sqlite import SQLiteStore\n"
+        "async def main():\n"
+        "    store = SQLiteStore(sys.argv[1], blobs=LocalBlobStore(sys.argv[2]))\n"
+        "    await store.open()\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+    )
+    for attempt in range(4):
+        database = tmp_path / f"new-{attempt}.db"
+        opening = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(database), str(tmp_path / "blobs")],
+                cwd=ROOT,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        for proc in opening:
+            _, stderr = proc.communicate(timeout=60)
+            assert proc.returncode == 0, stderr
