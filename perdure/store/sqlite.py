@@ -25,7 +25,7 @@ from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
 from perdure.errors import SchemaOutdated, StoreUnavailable
 from perdure.store.connector import Batch, Operation, OperationFactory, Query, Result, T
-from perdure.store.group_commit import GroupCommitWriter, Timing, transient
+from perdure.store.group_commit import GroupCommitWriter, Timing
 from perdure.store.notify import ChangeNotifier
 from perdure.store.queries import load_migrations, load_queries, pending_migrations
 from perdure.store.sql import SQLStore
@@ -254,39 +254,46 @@ class SQLiteConnector:
             raise
         return [name for _v, name, _sql in pending]
 
-    def _prepare(self) -> None:
-        """WAL mode and the schema, waiting out another process doing the same: two processes
-        switching a new file to WAL at once can be told "locked" at once, busy timeout or not."""
+    def _schema_work(self, work: Callable[[sqlite3.Connection], T], what: str) -> T:
+        """`work` on a connection of its own in WAL mode, waiting out another process doing the
+        same: two processes switching a new file to WAL at once can be told "locked" at once,
+        busy timeout or not (a worker and a trigger started together)."""
         deadline = time.monotonic() + 30.0
         while True:
             conn = self._connect()
             try:
                 self._use_wal(conn)
-                pending = self._pending(self._version(conn))
-                if pending and not self.auto_migrate:
-                    raise SchemaOutdated(
-                        f"database {self.path} is at schema version {self._version(conn)}, "
-                        f"this perdure needs {SCHEMA_VERSION}; run `perdure migrate`"
-                    )
-                if pending:
-                    applied = self._apply(conn, dry_run=False)
-                    if applied:
-                        log.info("migrated %s: %s", self.path, ", ".join(applied))
-                return
+                return work(conn)
             except sqlite3.Error as exc:
-                if not transient(exc) or time.monotonic() > deadline:
-                    message = f"cannot open SQLite database {self.path}: {exc}"
-                    raise StoreUnavailable(message) from exc
+                code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+                locked = code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not locked or time.monotonic() > deadline:  # a wrong path fails at once
+                    raise StoreUnavailable(
+                        f"cannot {what} SQLite database {self.path}: {exc}"
+                    ) from exc
             finally:
                 conn.close()
             time.sleep(0.05)
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """The schema this perdure needs (migrated, or SchemaOutdated without auto_migrate)."""
+        pending = self._pending(self._version(conn))
+        if pending and not self.auto_migrate:
+            raise SchemaOutdated(
+                f"database {self.path} is at schema version {self._version(conn)}, "
+                f"this perdure needs {SCHEMA_VERSION}; run `perdure migrate`"
+            )
+        if pending:
+            applied = self._apply(conn, dry_run=False)
+            if applied:
+                log.info("migrated %s: %s", self.path, ", ".join(applied))
 
     def _open(self) -> None:
         with self._open_lock:
             if self.writer is not None:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._prepare()
+            self._schema_work(self._prepare, "open")
             writer = GroupCommitWriter(
                 self._connect,
                 on_commit=self.notifier.notify,
@@ -329,15 +336,7 @@ class SQLiteConnector:
     async def migrate(self, *, dry_run: bool = False, target: int | None = None) -> list[str]:
         def migrate() -> list[str]:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._connect()
-            try:
-                self._use_wal(conn)
-                return self._apply(conn, dry_run, target)
-            except sqlite3.Error as exc:
-                message = f"cannot migrate SQLite database {self.path}: {exc}"
-                raise StoreUnavailable(message) from exc
-            finally:
-                conn.close()
+            return self._schema_work(lambda conn: self._apply(conn, dry_run, target), "migrate")
 
         return await asyncio.to_thread(migrate)
 
