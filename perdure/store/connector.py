@@ -6,9 +6,10 @@ queries it needs and *receives* their results, sans-I/O, as h11 does for HTTP:
     row = (yield Query("check_lease", {"id": run_id})).first
     results = yield Batch([Query("histories", ids), Query("histories_attempts", ids)])
 
-It knows nothing of threads or event loops. A connector runs it: SQLite's synchronously on its
-writer thread (or a reader thread), PostgreSQL's with `await` on a pooled connection, sending a
-Batch's queries together in one round trip. Named SQL stays per dialect in sql/<dialect>/.
+It knows nothing of threads or event loops. A connector runs it: SQLite's synchronously (a
+write in its group commit, on the writer thread or, quick and alone, the calling loop; a read on
+the calling loop or a reader thread), PostgreSQL's with `await` on a pooled connection, sending
+a Batch's queries together in one round trip. Named SQL stays per dialect in sql/<dialect>/.
 Where the dialects differ, the connector says so by a capability or a method of its own (how to
 pass a list, how a worker's session proves it alive, how to vacuum), never by a branch in an
 operation.
