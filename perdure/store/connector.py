@@ -66,18 +66,10 @@ OperationFactory = Callable[[], Operation[T]]
 (a deadlock victim, a batch rolled back because the file was busy)."""
 
 
-def drive(operation: Operation[T], execute: Callable[[Query], Result]) -> T:
-    """Run `operation` synchronously, each query through `execute`."""
-    try:
-        step = next(operation)
-        while True:
-            if step.__class__ is Batch:
-                step = operation.send([execute(query) for query in step])
-            else:
-                step = operation.send(execute(step))  # type: ignore[arg-type]
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
+def rows_of(query: Query) -> Operation[list[Row]]:
+    """The operation of one read query: its rows."""
+    result: Result = yield query
+    return result.rows
 
 
 class Connector(Protocol):

@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
 from perdure.errors import SchemaOutdated
-from perdure.store.connector import Batch, OperationFactory, Query, Result, T
+from perdure.store.connector import Batch, OperationFactory, Query, Result, Row, T, rows_of
 from perdure.store.notify import ChangeNotifier
 from perdure.store.pg_connections import (
     LOCK_CLASS,
@@ -238,12 +238,11 @@ class PostgresConnector(PostgresConnections):
         if received - sent <= _CLOCK_READ_QUICK or not low <= self._clock_offset <= high:
             self._clock_offset = (low + high) / 2
 
-    async def _server_row(self, query: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _server_row(self, query: str, params: dict[str, Any]) -> Row:
         """The one row of a query that reads the server's clock (server_now), observed."""
         sent = time.time()
-        rows = await self.read(lambda: _rows(Query(query, params)), query)
-        self.observe_clock(sent, rows[0]["server_now"])
-        row: dict[str, Any] = rows[0]
+        (row,) = await self.read(lambda: rows_of(Query(query, params)), query)
+        self.observe_clock(sent, row["server_now"])
         return row
 
     async def _read_clock(self) -> None:
@@ -272,12 +271,6 @@ class PostgresConnector(PostgresConnections):
         if row["uptime"] < SESSION_GRACE:
             return []  # the server restarted: give every worker time to lock again
         return [w for w in worker_ids if session_key(w) not in held]
-
-
-def _rows(query: Query) -> Any:
-    """The operation of one read query: its rows."""
-    result: Result = yield query
-    return result.rows
 
 
 class PostgresStore(SQLStore):

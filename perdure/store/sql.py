@@ -31,7 +31,7 @@ from perdure.records import (
 )
 from perdure.store.admission import CANDIDATE_SCAN, Turns, admit, limits_apply, rate_window
 from perdure.store.base import ChangeToken, trigger_timeout
-from perdure.store.connector import Batch, Connector, Operation, Query, Result, Row
+from perdure.store.connector import Batch, Connector, Operation, Query, Result, Row, rows_of
 from perdure.store.notify import CANCEL, CLAIMABLE, run_topic
 from perdure.store.rows import (
     UNKNOWN,
@@ -93,12 +93,7 @@ class SQLStore(RowMapping):
 
     async def _one(self, query: str, params: dict[str, Any], what: str) -> list[Row]:
         """The rows of one read query."""
-
-        def read() -> Operation[list[Row]]:
-            result: Result = yield Query(query, params)
-            return result.rows
-
-        return await self.db.read(read, what)
+        return await self.db.read(lambda: rows_of(Query(query, params)), what)
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -260,8 +255,6 @@ class SQLStore(RowMapping):
     ) -> Operation[None]:
         """Insert journal entries and attempts. A position already recorded is fine if it holds
         exactly this entry (a write retried after its answer was lost), else CorruptJournal."""
-        if not entries and not attempts:
-            return  # nothing to send (on PostgreSQL, not even a round trip)
         inserted: list[Result] = yield Batch(
             [
                 *(Query("insert_entry", params) for params in entries),

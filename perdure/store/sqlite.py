@@ -157,7 +157,7 @@ class SQLiteConnector:
 
     @staticmethod
     def _run(conn: sqlite3.Connection, operation: Operation[T]) -> T:
-        """Run `operation` on `conn` (drive, specialised: this is every write's path)."""
+        """Run `operation` on `conn`, each step's queries one after the other."""
         execute = conn.execute
         try:
             step = next(operation)
