@@ -93,6 +93,43 @@ async def test_one_failing_write_does_not_undo_its_batch(tmp_path: Path) -> None
     await store.close()
 
 
+async def test_a_write_failing_halfway_in_a_batch_leaves_nothing_and_the_rest_commits(
+    tmp_path: Path,
+) -> None:
+    """A batch runs without savepoints first; a write that fails after writing (an operation
+    raising after its first query) sends the batch round again, isolated: none of its rows
+    stay, every other write of the batch, before or after it, commits once."""
+    store = _store(tmp_path)
+    await store.open()
+
+    def insert(run_id: str, *, fail: bool = False) -> Callable[[sqlite3.Connection], str]:
+        def write(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO runs (id, app, task, queue, status, args_codec, created_at, "
+                "updated_at) VALUES (?, 'a', 't', 'default', 'queued', 'msgpack', 0, 0)",
+                (run_id,),
+            )
+            if fail:
+                raise ValueError("changed its mind")
+            return run_id
+
+        return write
+
+    ids = [new_id() for _ in range(21)]
+    results = await asyncio.gather(
+        *(_submit(store, insert(run_id, fail=i == 10)) for i, run_id in enumerate(ids)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[10], ValueError)
+    assert results[:10] + results[11:] == ids[:10] + ids[11:]
+    writer = store.db.writer
+    assert writer is not None
+    assert writer.batches == 1  # one batch: the failure was inside it
+    stored = {run.id for run in await store.list_runs(limit=100)}
+    assert stored == set(ids) - {ids[10]}
+    await store.close()
+
+
 async def test_schema_versions(tmp_path: Path) -> None:
     store = _store(tmp_path)
     assert await store.migrate(dry_run=True) == [
