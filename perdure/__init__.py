@@ -13,12 +13,23 @@ from perdure.errors import (
     PerdureError,
     RetryAfter,
 )
-from perdure.records import RunStatus
+from perdure.handle import RunHandle
+from perdure.records import RunStatus, Token
 from perdure.retry import Retry
 from perdure.secrets import Secret, secret
 from perdure.step import Step, step_key
-from perdure.task import RunHandle, Task
-from perdure.waits import now, random, sleep, uuid4
+from perdure.task import Task
+from perdure.waits import (
+    create_token,
+    now,
+    random,
+    receive,
+    sleep,
+    sleep_until,
+    uuid4,
+    wait_for_event,
+    wait_for_token,
+)
 
 __version__ = "0.1.0"
 
@@ -35,11 +46,17 @@ __all__ = [
     "Secret",
     "Step",
     "Task",
+    "Token",
+    "create_token",
     "errors",
     "now",
     "random",
+    "receive",
     "secret",
     "sleep",
+    "sleep_until",
     "step_key",
     "uuid4",
+    "wait_for_event",
+    "wait_for_token",
 ]

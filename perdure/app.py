@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from perdure.admin import Admin
@@ -12,12 +12,14 @@ from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL, WorkerConfig,
 from perdure.crypto import Keyring
 from perdure.errors import ConfigurationError, RunNotFound, TaskNotFound
 from perdure.executor import Executor
-from perdure.records import STRATEGIES, QueueConfig
+from perdure.handle import RunHandle
+from perdure.records import STRATEGIES, QueueConfig, Sent, Token, TokenRecord
 from perdure.retry import Retry
+from perdure.signals import Signals
 from perdure.step import Step
 from perdure.store import open_store
 from perdure.store.base import Store
-from perdure.task import RunHandle, Task
+from perdure.task import Task
 from perdure.values import DEFAULT_INLINE_LIMIT, RecentResults
 from perdure.worker import Worker
 
@@ -80,6 +82,8 @@ class App:
         self.results = RecentResults()
         """Results of the runs this process's workers completed lately: a handle waiting for
         one in the same process needs no read."""
+        self.signals = Signals(self)
+        """Token completions, events and messages sent to runs."""
         self._store: Store | None = None
 
     def __repr__(self) -> str:
@@ -127,6 +131,7 @@ class App:
         timeout: float | None = None,
         serializer: str = "msgpack",
         max_steps: int | None = None,
+        on_event: str | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -140,13 +145,16 @@ class App:
         timeout: float | None = None,
         serializer: str = "msgpack",
         max_steps: int | None = None,
+        on_event: str | None = None,
     ) -> Any:
         """Register a durable task (sync or async). Options: `retry` (task-level retries from
         the last checkpoint), `queue` (a name; limits via app.queue), `concurrency` (runs of
         this task running at once, over every worker), `timeout` (seconds per attempt),
         `serializer` ("msgpack", or "pickle" to opt in to pickle), `max_steps` (journal
         positions a run may take: steps, sleeps, recorded values, child triggers; a run past
-        it fails with TooManySteps, so a runaway loop cannot grow its journal without end)."""
+        it fails with TooManySteps, so a runaway loop cannot grow its journal without end),
+        `on_event` (an event name: each event sent with that name triggers a run, with the
+        payload as its one argument)."""
         if concurrency is not None and concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
         if max_steps is not None and max_steps < 1:
@@ -169,6 +177,8 @@ class App:
                 serializer=serializer,
                 max_steps=max_steps,
             )
+            if on_event is not None:
+                self.signals.triggered_by(on_event, task)
             self.tasks[task_name] = task
             return task
 
@@ -255,6 +265,40 @@ class App:
                 f"task {name!r} is not registered in app {self.name!r} (known: {known}); "
                 "did you import the module that defines it?"
             ) from None
+
+    # -- tokens and events -------------------------------------------------------------------
+
+    async def create_token(
+        self,
+        *,
+        timeout: float | None = None,
+        tags: Sequence[str] = (),
+        idempotency_key: str | None = None,
+    ) -> Token:
+        """A token made outside any run (inside one, use perdure.create_token): a run waits
+        for it with perdure.wait_for_token(token), a person or a system completes it."""
+        return await self.signals.create_token(
+            timeout=timeout, tags=tags, idempotency_key=idempotency_key
+        )
+
+    async def complete_token(self, token: Token | str, data: Any = None) -> TokenRecord:
+        """Complete a token (a Token or its id) with `data`, waking the runs waiting for it.
+        TokenNotFound; TokenAlreadyCompleted when it was completed (the first completion
+        stands) or timed out before."""
+        token_id = token.id if isinstance(token, Token) else token
+        return await self.signals.complete_token(data, token_id=token_id)
+
+    async def get_token(self, token_id: str) -> TokenRecord:
+        """A token, with its status and completion data; TokenNotFound."""
+        return await self.store.get_token(token_id)
+
+    async def send_event(
+        self, name: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> Sent:
+        """Send an event: it wakes every run waiting for `name` whose match its payload fits
+        (perdure.wait_for_event), and triggers a run of each task declared with
+        on_event=name, once per event (a repeated idempotency key does nothing again)."""
+        return await self.signals.send_event(name, payload, idempotency_key=idempotency_key)
 
     async def handle(self, run_id: str) -> RunHandle[Any]:
         """The handle of an existing run."""

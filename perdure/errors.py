@@ -89,6 +89,19 @@ class RunExpired(PerdureError):
     """The run was not started within its `ttl`; it never ran."""
 
 
+class WaitTimeout(PerdureError):
+    """A durable wait (for a token, an event or a message) reached its timeout. Raised inside
+    the task, where it can be caught; recorded, so a replay raises it again."""
+
+
+class TokenNotFound(PerdureError):
+    """No token with that id (or that name in that run)."""
+
+
+class TokenAlreadyCompleted(PerdureError):
+    """The token was completed already (the first completion stands), or timed out."""
+
+
 class ChildFailed(TaskFailed):
     """A child run did not complete: it failed, was cancelled or expired.
 
@@ -247,13 +260,26 @@ def NonRetryable(exc: BaseException) -> NonRetryableError:
 
 
 class Suspend(BaseException):
-    """Internal: the run waits (sleep, later tokens/events/children) and leaves the worker."""
+    """Internal: the run waits (a sleep, children, a token, an event, a message) and leaves the
+    worker."""
 
-    def __init__(self, wake_at: float | None, *, children: int | None = None) -> None:
+    def __init__(
+        self,
+        wake_at: float | None,
+        *,
+        children: int | None = None,
+        waiting_for: str = "sleep",
+        signalled: bool = False,
+    ) -> None:
         super().__init__(wake_at)
         self.wake_at = wake_at
         self.children = children
         """Waiting for child runs: wake once this many awaited children have ended."""
+        self.waiting_for = "children" if children is not None else waiting_for
+        """What for (RunRecord.waiting_for)."""
+        self.signalled = signalled
+        """Waiting for a signal (a token, an event, a message): one sent while the run was
+        running makes it claimable again at once."""
 
 
 class CancelSignal(BaseException):

@@ -283,6 +283,8 @@ class Executor:
                 status=RunStatus.WAITING,
                 available_at=suspend.wake_at,
                 children_target=suspend.children,
+                waiting_for=suspend.waiting_for,
+                signals=run.signals if suspend.signalled else None,
             )
         except (CancelSignal, asyncio.CancelledError) as exc:
             reason = ctx.control.stop_reason

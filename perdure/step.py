@@ -153,7 +153,7 @@ async def execute_step(
                     extra=_extra(ctx, step.name, attempt, "step_retry"),
                 )
                 if delay >= ctx.config.retry_suspend_after:
-                    raise Suspend(ctx.store.now() + delay) from None
+                    raise Suspend(ctx.store.now() + delay, waiting_for="retry") from None
                 await asyncio.sleep(delay)
                 continue
             journal.failed(seq, EntryKind.STEP, step.name, info, first_started)

@@ -1,12 +1,10 @@
-"""Tasks (durable workflows) and the handles of their runs."""
+"""Tasks (durable workflows): how a run is triggered, from outside a run or from its parent."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import inspect
-import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -19,18 +17,13 @@ from perdure.errors import (
     ConfigurationError,
     InvalidArguments,
     PerdureError,
-    RunCancelled,
-    RunExpired,
-    RunTimeout,
     Suspend,
-    TaskFailed,
 )
 from perdure.executor import TaskDef, check_args, task_return_type
+from perdure.handle import RunHandle, run_sync
 from perdure.ids import new_id
 from perdure.records import EntryKind, ErrorInfo, NewRun, RunRecord, RunStatus, Value
 from perdure.retry import DEFAULT_RETRY, Retry
-from perdure.store.base import ChangeToken
-from perdure.store.notify import run_topic
 
 if TYPE_CHECKING:
     from perdure.app import App
@@ -152,114 +145,6 @@ class ChildOutcome(msgspec.Struct, frozen=True, array_like=True):
     codec: str | None = None
     data: bytes | None = None
     error: ErrorInfo | None = None
-
-
-def run_sync(app: App, coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to completion from synchronous code, on a loop of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_detached(app, coro))
-    coro.close()
-    raise PerdureError(
-        "a *_sync method was called from async code; await the async method instead "
-        "(trigger_sync -> await trigger, result_sync -> await result)"
-    )
-
-
-async def _detached(app: App, coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return await coro
-    finally:
-        await app.store.detach()  # this loop ends with the call
-
-
-class RunHandle(Generic[R]):
-    """A run: its id, and ways to follow it."""
-
-    def __init__(
-        self, app: App, run_id: str, result_type: Any = Any, *, since: ChangeToken | None = None
-    ) -> None:
-        self._app = app
-        self.id = run_id
-        self._result_type = result_type
-        self._since = since  # set by trigger: nothing about the run is known to have changed
-
-    def __repr__(self) -> str:
-        return f"RunHandle({self.id!r})"
-
-    async def status(self) -> RunStatus:
-        """The run's current status."""
-        return (await self._app.store.get_run(self.id)).status
-
-    async def result(self, timeout: float | None = None) -> R:
-        """Wait for the run to finish and return its result.
-
-        Raises TaskFailed (with the error's type, message and traceback), RunCancelled, or
-        RunTimeout when `timeout` seconds pass first.
-        """
-        store = self._app.store
-        deadline = None if timeout is None else time.monotonic() + timeout
-        topics = (run_topic(self.id),)
-        if self._since is not None:
-            # just triggered: no need to read the run before it has changed
-            since, self._since = self._since, None
-            first_wait = 1.0 if timeout is None else min(1.0, timeout)
-            await store.wait_for_change(first_wait, topics=topics, since=since)
-        while True:
-            token = store.change_token()
-            known = self._app.results.get(self.id)  # completed in this process: no read
-            if known is not None:
-                return self._decode(known)
-            run = await store.get_run(self.id)
-            if run.status is RunStatus.COMPLETED:
-                assert run.result is not None
-                return self._decode(run.result)
-            if run.status is RunStatus.FAILED:
-                error = run.error
-                raise TaskFailed(
-                    f"run {self.id} of task {run.task!r} failed after {run.attempt} attempt(s): "
-                    + (f"{error.type.rsplit('.', 1)[-1]}: {error.message}" if error else "unknown"),
-                    run_id=self.id,
-                    error_type=error.type if error else "",
-                    error_message=error.message if error else "",
-                    traceback=error.traceback if error else "",
-                )
-            if run.status is RunStatus.CANCELLED:
-                raise RunCancelled(f"run {self.id} of task {run.task!r} was cancelled")
-            if run.status is RunStatus.EXPIRED:
-                raise RunExpired(
-                    f"run {self.id} of task {run.task!r} expired: not started within its ttl"
-                )
-            wait = 1.0
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    raise RunTimeout(
-                        f"run {self.id} of task {run.task!r} is still {run.status} after {timeout}s"
-                    )
-            await store.wait_for_change(wait, topics=topics, since=token)
-
-    def _decode(self, result: Value) -> R:
-        value: R = serde.decode(
-            result.data,
-            codec=serde.Codec(result.codec),
-            type_=self._result_type,
-            what=f"result of run {self.id}",
-        )
-        return value
-
-    def result_sync(self, timeout: float | None = None) -> R:
-        """result() for synchronous callers."""
-        return run_sync(self._app, self.result(timeout))
-
-    async def cancel(self) -> RunStatus:
-        """Cancel the run: at once if it is queued or sleeping, else at its next await."""
-        return await self._app.store.cancel_run(self.id)
-
-    def cancel_sync(self) -> RunStatus:
-        """cancel() for synchronous callers."""
-        return run_sync(self._app, self.cancel())
 
 
 class Task(Generic[P, R]):

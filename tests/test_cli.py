@@ -73,6 +73,7 @@ def test_trigger_worker_list_show_cancel(
             "0003_retention",
             "0004_claim_order",
             "0005_running_by_worker",
+            "0006_waits",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []

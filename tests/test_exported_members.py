@@ -15,13 +15,19 @@ def test_public_names_are_pinned() -> None:
         "Secret",
         "Step",
         "Task",
+        "Token",
+        "create_token",
         "errors",
         "now",
         "random",
+        "receive",
         "secret",
         "sleep",
+        "sleep_until",
         "step_key",
         "uuid4",
+        "wait_for_event",
+        "wait_for_token",
     ]
     for name in perdure.__all__:
         assert getattr(perdure, name) is not None

@@ -43,7 +43,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.executor",
         ),
     ),
-    ("face", ("perdure.app", "perdure.task", "perdure.testing", "perdure.admin", "perdure")),
+    (
+        "face",
+        (
+            "perdure.app",
+            "perdure.task",
+            "perdure.handle",
+            "perdure.signals",
+            "perdure.testing",
+            "perdure.admin",
+            "perdure",
+        ),
+    ),
     ("shells", ("perdure.cli", "perdure.__main__", "perdure.server")),
 ]
 SHELLS_MAY_NOT_IMPORT = (

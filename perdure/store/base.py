@@ -17,15 +17,24 @@ from perdure.config import env_float
 from perdure.records import (
     Attempt,
     Claimed,
+    EventRecord,
     JournalEntry,
     Lease,
+    NewEvent,
+    NewMessage,
     NewRun,
+    NewToken,
     QueueConfig,
     QueueStats,
     RunRecord,
     RunStatus,
+    Sent,
+    TokenRecord,
+    TokenStatus,
     Transition,
     Value,
+    Wait,
+    WaitState,
     WorkerRecord,
 )
 
@@ -265,6 +274,70 @@ class Store(Protocol):
 
     async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
         """Set `note` on claimable runs whose task is not in `tasks`; returns how many."""
+        ...
+
+    async def create_token(self, token: NewToken) -> TokenRecord:
+        """Make a token (WAITING); with the id, idempotency key or (run, name) of one made
+        before, that one, unchanged."""
+        ...
+
+    async def get_token(self, token_id: str) -> TokenRecord:
+        """The token with its data; TokenNotFound when there is none."""
+        ...
+
+    async def list_tokens(
+        self,
+        *,
+        app: str,
+        run_id: str | None = None,
+        status: TokenStatus | None = None,
+        limit: int = 100,
+    ) -> list[TokenRecord]:
+        """Newest tokens first, without their data."""
+        ...
+
+    async def complete_token(
+        self,
+        *,
+        app: str,
+        data: Value,
+        token_id: str | None = None,
+        run_id: str | None = None,
+        name: str | None = None,
+    ) -> TokenRecord:
+        """Complete a token, by id or by its run and name (a named token the run has not made
+        yet is made completed: its wait will find it so), and signal the runs waiting for it.
+        TokenNotFound, or TokenAlreadyCompleted when it was completed or timed out before (the
+        first completion stands); RunNotFound for a named token of no run."""
+        ...
+
+    async def send_event(self, event: NewEvent, *, runs: list[NewRun] | None = None) -> Sent:
+        """Store an event with the `runs` it triggers (both, or neither when its idempotency key
+        was sent before), and signal the runs waiting for an event of its name whose match its
+        payload fits."""
+        ...
+
+    async def list_events(
+        self, *, app: str, name: str | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        """Newest events first, without their payloads."""
+        ...
+
+    async def send_message(self, message: NewMessage) -> tuple[str, bool]:
+        """Put a message in a run's mailbox and signal the run; (message id, created) (a
+        repeated idempotency key: the first message's id and False). RunNotFound; PerdureError
+        when the run has ended."""
+        ...
+
+    async def begin_wait(self, wait: Wait, lease: Lease) -> WaitState:
+        """Register a run's wait at its journal position (the first registration's deadline
+        and start stand) and say whether it is over: ended by a completed token, a matching
+        event since it began, or the first message of its topic not received before (taken
+        for this position, so never delivered twice), or timed out. LeaseLost when stale."""
+        ...
+
+    async def run_waits(self, run_id: str) -> list[Wait]:
+        """The waits a run registered, in journal order (matches without their bytes)."""
         ...
 
     def change_token(self) -> ChangeToken:

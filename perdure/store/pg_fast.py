@@ -99,6 +99,8 @@ _FINISH_COLUMNS = (
     "now",
     "finished_at",
     "note",
+    "waiting_for",
+    "signals",
 )
 _RUN_ENTRY_COLUMNS = (("run_id", "text"), *_ENTRY_COLUMNS)
 _RUN_ATTEMPT_COLUMNS = (("run_id", "text"), *_ATTEMPT_COLUMNS)

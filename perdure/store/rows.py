@@ -200,6 +200,8 @@ class RowMapping:
             concurrency_key=row["concurrency_key"] if "concurrency_key" in keys else None,
             expires_at=row["expires_at"] if "expires_at" in keys else None,
             parent_id=row["parent_id"] if "parent_id" in keys else None,
+            signals=row["signals"] if "signals" in keys else 0,
+            waiting_for=row["waiting_for"] if "waiting_for" in keys else None,
         )
 
     async def _claimed(
@@ -387,6 +389,10 @@ class RowMapping:
             "finished_at": now if transition.status.terminal else None,
             "children_target": transition.children_target,
             "note": transition.note,
+            "waiting_for": (
+                transition.waiting_for if transition.status is RunStatus.WAITING else None
+            ),
+            "signals": transition.signals,
             **self.values.columns("result", await self.values.offload(transition.result)),
         }
         ended = [*attempts, *([transition.attempt] if transition.attempt else [])]

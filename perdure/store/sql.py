@@ -35,7 +35,6 @@ from perdure.store.connector import Batch, Connector, Operation, Query, Result, 
 from perdure.store.notify import CANCEL, CLAIMABLE, run_topic
 from perdure.store.rows import (
     UNKNOWN,
-    RowMapping,
     Unknown,
     check_held,
     check_same_entry,
@@ -44,6 +43,7 @@ from perdure.store.rows import (
     set_queue_params,
     wake_time,
 )
+from perdure.store.wait_ops import WaitOperations
 from perdure.values import StoredValues
 
 _QUEUES_FRESH_FOR = 1.0  # seconds a store trusts its copy of an app's queues to pick the claim path
@@ -52,7 +52,7 @@ _CLAIM_LOCK_CLASS = 7_366_103  # (PostgreSQL) advisory lock class of the claims 
 ClaimAnswer = tuple[list[Row], float | None, float | Unknown | None]
 
 
-class SQLStore(RowMapping):
+class SQLStore(WaitOperations):
     """`Store` on a SQL database reached through `db`."""
 
     def __init__(

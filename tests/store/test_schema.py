@@ -14,7 +14,17 @@ from perdure.store.queries import load_queries
 from perdure.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from perdure.store.sqlite import SQLiteStore
 
-TABLES = ("runs", "journal", "attempts", "workers", "queues")
+TABLES = (
+    "runs",
+    "journal",
+    "attempts",
+    "workers",
+    "queues",
+    "tokens",
+    "events",
+    "messages",
+    "waits",
+)
 
 
 def sqlite_columns(path: Path) -> dict[str, list[str]]:
@@ -49,6 +59,7 @@ async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str)
         "0003_retention",
         "0004_claim_order",
         "0005_running_by_worker",
+        "0006_waits",
     ]
     from_sqlite = sqlite_columns(tmp_path / "p.db")
     from_postgres = postgres_columns(postgres_url)

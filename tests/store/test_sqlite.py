@@ -138,6 +138,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0003_retention",
         "0004_claim_order",
         "0005_running_by_worker",
+        "0006_waits",
     ]
     await store.open()
     await store.close()

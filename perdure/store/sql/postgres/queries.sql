@@ -42,7 +42,8 @@ SELECT * FROM runs WHERE id = ANY(%(ids)s);
 
 -- name: list_runs
 SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
-       available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at
+       available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at,
+       waiting_for
 FROM runs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
@@ -216,10 +217,11 @@ ORDER BY run_id, run_attempt, seq, attempt;
 UPDATE runs
 SET status = %(status)s, worker_id = NULL,
     available_at = CASE
+        WHEN signals > %(signals)s::bigint THEN %(now)s  -- a signal came while it ran
         WHEN %(children_target)s::integer IS NULL THEN %(available_at)s::double precision
         WHEN children_done >= %(children_target)s::integer THEN %(now)s
         END,
-    children_target = %(children_target)s::integer,
+    children_target = %(children_target)s::integer, waiting_for = %(waiting_for)s::text,
     result_codec = %(result_codec)s, result = %(result)s, result_blob = %(result_blob)s,
     result_raw_size = %(result_raw_size)s, result_stored_size = %(result_stored_size)s,
     error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,
@@ -379,10 +381,11 @@ WITH e AS (
     UPDATE runs
     SET status = %(status)s, worker_id = NULL,
         available_at = CASE
+            WHEN signals > %(signals)s::bigint THEN %(now)s  -- a signal came while it ran
             WHEN %(children_target)s::integer IS NULL THEN %(available_at)s::double precision
             WHEN children_done >= %(children_target)s::integer THEN %(now)s
             END,
-        children_target = %(children_target)s::integer,
+        children_target = %(children_target)s::integer, waiting_for = %(waiting_for)s::text,
         result_codec = %(result_codec)s, result = %(result)s, result_blob = %(result_blob)s,
         result_raw_size = %(result_raw_size)s, result_stored_size = %(result_stored_size)s,
         error = coalesce(%(error)s, error), attempt = attempt + %(bump)s, cancel_requested = 0,
@@ -420,10 +423,11 @@ WITH f AS (
         %(f_result_codec)s::text[], %(f_result)s::bytea[], %(f_result_blob)s::text[],
         %(f_result_raw_size)s::bigint[], %(f_result_stored_size)s::bigint[],
         %(f_error)s::bytea[], %(f_bump)s::integer[], %(f_now)s::float8[],
-        %(f_finished_at)s::float8[], %(f_note)s::text[]
+        %(f_finished_at)s::float8[], %(f_note)s::text[], %(f_waiting_for)s::text[],
+        %(f_signals)s::bigint[]
     ) AS f(id, lease, worker_id, status, available_at, children_target, result_codec, result,
            result_blob, result_raw_size, result_stored_size, error, bump, now, finished_at,
-           note)
+           note, waiting_for, signals)
 ), e AS (
     /* entries */
 ), a AS (
@@ -432,10 +436,11 @@ WITH f AS (
     UPDATE runs r
     SET status = f.status, worker_id = NULL,
         available_at = CASE
+            WHEN r.signals > f.signals THEN f.now  -- a signal came while it ran
             WHEN f.children_target IS NULL THEN f.available_at
             WHEN r.children_done >= f.children_target THEN f.now
             END,
-        children_target = f.children_target,
+        children_target = f.children_target, waiting_for = f.waiting_for,
         result_codec = f.result_codec, result = f.result, result_blob = f.result_blob,
         result_raw_size = f.result_raw_size, result_stored_size = f.result_stored_size,
         error = coalesce(f.error, r.error), attempt = r.attempt + f.bump, cancel_requested = 0,
@@ -519,3 +524,153 @@ WHERE id = %(id)s AND result_codec = %(old_codec)s AND result = %(old_value)s;
 -- name: rewrite_journal
 UPDATE journal SET codec = %(codec)s, value = %(value)s
 WHERE run_id = %(id)s AND seq = %(seq)s AND codec = %(old_codec)s AND value = %(old_value)s;
+
+-- Waits on the outside world: tokens, events, mailboxes (schema 6) ---------------------------
+
+-- name: lock_signal
+-- waits for this key and signals of it one at a time: a wait registering and an event sent
+-- at once would otherwise each miss the other (neither sees the other's uncommitted row)
+SELECT pg_advisory_xact_lock(%(lock_class)s, hashtext(%(key)s));
+
+-- name: insert_token
+INSERT INTO tokens (id, app, run_id, name, status, tags, idempotency_key, created_at,
+                    expires_at)
+VALUES (%(id)s, %(app)s, %(run_id)s, %(name)s, 'waiting', %(tags)s, %(idempotency_key)s, %(now)s, %(expires_at)s)
+ON CONFLICT DO NOTHING;
+
+-- name: token_like
+-- the token a create with these parameters made (itself, or the first with its key or name)
+SELECT * FROM tokens
+WHERE id = %(id)s
+   OR (app = %(app)s AND idempotency_key = %(idempotency_key)s)
+   OR (run_id = %(run_id)s AND name = %(name)s)
+ORDER BY (id = %(id)s) DESC
+LIMIT 1;
+
+-- name: token
+SELECT * FROM tokens WHERE id = %(id)s;
+
+-- name: token_held
+-- the token, read for a wait: a completion committing meanwhile is waited for, then seen
+SELECT * FROM tokens WHERE id = %(id)s FOR SHARE;
+
+-- name: named_token
+SELECT * FROM tokens WHERE run_id = %(run_id)s AND name = %(name)s;
+
+-- name: complete_token
+UPDATE tokens
+SET status = 'completed', data_codec = %(data_codec)s, data = %(data)s, data_blob = %(data_blob)s,
+    data_raw_size = %(data_raw_size)s, data_stored_size = %(data_stored_size)s, completed_at = %(now)s
+WHERE id = %(id)s AND status = 'waiting' AND (expires_at IS NULL OR expires_at > %(now)s)
+RETURNING *;
+
+-- name: insert_completed_token
+-- a named token completed before its run made it: the run finds it completed
+INSERT INTO tokens (id, app, run_id, name, status, data_codec, data, data_blob, data_raw_size,
+                    data_stored_size, tags, created_at, completed_at)
+VALUES (%(id)s, %(app)s, %(run_id)s, %(name)s, 'completed', %(data_codec)s, %(data)s, %(data_blob)s,
+        %(data_raw_size)s, %(data_stored_size)s, '[]', %(now)s, %(now)s)
+ON CONFLICT DO NOTHING
+RETURNING *;
+
+-- name: time_out_token
+UPDATE tokens SET status = 'timed_out'
+WHERE id = %(id)s AND status = 'waiting' AND expires_at <= %(now)s;
+
+-- name: list_tokens
+SELECT id, app, run_id, name, status, data_codec, data_blob, data_raw_size, data_stored_size,
+       tags, idempotency_key, created_at, expires_at, completed_at
+FROM tokens
+WHERE app = %(app)s AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s::text)
+  AND (%(status)s::text IS NULL
+       OR CASE WHEN status = 'waiting' AND expires_at <= %(now)s THEN 'timed_out'
+               ELSE status END = %(status)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: insert_wait
+INSERT INTO waits (run_id, seq, app, kind, key, match_codec, match, match_blob, match_raw_size,
+                   match_stored_size, since, deadline, created_at)
+VALUES (%(run_id)s, %(seq)s, %(app)s, %(kind)s, %(key)s, %(match_codec)s, %(match)s, %(match_blob)s, %(match_raw_size)s,
+        %(match_stored_size)s, %(since)s, %(deadline)s, %(now)s)
+ON CONFLICT DO NOTHING;
+
+-- name: wait_at
+SELECT * FROM waits WHERE run_id = %(run_id)s AND seq = %(seq)s;
+
+-- name: run_waits
+SELECT * FROM waits WHERE run_id = %(run_id)s ORDER BY seq;
+
+-- name: waiters
+-- the runs not ended that registered a wait for this key, not yet over
+SELECT w.* FROM waits w JOIN runs r ON r.id = w.run_id
+WHERE w.app = %(app)s AND w.kind = %(kind)s AND w.key = %(key)s AND w.event_id IS NULL
+  AND r.status IN ('queued', 'running', 'waiting');
+
+-- name: signal_runs
+-- a signal for these runs: counted on each (a run suspending compares), and a run waiting for
+-- this key is claimable at once
+UPDATE runs
+SET signals = signals + 1,
+    available_at = CASE WHEN status = 'waiting' AND waiting_for = %(waiting_for)s::text
+                        THEN %(now)s ELSE available_at END
+WHERE id = ANY(%(ids)s);
+
+-- name: insert_event
+INSERT INTO events (id, app, name, payload_codec, payload, payload_blob, payload_raw_size,
+                    payload_stored_size, idempotency_key, created_at)
+VALUES (%(id)s, %(app)s, %(name)s, %(payload_codec)s, %(payload)s, %(payload_blob)s, %(payload_raw_size)s,
+        %(payload_stored_size)s, %(idempotency_key)s, %(now)s)
+ON CONFLICT DO NOTHING;
+
+-- name: event_by_idempotency_key
+SELECT id FROM events WHERE app = %(app)s AND name = %(name)s AND idempotency_key = %(idempotency_key)s;
+
+-- name: event
+SELECT * FROM events WHERE id = %(id)s;
+
+-- name: events_since
+SELECT * FROM events
+WHERE app = %(app)s AND name = %(name)s AND created_at >= %(since)s
+ORDER BY created_at, id
+LIMIT %(limit)s;
+
+-- name: list_events
+SELECT id, app, name, payload_codec, payload_blob, payload_raw_size, payload_stored_size,
+       idempotency_key, created_at
+FROM events
+WHERE app = %(app)s AND (%(name)s::text IS NULL OR name = %(name)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: events_taken
+SELECT event_id FROM waits WHERE run_id = %(run_id)s AND event_id IS NOT NULL;
+
+-- name: resolve_wait
+UPDATE waits SET event_id = %(event_id)s
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND event_id IS NULL;
+
+-- name: run_for_message
+SELECT app, status FROM runs WHERE id = %(run_id)s;
+
+-- name: insert_message
+INSERT INTO messages (id, app, run_id, topic, data_codec, data, data_blob, data_raw_size,
+                      data_stored_size, idempotency_key, created_at)
+VALUES (%(id)s, %(app)s, %(run_id)s, %(topic)s, %(data_codec)s, %(data)s, %(data_blob)s, %(data_raw_size)s,
+        %(data_stored_size)s, %(idempotency_key)s, %(now)s)
+ON CONFLICT DO NOTHING;
+
+-- name: message_by_idempotency_key
+SELECT id FROM messages WHERE run_id = %(run_id)s AND idempotency_key = %(idempotency_key)s;
+
+-- name: message_taken
+SELECT * FROM messages WHERE run_id = %(run_id)s AND taken_seq = %(seq)s;
+
+-- name: next_message
+SELECT * FROM messages
+WHERE run_id = %(run_id)s AND topic = %(topic)s AND taken_seq IS NULL
+ORDER BY id
+LIMIT 1;
+
+-- name: take_message
+UPDATE messages SET taken_seq = %(seq)s WHERE id = %(id)s AND taken_seq IS NULL;

@@ -40,7 +40,8 @@ SELECT * FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: list_runs
 SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
-       available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at
+       available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at,
+       waiting_for
 FROM runs
 WHERE (:status IS NULL OR status = :status) AND (:task IS NULL OR task = :task)
 ORDER BY id DESC
@@ -209,8 +210,9 @@ SET status = :status, worker_id = NULL,
     result_raw_size = :result_raw_size, result_stored_size = :result_stored_size,
     error = coalesce(:error, error), attempt = attempt + :bump, cancel_requested = 0,
     updated_at = :now, finished_at = :finished_at, note = :note,
-    children_target = :children_target,
+    children_target = :children_target, waiting_for = :waiting_for,
     available_at = CASE
+        WHEN signals > :signals THEN :now  -- a signal came while it ran: it is over already
         WHEN :children_target IS NULL THEN :available_at
         WHEN children_done >= :children_target THEN :now
         END
@@ -377,3 +379,152 @@ FROM runs
 WHERE id = :run_id AND lease = :lease AND worker_id = :worker_id AND status = 'running'
 ON CONFLICT (run_id, seq) DO NOTHING
 RETURNING seq;
+
+-- Waits on the outside world: tokens, events, mailboxes (schema 6) ---------------------------
+
+-- name: lock_signal
+-- nothing to lock: the one writer already makes writes one at a time
+SELECT NULL WHERE 0;
+
+-- name: insert_token
+INSERT INTO tokens (id, app, run_id, name, status, tags, idempotency_key, created_at,
+                    expires_at)
+VALUES (:id, :app, :run_id, :name, 'waiting', :tags, :idempotency_key, :now, :expires_at)
+ON CONFLICT DO NOTHING;
+
+-- name: token_like
+-- the token a create with these parameters made (itself, or the first with its key or name)
+SELECT * FROM tokens
+WHERE id = :id
+   OR (app = :app AND idempotency_key = :idempotency_key)
+   OR (run_id = :run_id AND name = :name)
+ORDER BY id = :id DESC
+LIMIT 1;
+
+-- name: token
+SELECT * FROM tokens WHERE id = :id;
+
+-- name: token_held
+-- the token, read for a wait: a completion committing meanwhile is waited for, then seen
+SELECT * FROM tokens WHERE id = :id;
+
+-- name: named_token
+SELECT * FROM tokens WHERE run_id = :run_id AND name = :name;
+
+-- name: complete_token
+UPDATE tokens
+SET status = 'completed', data_codec = :data_codec, data = :data, data_blob = :data_blob,
+    data_raw_size = :data_raw_size, data_stored_size = :data_stored_size, completed_at = :now
+WHERE id = :id AND status = 'waiting' AND (expires_at IS NULL OR expires_at > :now)
+RETURNING *;
+
+-- name: insert_completed_token
+-- a named token completed before its run made it: the run finds it completed
+INSERT INTO tokens (id, app, run_id, name, status, data_codec, data, data_blob, data_raw_size,
+                    data_stored_size, tags, created_at, completed_at)
+VALUES (:id, :app, :run_id, :name, 'completed', :data_codec, :data, :data_blob,
+        :data_raw_size, :data_stored_size, '[]', :now, :now)
+ON CONFLICT DO NOTHING
+RETURNING *;
+
+-- name: time_out_token
+UPDATE tokens SET status = 'timed_out'
+WHERE id = :id AND status = 'waiting' AND expires_at <= :now;
+
+-- name: list_tokens
+SELECT id, app, run_id, name, status, data_codec, data_blob, data_raw_size, data_stored_size,
+       tags, idempotency_key, created_at, expires_at, completed_at
+FROM tokens
+WHERE app = :app AND (:run_id IS NULL OR run_id = :run_id)
+  AND (:status IS NULL
+       OR CASE WHEN status = 'waiting' AND expires_at <= :now THEN 'timed_out'
+               ELSE status END = :status)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: insert_wait
+INSERT INTO waits (run_id, seq, app, kind, key, match_codec, match, match_blob, match_raw_size,
+                   match_stored_size, since, deadline, created_at)
+VALUES (:run_id, :seq, :app, :kind, :key, :match_codec, :match, :match_blob, :match_raw_size,
+        :match_stored_size, :since, :deadline, :now)
+ON CONFLICT DO NOTHING;
+
+-- name: wait_at
+SELECT * FROM waits WHERE run_id = :run_id AND seq = :seq;
+
+-- name: run_waits
+SELECT * FROM waits WHERE run_id = :run_id ORDER BY seq;
+
+-- name: waiters
+-- the runs not ended that registered a wait for this key, not yet over
+SELECT w.* FROM waits w JOIN runs r ON r.id = w.run_id
+WHERE w.app = :app AND w.kind = :kind AND w.key = :key AND w.event_id IS NULL
+  AND r.status IN ('queued', 'running', 'waiting');
+
+-- name: signal_runs
+-- a signal for these runs: counted on each (a run suspending compares), and a run waiting for
+-- this key is claimable at once
+UPDATE runs
+SET signals = signals + 1,
+    available_at = CASE WHEN status = 'waiting' AND waiting_for = :waiting_for THEN :now
+                        ELSE available_at END
+WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: insert_event
+INSERT INTO events (id, app, name, payload_codec, payload, payload_blob, payload_raw_size,
+                    payload_stored_size, idempotency_key, created_at)
+VALUES (:id, :app, :name, :payload_codec, :payload, :payload_blob, :payload_raw_size,
+        :payload_stored_size, :idempotency_key, :now)
+ON CONFLICT DO NOTHING;
+
+-- name: event_by_idempotency_key
+SELECT id FROM events WHERE app = :app AND name = :name AND idempotency_key = :idempotency_key;
+
+-- name: event
+SELECT * FROM events WHERE id = :id;
+
+-- name: events_since
+SELECT * FROM events
+WHERE app = :app AND name = :name AND created_at >= :since
+ORDER BY created_at, id
+LIMIT :limit;
+
+-- name: list_events
+SELECT id, app, name, payload_codec, payload_blob, payload_raw_size, payload_stored_size,
+       idempotency_key, created_at
+FROM events
+WHERE app = :app AND (:name IS NULL OR name = :name)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: events_taken
+SELECT event_id FROM waits WHERE run_id = :run_id AND event_id IS NOT NULL;
+
+-- name: resolve_wait
+UPDATE waits SET event_id = :event_id
+WHERE run_id = :run_id AND seq = :seq AND event_id IS NULL;
+
+-- name: run_for_message
+SELECT app, status FROM runs WHERE id = :run_id;
+
+-- name: insert_message
+INSERT INTO messages (id, app, run_id, topic, data_codec, data, data_blob, data_raw_size,
+                      data_stored_size, idempotency_key, created_at)
+VALUES (:id, :app, :run_id, :topic, :data_codec, :data, :data_blob, :data_raw_size,
+        :data_stored_size, :idempotency_key, :now)
+ON CONFLICT DO NOTHING;
+
+-- name: message_by_idempotency_key
+SELECT id FROM messages WHERE run_id = :run_id AND idempotency_key = :idempotency_key;
+
+-- name: message_taken
+SELECT * FROM messages WHERE run_id = :run_id AND taken_seq = :seq;
+
+-- name: next_message
+SELECT * FROM messages
+WHERE run_id = :run_id AND topic = :topic AND taken_seq IS NULL
+ORDER BY id
+LIMIT 1;
+
+-- name: take_message
+UPDATE messages SET taken_seq = :seq WHERE id = :id AND taken_seq IS NULL;
