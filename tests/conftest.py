@@ -81,7 +81,8 @@ def stored_bytes(app: perdure.App) -> bytes:
 
     parts: list[bytes] = []
     with psycopg.connect(app.database) as conn:
-        for table in ("runs", "journal", "attempts", "workers"):
+        tables = ("runs", "journal", "attempts", "workers", "tokens", "events", "messages", "waits")
+        for table in tables:
             for row in conn.execute(f"SELECT * FROM perdure.{table}"):
                 for value in row:
                     if isinstance(value, bytes | memoryview):

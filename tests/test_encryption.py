@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,15 @@ def encrypted_app(make_app: Callable[..., perdure.App]) -> perdure.App:
     async def carry(small: str, big: str) -> list[str]:
         return [await echo(small), await echo(big)]
 
+    @app.task(name="listen")
+    async def listen() -> list[Any]:
+        """Waits whose values (a match, a token's data, an event's payload, a message) must be
+        encrypted too."""
+        token = await perdure.wait_for_token("t")
+        event = await perdure.wait_for_event("e", match={"mark": MARK})
+        message = await perdure.receive("m")
+        return [token, event, message]
+
     return app
 
 
@@ -46,6 +56,14 @@ async def run_carry(app: perdure.App) -> list[str]:
     async with running_worker(app):
         handle = await app.get_task("carry").trigger(MARK, MARK * 400)
         result: list[str] = await handle.result(timeout=30)
+        listening = await app.get_task("listen").trigger()
+        await listening.complete_token("t", MARK)
+        await listening.send("m", MARK * 400)  # (over the inline limit: a blob)
+        await app.send_event("e", {"mark": MARK})
+        assert await listening.result(timeout=30) == [MARK, {"mark": MARK}, MARK * 400]
+        outside = await app.create_token()  # a token of no run, and an event nobody awaits
+        await app.complete_token(outside, MARK)
+        await app.send_event("unheard", MARK)
     return result
 
 
@@ -68,7 +86,7 @@ async def test_a_missing_or_wrong_key_is_a_clear_error(
     monkeypatch.setenv("PERDURE_ENCRYPTION_KEY", new_key())
     app = encrypted_app(make_app)
     await run_carry(app)
-    (run,) = await app.store.list_runs()
+    (run,) = await app.store.list_runs(task="carry")
     await app.close()
 
     monkeypatch.delenv("PERDURE_ENCRYPTION_KEY")
@@ -109,7 +127,7 @@ async def test_rotation_moves_every_value_to_the_new_key(
 
     monkeypatch.delenv("PERDURE_ENCRYPTION_OLD_KEYS")  # the old key is gone: nothing needs it
     after = make_app()
-    runs = await after.store.list_runs()
+    runs = [run for run in await after.store.list_runs() if run.task == "carry"]
     assert len(runs) == 2
     for run in runs:
         handle = await after.handle(run.id)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from perdure.errors import (
     WaitTimeout,
 )
 from perdure.records import EntryKind, RunStatus, TokenStatus
+from perdure.retention import purge
 
 from .conftest import running_worker, wait_until
 
@@ -249,7 +253,7 @@ async def test_sleep_until_takes_aware_datetimes_only(make_app: Callable[..., pe
         return "woke"
 
     with pytest.raises(PerdureError, match="aware datetime"):
-        perdure.sleep_until(dt.datetime(2030, 1, 1))  # noqa: DTZ001
+        perdure.sleep_until(dt.datetime(2030, 1, 1))
     async with running_worker(app):
         handle = await later.trigger(0.3)
         await wait_until(lambda: _waiting(handle))
@@ -262,3 +266,43 @@ async def test_waits_belong_in_a_run(make_app: Callable[..., perdure.App]) -> No
         perdure.wait_for_token("x")
     with pytest.raises(PerdureError, match="only available inside a run"):
         perdure.receive("x")
+
+
+async def test_purge_takes_a_runs_tokens_messages_and_waits_and_old_events(
+    make_app: Callable[..., perdure.App], tmp_path: Path
+) -> None:
+    app = make_app(inline_limit=64)
+
+    @app.task
+    async def flow() -> list[Any]:
+        token = await perdure.wait_for_token("ok")
+        message = await perdure.receive("m")
+        event = await perdure.wait_for_event("e", match={"n": 1})
+        return [token, message, event]
+
+    async with running_worker(app):
+        handle = await flow.trigger()
+        await handle.complete_token("ok", "x" * 200)  # (over the inline limit: blobs)
+        await handle.send("m", "y" * 200)
+        await app.send_event("e", {"n": 1, "pad": "z" * 200})
+        assert (await handle.result(timeout=10))[0] == "x" * 200
+        kept = await flow.trigger()  # still waiting: nothing of it may go
+        await kept.complete_token("ok", 1)
+        await wait_until(lambda: _waiting(kept))
+    assert len(await app.store.run_waits(handle.id)) == 3
+    blobs = tmp_path / "blobs"
+    then = time.time() - 7200  # every blob old enough to go once nothing references it
+    for path in (p for p in blobs.rglob("*") if p.is_file()):
+        os.utime(path, (then, then))
+    report = await purge(app.store, app.store.blobs, older_than=0)
+    assert report.runs == 1
+    # the token's data, the message, the event's payload (each also the value its wait
+    # recorded: one content-addressed blob) and the run's result
+    assert report.blobs == 4
+    assert not [p for p in blobs.rglob("*") if p.is_file()]
+    assert await app.store.run_waits(handle.id) == []
+    assert await app.store.list_tokens(app=app.name, run_id=handle.id) == []
+    assert await app.store.list_events(app=app.name) == []
+    assert len(await app.store.run_waits(kept.id)) == 2
+    assert len(await app.store.list_tokens(app=app.name, run_id=kept.id)) == 1
+    await app.close()

@@ -177,10 +177,12 @@ class Store(Protocol):
     async def reencrypt_values(
         self, *, after: str = "", limit: int = 200
     ) -> tuple[int, str | None]:
-        """Rewrite the inline values of the next `limit` runs (ids after `after`) under the
-        current key (in the clear if none); returns (values rewritten, the last run id, None
-        when there are no more). A value changed meanwhile by a worker is left as it is (the
-        worker wrote it under the current key)."""
+        """Rewrite the inline values of the next `limit` runs (ids after `after`; their
+        journals, tokens, messages and waits too) and of what belongs to no run in that range
+        of ids (tokens made outside runs, events) under the current key (in the clear if none);
+        returns (values rewritten, where the next walk starts: None when this one found fewer
+        than `limit` runs and so took every value left). A value changed meanwhile by a worker
+        is left as it is (the worker wrote it under the current key)."""
         ...
 
     async def reclaim(self) -> None:

@@ -49,6 +49,16 @@ from perdure.values import StoredValues
 _QUEUES_FRESH_FOR = 1.0  # seconds a store trusts its copy of an app's queues to pick the claim path
 _CLAIM_LOCK_CLASS = 7_366_103  # (PostgreSQL) advisory lock class of the claims of one app
 
+_RUN_PARTS = (
+    "delete_journals",
+    "delete_attempts",
+    "delete_tokens",
+    "delete_messages",
+    "delete_waits",
+    "delete_runs",
+)
+"""What a purged run leaves behind it: nothing (the queries that delete each part)."""
+
 ClaimAnswer = tuple[list[Row], float | None, float | Unknown | None]
 
 
@@ -424,10 +434,8 @@ class SQLStore(WaitOperations):
         def purge() -> Operation[list[str]]:
             ids = [row["id"] for row in (yield Query("purgeable_runs", params)).rows]
             doomed = {"ids": ids}
-            yield Batch(
-                Query(name, doomed)
-                for name in ("delete_journals", "delete_attempts", "delete_runs")
-            )
+            yield Batch(Query(name, doomed) for name in _RUN_PARTS)
+            yield Query("delete_events", params)  # (then no kept wait can name them)
             return ids
 
         return await self.db.write(purge, "purge_runs")
@@ -437,17 +445,15 @@ class SQLStore(WaitOperations):
     ) -> tuple[int, str | None]:
         rows = await self._one("run_ids_after", {"after": after, "limit": limit}, "reencrypt")
         ids = [row["id"] for row in rows]
-        if not ids:
-            return 0, None
-        rewrites = self.values.rotated(
-            await self._one("inline_values_of", {"ids": ids}, "reencrypt")
-        )
+        last = ids[-1] if len(ids) == limit else None  # the last walk takes all that is left
+        params = {"ids": ids, "after": after, "last": last}
+        rewrites = self.values.rotated(await self._one("inline_values_of", params, "reencrypt"))
 
         def rewrite() -> Operation[int]:
             done = yield Batch(Query(f"rewrite_{r['col']}", r) for r in rewrites)
             return sum(result.rowcount for result in done)
 
-        return (await self.db.write(rewrite, "reencrypt") if rewrites else 0), ids[-1]
+        return (await self.db.write(rewrite, "reencrypt") if rewrites else 0), last
 
     async def reclaim(self) -> None:
         await self.db.vacuum()

@@ -124,10 +124,11 @@ async def test_purge_dry_run_lists_without_deleting(store: Store) -> None:
 
 async def test_reencrypt_walks_every_run_and_leaves_current_values(store: Store) -> None:
     """Values already stored as the current key wants are not rewritten; the walk goes run by
-    run in id order and ends with None."""
+    run in id order and ends with None once a walk finds fewer runs than asked (that walk
+    takes every value after its start that belongs to no run)."""
     ids = sorted([(await store.create_run(_new_run()))[0] for _ in range(3)])
     assert await store.reencrypt_values(limit=2) == (0, ids[1])
-    assert await store.reencrypt_values(after=ids[1], limit=2) == (0, ids[2])
+    assert await store.reencrypt_values(after=ids[1], limit=2) == (0, None)
     assert await store.reencrypt_values(after=ids[2]) == (0, None)
     run = await store.get_run(ids[0])
     assert run.args is not None

@@ -489,6 +489,23 @@ DELETE FROM journal WHERE run_id = ANY(%(ids)s);
 -- name: delete_attempts
 DELETE FROM attempts WHERE run_id = ANY(%(ids)s);
 
+-- name: delete_tokens
+DELETE FROM tokens WHERE run_id = ANY(%(ids)s);
+
+-- name: delete_messages
+DELETE FROM messages WHERE run_id = ANY(%(ids)s);
+
+-- name: delete_waits
+DELETE FROM waits WHERE run_id = ANY(%(ids)s);
+
+-- name: delete_events
+-- events sent before the cutoff, but none that ended a wait of a run still kept
+DELETE FROM events
+WHERE id IN (SELECT id FROM events
+             WHERE created_at < %(before)s AND (%(app)s::text IS NULL OR app = %(app)s::text)
+               AND id NOT IN (SELECT event_id FROM waits WHERE event_id IS NOT NULL)
+             LIMIT %(limit)s);
+
 -- name: delete_runs
 DELETE FROM runs WHERE id = ANY(%(ids)s);
 
@@ -497,7 +514,15 @@ SELECT blob_key AS key FROM journal WHERE blob_key = ANY(%(keys)s)
 UNION
 SELECT args_blob FROM runs WHERE args_blob = ANY(%(keys)s)
 UNION
-SELECT result_blob FROM runs WHERE result_blob = ANY(%(keys)s);
+SELECT result_blob FROM runs WHERE result_blob = ANY(%(keys)s)
+UNION
+SELECT data_blob FROM tokens WHERE data_blob = ANY(%(keys)s)
+UNION
+SELECT data_blob FROM messages WHERE data_blob = ANY(%(keys)s)
+UNION
+SELECT payload_blob FROM events WHERE payload_blob = ANY(%(keys)s)
+UNION
+SELECT match_blob FROM waits WHERE match_blob = ANY(%(keys)s);
 
 -- name: run_ids_after
 SELECT id FROM runs WHERE id > %(after)s ORDER BY id LIMIT %(limit)s;
@@ -511,7 +536,27 @@ SELECT 'result', id, 0, result_codec, result
 FROM runs WHERE id IN (SELECT unnest(%(ids)s::text[])) AND result IS NOT NULL
 UNION ALL
 SELECT 'journal', run_id, seq, codec, value
-FROM journal WHERE run_id IN (SELECT unnest(%(ids)s::text[])) AND value IS NOT NULL;
+FROM journal WHERE run_id IN (SELECT unnest(%(ids)s::text[])) AND value IS NOT NULL
+UNION ALL
+SELECT 'token', id, 0, data_codec, data
+FROM tokens WHERE run_id IN (SELECT unnest(%(ids)s::text[])) AND data IS NOT NULL
+UNION ALL
+SELECT 'message', id, 0, data_codec, data
+FROM messages WHERE run_id IN (SELECT unnest(%(ids)s::text[])) AND data IS NOT NULL
+UNION ALL
+SELECT 'wait_match', run_id, seq, match_codec, match
+FROM waits WHERE run_id IN (SELECT unnest(%(ids)s::text[])) AND match IS NOT NULL
+UNION ALL
+-- what belongs to no run (tokens made outside runs, events), in the same range of ids (ids
+-- sort by time): after the last walk's end, up to this walk's last run (to the end if none)
+SELECT 'token', id, 0, data_codec, data
+FROM tokens
+WHERE run_id IS NULL AND id > %(after)s AND (%(last)s::text IS NULL OR id <= %(last)s)
+  AND data IS NOT NULL
+UNION ALL
+SELECT 'event', id, 0, payload_codec, payload
+FROM events
+WHERE id > %(after)s AND (%(last)s::text IS NULL OR id <= %(last)s) AND payload IS NOT NULL;
 
 -- name: rewrite_args
 UPDATE runs SET args_codec = %(codec)s, args = %(value)s
@@ -520,6 +565,23 @@ WHERE id = %(id)s AND args_codec = %(old_codec)s AND args = %(old_value)s;
 -- name: rewrite_result
 UPDATE runs SET result_codec = %(codec)s, result = %(value)s
 WHERE id = %(id)s AND result_codec = %(old_codec)s AND result = %(old_value)s;
+
+-- name: rewrite_token
+UPDATE tokens SET data_codec = %(codec)s, data = %(value)s
+WHERE id = %(id)s AND data_codec = %(old_codec)s AND data = %(old_value)s;
+
+-- name: rewrite_message
+UPDATE messages SET data_codec = %(codec)s, data = %(value)s
+WHERE id = %(id)s AND data_codec = %(old_codec)s AND data = %(old_value)s;
+
+-- name: rewrite_event
+UPDATE events SET payload_codec = %(codec)s, payload = %(value)s
+WHERE id = %(id)s AND payload_codec = %(old_codec)s AND payload = %(old_value)s;
+
+-- name: rewrite_wait_match
+UPDATE waits SET match_codec = %(codec)s, match = %(value)s
+WHERE run_id = %(id)s AND seq = %(seq)s AND match_codec = %(old_codec)s
+  AND match = %(old_value)s;
 
 -- name: rewrite_journal
 UPDATE journal SET codec = %(codec)s, value = %(value)s

@@ -322,6 +322,23 @@ DELETE FROM journal WHERE run_id IN (SELECT value FROM json_each(:ids));
 -- name: delete_attempts
 DELETE FROM attempts WHERE run_id IN (SELECT value FROM json_each(:ids));
 
+-- name: delete_tokens
+DELETE FROM tokens WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: delete_messages
+DELETE FROM messages WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: delete_waits
+DELETE FROM waits WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- name: delete_events
+-- events sent before the cutoff, but none that ended a wait of a run still kept
+DELETE FROM events
+WHERE id IN (SELECT id FROM events
+             WHERE created_at < :before AND (:app IS NULL OR app = :app)
+               AND id NOT IN (SELECT event_id FROM waits WHERE event_id IS NOT NULL)
+             LIMIT :limit);
+
 -- name: delete_runs
 DELETE FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
 
@@ -330,7 +347,15 @@ SELECT blob_key AS key FROM journal WHERE blob_key IN (SELECT value FROM json_ea
 UNION
 SELECT args_blob FROM runs WHERE args_blob IN (SELECT value FROM json_each(:keys))
 UNION
-SELECT result_blob FROM runs WHERE result_blob IN (SELECT value FROM json_each(:keys));
+SELECT result_blob FROM runs WHERE result_blob IN (SELECT value FROM json_each(:keys))
+UNION
+SELECT data_blob FROM tokens WHERE data_blob IN (SELECT value FROM json_each(:keys))
+UNION
+SELECT data_blob FROM messages WHERE data_blob IN (SELECT value FROM json_each(:keys))
+UNION
+SELECT payload_blob FROM events WHERE payload_blob IN (SELECT value FROM json_each(:keys))
+UNION
+SELECT match_blob FROM waits WHERE match_blob IN (SELECT value FROM json_each(:keys));
 
 -- name: run_ids_after
 SELECT id FROM runs WHERE id > :after ORDER BY id LIMIT :limit;
@@ -344,7 +369,27 @@ SELECT 'result', id, 0, result_codec, result
 FROM runs WHERE id IN (SELECT value FROM json_each(:ids)) AND result IS NOT NULL
 UNION ALL
 SELECT 'journal', run_id, seq, codec, value
-FROM journal WHERE run_id IN (SELECT value FROM json_each(:ids)) AND value IS NOT NULL;
+FROM journal WHERE run_id IN (SELECT value FROM json_each(:ids)) AND value IS NOT NULL
+UNION ALL
+SELECT 'token', id, 0, data_codec, data
+FROM tokens WHERE run_id IN (SELECT value FROM json_each(:ids)) AND data IS NOT NULL
+UNION ALL
+SELECT 'message', id, 0, data_codec, data
+FROM messages WHERE run_id IN (SELECT value FROM json_each(:ids)) AND data IS NOT NULL
+UNION ALL
+SELECT 'wait_match', run_id, seq, match_codec, match
+FROM waits WHERE run_id IN (SELECT value FROM json_each(:ids)) AND match IS NOT NULL
+UNION ALL
+-- what belongs to no run (tokens made outside runs, events), in the same range of ids (ids
+-- sort by time): after the last walk's end, up to this walk's last run (to the end if none)
+SELECT 'token', id, 0, data_codec, data
+FROM tokens
+WHERE run_id IS NULL AND id > :after AND (:last IS NULL OR id <= :last)
+  AND data IS NOT NULL
+UNION ALL
+SELECT 'event', id, 0, payload_codec, payload
+FROM events
+WHERE id > :after AND (:last IS NULL OR id <= :last) AND payload IS NOT NULL;
 
 -- name: rewrite_args
 UPDATE runs SET args_codec = :codec, args = :value
@@ -353,6 +398,23 @@ WHERE id = :id AND args_codec = :old_codec AND args = :old_value;
 -- name: rewrite_result
 UPDATE runs SET result_codec = :codec, result = :value
 WHERE id = :id AND result_codec = :old_codec AND result = :old_value;
+
+-- name: rewrite_token
+UPDATE tokens SET data_codec = :codec, data = :value
+WHERE id = :id AND data_codec = :old_codec AND data = :old_value;
+
+-- name: rewrite_message
+UPDATE messages SET data_codec = :codec, data = :value
+WHERE id = :id AND data_codec = :old_codec AND data = :old_value;
+
+-- name: rewrite_event
+UPDATE events SET payload_codec = :codec, payload = :value
+WHERE id = :id AND payload_codec = :old_codec AND payload = :old_value;
+
+-- name: rewrite_wait_match
+UPDATE waits SET match_codec = :codec, match = :value
+WHERE run_id = :id AND seq = :seq AND match_codec = :old_codec
+  AND match = :old_value;
 
 -- name: rewrite_journal
 UPDATE journal SET codec = :codec, value = :value
