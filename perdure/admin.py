@@ -5,11 +5,24 @@ touches the store."""
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from perdure.errors import CorruptJournal, EncryptionError, StoreRefused
-from perdure.records import Attempt, JournalEntry, QueueConfig, QueueStats, RunRecord, RunStatus
+from perdure.records import (
+    Attempt,
+    EventRecord,
+    JournalEntry,
+    QueueConfig,
+    QueueStats,
+    RunRecord,
+    RunStatus,
+    Sent,
+    TokenRecord,
+    TokenStatus,
+    Wait,
+    wait_key,
+)
 from perdure.retention import DEFAULT_GRACE, MIN_GRACE, PurgeReport, parse_age, purge
 from perdure.rotation import RotationReport, rotate
 
@@ -41,6 +54,17 @@ class RunDetails:
     unreadable: Exception | None
     """Why the run's values could not be read here (no or a wrong key, a missing blob), if
     so: the run is shown all the same, without them."""
+    waits: list[Wait] = field(default_factory=list)
+    """The waits it registered (tokens, events, messages), in journal order."""
+
+    @property
+    def waiting_on(self) -> Wait | None:
+        """What a WAITING run waits for from outside now: its last registered wait, if that
+        is what it suspended on (None for a sleep, children, a retry's backoff)."""
+        if self.run.status is not RunStatus.WAITING or not self.waits:
+            return None
+        last = self.waits[-1]
+        return last if self.run.waiting_for == wait_key(last.kind, last.key) else None
 
 
 class Admin:
@@ -64,7 +88,36 @@ class Admin:
         except (CorruptJournal, EncryptionError, StoreRefused) as exc:  # shown all the same
             run, unreadable = await store.get_run(run_id, values=False), exc
         journal = await store.load_journal(run_id, values=False)
-        return RunDetails(run, journal, await store.load_attempts(run_id), unreadable)
+        attempts = await store.load_attempts(run_id)
+        waits = await store.run_waits(run_id, values=unreadable is None)
+        return RunDetails(run, journal, attempts, unreadable, waits)
+
+    async def tokens(
+        self,
+        *,
+        app: str | None = None,
+        run_id: str | None = None,
+        status: TokenStatus | None = None,
+        limit: int = 100,
+    ) -> list[TokenRecord]:
+        """Newest tokens first (of `app`, of one run, in one status), without their data."""
+        return await self.app.store.list_tokens(app=app, run_id=run_id, status=status, limit=limit)
+
+    async def complete_token(self, token_id: str, data: Any) -> TokenRecord:
+        """Complete a token of any app (see App.complete_token)."""
+        return await self.app.signals.complete_token(data, token_id=token_id, any_app=True)
+
+    async def events(
+        self, *, app: str | None = None, name: str | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        """Newest events first, without their payloads."""
+        return await self.app.store.list_events(app=app, name=name, limit=limit)
+
+    async def send_event(
+        self, name: str, payload: Any, *, idempotency_key: str | None = None
+    ) -> Sent:
+        """Send an event in the App's name (see App.send_event)."""
+        return await self.app.send_event(name, payload, idempotency_key=idempotency_key)
 
     async def cancel_run(self, run_id: str) -> RunStatus:
         """Cancel a run and its children (see Store.cancel_run); the status after the call."""

@@ -73,10 +73,11 @@ class Signals:
         token_id: str | None = None,
         run_id: str | None = None,
         name: str | None = None,
+        any_app: bool = False,
     ) -> TokenRecord:
         what = f"data of token {token_id or name!r}"
         return await self.app.store.complete_token(
-            app=self.app.name,
+            app=None if any_app else self.app.name,
             data=encode(self.app, data, what),
             token_id=token_id,
             run_id=run_id,

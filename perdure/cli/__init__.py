@@ -28,6 +28,7 @@ from perdure.cli.common import (
 )
 from perdure.cli.queues import queues_cli
 from perdure.cli.runs import runs_cli
+from perdure.cli.waits import events_cli, tokens_cli
 from perdure.crypto import new_key
 from perdure.errors import ConfigurationError, PerdureError
 
@@ -36,6 +37,8 @@ cli.add_typer(runs_cli, name="runs")
 encryption_cli = typer.Typer(help="Encryption at rest: keys and rotation.", no_args_is_help=True)
 cli.add_typer(encryption_cli, name="encryption")
 cli.add_typer(queues_cli, name="queues")
+cli.add_typer(tokens_cli, name="tokens")
+cli.add_typer(events_cli, name="events")
 
 
 @cli.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ import msgspec
 import typer
 from rich.table import Table
 
-from perdure.admin import MIN_GRACE, PurgeReport, parse_age
+from perdure.admin import MIN_GRACE, PurgeReport, RunDetails, parse_age
 from perdure.cli.common import (
     AppOpt,
     BlobOpt,
@@ -107,8 +108,10 @@ def runs_show(
         by_seq.setdefault(attempt.seq, []).append(attempt)
     entries = [_entry_dict(e, by_seq.get(e.seq, [])) for e in journal]
     stored = sum(e["stored_size"] for e in entries) + (run.result.stored_size if run.result else 0)
+    waiting = _waiting_for(details)
     if as_json:
         out = run_dict(run, values=unreadable is None)
+        out["waiting_for"] = waiting
         out["stored_size"] = stored
         out["journal"] = entries
         out["attempts"] = [_attempt_dict(a) for a in attempts]
@@ -123,6 +126,8 @@ def runs_show(
     )
     if run.note:
         console.print(f"[yellow]note:[/yellow] {run.note}")
+    if waiting is not None:
+        console.print(f"[cyan]waiting for:[/cyan] {_waiting_text(waiting)}", highlight=False)
     if unreadable is not None:
         console.print(
             f"[yellow]values unreadable here:[/yellow] {type(unreadable).__name__}: {unreadable}",
@@ -249,3 +254,36 @@ def runs_purge(
             f"deleted {report.runs} run(s) and {report.blobs} unreferenced blob(s)"
             + (f", and {report.partial} partial blob write(s)" if report.partial else "")
         )
+
+
+def _waiting_for(details: RunDetails) -> dict[str, Any] | None:
+    """What a waiting run waits for, and until when (None unless it is WAITING)."""
+    run = details.run
+    if run.status is not RunStatus.WAITING:
+        return None
+    wait = details.waiting_on
+    if wait is None:  # a sleep, children, a retry's backoff
+        return {"kind": run.waiting_for or "sleep", "until": run.available_at}
+    out: dict[str, Any] = {"kind": str(wait.kind), "key": wait.key, "until": wait.deadline}
+    if wait.match is not None and wait.match.data:
+        out["match"] = value_json(decoded(wait.match.data, wait.match.codec))
+    return out
+
+
+def _waiting_text(waiting: dict[str, Any]) -> str:
+    kind, until = waiting["kind"], waiting.get("until")
+    what: str = {
+        "token": f"token {waiting.get('key')}",
+        "event": f"event {waiting.get('key')!r}",
+        "message": f"a message on {waiting.get('key')!r}",
+        "sleep": "its sleep to end",
+        "children": "its child runs to end",
+        "retry": "its retry's backoff to end",
+    }.get(kind, kind)
+    if "match" in waiting:
+        what += f" matching {json.dumps(waiting['match'])}"
+    if until is None:
+        return what + ", with no timeout"
+    return (
+        what + f", until {dt.datetime.fromtimestamp(until).isoformat(sep=' ', timespec='seconds')}"
+    )

@@ -290,7 +290,7 @@ class Store(Protocol):
     async def list_tokens(
         self,
         *,
-        app: str,
+        app: str | None = None,
         run_id: str | None = None,
         status: TokenStatus | None = None,
         limit: int = 100,
@@ -301,16 +301,17 @@ class Store(Protocol):
     async def complete_token(
         self,
         *,
-        app: str,
+        app: str | None,
         data: Value,
         token_id: str | None = None,
         run_id: str | None = None,
         name: str | None = None,
     ) -> TokenRecord:
-        """Complete a token, by id or by its run and name (a named token the run has not made
-        yet is made completed: its wait will find it so), and signal the runs waiting for it.
-        TokenNotFound, or TokenAlreadyCompleted when it was completed or timed out before (the
-        first completion stands); RunNotFound for a named token of no run."""
+        """Complete a token (of `app`; None: of any app), by id or by its run and name (a
+        named token the run has not made yet is made completed: its wait will find it so), and
+        signal the runs waiting for it. TokenNotFound, or TokenAlreadyCompleted when it was
+        completed or timed out before (the first completion stands); RunNotFound for a named
+        token of no run."""
         ...
 
     async def send_event(self, event: NewEvent, *, runs: list[NewRun] | None = None) -> Sent:
@@ -320,7 +321,7 @@ class Store(Protocol):
         ...
 
     async def list_events(
-        self, *, app: str, name: str | None = None, limit: int = 100
+        self, *, app: str | None = None, name: str | None = None, limit: int = 100
     ) -> list[EventRecord]:
         """Newest events first, without their payloads."""
         ...
@@ -338,8 +339,9 @@ class Store(Protocol):
         for this position, so never delivered twice), or timed out. LeaseLost when stale."""
         ...
 
-    async def run_waits(self, run_id: str) -> list[Wait]:
-        """The waits a run registered, in journal order (matches without their bytes)."""
+    async def run_waits(self, run_id: str, *, values: bool = True) -> list[Wait]:
+        """The waits a run registered, in journal order (with values=False, matches without
+        their bytes, as in get_run)."""
         ...
 
     def change_token(self) -> ChangeToken:

@@ -87,7 +87,7 @@ class WaitOperations(RowMapping):
     async def list_tokens(
         self,
         *,
-        app: str,
+        app: str | None = None,
         run_id: str | None = None,
         status: TokenStatus | None = None,
         limit: int = 100,
@@ -105,7 +105,7 @@ class WaitOperations(RowMapping):
     async def complete_token(
         self,
         *,
-        app: str,
+        app: str | None,
         data: Value,
         token_id: str | None = None,
         run_id: str | None = None,
@@ -126,23 +126,24 @@ class WaitOperations(RowMapping):
                 row = (yield Query("token", {"id": token_id})).first
             else:  # a run's named token, made now if the run has not made it yet
                 run = (yield Query("run_for_message", {"run_id": run_id})).first
-                if run is None or run["app"] != app:
+                if run is None or app not in (None, run["app"]):
                     raise RunNotFound(f"no run with id {run_id!r} in app {app!r}")
+                made["app"] = run["app"]
                 row = (yield Query("named_token", made)).first
                 if row is None:
                     row = (yield Query("insert_completed_token", {**made, **columns})).first
                     if row is not None:  # nobody waits on it yet: the run will find it completed
                         return typing.cast(Row, row)
                     row = (yield Query("named_token", made)).first  # made meanwhile
-            if row is None or row["app"] != app:
-                raise TokenNotFound(f"no token with id {token_id!r} in app {app!r}")
+            if row is None or app not in (None, row["app"]):
+                raise TokenNotFound(f"no token with id {token_id!r}" + _in(app))
             target = row["id"]
             done: Row | None = (
                 yield Query("complete_token", {"id": target, "now": now, **columns})
             ).first
             if done is None:
                 raise _not_completed(target, row, now)
-            yield from self._signal(app, WaitKind.TOKEN, target, now)
+            yield from self._signal(row["app"], WaitKind.TOKEN, target, now)
             return done
 
         row = await self.db.write(complete, "complete_token", (CLAIMABLE,))
@@ -193,7 +194,7 @@ class WaitOperations(RowMapping):
         return Sent(id=event_id, created=True, woken=woken)
 
     async def list_events(
-        self, *, app: str, name: str | None = None, limit: int = 100
+        self, *, app: str | None = None, name: str | None = None, limit: int = 100
     ) -> list[EventRecord]:
         params = {"app": app, "name": name, "limit": limit}
         rows = await self.db.read(lambda: _rows(Query("list_events", params)), "list_events")
@@ -313,7 +314,7 @@ class WaitOperations(RowMapping):
             return _timed_out(state)
         return state
 
-    async def run_waits(self, run_id: str) -> list[Wait]:
+    async def run_waits(self, run_id: str, *, values: bool = True) -> list[Wait]:
         """The waits a run registered, in journal order (for `runs show`)."""
         rows = await self.db.read(
             lambda: _rows(Query("run_waits", {"run_id": run_id})), "run_waits"
@@ -325,7 +326,7 @@ class WaitOperations(RowMapping):
                 app=row["app"],
                 kind=WaitKind(row["kind"]),
                 key=row["key"],
-                match=await self._value(row, "match", fetch=False),
+                match=await self._value(row, "match", fetch=values),
                 since=row["since"],
                 deadline=row["deadline"],
             )
@@ -435,6 +436,10 @@ class WaitOperations(RowMapping):
 def _rows(query: Query) -> Operation[list[Row]]:
     result = yield query
     return list(result.rows)
+
+
+def _in(app: str | None) -> str:
+    return "" if app is None else f" in app {app!r}"
 
 
 def _due(deadline: float | None, now: float) -> bool:

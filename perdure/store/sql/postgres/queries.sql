@@ -643,7 +643,8 @@ WHERE id = %(id)s AND status = 'waiting' AND expires_at <= %(now)s;
 SELECT id, app, run_id, name, status, data_codec, data_blob, data_raw_size, data_stored_size,
        tags, idempotency_key, created_at, expires_at, completed_at
 FROM tokens
-WHERE app = %(app)s AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s::text)
+WHERE (%(app)s::text IS NULL OR app = %(app)s::text)
+  AND (%(run_id)s::text IS NULL OR run_id = %(run_id)s::text)
   AND (%(status)s::text IS NULL
        OR CASE WHEN status = 'waiting' AND expires_at <= %(now)s THEN 'timed_out'
                ELSE status END = %(status)s::text)
@@ -701,7 +702,8 @@ LIMIT %(limit)s;
 SELECT id, app, name, payload_codec, payload_blob, payload_raw_size, payload_stored_size,
        idempotency_key, created_at
 FROM events
-WHERE app = %(app)s AND (%(name)s::text IS NULL OR name = %(name)s::text)
+WHERE (%(app)s::text IS NULL OR app = %(app)s::text)
+  AND (%(name)s::text IS NULL OR name = %(name)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s;
 

@@ -497,7 +497,7 @@ WHERE id = :id AND status = 'waiting' AND expires_at <= :now;
 SELECT id, app, run_id, name, status, data_codec, data_blob, data_raw_size, data_stored_size,
        tags, idempotency_key, created_at, expires_at, completed_at
 FROM tokens
-WHERE app = :app AND (:run_id IS NULL OR run_id = :run_id)
+WHERE (:app IS NULL OR app = :app) AND (:run_id IS NULL OR run_id = :run_id)
   AND (:status IS NULL
        OR CASE WHEN status = 'waiting' AND expires_at <= :now THEN 'timed_out'
                ELSE status END = :status)
@@ -555,7 +555,7 @@ LIMIT :limit;
 SELECT id, app, name, payload_codec, payload_blob, payload_raw_size, payload_stored_size,
        idempotency_key, created_at
 FROM events
-WHERE app = :app AND (:name IS NULL OR name = :name)
+WHERE (:app IS NULL OR app = :app) AND (:name IS NULL OR name = :name)
 ORDER BY id DESC
 LIMIT :limit;
 

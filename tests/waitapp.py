@@ -1,0 +1,37 @@
+"""An app for wait tests with real processes: each run records a step, waits for its token
+"approval", then records another; every step body appends a line to $CRASH_LOG."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import perdure
+
+app = perdure.App("waits")
+
+
+def _log(line: str) -> None:
+    with open(os.environ["CRASH_LOG"], "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@app.step(name="mark")
+async def mark(key: str, what: str) -> str:
+    _log(f"{what} {key} {os.getpid()}")
+    return what
+
+
+@app.task(name="approval")
+async def approval(key: str) -> Any:
+    await mark(key, "asked")
+    decision = await perdure.wait_for_token("approval", timeout=600)
+    await mark(key, "decided")
+    return decision
+
+
+@app.task(name="chat")
+async def chat(turns: int) -> list[Any]:
+    return [await perdure.receive("chat", timeout=600) for _ in range(turns)]
