@@ -21,3 +21,34 @@ def test_demo_kills_the_worker_and_the_run_resumes() -> None:
     assert "killed with SIGKILL" in done.stdout
     assert "the run resumed after its last recorded step" in done.stdout
     assert "plan, search, read 0, read 1, read 2" in done.stdout
+
+
+def _example(name: str) -> str:
+    done = subprocess.run(
+        [sys.executable, f"examples/{name}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_approval_flow_waits_for_a_person_and_declines_without_one() -> None:
+    out = _example("approval_flow.py")
+    assert "order 1: {'order': 1, 'refund': 'refund-1', 'by': 'policy'}" in out
+    assert "order 2: {'order': 2, 'refund': 'refund-2', 'by': 'ana'}" in out
+    assert "order 3: {'order': 3, 'declined': 'no decision in time'}" in out
+
+
+def test_chat_agent_answers_each_turn_in_order() -> None:
+    out = _example("chat_agent.py")
+    turns = [line.strip() for line in out.splitlines() if line.strip()]
+    assert turns == [
+        "user: hello",
+        "agent: You said 'hello', ana (turn 1)",
+        "user: and in French?",
+        "agent: Bien sûr, ana ! (turn 2)",
+    ]
