@@ -498,6 +498,66 @@ async def sleep_10k(workdir: Path, quick: bool) -> list[Metric]:
     ]
 
 
+async def wait_tokens(workdir: Path, quick: bool) -> list[Metric]:
+    """10,000 runs (1,000 with --quick) that each wait for their token: the process's memory
+    while they all wait (against the same process idle, worker running), the latency from a
+    token's completion to its run's first instruction after the wait with the worker otherwise
+    idle (200 completions one after another), and the time to complete all the others at once."""
+    runs = 1000 if quick else 10_000
+    samples = 200
+    app = new_app(workdir)
+
+    @app.task(name="hold")
+    async def hold() -> float:
+        await perdure.wait_for_token("go")
+        return time.time()
+
+    async def body() -> Metric:
+        await asyncio.sleep(0.5)
+        idle = rss_mb()
+        started = time.perf_counter()
+        handles = []
+        for chunk in range(0, runs, 1000):
+            handles += await hold.batch_trigger([()] * min(1000, runs - chunk))
+        waiting = 0
+        while waiting < runs:  # every run has started, registered its wait and suspended
+            await asyncio.sleep(0.1)
+            waiting = len(await app.store.list_runs(status=RunStatus.WAITING, limit=runs))
+        start_seconds = time.perf_counter() - started
+        waiting_rss = rss_mb()
+        lags = []
+        for handle in handles[:samples]:  # one at a time: the worker is otherwise idle
+            sent = time.time()
+            await handle.complete_token("go")
+            lags.append(await handle.result(timeout=60) - sent)
+        lags.sort()
+        rest = handles[samples:]
+        all_started = time.perf_counter()
+        for chunk in range(0, len(rest), 500):
+            await asyncio.gather(*(h.complete_token("go") for h in rest[chunk : chunk + 500]))
+        for handle in rest:
+            await handle.result(timeout=600)
+        return {
+            "runs": runs,
+            "start_s": start_seconds,
+            "idle_rss_mb": idle,
+            "rss_mb": waiting_rss,
+            "rss_added_mb": waiting_rss - idle,
+            "lag_p50": statistics.median(lags),
+            "lag_p95": lags[int(0.95 * len(lags)) - 1],
+            "complete_all_s": time.perf_counter() - all_started,
+        }
+
+    out = await with_worker(app, 50, body)
+    return [
+        {"workload": "WAIT", "metric": "rss_added_mb", "value": out["rss_added_mb"], **out},
+        {"workload": "WAIT", "metric": "resume_p50_ms", "value": out["lag_p50"] * 1000},
+        {"workload": "WAIT", "metric": "resume_p95_ms", "value": out["lag_p95"] * 1000},
+        {"workload": "WAIT", "metric": "complete_all_s", "value": out["complete_all_s"]},
+        {"workload": "WAIT", "metric": "start_s", "value": out["start_s"]},
+    ]
+
+
 WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] = {
     "FLOOR": commit_floor,
     "W1": w1_throughput,
@@ -508,6 +568,7 @@ WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] 
     "W1Q": w1_limited_queue,
     "FANOUT": fan_out,
     "SLEEP10K": sleep_10k,
+    "WAIT": wait_tokens,
 }
 
 
@@ -522,7 +583,7 @@ def machine() -> Metric:
 
 PEERS = {"dbos": ("dbos==3.4.0", "psycopg[binary]>=3.2")}
 """Reference peers and what their virtualenv gets (pinned)."""
-PEER_WORKLOADS = {"W1", "W2", "W3", "W4", "W5", "FANOUT", "SLEEP10K"}
+PEER_WORKLOADS = {"W1", "W2", "W3", "W4", "W5", "FANOUT", "SLEEP10K", "WAIT"}
 
 
 def peer_python(peer: str) -> Path:
@@ -571,7 +632,7 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default=",".join(WORKLOADS),
-        help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT, SLEEP10K)",
+        help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT, SLEEP10K, WAIT)",
     )
     parser.add_argument(
         "--store",
