@@ -16,6 +16,7 @@ from perdure.errors import (
 from perdure.handle import RunHandle
 from perdure.records import RunStatus, Token
 from perdure.retry import Retry
+from perdure.schedules import Cron
 from perdure.secrets import Secret, secret
 from perdure.step import Step, step_key
 from perdure.task import Task
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "ChildFailed",
+    "Cron",
     "NonRetryable",
     "NonRetryableError",
     "PerdureError",

@@ -15,6 +15,7 @@ from perdure.executor import Executor
 from perdure.handle import RunHandle
 from perdure.records import STRATEGIES, QueueConfig, Sent, Token, TokenRecord
 from perdure.retry import Retry
+from perdure.schedules import Cron, Schedules
 from perdure.signals import Signals
 from perdure.step import Step
 from perdure.store import open_store
@@ -84,6 +85,8 @@ class App:
         one in the same process needs no read."""
         self.signals = Signals(self)
         """Token completions, events and messages sent to runs."""
+        self.schedules = Schedules(self)
+        """Cron schedules: declared with @app.task(schedule=...), or made at run time."""
         self._store: Store | None = None
 
     def __repr__(self) -> str:
@@ -132,6 +135,7 @@ class App:
         serializer: str = "msgpack",
         max_steps: int | None = None,
         on_event: str | None = None,
+        schedule: Cron | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -146,6 +150,7 @@ class App:
         serializer: str = "msgpack",
         max_steps: int | None = None,
         on_event: str | None = None,
+        schedule: Cron | None = None,
     ) -> Any:
         """Register a durable task (sync or async). Options: `retry` (task-level retries from
         the last checkpoint), `queue` (a name; limits via app.queue), `concurrency` (runs of
@@ -154,7 +159,8 @@ class App:
         positions a run may take: steps, sleeps, recorded values, child triggers; a run past
         it fails with TooManySteps, so a runaway loop cannot grow its journal without end),
         `on_event` (an event name: each event sent with that name triggers a run, with the
-        payload as its one argument)."""
+        payload as its one argument), `schedule` (a perdure.Cron: each tick triggers one run,
+        with the tick's time as its one argument)."""
         if concurrency is not None and concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
         if max_steps is not None and max_steps < 1:
@@ -179,6 +185,8 @@ class App:
             )
             if on_event is not None:
                 self.signals.triggered_by(on_event, task)
+            if schedule is not None:
+                self.schedules.declare(task, schedule)
             self.tasks[task_name] = task
             return task
 
@@ -331,6 +339,7 @@ class App:
             task_limits={
                 name: t.concurrency for name, t in self.tasks.items() if t.concurrency is not None
             },
+            schedules=list(self.schedules.declared.values()),
         )
 
     async def run_worker(self, *, concurrency: int | None = None, **settings: Any) -> None:

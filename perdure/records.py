@@ -614,3 +614,70 @@ class WaitState:
     """When it began (events: look-back included)."""
     source: str | None = None
     """The token, event or message that ended it."""
+
+
+class MissedTicks(StrEnum):
+    """What a schedule does with ticks that passed while no worker could fire them."""
+
+    RUN_ONCE = "run_once"
+    """One run for the latest missed tick, then on as scheduled."""
+    SKIP = "skip"
+    """No run for them (a tick late by less than a minute still runs)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewSchedule:
+    """A schedule to declare (in code) or create (at run time)."""
+
+    app: str
+    """App name."""
+    key: str
+    """Unique within the app: a declared schedule's task name, or the key given."""
+    task: str
+    """The task each tick triggers, with the tick's time as its first argument."""
+    queue: str = "default"
+    """The task's queue."""
+    cron: str
+    """Cron expression (five fields, or six with seconds last)."""
+    tz: str
+    """IANA time zone the expression is read in."""
+    missed: MissedTicks = MissedTicks.RUN_ONCE
+    """What to do with ticks missed during downtime."""
+    declared: bool = False
+    """Declared in code (@app.task(schedule=...)): workers keep it as the code says."""
+    next_at: float
+    """The first tick (POSIX seconds)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRecord:
+    """A schedule as stored."""
+
+    app: str
+    """App name."""
+    key: str
+    """Key within the app."""
+    task: str
+    """Task it triggers."""
+    queue: str
+    """Its queue."""
+    cron: str
+    """Cron expression."""
+    tz: str
+    """Time zone."""
+    missed: MissedTicks
+    """Policy for missed ticks."""
+    declared: bool
+    """Declared in code."""
+    paused: bool
+    """A paused schedule fires nothing (its ticks are missed, then by its policy)."""
+    next_at: float
+    """Its next tick."""
+    last_tick: float | None
+    """The last tick that triggered a run."""
+    last_run_id: str | None
+    """That run."""
+    created_at: float
+    """Creation time."""
+    updated_at: float
+    """Last change."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -18,11 +19,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from perdure import cron
 from perdure.config import WorkerConfig
 from perdure.errors import CancelSignal, LeaseLost, StoreError
 from perdure.ids import new_id
 from perdure.lease import LeaseKeeper, Liveness, new_worker_record, reap_dead_workers, tick
-from perdure.records import History, QueueConfig, RunRecord, RunStatus, Transition, WorkerRecord
+from perdure.records import (
+    History,
+    NewSchedule,
+    QueueConfig,
+    RunRecord,
+    RunStatus,
+    Transition,
+    WorkerRecord,
+)
 from perdure.store.base import ChangeToken, Store
 from perdure.store.notify import CANCEL, CLAIMABLE
 
@@ -31,6 +41,7 @@ log = logging.getLogger("perdure.worker")
 _IDLE_WAIT = 1.0
 _CANCEL_CHECK_EVERY = 1.0  # besides every announced cancel: a safety net for a lost one
 _HOUSEKEEPING_EVERY = 5.0
+_SCHEDULE_LOOK_EVERY = 1.0  # seconds between looks for due schedules (sooner for a tick)
 _RELEASE_DELAY = 5.0
 _WAKE_TOPICS = (CLAIMABLE, CANCEL)
 _BLOCKED_POLL = 0.05  # runs held back by a limit: look again this often (or on any change)
@@ -113,11 +124,16 @@ class Worker:
         config: WorkerConfig,
         queues: list[QueueConfig] | None = None,
         task_limits: dict[str, int] | None = None,
+        schedules: list[NewSchedule] | None = None,
     ) -> None:
         self.store = store
         self.app = app
         self.tasks = sorted(tasks)
         self.queues = queues or []
+        self.schedules = schedules or []
+        """Schedules declared in code (their next_at is worked out when the worker starts)."""
+        self._next_fire = 0.0
+        """time.monotonic() at which to fire due schedules next."""
         self.task_limits = task_limits or {}
         self.execute = execute
         self.config = config
@@ -179,12 +195,31 @@ class Worker:
                 self.liveness.confirmed(sent)
                 if self.queues:
                     await self.store.declare_queues(self.app, self.queues)
+                await self._declare_schedules()
                 await reap_dead_workers(self.store, me, self.config)
                 await self._remove_partial_writes()
                 return me
             except StoreError as exc:
                 delay = await self._back_off(f"worker {self.id} cannot register", exc, delay)
         return None
+
+    async def _declare_schedules(self) -> None:
+        """Record the schedules this code declares (one that stays as it was keeps its next
+        tick), and drop those that earlier code declared and this code no longer does."""
+        now = self.store.now()
+        for schedule in self.schedules:
+            first = cron.next_tick(schedule.cron, schedule.tz, now)
+            await self.store.put_schedule(dataclasses.replace(schedule, next_at=first))
+        await self.store.prune_declared(self.app, [s.key for s in self.schedules])
+
+    async def _fire_schedules(self) -> None:
+        """Start the runs of the schedules due now (each tick once, whoever else fires), and
+        plan the next look: at the next tick, or within a second (a schedule made since)."""
+        _runs, next_at = await self.store.fire_schedules(app=self.app, tasks=self.tasks)
+        wait = _SCHEDULE_LOOK_EVERY
+        if next_at is not None:
+            wait = max(0.0, min(wait, next_at - self.store.now()))
+        self._next_fire = time.monotonic() + wait
 
     async def _remove_partial_writes(self) -> None:
         """What blob writes killed with their process (or stopped by a full disk) left."""
@@ -307,6 +342,8 @@ class Worker:
         elif self._said_exhausted:
             self._said_exhausted = False
             log.info("step threads are free again; claiming", extra={"action": "threads_free"})
+        if time.monotonic() >= self._next_fire:
+            await self._fire_schedules()
         wake_at = None
         blocked = False
         if free > 0:
@@ -355,7 +392,7 @@ class Worker:
             await self._note_unknown_tasks()
             await self._release_strays()
             await self.store.expire_runs()
-        timeout = _IDLE_WAIT
+        timeout = min(_IDLE_WAIT, max(0.0, self._next_fire - time.monotonic()))
         if wake_at is not None:
             timeout = max(0.005 if blocked else 0.0, min(timeout, wake_at - self.store.now()))
         if timeout > 0:

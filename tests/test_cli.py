@@ -74,6 +74,7 @@ def test_trigger_worker_list_show_cancel(
             "0004_claim_order",
             "0005_running_by_worker",
             "0006_waits",
+            "0007_schedules",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []

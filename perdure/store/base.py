@@ -23,11 +23,13 @@ from perdure.records import (
     NewEvent,
     NewMessage,
     NewRun,
+    NewSchedule,
     NewToken,
     QueueConfig,
     QueueStats,
     RunRecord,
     RunStatus,
+    ScheduleRecord,
     Sent,
     TokenRecord,
     TokenStatus,
@@ -342,6 +344,35 @@ class Store(Protocol):
     async def run_waits(self, run_id: str, *, values: bool = True) -> list[Wait]:
         """The waits a run registered, in journal order (with values=False, matches without
         their bytes, as in get_run)."""
+        ...
+
+    async def put_schedule(self, schedule: NewSchedule) -> ScheduleRecord:
+        """Create or replace a schedule (by app and key); one whose expression and time zone
+        stay keeps its next tick."""
+        ...
+
+    async def list_schedules(self, app: str | None = None) -> list[ScheduleRecord]:
+        """Every schedule (of `app`), by app and key."""
+        ...
+
+    async def pause_schedule(
+        self, app: str, key: str, *, paused: bool, next_at: float | None = None
+    ) -> ScheduleRecord | None:
+        """Pause or resume a schedule (resuming from `next_at`); None when there is none."""
+        ...
+
+    async def delete_schedule(self, app: str, key: str) -> bool:
+        """Delete a schedule; False when there was none."""
+        ...
+
+    async def prune_declared(self, app: str, keep: Collection[str]) -> int:
+        """Delete the schedules declared in code (by earlier code) that are not in `keep`."""
+        ...
+
+    async def fire_schedules(self, *, app: str, tasks: list[str]) -> tuple[list[str], float | None]:
+        """Fire the due schedules of `tasks` (each tick's run created exactly once, however
+        many workers fire at once; missed ticks by each schedule's policy); returns the runs
+        created and when the next tick is due (None: no schedule)."""
         ...
 
     def change_token(self) -> ChangeToken:

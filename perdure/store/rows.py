@@ -27,6 +27,7 @@ from perdure.records import (
     RunRecord,
     RunStatus,
     Transition,
+    Value,
     WorkerRecord,
 )
 from perdure.store.connector import Row
@@ -402,6 +403,10 @@ class RowMapping:
         return params, [self._attempt_params(a) for a in ended], topics
 
     async def _new_run_params(self, run: NewRun, now: float) -> dict[str, Any]:
+        return self._run_params(run, now, await self.values.offload(run.args))
+
+    def _run_params(self, run: NewRun, now: float, args: Value | None) -> dict[str, Any]:
+        """insert_run's parameters, with `args` already offloaded (or small enough)."""
         return {
             "id": run.id,
             "app": run.app,
@@ -416,7 +421,7 @@ class RowMapping:
             "debounce_key": run.debounce_key,
             "parent_id": run.parent_id,
             "awaited": int(run.awaited),
-            **self.values.columns("args", await self.values.offload(run.args)),
+            **self.values.columns("args", args),
         }
 
     @staticmethod

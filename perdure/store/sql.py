@@ -43,6 +43,7 @@ from perdure.store.rows import (
     set_queue_params,
     wake_time,
 )
+from perdure.store.schedule_ops import ScheduleOperations
 from perdure.store.wait_ops import WaitOperations
 from perdure.values import StoredValues
 
@@ -62,7 +63,7 @@ _RUN_PARTS = (
 ClaimAnswer = tuple[list[Row], float | None, float | Unknown | None]
 
 
-class SQLStore(WaitOperations):
+class SQLStore(ScheduleOperations, WaitOperations):
     """`Store` on a SQL database reached through `db`."""
 
     def __init__(

@@ -139,6 +139,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0004_claim_order",
         "0005_running_by_worker",
         "0006_waits",
+        "0007_schedules",
     ]
     await store.open()
     await store.close()

@@ -738,3 +738,57 @@ LIMIT 1;
 
 -- name: take_message
 UPDATE messages SET taken_seq = %(seq)s WHERE id = %(id)s AND taken_seq IS NULL;
+
+-- Cron schedules (schema 7) ---------------------------------------------------------------------
+
+-- name: put_schedule
+-- create or replace; a schedule whose expression and zone stay keeps its next tick
+INSERT INTO schedules (app, key, task, queue, cron, tz, missed, declared, next_at,
+                       created_at, updated_at)
+VALUES (%(app)s, %(key)s, %(task)s, %(queue)s, %(cron)s, %(tz)s, %(missed)s, %(declared)s,
+        %(next_at)s, %(now)s, %(now)s)
+ON CONFLICT (app, key) DO UPDATE
+SET task = excluded.task, queue = excluded.queue, missed = excluded.missed, declared = excluded.declared,
+    next_at = CASE WHEN schedules.cron = excluded.cron AND schedules.tz = excluded.tz
+                   THEN schedules.next_at ELSE excluded.next_at END,
+    cron = excluded.cron, tz = excluded.tz, updated_at = excluded.updated_at
+RETURNING *;
+
+-- name: schedule
+SELECT * FROM schedules WHERE app = %(app)s AND key = %(key)s;
+
+-- name: list_schedules
+SELECT * FROM schedules WHERE (%(app)s::text IS NULL OR app = %(app)s::text) ORDER BY app, key;
+
+-- name: pause_schedule
+UPDATE schedules
+SET paused = %(paused)s, next_at = coalesce(%(next_at)s::double precision, next_at),
+    updated_at = %(now)s
+WHERE app = %(app)s AND key = %(key)s
+RETURNING *;
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE app = %(app)s AND key = %(key)s;
+
+-- name: prune_declared
+-- schedules once declared in code that the code no longer declares
+DELETE FROM schedules
+WHERE app = %(app)s AND declared = 1 AND NOT (key = ANY(%(keys)s));
+
+-- name: due_schedules
+SELECT * FROM schedules
+WHERE app = %(app)s AND paused = 0 AND next_at <= %(now)s
+  AND task = ANY(%(tasks)s)
+ORDER BY next_at
+LIMIT %(limit)s;
+
+-- name: advance_schedule
+-- only if no other worker advanced it since it was read: one run per tick
+UPDATE schedules
+SET next_at = %(next_at)s, last_tick = coalesce(%(tick)s::double precision, last_tick),
+    last_run_id = coalesce(%(run_id)s::text, last_run_id), updated_at = %(now)s
+WHERE app = %(app)s AND key = %(key)s AND next_at = %(seen)s;
+
+-- name: next_schedule_at
+SELECT min(next_at) AS next_at FROM schedules
+WHERE app = %(app)s AND paused = 0 AND task = ANY(%(tasks)s);

@@ -590,3 +590,55 @@ LIMIT 1;
 
 -- name: take_message
 UPDATE messages SET taken_seq = :seq WHERE id = :id AND taken_seq IS NULL;
+
+-- Cron schedules (schema 7) ---------------------------------------------------------------------
+
+-- name: put_schedule
+-- create or replace; a schedule whose expression and zone stay keeps its next tick
+INSERT INTO schedules (app, key, task, queue, cron, tz, missed, declared, next_at,
+                       created_at, updated_at)
+VALUES (:app, :key, :task, :queue, :cron, :tz, :missed, :declared, :next_at, :now, :now)
+ON CONFLICT (app, key) DO UPDATE
+SET task = excluded.task, queue = excluded.queue, missed = excluded.missed, declared = excluded.declared,
+    next_at = CASE WHEN schedules.cron = excluded.cron AND schedules.tz = excluded.tz
+                   THEN schedules.next_at ELSE excluded.next_at END,
+    cron = excluded.cron, tz = excluded.tz, updated_at = excluded.updated_at
+RETURNING *;
+
+-- name: schedule
+SELECT * FROM schedules WHERE app = :app AND key = :key;
+
+-- name: list_schedules
+SELECT * FROM schedules WHERE (:app IS NULL OR app = :app) ORDER BY app, key;
+
+-- name: pause_schedule
+UPDATE schedules
+SET paused = :paused, next_at = coalesce(:next_at, next_at), updated_at = :now
+WHERE app = :app AND key = :key
+RETURNING *;
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE app = :app AND key = :key;
+
+-- name: prune_declared
+-- schedules once declared in code that the code no longer declares
+DELETE FROM schedules
+WHERE app = :app AND declared = 1 AND key NOT IN (SELECT value FROM json_each(:keys));
+
+-- name: due_schedules
+SELECT * FROM schedules
+WHERE app = :app AND paused = 0 AND next_at <= :now
+  AND task IN (SELECT value FROM json_each(:tasks))
+ORDER BY next_at
+LIMIT :limit;
+
+-- name: advance_schedule
+-- only if no other worker advanced it since it was read: one run per tick
+UPDATE schedules
+SET next_at = :next_at, last_tick = coalesce(:tick, last_tick),
+    last_run_id = coalesce(:run_id, last_run_id), updated_at = :now
+WHERE app = :app AND key = :key AND next_at = :seen;
+
+-- name: next_schedule_at
+SELECT min(next_at) AS next_at FROM schedules
+WHERE app = :app AND paused = 0 AND task IN (SELECT value FROM json_each(:tasks));
