@@ -81,7 +81,17 @@ def stored_bytes(app: perdure.App) -> bytes:
 
     parts: list[bytes] = []
     with psycopg.connect(app.database) as conn:
-        tables = ("runs", "journal", "attempts", "workers", "tokens", "events", "messages", "waits")
+        tables = (
+            "runs",
+            "journal",
+            "attempts",
+            "workers",
+            "tokens",
+            "events",
+            "messages",
+            "waits",
+            "schedules",
+        )
         for table in tables:
             for row in conn.execute(f"SELECT * FROM perdure.{table}"):
                 for value in row:

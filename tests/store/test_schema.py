@@ -24,6 +24,7 @@ TABLES = (
     "events",
     "messages",
     "waits",
+    "schedules",
 )
 
 
