@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from perdure import schedules
 from perdure.errors import CorruptJournal, EncryptionError, StoreRefused
 from perdure.records import (
     Attempt,
@@ -17,6 +18,7 @@ from perdure.records import (
     QueueStats,
     RunRecord,
     RunStatus,
+    ScheduleRecord,
     Sent,
     TokenRecord,
     TokenStatus,
@@ -118,6 +120,34 @@ class Admin:
     ) -> Sent:
         """Send an event in the App's name (see App.send_event)."""
         return await self.app.send_event(name, payload, idempotency_key=idempotency_key)
+
+    async def schedules(self, app: str | None = None) -> list[ScheduleRecord]:
+        """Every schedule (of `app`), by app and key."""
+        return await self.app.store.list_schedules(app)
+
+    async def pause_schedule(self, app: str, key: str) -> ScheduleRecord:
+        """Stop firing a schedule."""
+        return await schedules.pause(self.app.store, app, key)
+
+    async def resume_schedule(self, app: str, key: str) -> ScheduleRecord:
+        """Fire a paused schedule again, from its next tick."""
+        return await schedules.resume(self.app.store, app, key)
+
+    async def delete_schedule(self, app: str, key: str) -> bool:
+        """Delete a schedule; False when there was none."""
+        return await self.app.store.delete_schedule(app, key)
+
+    async def create_schedule(
+        self,
+        task: str,
+        *,
+        cron: str,
+        tz: str = "UTC",
+        key: str | None = None,
+        missed: str = "run_once",
+    ) -> ScheduleRecord:
+        """Create (or replace) a schedule of one of the App's tasks (see App.schedules)."""
+        return await self.app.schedules.create(task, cron=cron, tz=tz, key=key, missed=missed)
 
     async def cancel_run(self, run_id: str) -> RunStatus:
         """Cancel a run and its children (see Store.cancel_run); the status after the call."""

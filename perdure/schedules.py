@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from perdure import cron
 from perdure.errors import ConfigurationError
 from perdure.records import MissedTicks, NewSchedule, ScheduleRecord
+from perdure.store.base import Store
 
 if TYPE_CHECKING:
     from perdure.app import App
@@ -81,17 +82,11 @@ class Schedules:
 
     async def pause(self, key: str) -> ScheduleRecord:
         """Stop firing a schedule (its ticks while paused are not caught up)."""
-        return _found(key, await self.app.store.pause_schedule(self.app.name, key, paused=True))
+        return await pause(self.app.store, self.app.name, key)
 
     async def resume(self, key: str) -> ScheduleRecord:
         """Fire a paused schedule again, from its next tick after now."""
-        store = self.app.store
-        existing = {s.key: s for s in await self.list()}.get(key)
-        if existing is None:
-            raise ConfigurationError(f"no schedule {key!r} in app {self.app.name!r}")
-        first = cron.next_tick(existing.cron, existing.tz, store.now())
-        resumed = await store.pause_schedule(self.app.name, key, paused=False, next_at=first)
-        return _found(key, resumed)
+        return await resume(self.app.store, self.app.name, key)
 
     async def delete(self, key: str) -> bool:
         """Delete a schedule; False when there was none. (A schedule declared in code comes
@@ -112,13 +107,28 @@ class Schedules:
         )
 
 
+async def pause(store: Store, app: str, key: str) -> ScheduleRecord:
+    """Stop firing schedule `key` of `app`."""
+    return _found(app, key, await store.pause_schedule(app, key, paused=True))
+
+
+async def resume(store: Store, app: str, key: str) -> ScheduleRecord:
+    """Fire schedule `key` of `app` again, from its next tick after now (not the ticks of the
+    pause)."""
+    existing = {s.key: s for s in await store.list_schedules(app)}.get(key)
+    if existing is None:
+        raise ConfigurationError(f"no schedule {key!r} in app {app!r}")
+    first = cron.next_tick(existing.cron, existing.tz, store.now())
+    return _found(app, key, await store.pause_schedule(app, key, paused=False, next_at=first))
+
+
 def _next(schedule: NewSchedule, now: float) -> float:
     return cron.next_tick(schedule.cron, schedule.tz, now)
 
 
-def _found(key: str, record: ScheduleRecord | None) -> ScheduleRecord:
+def _found(app: str, key: str, record: ScheduleRecord | None) -> ScheduleRecord:
     if record is None:
-        raise ConfigurationError(f"no schedule {key!r}")
+        raise ConfigurationError(f"no schedule {key!r} in app {app!r}")
     return record
 
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -15,7 +20,7 @@ import perdure
 from perdure.errors import ConfigurationError
 
 from . import cronapp
-from .conftest import WorkerProcess, running_worker, wait_until
+from .conftest import ROOT, WorkerProcess, running_worker, wait_until
 
 
 async def test_a_declared_schedule_runs_each_tick_with_its_time(
@@ -97,3 +102,50 @@ async def test_each_tick_runs_once_with_three_worker_processes(
     first, last = min(ticks), max(ticks)
     assert sorted(ticks) == [first + i for i in range(int(last - first) + 1)]  # none missed
     assert cronapp.app.name == "cron"
+
+
+def _perdure(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "perdure", *args],
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_schedules_commands(tmp_path: Path) -> None:
+    env = {"PERDURE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db"}
+    app = ("--app", "tests.cronapp:app")
+    made = _perdure(
+        env,
+        "schedules",
+        "create",
+        "every_second",
+        "--cron",
+        "0 9 * * 1-5",
+        "--tz",
+        "Europe/Paris",
+        "--key",
+        "weekdays",
+        *app,
+        "--json",
+    )
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    assert (created["key"], created["tz"], created["paused"]) == ("weekdays", "Europe/Paris", False)
+    nine = dt.datetime.fromtimestamp(created["next_at"], ZoneInfo("Europe/Paris"))
+    assert (nine.hour, nine.minute, nine.weekday() < 5) == (9, 0, True)
+    bad = _perdure(env, "schedules", "create", "every_second", "--cron", "0 25 * * *", *app)
+    assert bad.returncode == 1
+    assert "invalid cron expression" in bad.stdout
+    paused = _perdure(env, "schedules", "pause", "weekdays", "--app-name", "cron", "--json")
+    assert json.loads(paused.stdout)["paused"] is True
+    resumed = _perdure(env, "schedules", "resume", "weekdays", "--app-name", "cron", "--json")
+    assert json.loads(resumed.stdout)["paused"] is False
+    listed = _perdure(env, "schedules", "list", "--json")
+    assert [s["key"] for s in json.loads(listed.stdout)] == ["weekdays"]
+    gone = _perdure(env, "schedules", "delete", "weekdays", "--app-name", "cron")
+    assert gone.returncode == 0
+    assert _perdure(env, "schedules", "delete", "weekdays", "--app-name", "cron").returncode == 1

@@ -28,6 +28,7 @@ from perdure.cli.common import (
 )
 from perdure.cli.queues import queues_cli
 from perdure.cli.runs import runs_cli
+from perdure.cli.schedules import schedules_cli
 from perdure.cli.waits import events_cli, tokens_cli
 from perdure.crypto import new_key
 from perdure.errors import ConfigurationError, PerdureError
@@ -39,6 +40,7 @@ cli.add_typer(encryption_cli, name="encryption")
 cli.add_typer(queues_cli, name="queues")
 cli.add_typer(tokens_cli, name="tokens")
 cli.add_typer(events_cli, name="events")
+cli.add_typer(schedules_cli, name="schedules")
 
 
 @cli.command()
