@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -52,3 +53,12 @@ def test_chat_agent_answers_each_turn_in_order() -> None:
         "user: and in French?",
         "agent: Bien sûr, ana ! (turn 2)",
     ]
+
+
+def test_daily_report_runs_on_its_schedule() -> None:
+    out = _example("daily_report.py")
+    assert "schedule demo: * * * * * * (UTC)" in out
+    reports = [line for line in out.splitlines() if line.startswith("report for ")]
+    assert len(reports) == 3
+    assert all(line.endswith(": 42 orders, 3 refunds") for line in reports)
+    assert re.search(r"next weekday report: (Mon|Tues|Wednes|Thurs|Fri)day \S+ 09:00 in Paris", out)
