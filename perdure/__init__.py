@@ -14,6 +14,7 @@ from perdure.errors import (
     RetryAfter,
 )
 from perdure.handle import RunHandle
+from perdure.progress import metadata, stream
 from perdure.records import RunStatus, Token
 from perdure.retry import Retry
 from perdure.schedules import Cron
@@ -51,6 +52,7 @@ __all__ = [
     "Token",
     "create_token",
     "errors",
+    "metadata",
     "now",
     "random",
     "receive",
@@ -58,6 +60,7 @@ __all__ = [
     "sleep",
     "sleep_until",
     "step_key",
+    "stream",
     "uuid4",
     "wait_for_event",
     "wait_for_token",

@@ -76,10 +76,15 @@ class Admin:
         self.app = app
 
     async def list_runs(
-        self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
+        self,
+        *,
+        status: RunStatus | None = None,
+        task: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
-        """Newest runs first, without arguments or results."""
-        return await self.app.store.list_runs(status=status, task=task, limit=limit)
+        """Newest runs first (in `status`, of `task`, with `tag`), without their values."""
+        return await self.app.store.list_runs(status=status, task=task, tag=tag, limit=limit)
 
     async def run_details(self, run_id: str) -> RunDetails:
         """The run with its journal and attempts; RunNotFound when there is none."""

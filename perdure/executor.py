@@ -174,6 +174,7 @@ class Executor:
         transition = await self._run(task, ctx, started)
         if transition is None:
             return
+        await ctx.data.flush()  # its metadata is written before its end
         entries, attempts = ctx.journal.take_pending()
         try:
             if ctx.journal.flushing is not None:

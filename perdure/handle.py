@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from perdure import serde
 from perdure.errors import PerdureError, RunCancelled, RunExpired, RunTimeout, TaskFailed
+from perdure.progress import decoded
 from perdure.records import RunStatus, Value
 from perdure.store.base import ChangeToken
 from perdure.store.notify import run_topic
@@ -142,3 +143,34 @@ class RunHandle(Generic[R]):
         return await self._app.signals.send_message(
             self.id, topic, data, idempotency_key=idempotency_key
         )
+
+    async def metadata(self) -> dict[str, Any]:
+        """The run's metadata as its code last set it (perdure.metadata.set)."""
+        run = await self._app.store.get_run(self.id)
+        found = decoded(run.metadata, f"metadata of run {self.id}")
+        return dict(found) if isinstance(found, dict) else {}
+
+    async def stream(self, name: str, *, timeout: float | None = None) -> AsyncIterator[Any]:
+        """Every chunk of the run's stream `name`, from the first, as they come, until the run
+        ends (RunTimeout after `timeout` seconds without it ending): `async for token in
+        handle.stream("answer"): ...`."""
+        store = self._app.store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = 0
+        while True:
+            token = store.change_token()
+            chunks = await store.read_stream(self.id, name, after=after)
+            for seq, value in chunks:
+                after = seq
+                yield decoded(value, f"chunk of stream {name!r}")
+            if chunks:
+                continue
+            run = await store.get_run(self.id, values=False)
+            if run.status.terminal:
+                if not await store.read_stream(self.id, name, after=after, limit=1):
+                    return  # (a last chunk may have come with its end)
+                continue
+            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if wait <= 0:
+                raise RunTimeout(f"run {self.id} is still {run.status} after {timeout}s")
+            await store.wait_for_change(wait, topics=(run_topic(self.id),), since=token)

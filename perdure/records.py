@@ -143,6 +143,8 @@ class NewRun:
     """The run that triggered this one from its body."""
     awaited: bool = False
     """The parent waits for this run's end (counted by children_done)."""
+    tags: list[str] = field(default_factory=list)
+    """Tags to find it by (runs list --tag)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,10 @@ class RunRecord:
     waiting_for: str | None = None
     """While WAITING: what for ("sleep", "children", or a signal key: "token:ID",
     "event:NAME", "message:TOPIC"; see wait_key)."""
+    tags: list[str] = field(default_factory=list)
+    """Tags given at trigger."""
+    metadata: Value | None = None
+    """Its metadata (perdure.metadata.set), an encoded mapping; in get_run only."""
 
     @property
     def held(self) -> Lease:

@@ -40,8 +40,11 @@ TRIGGER_OPTIONS = (
     "ttl",
     "concurrency_key",
     "debounce",
+    "tags",
 )
 """Keyword arguments of trigger() that configure the run instead of reaching the task."""
+_TAGS = 20  # tags a run may have
+_TAG_LENGTH = 128  # characters in a tag
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +66,9 @@ class RunOptions:
     debounce: tuple[str, float] | None = None
     """(key, seconds): triggers with the same key within `seconds` of each other make one run,
     started `seconds` after the last of them, with the last one's arguments."""
+    tags: Sequence[str] = ()
+    """Tags to find the run by (`perdure runs list --tag`): at most 20, each a non-empty
+    string of at most 128 characters."""
 
     @classmethod
     def pop(cls, kwargs: dict[str, Any]) -> RunOptions:
@@ -87,6 +93,15 @@ class RunOptions:
                 raise InvalidArguments(f"{name} must be {expected}, got {type(value).__name__}")
         if self.delay is not None and self.run_at is not None:
             raise InvalidArguments("give delay or run_at, not both")
+        if isinstance(self.tags, str) or not all(
+            isinstance(tag, str) and 0 < len(tag) <= _TAG_LENGTH for tag in self.tags
+        ):
+            raise InvalidArguments(
+                f"tags must be a list of strings of 1 to {_TAG_LENGTH} characters, "
+                f"got {self.tags!r}"
+            )
+        if len(self.tags) > _TAGS:
+            raise InvalidArguments(f"a run has at most {_TAGS} tags, got {len(self.tags)}")
         if self.ttl is not None and self.ttl <= 0:
             raise InvalidArguments(f"ttl must be positive, got {self.ttl}")
         if self.debounce is not None:
@@ -135,6 +150,7 @@ class RunOptions:
             debounce_key=None if self.debounce is None else self.debounce[0],
             parent_id=parent_id,
             awaited=awaited,
+            tags=list(dict.fromkeys(self.tags)),
         )
 
 
@@ -226,12 +242,14 @@ class Task(Generic[P, R]):
     async def trigger(
         self, *args: Any, debounce: tuple[str, float], **kwargs: Any
     ) -> RunHandle[R]: ...
+    @overload
+    async def trigger(self, *args: Any, tags: Sequence[str], **kwargs: Any) -> RunHandle[R]: ...
 
     async def trigger(self, *args: Any, **kwargs: Any) -> RunHandle[R]:
         """Start a run with these arguments; returns at once with its handle.
 
         Keywords reserved for the run, not passed to the task (see RunOptions):
-        `idempotency_key`, `priority`, `delay` / `run_at`, `ttl`, `concurrency_key`,
+        `idempotency_key`, `priority`, `delay` / `run_at`, `ttl`, `concurrency_key`, `tags`,
         `debounce=(key, seconds)`. Type checkers check the arguments against the task's
         signature (when run options are given too, the arguments are checked at trigger time).
         Inside a task the trigger is journaled: a replay returns the same run.
@@ -258,6 +276,8 @@ class Task(Generic[P, R]):
     def trigger_sync(
         self, *args: Any, debounce: tuple[str, float], **kwargs: Any
     ) -> RunHandle[R]: ...
+    @overload
+    def trigger_sync(self, *args: Any, tags: Sequence[str], **kwargs: Any) -> RunHandle[R]: ...
 
     def trigger_sync(self, *args: Any, **kwargs: Any) -> RunHandle[R]:
         """trigger() for synchronous callers."""
@@ -281,6 +301,8 @@ class Task(Generic[P, R]):
     async def trigger_and_wait(
         self, *args: Any, debounce: tuple[str, float], **kwargs: Any
     ) -> R: ...
+    @overload
+    async def trigger_and_wait(self, *args: Any, tags: Sequence[str], **kwargs: Any) -> R: ...
 
     async def trigger_and_wait(self, *args: Any, **kwargs: Any) -> R:
         """Inside a task: start a child run and wait for its result. The parent is suspended

@@ -91,6 +91,7 @@ def stored_bytes(app: perdure.App) -> bytes:
             "messages",
             "waits",
             "schedules",
+            "streams",
         )
         for table in tables:
             for row in conn.execute(f"SELECT * FROM perdure.{table}"):

@@ -75,6 +75,7 @@ def test_trigger_worker_list_show_cancel(
             "0005_running_by_worker",
             "0006_waits",
             "0007_schedules",
+            "0008_run_data",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []

@@ -44,6 +44,8 @@ def encrypted_app(make_app: Callable[..., perdure.App]) -> perdure.App:
     async def listen() -> list[Any]:
         """Waits whose values (a match, a token's data, an event's payload, a message) must be
         encrypted too."""
+        perdure.metadata.set("mark", MARK)  # metadata and stream chunks too
+        await perdure.stream("s", MARK)
         token = await perdure.wait_for_token("t")
         event = await perdure.wait_for_event("e", match={"mark": MARK})
         message = await perdure.receive("m")

@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.calls",
             "perdure.step",
             "perdure.waits",
+            "perdure.progress",
             "perdure.executor",
         ),
     ),

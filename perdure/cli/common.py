@@ -133,6 +133,7 @@ def run_dict(run: RunRecord, *, values: bool = True) -> dict[str, Any]:
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "available_at": run.available_at,
+        "tags": run.tags,
         "error": None if run.error is None else msgspec.to_builtins(run.error),
     }
     if run.result is not None:

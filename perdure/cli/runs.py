@@ -34,6 +34,7 @@ runs_cli = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 def runs_list(
     status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status.")] = None,
     task: Annotated[str | None, typer.Option(help="Only runs of this task.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only runs with this tag.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 50,
     app: AppOpt = None,
     database: DbOpt = None,
@@ -42,7 +43,10 @@ def runs_list(
 ) -> None:
     """List runs, newest first."""
     found = on_admin(
-        app, database, blobs, lambda admin: admin.list_runs(status=status, task=task, limit=limit)
+        app,
+        database,
+        blobs,
+        lambda admin: admin.list_runs(status=status, task=task, tag=tag, limit=limit),
     )
     if as_json:
         print(json.dumps([run_dict(r) for r in found]))
@@ -109,8 +113,12 @@ def runs_show(
     entries = [_entry_dict(e, by_seq.get(e.seq, [])) for e in journal]
     stored = sum(e["stored_size"] for e in entries) + (run.result.stored_size if run.result else 0)
     waiting = _waiting_for(details)
+    out_extra: dict[str, Any] = {}
+    if run.metadata is not None and run.metadata.data:
+        out_extra["metadata"] = value_json(decoded(run.metadata.data, run.metadata.codec))
     if as_json:
         out = run_dict(run, values=unreadable is None)
+        out.update(out_extra)
         out["waiting_for"] = waiting
         out["stored_size"] = stored
         out["journal"] = entries
@@ -128,6 +136,10 @@ def runs_show(
         console.print(f"[yellow]note:[/yellow] {run.note}")
     if waiting is not None:
         console.print(f"[cyan]waiting for:[/cyan] {_waiting_text(waiting)}", highlight=False)
+    if run.tags:
+        console.print(f"tags: {', '.join(run.tags)}", highlight=False)
+    if "metadata" in out_extra:
+        console.print(f"metadata: {json.dumps(out_extra['metadata'])}", highlight=False)
     if unreadable is not None:
         console.print(
             f"[yellow]values unreadable here:[/yellow] {type(unreadable).__name__}: {unreadable}",

@@ -114,9 +114,15 @@ class Store(Protocol):
         ...
 
     async def list_runs(
-        self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
+        self,
+        *,
+        status: RunStatus | None = None,
+        task: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
-        """Newest runs first, without arguments or results."""
+        """Newest runs first (in `status`, of `task`, with `tag`), without arguments, results
+        or metadata."""
         ...
 
     async def claim_runs(
@@ -373,6 +379,23 @@ class Store(Protocol):
         """Fire the due schedules of `tasks` (each tick's run created exactly once, however
         many workers fire at once; missed ticks by each schedule's policy); returns the runs
         created and when the next tick is due (None: no schedule)."""
+        ...
+
+    async def set_metadata(self, run_id: str, lease: Lease, metadata: Value) -> None:
+        """Replace the run's metadata (an encoded mapping); LeaseLost when stale."""
+        ...
+
+    async def append_stream(
+        self, run_id: str, lease: Lease, name: str, chunk: Value, *, max_chunks: int
+    ) -> int:
+        """Append a chunk to the run's stream `name`; its position among the run's chunks.
+        LeaseLost when stale; PayloadTooLarge when the run holds `max_chunks` already."""
+        ...
+
+    async def read_stream(
+        self, run_id: str, name: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, Value]]:
+        """The chunks of the run's stream `name` after position `after`, oldest first."""
         ...
 
     def change_token(self) -> ChangeToken:

@@ -177,6 +177,16 @@ class RowMapping:
                 row["result_stored_size"],
                 fetch=fetch,
             )
+        metadata = None
+        if full and "metadata_codec" in keys:
+            metadata = await self.values.resolve(
+                row["metadata_codec"],
+                row["metadata"],
+                row["metadata_blob"],
+                row["metadata_raw_size"],
+                row["metadata_stored_size"],
+                fetch=fetch,
+            )
         return RunRecord(
             id=row["id"],
             app=row["app"],
@@ -203,6 +213,8 @@ class RowMapping:
             parent_id=row["parent_id"] if "parent_id" in keys else None,
             signals=row["signals"] if "signals" in keys else 0,
             waiting_for=row["waiting_for"] if "waiting_for" in keys else None,
+            tags=json.loads(row["tags"]) if "tags" in keys and row["tags"] else [],
+            metadata=metadata,
         )
 
     async def _claimed(
@@ -421,6 +433,7 @@ class RowMapping:
             "debounce_key": run.debounce_key,
             "parent_id": run.parent_id,
             "awaited": int(run.awaited),
+            "tags": json.dumps(run.tags) if run.tags else None,
             **self.values.columns("args", args),
         }
 

@@ -43,6 +43,7 @@ from perdure.store.rows import (
     set_queue_params,
     wake_time,
 )
+from perdure.store.run_data import RunDataOperations
 from perdure.store.schedule_ops import ScheduleOperations
 from perdure.store.wait_ops import WaitOperations
 from perdure.values import StoredValues
@@ -56,6 +57,7 @@ _RUN_PARTS = (
     "delete_tokens",
     "delete_messages",
     "delete_waits",
+    "delete_streams",
     "delete_runs",
 )
 """What a purged run leaves behind it: nothing (the queries that delete each part)."""
@@ -63,7 +65,7 @@ _RUN_PARTS = (
 ClaimAnswer = tuple[list[Row], float | None, float | Unknown | None]
 
 
-class SQLStore(ScheduleOperations, WaitOperations):
+class SQLStore(ScheduleOperations, WaitOperations, RunDataOperations):
     """`Store` on a SQL database reached through `db`."""
 
     def __init__(
@@ -149,9 +151,15 @@ class SQLStore(ScheduleOperations, WaitOperations):
         return await self._in_order(run_ids, rows)
 
     async def list_runs(
-        self, *, status: RunStatus | None = None, task: str | None = None, limit: int = 100
+        self,
+        *,
+        status: RunStatus | None = None,
+        task: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
     ) -> list[RunRecord]:
         params = {"status": None if status is None else str(status), "task": task, "limit": limit}
+        params["tag"] = tag
         rows = await self._one("list_runs", params, "list_runs")
         return [await self._run_record(row, full=False) for row in rows]
 

@@ -25,6 +25,7 @@ TABLES = (
     "messages",
     "waits",
     "schedules",
+    "streams",
 )
 
 
@@ -62,6 +63,7 @@ async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str)
         "0005_running_by_worker",
         "0006_waits",
         "0007_schedules",
+        "0008_run_data",
     ]
     from_sqlite = sqlite_columns(tmp_path / "p.db")
     from_postgres = postgres_columns(postgres_url)

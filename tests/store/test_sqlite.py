@@ -140,6 +140,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0005_running_by_worker",
         "0006_waits",
         "0007_schedules",
+        "0008_run_data",
     ]
     await store.open()
     await store.close()

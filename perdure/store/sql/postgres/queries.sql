@@ -3,22 +3,24 @@
 -- name: insert_run
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
-                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
+                  tags)
 VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
         %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
         %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
-        %(parent_id)s, %(awaited)s)
+        %(parent_id)s, %(awaited)s, %(tags)s)
 ON CONFLICT DO NOTHING;
 
 -- name: upsert_debounced_run
 -- the burst's pending run takes the latest arguments and start time
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
-                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
+                  tags)
 VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
         %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
         %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
-        %(parent_id)s, %(awaited)s)
+        %(parent_id)s, %(awaited)s, %(tags)s)
 ON CONFLICT (app, task, debounce_key)
     WHERE debounce_key IS NOT NULL AND status = 'queued' AND started_at IS NULL
 DO UPDATE SET args_codec = excluded.args_codec, args = excluded.args,
@@ -43,10 +45,11 @@ SELECT * FROM runs WHERE id = ANY(%(ids)s);
 -- name: list_runs
 SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
        available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at,
-       waiting_for
+       waiting_for, tags
 FROM runs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(tag)s::text IS NULL OR tags::jsonb ? %(tag)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
@@ -358,11 +361,12 @@ RETURNING seq;
 WITH inserted AS (
     INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
-                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
+                  tags)
     VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
         %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
         %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
-        %(parent_id)s, %(awaited)s)
+        %(parent_id)s, %(awaited)s, %(tags)s)
     ON CONFLICT DO NOTHING
     RETURNING id
 )
@@ -522,7 +526,9 @@ SELECT data_blob FROM messages WHERE data_blob = ANY(%(keys)s)
 UNION
 SELECT payload_blob FROM events WHERE payload_blob = ANY(%(keys)s)
 UNION
-SELECT match_blob FROM waits WHERE match_blob = ANY(%(keys)s);
+SELECT match_blob FROM waits WHERE match_blob = ANY(%(keys)s)
+UNION
+SELECT metadata_blob FROM runs WHERE metadata_blob = ANY(%(keys)s);
 
 -- name: run_ids_after
 SELECT id FROM runs WHERE id > %(after)s ORDER BY id LIMIT %(limit)s;
@@ -546,6 +552,12 @@ FROM messages WHERE run_id IN (SELECT unnest(%(ids)s::text[])) AND data IS NOT N
 UNION ALL
 SELECT 'wait_match', run_id, seq, match_codec, match
 FROM waits WHERE run_id IN (SELECT unnest(%(ids)s::text[])) AND match IS NOT NULL
+UNION ALL
+SELECT 'metadata', id, 0, metadata_codec, metadata
+FROM runs WHERE id IN (SELECT unnest(%(ids)s::text[])) AND metadata IS NOT NULL
+UNION ALL
+SELECT 'stream', run_id, seq, data_codec, data
+FROM streams WHERE run_id IN (SELECT unnest(%(ids)s::text[])) AND data IS NOT NULL
 UNION ALL
 -- what belongs to no run (tokens made outside runs, events), in the same range of ids (ids
 -- sort by time): after the last walk's end, up to this walk's last run (to the end if none)
@@ -582,6 +594,14 @@ WHERE id = %(id)s AND payload_codec = %(old_codec)s AND payload = %(old_value)s;
 UPDATE waits SET match_codec = %(codec)s, match = %(value)s
 WHERE run_id = %(id)s AND seq = %(seq)s AND match_codec = %(old_codec)s
   AND match = %(old_value)s;
+
+-- name: rewrite_metadata
+UPDATE runs SET metadata_codec = %(codec)s, metadata = %(value)s
+WHERE id = %(id)s AND metadata_codec = %(old_codec)s AND metadata = %(old_value)s;
+
+-- name: rewrite_stream
+UPDATE streams SET data_codec = %(codec)s, data = %(value)s
+WHERE run_id = %(id)s AND seq = %(seq)s AND data_codec = %(old_codec)s AND data = %(old_value)s;
 
 -- name: rewrite_journal
 UPDATE journal SET codec = %(codec)s, value = %(value)s
@@ -792,3 +812,33 @@ WHERE app = %(app)s AND key = %(key)s AND next_at = %(seen)s;
 -- name: next_schedule_at
 SELECT min(next_at) AS next_at FROM schedules
 WHERE app = %(app)s AND paused = 0 AND task = ANY(%(tasks)s);
+
+-- Run data: metadata and streams (schema 8) -----------------------------------------------------
+
+-- name: set_metadata
+UPDATE runs
+SET metadata_codec = %(metadata_codec)s, metadata = %(metadata)s, metadata_blob = %(metadata_blob)s,
+    metadata_raw_size = %(metadata_raw_size)s, metadata_stored_size = %(metadata_stored_size)s
+WHERE id = %(id)s AND lease = %(lease)s AND worker_id = %(worker_id)s AND status = 'running';
+
+-- name: append_stream
+-- the run's next chunk, fenced by its lease; nothing when the run holds %(max_chunks)s already
+INSERT INTO streams (run_id, name, seq, data_codec, data, data_blob, data_raw_size,
+                     data_stored_size, created_at)
+SELECT %(run_id)s, %(name)s, coalesce(max(s.seq), 0) + 1, %(data_codec)s, %(data)s, %(data_blob)s,
+       %(data_raw_size)s, %(data_stored_size)s, %(now)s
+FROM streams s
+WHERE s.run_id = %(run_id)s
+HAVING count(*) < %(max_chunks)s
+   AND EXISTS (SELECT 1 FROM runs r WHERE r.id = %(run_id)s AND r.lease = %(lease)s
+               AND r.worker_id = %(worker_id)s AND r.status = 'running')
+RETURNING seq;
+
+-- name: read_stream
+SELECT * FROM streams
+WHERE run_id = %(run_id)s AND name = %(name)s AND seq > %(after)s
+ORDER BY seq
+LIMIT %(limit)s;
+
+-- name: delete_streams
+DELETE FROM streams WHERE run_id = ANY(%(ids)s);

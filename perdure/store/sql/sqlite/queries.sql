@@ -3,20 +3,24 @@
 -- name: insert_run
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
-                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
+                  tags)
 VALUES (:id, :app, :task, :queue, 'queued', :args_codec, :args, :args_blob, :args_raw_size,
         :args_stored_size, :idempotency_key, :available_at, :now, :now,
-        :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited)
+        :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited,
+        :tags)
 ON CONFLICT DO NOTHING;
 
 -- name: upsert_debounced_run
 -- the burst's pending run takes the latest arguments and start time
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
-                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited)
+                  priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
+                  tags)
 VALUES (:id, :app, :task, :queue, 'queued', :args_codec, :args, :args_blob, :args_raw_size,
         :args_stored_size, :idempotency_key, :available_at, :now, :now,
-        :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited)
+        :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited,
+        :tags)
 ON CONFLICT (app, task, debounce_key)
     WHERE debounce_key IS NOT NULL AND status = 'queued' AND started_at IS NULL
 DO UPDATE SET args_codec = excluded.args_codec, args = excluded.args,
@@ -41,9 +45,10 @@ SELECT * FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
 -- name: list_runs
 SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
        available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at,
-       waiting_for
+       waiting_for, tags
 FROM runs
 WHERE (:status IS NULL OR status = :status) AND (:task IS NULL OR task = :task)
+  AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = :tag))
 ORDER BY id DESC
 LIMIT :limit;
 
@@ -355,7 +360,9 @@ SELECT data_blob FROM messages WHERE data_blob IN (SELECT value FROM json_each(:
 UNION
 SELECT payload_blob FROM events WHERE payload_blob IN (SELECT value FROM json_each(:keys))
 UNION
-SELECT match_blob FROM waits WHERE match_blob IN (SELECT value FROM json_each(:keys));
+SELECT match_blob FROM waits WHERE match_blob IN (SELECT value FROM json_each(:keys))
+UNION
+SELECT metadata_blob FROM runs WHERE metadata_blob IN (SELECT value FROM json_each(:keys));
 
 -- name: run_ids_after
 SELECT id FROM runs WHERE id > :after ORDER BY id LIMIT :limit;
@@ -379,6 +386,12 @@ FROM messages WHERE run_id IN (SELECT value FROM json_each(:ids)) AND data IS NO
 UNION ALL
 SELECT 'wait_match', run_id, seq, match_codec, match
 FROM waits WHERE run_id IN (SELECT value FROM json_each(:ids)) AND match IS NOT NULL
+UNION ALL
+SELECT 'metadata', id, 0, metadata_codec, metadata
+FROM runs WHERE id IN (SELECT value FROM json_each(:ids)) AND metadata IS NOT NULL
+UNION ALL
+SELECT 'stream', run_id, seq, data_codec, data
+FROM streams WHERE run_id IN (SELECT value FROM json_each(:ids)) AND data IS NOT NULL
 UNION ALL
 -- what belongs to no run (tokens made outside runs, events), in the same range of ids (ids
 -- sort by time): after the last walk's end, up to this walk's last run (to the end if none)
@@ -415,6 +428,14 @@ WHERE id = :id AND payload_codec = :old_codec AND payload = :old_value;
 UPDATE waits SET match_codec = :codec, match = :value
 WHERE run_id = :id AND seq = :seq AND match_codec = :old_codec
   AND match = :old_value;
+
+-- name: rewrite_metadata
+UPDATE runs SET metadata_codec = :codec, metadata = :value
+WHERE id = :id AND metadata_codec = :old_codec AND metadata = :old_value;
+
+-- name: rewrite_stream
+UPDATE streams SET data_codec = :codec, data = :value
+WHERE run_id = :id AND seq = :seq AND data_codec = :old_codec AND data = :old_value;
 
 -- name: rewrite_journal
 UPDATE journal SET codec = :codec, value = :value
@@ -642,3 +663,33 @@ WHERE app = :app AND key = :key AND next_at = :seen;
 -- name: next_schedule_at
 SELECT min(next_at) AS next_at FROM schedules
 WHERE app = :app AND paused = 0 AND task IN (SELECT value FROM json_each(:tasks));
+
+-- Run data: metadata and streams (schema 8) -----------------------------------------------------
+
+-- name: set_metadata
+UPDATE runs
+SET metadata_codec = :metadata_codec, metadata = :metadata, metadata_blob = :metadata_blob,
+    metadata_raw_size = :metadata_raw_size, metadata_stored_size = :metadata_stored_size
+WHERE id = :id AND lease = :lease AND worker_id = :worker_id AND status = 'running';
+
+-- name: append_stream
+-- the run's next chunk, fenced by its lease; nothing when the run holds :max_chunks already
+INSERT INTO streams (run_id, name, seq, data_codec, data, data_blob, data_raw_size,
+                     data_stored_size, created_at)
+SELECT :run_id, :name, coalesce(max(s.seq), 0) + 1, :data_codec, :data, :data_blob,
+       :data_raw_size, :data_stored_size, :now
+FROM streams s
+WHERE s.run_id = :run_id
+HAVING count(*) < :max_chunks
+   AND EXISTS (SELECT 1 FROM runs r WHERE r.id = :run_id AND r.lease = :lease
+               AND r.worker_id = :worker_id AND r.status = 'running')
+RETURNING seq;
+
+-- name: read_stream
+SELECT * FROM streams
+WHERE run_id = :run_id AND name = :name AND seq > :after
+ORDER BY seq
+LIMIT :limit;
+
+-- name: delete_streams
+DELETE FROM streams WHERE run_id IN (SELECT value FROM json_each(:ids));

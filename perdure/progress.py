@@ -1,0 +1,147 @@
+"""What a run shows the world while it runs: `perdure.metadata` (a small mapping, set from the
+run's code, read at once by anyone through `handle.metadata()`) and `perdure.stream` (chunks
+appended in order, e.g. an LLM's tokens, kept with the run so a late or reconnecting subscriber
+of `handle.stream(name)` reads them from the start).
+
+Both are side effects of the run's code, not journal entries: a body that runs again after a
+crash sets its metadata again (the same values, so nothing changes) and appends its chunks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from perdure import serde, values
+from perdure.errors import LeaseLost, PerdureError, StoreError
+from perdure.records import Value
+
+if TYPE_CHECKING:
+    from perdure.context import RunContext
+
+log = logging.getLogger("perdure.run")
+
+MAX_METADATA = 64 * 1024
+"""Bytes a run's metadata may take, encoded."""
+MAX_CHUNK = 64 * 1024
+"""Bytes a stream chunk may take, encoded."""
+MAX_CHUNKS = 10_000
+"""Chunks a run may keep, over all its streams."""
+
+
+def encode(value: Any, what: str, max_size: int) -> Value:
+    """`value` as metadata and chunks are kept (msgpack, the secret check, a size bound)."""
+    data = values.encode(value, codec=serde.Codec.MSGPACK, what=what, max_size=max_size)
+    return Value(codec=str(serde.Codec.MSGPACK), data=data, raw_size=len(data))
+
+
+def decoded(value: Value | None, what: str) -> Any:
+    """The value kept in `value` (None: nothing kept)."""
+    if value is None:
+        return None
+    return serde.decode(value.data, codec=serde.Codec(value.codec), what=what)
+
+
+class RunData:
+    """One execution's metadata and streams: changes are written in order, one write in flight
+    at a time (a burst of changes becomes one write of the latest mapping)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        known = decoded(ctx.run.metadata, f"metadata of run {ctx.run.id}")
+        self.metadata: dict[str, Any] = dict(known) if isinstance(known, Mapping) else {}
+        self._dirty = False
+        self._writing: asyncio.Task[None] | None = None
+        self._streaming = asyncio.Lock()
+
+    def set(self, key: str, value: Any) -> None:
+        changed = {**self.metadata, key: value}
+        encode(changed, f"metadata of run {self.ctx.run.id}", MAX_METADATA)  # refused here
+        self.metadata = changed
+        self._dirty = True
+        if _on_loop(self.ctx):
+            self._kick()
+        else:  # a sync task's thread
+            self.ctx.loop.call_soon_threadsafe(self._kick)
+
+    def _kick(self) -> None:
+        if self._writing is None or self._writing.done():
+            self._writing = self.ctx.loop.create_task(self._write())
+
+    async def _write(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            value = encode(self.metadata, f"metadata of run {self.ctx.run.id}", MAX_METADATA)
+            try:
+                await self.ctx.store.set_metadata(self.ctx.run.id, self.ctx.run.held, value)
+            except (LeaseLost, StoreError) as exc:  # the run's own end says what happened
+                log.warning("metadata of run %s not written: %s", self.ctx.run.id, exc)
+                return
+
+    async def flush(self) -> None:
+        """Wait for the metadata writes in flight (before the run's end is written)."""
+        while self._writing is not None and not self._writing.done():
+            await asyncio.shield(self._writing)
+
+    async def append(self, name: str, chunk: Any) -> int:
+        value = encode(chunk, f"chunk of stream {name!r}", MAX_CHUNK)
+        async with self._streaming:  # in order: each chunk takes the next position
+            run = self.ctx.run
+            return await self.ctx.store.append_stream(
+                run.id, run.held, name, value, max_chunks=MAX_CHUNKS
+            )
+
+
+def _on_loop(ctx: RunContext) -> bool:
+    try:
+        return asyncio.get_running_loop() is ctx.loop
+    except RuntimeError:
+        return False
+
+
+def _data() -> RunData:
+    from perdure.context import current  # (context imports this module)
+
+    ctx = current()
+    if ctx is None:
+        raise PerdureError(
+            "perdure.metadata and perdure.stream are only available inside a run (its task's "
+            "body or its steps)"
+        )
+    return ctx.data
+
+
+class _Metadata:
+    """`perdure.metadata`: the running run's metadata."""
+
+    def set(self, key: str, value: Any) -> None:
+        """Set `key` (visible at once through handle.metadata(), kept across resumes)."""
+        if not isinstance(key, str) or not key:
+            raise PerdureError(f"a metadata key is a non-empty string, got {key!r}")
+        _data().set(key, value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key` (as this run set it), or `default`."""
+        return _data().metadata.get(key, default)
+
+    def current(self) -> dict[str, Any]:
+        """A copy of the whole mapping."""
+        return dict(_data().metadata)
+
+
+metadata = _Metadata()
+
+
+def stream(name: str, chunk: Any) -> Any:
+    """Append `chunk` to the run's stream `name`: `await perdure.stream("answer", token)` (in a
+    sync task, without await). Subscribers (`handle.stream(name)`) get every chunk in order, from
+    the start. Each chunk at most 64 KiB encoded; at most 10,000 chunks per run."""
+    if not isinstance(name, str) or not name:
+        raise PerdureError(f"a stream's name is a non-empty string, got {name!r}")
+    data = _data()
+    coro = data.append(name, chunk)
+    if _on_loop(data.ctx):
+        return coro
+    return asyncio.run_coroutine_threadsafe(coro, data.ctx.loop).result()

@@ -1,0 +1,81 @@
+"""What a run shows while it runs: its metadata (replaced whole at each change) and its streams
+(chunks appended in order, kept with the run), written once for both dialects (the part of
+SQLStore they make). Both are fenced by the run's lease; a change announces the run's topic, so
+whoever follows the run hears of it at once."""
+
+from __future__ import annotations
+
+from perdure.errors import LeaseLost, PayloadTooLarge
+from perdure.records import Lease, Value
+from perdure.store.connector import Connector, Operation, Query, Result, Row
+from perdure.store.notify import run_topic
+from perdure.store.rows import RowMapping
+
+
+class RunDataOperations(RowMapping):
+    """Metadata and streams over `db`."""
+
+    db: Connector
+
+    async def set_metadata(self, run_id: str, lease: Lease, metadata: Value) -> None:
+        params = {
+            "id": run_id,
+            "lease": lease.number,
+            "worker_id": lease.worker_id,
+            **self.values.columns("metadata", await self.values.offload(metadata)),
+        }
+
+        def put() -> Operation[None]:
+            result: Result = yield Query("set_metadata", params)
+            if result.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+
+        await self.db.write(put, "set_metadata", (run_topic(run_id),), durable=False)
+
+    async def append_stream(
+        self, run_id: str, lease: Lease, name: str, chunk: Value, *, max_chunks: int
+    ) -> int:
+        params = {
+            "run_id": run_id,
+            "name": name,
+            "lease": lease.number,
+            "worker_id": lease.worker_id,
+            "max_chunks": max_chunks,
+            "now": self.now(),
+            **self.values.columns("data", await self.values.offload(chunk)),
+        }
+
+        def append() -> Operation[int]:
+            row = (yield Query("append_stream", params)).first
+            if row is not None:
+                return int(row["seq"])
+            held = (yield Query("check_lease", {"id": run_id})).first
+            if held is None or held["lease"] != lease.number or held["status"] != "running":
+                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+            raise PayloadTooLarge(
+                f"run {run_id} holds {max_chunks:,} stream chunks already, the most a run may "
+                "keep: send fewer, larger chunks (or a reference to data kept elsewhere)"
+            )
+
+        return await self.db.write(append, "append_stream", (run_topic(run_id),), durable=False)
+
+    async def read_stream(
+        self, run_id: str, name: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, Value]]:
+        params = {"run_id": run_id, "name": name, "after": after, "limit": limit}
+
+        def read() -> Operation[list[Row]]:
+            return list((yield Query("read_stream", params)).rows)
+
+        chunks = []
+        for row in await self.db.read(read, "read_stream"):
+            value = await self.values.resolve(
+                row["data_codec"],
+                row["data"],
+                row["data_blob"],
+                row["data_raw_size"],
+                row["data_stored_size"],
+            )
+            assert value is not None
+            chunks.append((int(row["seq"]), value))
+        return chunks
