@@ -85,6 +85,10 @@ class ActiveStep:
     """Step name."""
     key: str
     """`run id:journal position`: the same for every attempt and replay of this step call."""
+    seq: int = 0
+    """Its journal position."""
+    attempt: int = 1
+    """Which attempt of it this is."""
 
 
 _in_step: contextvars.ContextVar[ActiveStep | None] = contextvars.ContextVar(

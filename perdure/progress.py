@@ -3,8 +3,10 @@ run's code, read at once by anyone through `handle.metadata()`) and `perdure.str
 appended in order, e.g. an LLM's tokens, kept with the run so a late or reconnecting subscriber
 of `handle.stream(name)` reads them from the start).
 
-Both are side effects of the run's code, not journal entries: a body that runs again after a
-crash sets its metadata again (the same values, so nothing changes) and appends its chunks again.
+Neither takes a journal position. A body that runs again (a resume, a crash) sets its metadata
+again (the same values, so nothing changes), and its chunks are not added twice: each is keyed by
+where in the run's code it was made (see RunData.origin), so a replay's chunk is the one already
+kept. A step body that runs again (a retry) makes new chunks: its attempt is part of the key.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from perdure import context as run_context  # (it holds a RunData: imported both ways)
 from perdure import serde, values
 from perdure.errors import LeaseLost, PerdureError, StoreError
 from perdure.records import Value
@@ -55,6 +58,8 @@ class RunData:
         self._dirty = False
         self._writing: asyncio.Task[None] | None = None
         self._streaming = asyncio.Lock()
+        self._made: dict[tuple[int, int], int] = {}
+        """Chunks made so far at each place (see origin)."""
 
     def set(self, key: str, value: Any) -> None:
         changed = {**self.metadata, key: value}
@@ -85,12 +90,22 @@ class RunData:
         while self._writing is not None and not self._writing.done():
             await asyncio.shield(self._writing)
 
-    async def append(self, name: str, chunk: Any) -> int:
+    def origin(self) -> str:
+        """Where in the run's code the next chunk is made, the same on a replay: the task
+        attempt, the journal position (the step whose body makes it, or the last position the
+        body took), the step's attempt, and the count of chunks made there so far."""
+        step = run_context._in_step.get()
+        place = (step.seq, step.attempt) if step is not None else (self.ctx.journal.seq, 0)
+        count = self._made.get(place, 0) + 1
+        self._made[place] = count
+        return f"{self.ctx.run.attempt}.{place[0]}.{place[1]}.{count}"
+
+    async def append(self, name: str, chunk: Any, origin: str) -> int:
         value = encode(chunk, f"chunk of stream {name!r}", MAX_CHUNK)
         async with self._streaming:  # in order: each chunk takes the next position
             run = self.ctx.run
             return await self.ctx.store.append_stream(
-                run.id, run.held, name, value, max_chunks=MAX_CHUNKS
+                run.id, run.held, name, value, origin=origin, max_chunks=MAX_CHUNKS
             )
 
 
@@ -102,9 +117,7 @@ def _on_loop(ctx: RunContext) -> bool:
 
 
 def _data() -> RunData:
-    from perdure.context import current  # (context imports this module)
-
-    ctx = current()
+    ctx = run_context.current()
     if ctx is None:
         raise PerdureError(
             "perdure.metadata and perdure.stream are only available inside a run (its task's "
@@ -141,7 +154,7 @@ def stream(name: str, chunk: Any) -> Any:
     if not isinstance(name, str) or not name:
         raise PerdureError(f"a stream's name is a non-empty string, got {name!r}")
     data = _data()
-    coro = data.append(name, chunk)
+    coro = data.append(name, chunk, data.origin())  # (its place is taken at call time)
     if _on_loop(data.ctx):
         return coro
     return asyncio.run_coroutine_threadsafe(coro, data.ctx.loop).result()

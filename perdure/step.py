@@ -93,9 +93,14 @@ def step_key() -> str:
 
 
 async def _run_body(
-    ctx: RunContext, step: Step[Any, Any], key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ctx: RunContext,
+    step: Step[Any, Any],
+    seq: int,
+    attempt: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Any:
-    token = _in_step.set(ActiveStep(step.name, key))
+    token = _in_step.set(ActiveStep(step.name, f"{ctx.run.id}:{seq}", seq, attempt))
     try:
         return await call_body(
             step.fn,
@@ -134,7 +139,7 @@ async def execute_step(
             await ctx.control.vouch()  # this worker still holds the run
         started = ctx.store.now()
         try:
-            result = await _run_body(ctx, step, f"{ctx.run.id}:{seq}", args, kwargs)
+            result = await _run_body(ctx, step, seq, attempt, args, kwargs)
             entry, data = journal.entry(seq, EntryKind.STEP, step.name, result, first_started)
             entry = await journal.offload(entry)
         except Exception as exc:

@@ -174,3 +174,31 @@ async def test_messages_and_events_from_the_cli(
     listed = _cli(app, tmp_path, "events", "list", "--json")
     assert [(e["app"], e["name"]) for e in json.loads(listed.stdout)] == [("waits", "order.paid")]
     await app.close()
+
+
+async def test_metadata_and_streams_from_a_worker_process(
+    database_url: str, tmp_path: Path, worker_processes: list[WorkerProcess]
+) -> None:
+    """A run on a worker process streams words and sets its metadata; this process follows the
+    stream live and reads the metadata while the run waits, then to the run's end."""
+    app = _app(database_url, tmp_path)
+    app.task(name="narrate")(waitapp.narrate.fn)
+    env = _env(app, tmp_path)
+    worker_processes.append(WorkerProcess("tests.waitapp:app", env, log=tmp_path / "w.log"))
+    handle = await app.get_task("narrate").trigger(["durable", "runs"], tags=["demo"])
+    heard: list[str] = []
+
+    async def follow() -> None:
+        async for word in handle.stream("words", timeout=60):
+            heard.append(word)
+
+    following = asyncio.create_task(follow())
+    await wait_until(lambda: heard == ["durable", "runs"], timeout=60)
+    await wait_until(lambda: _count_is(app, RunStatus.WAITING, 1), timeout=60)
+    assert await handle.metadata() == {"said": 2}
+    await handle.complete_token("more")
+    await asyncio.wait_for(following, 60)
+    assert heard == ["durable", "runs", "end"]
+    assert await handle.result(timeout=60) == 3
+    assert [r.id for r in await app.admin.list_runs(tag="demo")] == [handle.id]
+    await app.close()

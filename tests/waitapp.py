@@ -35,3 +35,13 @@ async def approval(key: str) -> Any:
 @app.task(name="chat")
 async def chat(turns: int) -> list[Any]:
     return [await perdure.receive("chat", timeout=600) for _ in range(turns)]
+
+
+@app.task(name="narrate")
+async def narrate(words: list[str]) -> int:
+    for i, word in enumerate(words):
+        await perdure.stream("words", word)
+        perdure.metadata.set("said", i + 1)
+    await perdure.wait_for_token("more", timeout=600)
+    await perdure.stream("words", "end")
+    return len(words) + 1

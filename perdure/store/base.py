@@ -386,10 +386,12 @@ class Store(Protocol):
         ...
 
     async def append_stream(
-        self, run_id: str, lease: Lease, name: str, chunk: Value, *, max_chunks: int
+        self, run_id: str, lease: Lease, name: str, chunk: Value, *, origin: str, max_chunks: int
     ) -> int:
-        """Append a chunk to the run's stream `name`; its position among the run's chunks.
-        LeaseLost when stale; PayloadTooLarge when the run holds `max_chunks` already."""
+        """Append a chunk to the run's stream `name`; its position among the run's chunks. A
+        chunk whose `origin` (where in the run's code it was made) the run holds already is not
+        added again (a replay). LeaseLost when stale; PayloadTooLarge when the run holds
+        `max_chunks` already."""
         ...
 
     async def read_stream(

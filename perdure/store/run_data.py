@@ -33,11 +33,12 @@ class RunDataOperations(RowMapping):
         await self.db.write(put, "set_metadata", (run_topic(run_id),), durable=False)
 
     async def append_stream(
-        self, run_id: str, lease: Lease, name: str, chunk: Value, *, max_chunks: int
+        self, run_id: str, lease: Lease, name: str, chunk: Value, *, origin: str, max_chunks: int
     ) -> int:
         params = {
             "run_id": run_id,
             "name": name,
+            "origin": origin,
             "lease": lease.number,
             "worker_id": lease.worker_id,
             "max_chunks": max_chunks,
@@ -47,6 +48,8 @@ class RunDataOperations(RowMapping):
 
         def append() -> Operation[int]:
             row = (yield Query("append_stream", params)).first
+            if row is None:  # made by an execution before (a replay): that one stands
+                row = (yield Query("stream_chunk_from", params)).first
             if row is not None:
                 return int(row["seq"])
             held = (yield Query("check_lease", {"id": run_id})).first

@@ -822,17 +822,22 @@ SET metadata_codec = %(metadata_codec)s, metadata = %(metadata)s, metadata_blob 
 WHERE id = %(id)s AND lease = %(lease)s AND worker_id = %(worker_id)s AND status = 'running';
 
 -- name: append_stream
--- the run's next chunk, fenced by its lease; nothing when the run holds %(max_chunks)s already
-INSERT INTO streams (run_id, name, seq, data_codec, data, data_blob, data_raw_size,
+-- the run's next chunk, fenced by its lease; nothing when the run holds %(max_chunks)s already,
+-- or holds this chunk already (made at the same place by an execution before: a replay)
+INSERT INTO streams (run_id, name, origin, seq, data_codec, data, data_blob, data_raw_size,
                      data_stored_size, created_at)
-SELECT %(run_id)s, %(name)s, coalesce(max(s.seq), 0) + 1, %(data_codec)s, %(data)s, %(data_blob)s,
-       %(data_raw_size)s, %(data_stored_size)s, %(now)s
+SELECT %(run_id)s, %(name)s, %(origin)s, coalesce(max(s.seq), 0) + 1, %(data_codec)s, %(data)s,
+       %(data_blob)s, %(data_raw_size)s, %(data_stored_size)s, %(now)s
 FROM streams s
 WHERE s.run_id = %(run_id)s
 HAVING count(*) < %(max_chunks)s
    AND EXISTS (SELECT 1 FROM runs r WHERE r.id = %(run_id)s AND r.lease = %(lease)s
                AND r.worker_id = %(worker_id)s AND r.status = 'running')
+ON CONFLICT (run_id, origin) DO NOTHING
 RETURNING seq;
+
+-- name: stream_chunk_from
+SELECT seq FROM streams WHERE run_id = %(run_id)s AND origin = %(origin)s;
 
 -- name: read_stream
 SELECT * FROM streams

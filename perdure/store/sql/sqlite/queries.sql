@@ -673,17 +673,22 @@ SET metadata_codec = :metadata_codec, metadata = :metadata, metadata_blob = :met
 WHERE id = :id AND lease = :lease AND worker_id = :worker_id AND status = 'running';
 
 -- name: append_stream
--- the run's next chunk, fenced by its lease; nothing when the run holds :max_chunks already
-INSERT INTO streams (run_id, name, seq, data_codec, data, data_blob, data_raw_size,
+-- the run's next chunk, fenced by its lease; nothing when the run holds :max_chunks already,
+-- or holds this chunk already (made at the same place by an execution before: a replay)
+INSERT INTO streams (run_id, name, origin, seq, data_codec, data, data_blob, data_raw_size,
                      data_stored_size, created_at)
-SELECT :run_id, :name, coalesce(max(s.seq), 0) + 1, :data_codec, :data, :data_blob,
-       :data_raw_size, :data_stored_size, :now
+SELECT :run_id, :name, :origin, coalesce(max(s.seq), 0) + 1, :data_codec, :data,
+       :data_blob, :data_raw_size, :data_stored_size, :now
 FROM streams s
 WHERE s.run_id = :run_id
 HAVING count(*) < :max_chunks
    AND EXISTS (SELECT 1 FROM runs r WHERE r.id = :run_id AND r.lease = :lease
                AND r.worker_id = :worker_id AND r.status = 'running')
+ON CONFLICT (run_id, origin) DO NOTHING
 RETURNING seq;
+
+-- name: stream_chunk_from
+SELECT seq FROM streams WHERE run_id = :run_id AND origin = :origin;
 
 -- name: read_stream
 SELECT * FROM streams

@@ -12,6 +12,7 @@ ALTER TABLE runs ADD COLUMN metadata_stored_size bigint NOT NULL DEFAULT 0;
 CREATE TABLE streams (
     run_id            text NOT NULL,
     name              text NOT NULL,
+    origin            text NOT NULL,    -- where the run made it: a replay's same chunk is not added
     seq               integer NOT NULL,    -- 1, 2, ... within the run (all its streams)
     data_codec        text NOT NULL,
     data              bytea,
@@ -22,4 +23,5 @@ CREATE TABLE streams (
     PRIMARY KEY (run_id, seq)
 );
 CREATE INDEX streams_by_name ON streams (run_id, name, seq);
+CREATE UNIQUE INDEX streams_origin ON streams (run_id, origin);
 CREATE INDEX runs_tags ON runs USING gin ((tags::jsonb)) WHERE tags IS NOT NULL;

@@ -12,6 +12,7 @@ ALTER TABLE runs ADD COLUMN metadata_stored_size INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE streams (
     run_id            TEXT NOT NULL,
     name              TEXT NOT NULL,
+    origin            TEXT NOT NULL,    -- where the run made it: a replay's same chunk is not added
     seq               INTEGER NOT NULL,    -- 1, 2, ... within the run (all its streams)
     data_codec        TEXT NOT NULL,
     data              BLOB,
@@ -22,3 +23,4 @@ CREATE TABLE streams (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX streams_by_name ON streams (run_id, name, seq);
+CREATE UNIQUE INDEX streams_origin ON streams (run_id, origin);
