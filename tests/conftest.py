@@ -71,6 +71,22 @@ def make_sqlite_app(tmp_path: Path) -> Callable[..., perdure.App]:
     return _app_factory(f"sqlite:///{tmp_path}/perdure.db", tmp_path)
 
 
+STORE_TABLES = (
+    "runs",
+    "journal",
+    "attempts",
+    "workers",
+    "queues",
+    "tokens",
+    "events",
+    "messages",
+    "waits",
+    "schedules",
+    "streams",
+)
+"""Every table of the store's schema."""
+
+
 def stored_bytes(app: perdure.App) -> bytes:
     """Every byte the app's database holds: the SQLite files, or every row of every perdure
     table in PostgreSQL (bytea columns raw, the others as text)."""
@@ -81,19 +97,7 @@ def stored_bytes(app: perdure.App) -> bytes:
 
     parts: list[bytes] = []
     with psycopg.connect(app.database) as conn:
-        tables = (
-            "runs",
-            "journal",
-            "attempts",
-            "workers",
-            "tokens",
-            "events",
-            "messages",
-            "waits",
-            "schedules",
-            "streams",
-        )
-        for table in tables:
+        for table in STORE_TABLES:
             for row in conn.execute(f"SELECT * FROM perdure.{table}"):
                 for value in row:
                     if isinstance(value, bytes | memoryview):

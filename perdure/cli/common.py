@@ -45,6 +45,27 @@ BlobOpt = Annotated[
 ]
 
 
+AppNameOpt = Annotated[
+    str | None,
+    typer.Option("--app-name", help="App name (instead of --app MODULE:APP).", show_default=False),
+]
+
+
+def named_app(app: str | None, name: str | None) -> str | None:
+    """The app of --app-name NAME, else of --app MODULE:APP, else None (every app)."""
+    if name is not None:
+        return name
+    return None if app is None else load_app(app).name
+
+
+def one_app(app: str | None, name: str | None) -> str:
+    """named_app() for a command that acts on one app's things: one of the two is needed."""
+    found = named_app(app, name)
+    if found is None:
+        raise typer.BadParameter("give --app MODULE:APP or --app-name NAME")
+    return found
+
+
 def load_app(spec: str) -> App:
     """Import MODULE:APP (the current directory is on the path)."""
     module_name, _, attr = spec.partition(":")

@@ -11,29 +11,19 @@ import typer
 from rich.table import Table
 
 from perdure.cli.common import (
+    AppNameOpt,
     AppOpt,
     BlobOpt,
     DbOpt,
     JsonOpt,
     console,
-    load_app,
+    named_app,
     on_admin,
+    one_app,
 )
 from perdure.records import QueueStats
 
 queues_cli = typer.Typer(help="Inspect and change queues.", no_args_is_help=True)
-
-
-AppNameOpt = Annotated[
-    str | None,
-    typer.Option("--app-name", help="App name (instead of --app MODULE:APP).", show_default=False),
-]
-
-
-def _app_name(app: str | None, app_name: str | None) -> str | None:
-    if app_name is not None:
-        return app_name
-    return None if app is None else load_app(app).name
 
 
 def _queue_dict(stats: QueueStats) -> dict[str, Any]:
@@ -64,7 +54,7 @@ def queues_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Queues with their limits, runs running and queued, and the oldest wait."""
-    name = _app_name(app, app_name)
+    name = named_app(app, app_name)
     found = on_admin(app, database, blobs, lambda admin: admin.queues(name))
     if as_json:
         print(json.dumps([_queue_dict(q) for q in found]))
@@ -95,9 +85,7 @@ def _change_queue(
     as_json: bool,
     **change: Any,
 ) -> None:
-    name = _app_name(app, app_name)
-    if name is None:
-        raise typer.BadParameter("give --app MODULE:APP or --app-name NAME")
+    name = one_app(app, app_name)
     config = on_admin(app, database, blobs, lambda admin: admin.set_queue(name, queue, **change))
     if as_json:
         print(json.dumps({"app": name, **msgspec.to_builtins(config)}))

@@ -9,29 +9,22 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from perdure.cli.common import AppOpt, BlobOpt, DbOpt, JsonOpt, console, load_app, on_admin
+from perdure.cli.common import (
+    AppNameOpt,
+    AppOpt,
+    BlobOpt,
+    DbOpt,
+    JsonOpt,
+    console,
+    named_app,
+    on_admin,
+    one_app,
+)
 from perdure.records import ScheduleRecord
 
 schedules_cli = typer.Typer(
     help="Cron schedules: list, create, pause, resume, delete.", no_args_is_help=True
 )
-
-AppNameOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--app-name", help="The app's name (instead of --app MODULE:APP).", show_default=False
-    ),
-]
-
-
-def _app_name(app: str | None, app_name: str | None, *, needed: bool) -> str | None:
-    if app_name is not None:
-        return app_name
-    if app is not None:
-        return load_app(app).name
-    if needed:
-        raise typer.BadParameter("give --app MODULE:APP or --app-name NAME")
-    return None
 
 
 def _when(ts: float | None) -> str:
@@ -74,7 +67,7 @@ def schedules_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Schedules with their next and last ticks."""
-    name = _app_name(app, app_name, needed=False)
+    name = named_app(app, app_name)
     found = on_admin(app, database, blobs, lambda admin: admin.schedules(name))
     if as_json:
         print(json.dumps([_dict(s) for s in found]))
@@ -125,8 +118,7 @@ def _change(
     as_json: bool,
     action: str,
 ) -> None:
-    name = _app_name(app, app_name, needed=True)
-    assert name is not None
+    name = one_app(app, app_name)
     if action == "pause":
         done = on_admin(app, database, blobs, lambda admin: admin.pause_schedule(name, key))
     else:
@@ -170,8 +162,7 @@ def schedules_delete(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a schedule (one declared in code comes back when a worker of that code starts)."""
-    name = _app_name(app, app_name, needed=True)
-    assert name is not None
+    name = one_app(app, app_name)
     gone = on_admin(app, database, blobs, lambda admin: admin.delete_schedule(name, key))
     if as_json:
         print(json.dumps({"app": name, "key": key, "deleted": gone}))

@@ -9,13 +9,14 @@ import typer
 from rich.table import Table
 
 from perdure.cli.common import (
+    AppNameOpt,
     AppOpt,
     BlobOpt,
     DbOpt,
     JsonOpt,
     console,
     decoded,
-    load_app,
+    named_app,
     on_admin,
     time_text,
     value_json,
@@ -25,12 +26,6 @@ from perdure.records import EventRecord, TokenRecord, TokenStatus
 tokens_cli = typer.Typer(help="Complete and list tokens (wait_for_token).", no_args_is_help=True)
 events_cli = typer.Typer(help="Send and list events (wait_for_event).", no_args_is_help=True)
 
-AppNameOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--app-name", help="Only this app's (instead of --app MODULE:APP).", show_default=False
-    ),
-]
 LimitOpt = Annotated[int, typer.Option(min=1, help="At most this many (newest first).")]
 
 
@@ -41,12 +36,6 @@ def _json_arg(text: str | None, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"{what} is not JSON: {exc}") from None
-
-
-def _app_name(app: str | None, app_name: str | None) -> str | None:
-    if app_name is not None:
-        return app_name
-    return None if app is None else load_app(app).name
 
 
 def _token_dict(token: TokenRecord) -> dict[str, Any]:
@@ -100,7 +89,7 @@ def tokens_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List tokens, newest first."""
-    name = _app_name(app, app_name)
+    name = named_app(app, app_name)
     found = on_admin(
         app,
         database,
@@ -177,7 +166,7 @@ def events_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List events, newest first."""
-    app_filter = _app_name(app, app_name)
+    app_filter = named_app(app, app_name)
     found = on_admin(
         app, database, blobs, lambda admin: admin.events(app=app_filter, name=name, limit=limit)
     )

@@ -100,6 +100,14 @@ class ScheduleOperations(RowMapping):
         now = self.now()
         params = {"app": app, "tasks": tasks, "now": now, "limit": _FIRE_AT_ONCE}
 
+        def upcoming() -> Operation[float | None]:
+            row = (yield Query("next_schedule_at", params)).first
+            return None if row is None else row["next_at"]
+
+        next_at = await self.db.read(upcoming, "next_schedule_at")  # most looks end here
+        if next_at is None or next_at > now:
+            return [], next_at
+
         def fire() -> Operation[tuple[list[str], float | None]]:
             created = []
             for row in (yield Query("due_schedules", params)).rows:

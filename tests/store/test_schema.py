@@ -14,19 +14,9 @@ from perdure.store.queries import load_queries
 from perdure.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from perdure.store.sqlite import SQLiteStore
 
-TABLES = (
-    "runs",
-    "journal",
-    "attempts",
-    "workers",
-    "queues",
-    "tokens",
-    "events",
-    "messages",
-    "waits",
-    "schedules",
-    "streams",
-)
+from ..conftest import STORE_TABLES
+
+TABLES = STORE_TABLES
 
 
 def sqlite_columns(path: Path) -> dict[str, list[str]]:
