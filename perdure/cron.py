@@ -10,11 +10,23 @@ Expressions have five fields, or six with seconds last (croniter's convention).
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from perdure.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from croniter import croniter
+
+
+@functools.cache
+def _croniter() -> type[croniter]:
+    """croniter, imported on first use (it takes tens of milliseconds: not for every process
+    that imports perdure)."""
+    from croniter import croniter
+
+    return croniter
 
 
 def zone(tz: str) -> ZoneInfo:
@@ -32,7 +44,7 @@ def check(expr: str, tz: str) -> None:
     known time zone."""
     zone(tz)
     fields = expr.split()
-    if len(fields) not in (5, 6) or not croniter.is_valid(expr):
+    if len(fields) not in (5, 6) or not _croniter().is_valid(expr):
         raise ConfigurationError(
             f"invalid cron expression {expr!r}: five fields (minute hour day-of-month month "
             "day-of-week), or six with seconds last, e.g. '0 9 * * 1-5'"
@@ -43,7 +55,7 @@ def next_tick(expr: str, tz: str, after: float) -> float:
     """The first tick of `expr` in `tz` strictly after `after` (POSIX seconds)."""
     where = zone(tz)
     start = dt.datetime.fromtimestamp(after, where)
-    ticks = croniter(expr, start)
+    ticks = _croniter()(expr, start)
     tick: dt.datetime = ticks.get_next(dt.datetime)
     fixed_hours = expr.split()[1] != "*"
     while fixed_hours and tick.replace(tzinfo=None) == start.replace(tzinfo=None):
@@ -54,7 +66,7 @@ def next_tick(expr: str, tz: str, after: float) -> float:
 def last_tick(expr: str, tz: str, at_or_before: float) -> float:
     """The last tick of `expr` in `tz` at or before `at_or_before` (POSIX seconds)."""
     where = zone(tz)
-    tick: dt.datetime = croniter(expr, dt.datetime.fromtimestamp(at_or_before, where)).get_prev(
+    tick: dt.datetime = _croniter()(expr, dt.datetime.fromtimestamp(at_or_before, where)).get_prev(
         dt.datetime
     )
     after = next_tick(expr, tz, tick.timestamp())
