@@ -306,3 +306,22 @@ async def test_purge_takes_a_runs_tokens_messages_and_waits_and_old_events(
     assert len(await app.store.run_waits(kept.id)) == 2
     assert len(await app.store.list_tokens(app=app.name, run_id=kept.id)) == 1
     await app.close()
+
+
+async def test_a_sync_task_waits_without_await(make_app: Callable[..., perdure.App]) -> None:
+    app = make_app()
+
+    @app.task
+    def sync_flow() -> list[Any]:
+        token = perdure.wait_for_token("ok", timeout=60)
+        message = perdure.receive("m", timeout=60)
+        perdure.sleep_until(perdure.now())  # (in the past by now: returns at once)
+        return [token, message]
+
+    async with running_worker(app):
+        handle = await sync_flow.trigger()
+        await wait_until(lambda: _waiting(handle))
+        await handle.complete_token("ok", 1)
+        await handle.send("m", 2)
+        assert await handle.result(timeout=10) == [1, 2]
+    await app.close()
