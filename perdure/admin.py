@@ -8,9 +8,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from perdure import schedules
+from perdure import keys, schedules
 from perdure.errors import CorruptJournal, EncryptionError, StoreRefused
 from perdure.records import (
+    ApiKey,
     Attempt,
     EventRecord,
     JournalEntry,
@@ -19,6 +20,7 @@ from perdure.records import (
     RunRecord,
     RunStatus,
     ScheduleRecord,
+    Scope,
     Sent,
     TokenRecord,
     TokenStatus,
@@ -81,10 +83,15 @@ class Admin:
         status: RunStatus | None = None,
         task: str | None = None,
         tag: str | None = None,
+        before: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        """Newest runs first (in `status`, of `task`, with `tag`), without their values."""
-        return await self.app.store.list_runs(status=status, task=task, tag=tag, limit=limit)
+        """Newest runs first (filters and pages: see Store.list_runs), without their values."""
+        return await self.app.store.list_runs(
+            status=status, task=task, tag=tag, before=before, since=since, until=until, limit=limit
+        )
 
     async def run_details(self, run_id: str) -> RunDetails:
         """The run with its journal and attempts; RunNotFound when there is none."""
@@ -153,6 +160,22 @@ class Admin:
     ) -> ScheduleRecord:
         """Create (or replace) a schedule of one of the App's tasks (see App.schedules)."""
         return await self.app.schedules.create(task, cron=cron, tz=tz, key=key, missed=missed)
+
+    async def create_api_key(self, *, name: str, scope: Scope | str) -> tuple[ApiKey, str]:
+        """A new API key for the server: its record and the key (shown once, not stored)."""
+        return await keys.create(self.app.store, name=name, scope=scope)
+
+    async def api_keys(self) -> list[ApiKey]:
+        """Every API key (their ids, names and scopes; never the keys)."""
+        return await self.app.store.list_api_keys()
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke an API key; False when there is none or it was revoked already."""
+        return await self.app.store.revoke_api_key(key_id)
+
+    async def authorize(self, key: str | None, needed: Scope) -> ApiKey:
+        """The key's record if it may make a `needed` request; Unauthorized or Forbidden."""
+        return await keys.authorize(self.app.store, key, needed)
 
     async def cancel_run(self, run_id: str) -> RunStatus:
         """Cancel a run and its children (see Store.cancel_run); the status after the call."""

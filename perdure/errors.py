@@ -94,6 +94,14 @@ class WaitTimeout(PerdureError):
     the task, where it can be caught; recorded, so a replay raises it again."""
 
 
+class Unauthorized(PerdureError):
+    """No API key, or one that is not valid (unknown, wrong, revoked)."""
+
+
+class Forbidden(PerdureError):
+    """A valid API key whose scope does not allow this."""
+
+
 class TokenNotFound(PerdureError):
     """No token with that id (or that name in that run)."""
 

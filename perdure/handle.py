@@ -51,6 +51,9 @@ class RunHandle(Generic[R]):
         self.id = run_id
         self._result_type = result_type
         self._since = since  # set by trigger: nothing about the run is known to have changed
+        self.created = since is not None
+        """True when the trigger that made this handle created the run (False: its
+        idempotency key had a run already, or the handle is of an existing run)."""
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r})"

@@ -687,3 +687,37 @@ class ScheduleRecord:
     """Creation time."""
     updated_at: float
     """Last change."""
+
+
+class Scope(StrEnum):
+    """What an API key may do; each scope includes the ones before it."""
+
+    READ = "read"
+    """Read runs, tokens, events, queues and schedules."""
+    TRIGGER = "trigger"
+    """Also trigger runs, complete tokens, send events and messages."""
+    ADMIN = "admin"
+    """Also cancel runs, pause and resume queues and schedules."""
+
+    def allows(self, needed: Scope) -> bool:
+        """Whether a key of this scope may do what `needed` allows."""
+        order = list(Scope)
+        return order.index(self) >= order.index(needed)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKey:
+    """An API key as stored: never the key itself."""
+
+    id: str
+    """The key's public id (its first part)."""
+    name: str
+    """What it is for."""
+    scope: Scope
+    """What it may do."""
+    hash: str
+    """Hex SHA-256 of the whole key."""
+    created_at: float
+    """Creation time."""
+    revoked_at: float | None = None
+    """When it was revoked (it then opens nothing)."""

@@ -83,6 +83,7 @@ STORE_TABLES = (
     "waits",
     "schedules",
     "streams",
+    "api_keys",
 )
 """Every table of the store's schema."""
 

@@ -76,6 +76,7 @@ def test_trigger_worker_list_show_cancel(
             "0006_waits",
             "0007_schedules",
             "0008_run_data",
+            "0009_api_keys",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []

@@ -53,6 +53,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.handle",
             "perdure.signals",
             "perdure.schedules",
+            "perdure.keys",
+            "perdure.views",
             "perdure.testing",
             "perdure.admin",
             "perdure",

@@ -45,3 +45,13 @@ async def narrate(words: list[str]) -> int:
     await perdure.wait_for_token("more", timeout=600)
     await perdure.stream("words", "end")
     return len(words) + 1
+
+
+@app.task(name="add")
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.task(name="tick")
+async def tick(scheduled_at: Any) -> str:
+    return str(scheduled_at)

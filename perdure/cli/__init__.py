@@ -24,14 +24,15 @@ from perdure.cli.common import (
     load_app,
     on_admin,
     run_sync,
-    value_json,
 )
 from perdure.cli.queues import queues_cli
 from perdure.cli.runs import runs_cli
 from perdure.cli.schedules import schedules_cli
+from perdure.cli.server import api_keys_cli, serve
 from perdure.cli.waits import events_cli, tokens_cli
 from perdure.crypto import new_key
 from perdure.errors import ConfigurationError, PerdureError
+from perdure.views import value_json
 
 cli = typer.Typer(help="perdure: durable execution for Python.", no_args_is_help=True)
 cli.add_typer(runs_cli, name="runs")
@@ -41,6 +42,8 @@ cli.add_typer(queues_cli, name="queues")
 cli.add_typer(tokens_cli, name="tokens")
 cli.add_typer(events_cli, name="events")
 cli.add_typer(schedules_cli, name="schedules")
+cli.add_typer(api_keys_cli, name="api-keys")
+cli.command(name="server")(serve)
 
 
 @cli.command()

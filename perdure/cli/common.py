@@ -12,16 +12,13 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-import msgspec
 import typer
 from rich.console import Console
 
-from perdure import serde
 from perdure.admin import Admin
 from perdure.app import App
 from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL
 from perdure.errors import PerdureError
-from perdure.records import RunRecord
 
 T = TypeVar("T")
 
@@ -126,41 +123,3 @@ def time_text(ts: float | None) -> str:
     if ts is None:
         return ""
     return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
-
-
-def value_json(value: Any) -> Any:
-    return json.loads(msgspec.json.encode(value, enc_hook=repr))
-
-
-def decoded(data: bytes, codec: str) -> Any:
-    try:
-        return serde.decode(data, codec=serde.Codec(codec), what="value")
-    except PerdureError as exc:
-        return f"<{exc}>"
-
-
-def run_dict(run: RunRecord, *, values: bool = True) -> dict[str, Any]:
-    out = {
-        "id": run.id,
-        "app": run.app,
-        "task": run.task,
-        "queue": run.queue,
-        "status": str(run.status),
-        "attempt": run.attempt,
-        "worker_id": run.worker_id,
-        "idempotency_key": run.idempotency_key,
-        "note": run.note,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "available_at": run.available_at,
-        "tags": run.tags,
-        "error": None if run.error is None else msgspec.to_builtins(run.error),
-    }
-    if run.result is not None:
-        if values:
-            out["result"] = value_json(decoded(run.result.data, run.result.codec))
-        out["result_size"] = {"raw": run.result.raw_size, "stored": run.result.stored_size}
-    if run.args is not None and values:
-        out["args"] = value_json(decoded(run.args.data, run.args.codec))
-    return out

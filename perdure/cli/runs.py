@@ -18,14 +18,12 @@ from perdure.cli.common import (
     DbOpt,
     JsonOpt,
     console,
-    decoded,
     load_app,
     on_admin,
-    run_dict,
     time_text,
-    value_json,
 )
 from perdure.records import Attempt, JournalEntry, RunStatus
+from perdure.views import decoded, run_dict, value_json
 
 runs_cli = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 

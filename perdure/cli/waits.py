@@ -15,13 +15,12 @@ from perdure.cli.common import (
     DbOpt,
     JsonOpt,
     console,
-    decoded,
     named_app,
     on_admin,
     time_text,
-    value_json,
 )
 from perdure.records import EventRecord, TokenRecord, TokenStatus
+from perdure.views import decoded, value_json
 
 tokens_cli = typer.Typer(help="Complete and list tokens (wait_for_token).", no_args_is_help=True)
 events_cli = typer.Typer(help="Send and list events (wait_for_event).", no_args_is_help=True)

@@ -15,6 +15,7 @@ from typing import Protocol
 from perdure.blobs.base import BlobStore
 from perdure.config import env_float
 from perdure.records import (
+    ApiKey,
     Attempt,
     Claimed,
     EventRecord,
@@ -119,10 +120,14 @@ class Store(Protocol):
         status: RunStatus | None = None,
         task: str | None = None,
         tag: str | None = None,
+        before: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        """Newest runs first (in `status`, of `task`, with `tag`), without arguments, results
-        or metadata."""
+        """Newest runs first (in `status`, of `task`, with `tag`, with ids before `before` — the
+        last id of the page before: pages by key, never by offset —, created in [since,
+        until)), without arguments, results or metadata."""
         ...
 
     async def claim_runs(
@@ -398,6 +403,22 @@ class Store(Protocol):
         self, run_id: str, name: str, *, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, Value]]:
         """The chunks of the run's stream `name` after position `after`, oldest first."""
+        ...
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        """Keep an API key (its id and hash)."""
+        ...
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id, revoked or not; None when there is none."""
+        ...
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+        ...
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key; False when there is no such key or it was revoked already."""
         ...
 
     def change_token(self) -> ChangeToken:

@@ -30,6 +30,7 @@ from perdure.records import (
     WorkerRecord,
 )
 from perdure.store.admission import CANDIDATE_SCAN, Turns, admit, limits_apply, rate_window
+from perdure.store.api_keys import ApiKeyOperations
 from perdure.store.base import ChangeToken, trigger_timeout
 from perdure.store.connector import Batch, Connector, Operation, Query, Result, Row, rows_of
 from perdure.store.notify import CANCEL, CLAIMABLE, run_topic
@@ -65,7 +66,7 @@ _RUN_PARTS = (
 ClaimAnswer = tuple[list[Row], float | None, float | Unknown | None]
 
 
-class SQLStore(ScheduleOperations, WaitOperations, RunDataOperations):
+class SQLStore(ScheduleOperations, WaitOperations, RunDataOperations, ApiKeyOperations):
     """`Store` on a SQL database reached through `db`."""
 
     def __init__(
@@ -156,10 +157,20 @@ class SQLStore(ScheduleOperations, WaitOperations, RunDataOperations):
         status: RunStatus | None = None,
         task: str | None = None,
         tag: str | None = None,
+        before: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        params = {"status": None if status is None else str(status), "task": task, "limit": limit}
-        params["tag"] = tag
+        params = {
+            "status": None if status is None else str(status),
+            "task": task,
+            "tag": tag,
+            "before": before,
+            "since": since,
+            "until": until,
+            "limit": limit,
+        }
         rows = await self._one("list_runs", params, "list_runs")
         return [await self._run_record(row, full=False) for row in rows]
 

@@ -54,6 +54,7 @@ async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str)
         "0006_waits",
         "0007_schedules",
         "0008_run_data",
+        "0009_api_keys",
     ]
     from_sqlite = sqlite_columns(tmp_path / "p.db")
     from_postgres = postgres_columns(postgres_url)

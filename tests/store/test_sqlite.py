@@ -141,6 +141,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0006_waits",
         "0007_schedules",
         "0008_run_data",
+        "0009_api_keys",
     ]
     await store.open()
     await store.close()

@@ -50,6 +50,9 @@ FROM runs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
   AND (%(tag)s::text IS NULL OR tags::jsonb ? %(tag)s::text)
+  AND (%(before)s::text IS NULL OR id < %(before)s::text)
+  AND (%(since)s::double precision IS NULL OR created_at >= %(since)s::double precision)
+  AND (%(until)s::double precision IS NULL OR created_at < %(until)s::double precision)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
@@ -847,3 +850,18 @@ LIMIT %(limit)s;
 
 -- name: delete_streams
 DELETE FROM streams WHERE run_id = ANY(%(ids)s);
+
+-- API keys (schema 9) ----------------------------------------------------------------------------
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, name, scope, hash, created_at)
+VALUES (%(id)s, %(name)s, %(scope)s, %(hash)s, %(now)s);
+
+-- name: api_key
+SELECT * FROM api_keys WHERE id = %(id)s;
+
+-- name: list_api_keys
+SELECT * FROM api_keys ORDER BY created_at, id;
+
+-- name: revoke_api_key
+UPDATE api_keys SET revoked_at = %(now)s WHERE id = %(id)s AND revoked_at IS NULL;

@@ -49,6 +49,8 @@ SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, wor
 FROM runs
 WHERE (:status IS NULL OR status = :status) AND (:task IS NULL OR task = :task)
   AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = :tag))
+  AND (:before IS NULL OR id < :before)
+  AND (:since IS NULL OR created_at >= :since) AND (:until IS NULL OR created_at < :until)
 ORDER BY id DESC
 LIMIT :limit;
 
@@ -698,3 +700,18 @@ LIMIT :limit;
 
 -- name: delete_streams
 DELETE FROM streams WHERE run_id IN (SELECT value FROM json_each(:ids));
+
+-- API keys (schema 9) ----------------------------------------------------------------------------
+
+-- name: insert_api_key
+INSERT INTO api_keys (id, name, scope, hash, created_at)
+VALUES (:id, :name, :scope, :hash, :now);
+
+-- name: api_key
+SELECT * FROM api_keys WHERE id = :id;
+
+-- name: list_api_keys
+SELECT * FROM api_keys ORDER BY created_at, id;
+
+-- name: revoke_api_key
+UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;

@@ -1,0 +1,625 @@
+"""The REST API: routes over the App, request and response schemas (msgspec structs, from which
+the OpenAPI document is made), API keys by scope, one error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from perdure import errors
+from perdure.app import App
+from perdure.records import (
+    QueueStats,
+    RunStatus,
+    ScheduleRecord,
+    Scope,
+    TokenRecord,
+    TokenStatus,
+)
+from perdure.views import run_dict
+
+MAX_RESULT_WAIT = 60.0
+"""Seconds GET /runs/{id}/result waits at most for a run to end."""
+MAX_PAGE = 500
+"""Runs in one page of GET /runs at most."""
+
+
+# -- request and response schemas ------------------------------------------------------------
+
+
+class TriggerRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Start a run of a task."""
+
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    idempotency_key: str | None = None
+    priority: int = 0
+    delay: float | None = None
+    ttl: float | None = None
+    concurrency_key: str | None = None
+    tags: list[str] = []
+
+
+class CompleteTokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Complete a token with data."""
+
+    data: Any = None
+
+
+class SendEventRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Send an event to the app."""
+
+    name: str
+    payload: Any = None
+    idempotency_key: str | None = None
+
+
+class SendMessageRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Put a message in a run's mailbox."""
+
+    topic: str
+    data: Any = None
+    idempotency_key: str | None = None
+
+
+class RunOut(msgspec.Struct):
+    """A run."""
+
+    id: str
+    app: str
+    task: str
+    queue: str
+    status: str
+    attempt: int
+    created_at: float
+    worker_id: str | None = None
+    idempotency_key: str | None = None
+    note: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    available_at: float | None = None
+    tags: list[str] = []
+    error: dict[str, Any] | None = None
+    result: Any = None
+    args: Any = None
+
+
+class RunPage(msgspec.Struct):
+    """A page of runs, newest first; `next` is the cursor of the next page (None: the last)."""
+
+    runs: list[RunOut]
+    next: str | None
+
+
+class Triggered(msgspec.Struct):
+    """A triggered run (created False: its idempotency key had a run already)."""
+
+    id: str
+    created: bool
+
+
+class ResultOut(msgspec.Struct):
+    """A run's outcome, or its status while it has none."""
+
+    id: str
+    status: str
+    done: bool
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+class TokenOut(msgspec.Struct):
+    """A token."""
+
+    id: str
+    app: str
+    status: str
+    run_id: str | None = None
+    name: str | None = None
+    tags: list[str] = []
+    created_at: float = 0.0
+    expires_at: float | None = None
+    completed_at: float | None = None
+
+
+class SentOut(msgspec.Struct):
+    """What sending an event did."""
+
+    id: str
+    created: bool
+    woken: list[str]
+
+
+class MessageOut(msgspec.Struct):
+    """A message sent."""
+
+    id: str
+
+
+class QueueOut(msgspec.Struct):
+    """A queue with its load."""
+
+    app: str
+    name: str
+    concurrency: int | None
+    paused: bool
+    running: int
+    queued: int
+
+
+class ScheduleOut(msgspec.Struct):
+    """A schedule."""
+
+    app: str
+    key: str
+    task: str
+    cron: str
+    tz: str
+    paused: bool
+    next_at: float
+    last_tick: float | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    """What every error says."""
+
+    type: str
+    message: str
+
+
+class ErrorOut(msgspec.Struct):
+    """The one shape of every error response."""
+
+    error: ErrorBody
+
+
+_STATUS = {
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.RunNotFound: 404,
+    errors.TaskNotFound: 404,
+    errors.TokenNotFound: 404,
+    errors.TokenAlreadyCompleted: 409,
+    errors.InvalidArguments: 422,
+    errors.PayloadTooLarge: 413,
+    errors.SecretLeakError: 422,
+    errors.SerializationError: 422,
+    errors.ConfigurationError: 422,
+    errors.StoreUnavailable: 503,
+}
+
+
+def _error(status: int, kind: str, message: str) -> Response:
+    body = msgspec.json.encode(ErrorOut(ErrorBody(type=kind, message=message)))
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+Handler = Callable[[App, Request], Awaitable[Response]]
+
+
+def _route(
+    app: App, scope: Scope | None, handler: Handler
+) -> Callable[[Request], Awaitable[Response]]:
+    """`handler` behind the API key check (scope None: no key needed) and the error shape."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            if scope is not None:
+                auth = request.headers.get("authorization", "")
+                key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
+                await app.admin.authorize(key, scope)
+            return await handler(app, request)
+        except errors.Unauthorized:
+            return _error(401, "Unauthorized", "unauthorized")  # no detail
+        except msgspec.ValidationError as exc:
+            return _error(422, "InvalidRequest", str(exc))
+        except msgspec.DecodeError as exc:
+            return _error(400, "InvalidRequest", f"the body is not JSON: {exc}")
+        except errors.PerdureError as exc:
+            status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
+            return _error(status, type(exc).__name__, str(exc))
+        except (TypeError, ValueError) as exc:
+            return _error(422, "InvalidRequest", str(exc))
+
+    return endpoint
+
+
+async def _body(request: Request, kind: type[Any]) -> Any:
+    return msgspec.json.decode(await request.body() or b"{}", type=kind)
+
+
+def _run_out(data: dict[str, Any]) -> RunOut:
+    return msgspec.convert(data, RunOut)
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+
+async def healthz(app: App, request: Request) -> Response:
+    return _json({"ok": True})
+
+
+async def readyz(app: App, request: Request) -> Response:
+    try:
+        await app.admin.list_runs(limit=1)
+    except errors.StoreError as exc:
+        return _error(503, type(exc).__name__, str(exc))
+    return _json({"ok": True})
+
+
+async def trigger(app: App, request: Request) -> Response:
+    task = app.get_task(request.path_params["task"])
+    body: TriggerRequest = await _body(request, TriggerRequest)
+    options: dict[str, Any] = {"priority": body.priority, "tags": body.tags}
+    for name in ("idempotency_key", "delay", "ttl", "concurrency_key"):
+        if getattr(body, name) is not None:
+            options[name] = getattr(body, name)
+    handle = await task.trigger(*body.args, **body.kwargs, **options)
+    return _json(Triggered(id=handle.id, created=handle.created), 201)
+
+
+async def get_run(app: App, request: Request) -> Response:
+    details = await app.admin.run_details(request.path_params["id"])
+    return _json(_run_out(run_dict(details.run, values=details.unreadable is None)))
+
+
+async def list_runs(app: App, request: Request) -> Response:
+    q = request.query_params
+    limit = min(int(q.get("limit", "50")), MAX_PAGE)
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    status = RunStatus(q["status"]) if q.get("status") else None
+    runs = await app.admin.list_runs(
+        status=status,
+        task=q.get("task"),
+        tag=q.get("tag"),
+        before=q.get("cursor"),
+        since=_time(q.get("since")),
+        until=_time(q.get("until")),
+        limit=limit,
+    )
+    page = [_run_out(run_dict(run, values=False)) for run in runs]
+    return _json(RunPage(runs=page, next=runs[-1].id if len(runs) == limit else None))
+
+
+def _time(text: str | None) -> float | None:
+    """A time in a query: POSIX seconds, or an ISO 8601 time with its offset."""
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        when = dt.datetime.fromisoformat(text)
+        if when.tzinfo is None:
+            raise ValueError(f"a time needs its offset (e.g. +00:00): {text!r}") from None
+        return when.timestamp()
+
+
+async def cancel_run(app: App, request: Request) -> Response:
+    status = await app.admin.cancel_run(request.path_params["id"])
+    return _json({"id": request.path_params["id"], "status": str(status)})
+
+
+async def run_result(app: App, request: Request) -> Response:
+    run_id = request.path_params["id"]
+    wait = min(float(request.query_params.get("wait", "0")), MAX_RESULT_WAIT)
+    handle = await app.handle(run_id)
+    with contextlib.suppress(TimeoutError, errors.PerdureError):  # said from the stored run
+        await asyncio.wait_for(_ended(handle), timeout=max(0.0, wait))
+    run = (await app.admin.run_details(run_id)).run
+    out = run_dict(run)
+    return _json(
+        ResultOut(
+            id=run_id,
+            status=str(run.status),
+            done=run.status.terminal,
+            result=out.get("result"),
+            error=out.get("error"),
+        )
+    )
+
+
+async def _ended(handle: Any) -> None:
+    try:
+        await handle.result()
+    except errors.PerdureError:
+        return
+
+
+async def complete_token(app: App, request: Request) -> Response:
+    body: CompleteTokenRequest = await _body(request, CompleteTokenRequest)
+    token = await app.admin.complete_token(request.path_params["id"], body.data)
+    return _json(_token_out(token))
+
+
+def _token_out(token: TokenRecord) -> TokenOut:
+    return TokenOut(
+        id=token.id,
+        app=token.app,
+        status=str(token.status),
+        run_id=token.run_id,
+        name=token.name,
+        tags=token.tags,
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        completed_at=token.completed_at,
+    )
+
+
+async def list_tokens(app: App, request: Request) -> Response:
+    q = request.query_params
+    tokens = await app.admin.tokens(
+        app=app.name,
+        run_id=q.get("run"),
+        status=None if not q.get("status") else TokenStatus(q["status"]),
+        limit=min(int(q.get("limit", "50")), MAX_PAGE),
+    )
+    return _json([_token_out(t) for t in tokens])
+
+
+async def send_event(app: App, request: Request) -> Response:
+    body: SendEventRequest = await _body(request, SendEventRequest)
+    sent = await app.send_event(body.name, body.payload, idempotency_key=body.idempotency_key)
+    return _json(SentOut(id=sent.id, created=sent.created, woken=sent.woken), 202)
+
+
+async def send_message(app: App, request: Request) -> Response:
+    body: SendMessageRequest = await _body(request, SendMessageRequest)
+    handle = await app.handle(request.path_params["id"])
+    sent = await handle.send(body.topic, body.data, idempotency_key=body.idempotency_key)
+    return _json(MessageOut(id=sent), 202)
+
+
+def _queue_out(q: QueueStats) -> QueueOut:
+    return QueueOut(
+        app=q.app,
+        name=q.config.name,
+        concurrency=q.config.concurrency,
+        paused=q.config.paused,
+        running=q.running,
+        queued=q.queued,
+    )
+
+
+async def list_queues(app: App, request: Request) -> Response:
+    return _json([_queue_out(q) for q in await app.admin.queues(app.name)])
+
+
+async def pause_queue(app: App, request: Request) -> Response:
+    await app.admin.set_queue(app.name, request.path_params["name"], paused=True)
+    return await list_queues(app, request)
+
+
+async def resume_queue(app: App, request: Request) -> Response:
+    await app.admin.set_queue(app.name, request.path_params["name"], paused=False)
+    return await list_queues(app, request)
+
+
+def _schedule_out(s: ScheduleRecord) -> ScheduleOut:
+    return ScheduleOut(
+        app=s.app,
+        key=s.key,
+        task=s.task,
+        cron=s.cron,
+        tz=s.tz,
+        paused=s.paused,
+        next_at=s.next_at,
+        last_tick=s.last_tick,
+    )
+
+
+async def list_schedules(app: App, request: Request) -> Response:
+    return _json([_schedule_out(s) for s in await app.admin.schedules(app.name)])
+
+
+async def pause_schedule(app: App, request: Request) -> Response:
+    done = await app.admin.pause_schedule(app.name, request.path_params["key"])
+    return _json(_schedule_out(done))
+
+
+async def resume_schedule(app: App, request: Request) -> Response:
+    done = await app.admin.resume_schedule(app.name, request.path_params["key"])
+    return _json(_schedule_out(done))
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+ROUTES: list[tuple[str, str, Scope | None, Handler, Any, Any, str]] = [
+    # method, path, scope, handler, request schema, response schema, summary
+    ("GET", "/healthz", None, healthz, None, None, "The server is up"),
+    ("GET", "/readyz", None, readyz, None, None, "The server can reach its store"),
+    (
+        "POST",
+        "/api/v1/tasks/{task}/trigger",
+        Scope.TRIGGER,
+        trigger,
+        TriggerRequest,
+        Triggered,
+        "Trigger a run of a task",
+    ),
+    ("GET", "/api/v1/runs", Scope.READ, list_runs, None, RunPage, "List runs, newest first"),
+    ("GET", "/api/v1/runs/{id}", Scope.READ, get_run, None, RunOut, "Get a run"),
+    ("POST", "/api/v1/runs/{id}/cancel", Scope.ADMIN, cancel_run, None, None, "Cancel a run"),
+    (
+        "GET",
+        "/api/v1/runs/{id}/result",
+        Scope.READ,
+        run_result,
+        None,
+        ResultOut,
+        "A run's result (?wait=SECONDS)",
+    ),
+    (
+        "POST",
+        "/api/v1/runs/{id}/messages",
+        Scope.TRIGGER,
+        send_message,
+        SendMessageRequest,
+        MessageOut,
+        "Put a message in a run's mailbox",
+    ),
+    (
+        "GET",
+        "/api/v1/tokens",
+        Scope.READ,
+        list_tokens,
+        None,
+        list[TokenOut],
+        "List tokens (?run=, ?status=)",
+    ),
+    (
+        "POST",
+        "/api/v1/tokens/{id}/complete",
+        Scope.TRIGGER,
+        complete_token,
+        CompleteTokenRequest,
+        TokenOut,
+        "Complete a token",
+    ),
+    (
+        "POST",
+        "/api/v1/events",
+        Scope.TRIGGER,
+        send_event,
+        SendEventRequest,
+        SentOut,
+        "Send an event",
+    ),
+    (
+        "GET",
+        "/api/v1/queues",
+        Scope.READ,
+        list_queues,
+        None,
+        list[QueueOut],
+        "List queues with their load",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/{name}/pause",
+        Scope.ADMIN,
+        pause_queue,
+        None,
+        list[QueueOut],
+        "Pause a queue",
+    ),
+    (
+        "POST",
+        "/api/v1/queues/{name}/resume",
+        Scope.ADMIN,
+        resume_queue,
+        None,
+        list[QueueOut],
+        "Resume a queue",
+    ),
+    (
+        "GET",
+        "/api/v1/schedules",
+        Scope.READ,
+        list_schedules,
+        None,
+        list[ScheduleOut],
+        "List schedules",
+    ),
+    (
+        "POST",
+        "/api/v1/schedules/{key}/pause",
+        Scope.ADMIN,
+        pause_schedule,
+        None,
+        ScheduleOut,
+        "Pause a schedule",
+    ),
+    (
+        "POST",
+        "/api/v1/schedules/{key}/resume",
+        Scope.ADMIN,
+        resume_schedule,
+        None,
+        ScheduleOut,
+        "Resume a schedule",
+    ),
+]
+
+
+def openapi(app: App) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API: every route with its schemas and error shape."""
+    types: list[Any] = [ErrorOut]
+    for _m, _p, _s, _h, request, response, _summary in ROUTES:
+        types += [t for t in (request, response) if t is not None]
+    schemas, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    refs = dict(zip(map(id, types), schemas, strict=True))
+    error = {"content": {"application/json": {"schema": refs[id(ErrorOut)]}}}
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, scope, _handler, request, response, summary in ROUTES:
+        op: dict[str, Any] = {
+            "summary": summary,
+            "responses": {"default": {"description": "An error", **error}},
+        }
+        ok: dict[str, Any] = {"description": "OK"}
+        if response is not None:
+            ok["content"] = {"application/json": {"schema": refs[id(response)]}}
+        op["responses"]["200" if method == "GET" else "2XX"] = ok
+        if request is not None:
+            op["requestBody"] = {
+                "required": False,
+                "content": {"application/json": {"schema": refs[id(request)]}},
+            }
+        params = [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]
+        if params:
+            op["parameters"] = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                for n in params
+            ]
+        if scope is not None:
+            op["security"] = [{"apiKey": []}]
+            op["description"] = f"Needs an API key of scope {scope} or wider."
+        paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"perdure: {app.name}", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def create_app(app: App) -> Starlette:
+    """The ASGI application serving `app`'s API."""
+    document = openapi(app)
+
+    async def spec(_app: App, request: Request) -> Response:
+        return JSONResponse(document)
+
+    routes = [
+        Route(path, _route(app, scope, handler), methods=[method])
+        for method, path, scope, handler, _req, _resp, _summary in ROUTES
+    ]
+    routes.append(Route("/api/v1/openapi.json", _route(app, None, spec), methods=["GET"]))
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _error(404, "NotFound", f"no such endpoint: {request.method} {request.url.path}")
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        where = request.url.path
+        return _error(405, "MethodNotAllowed", f"{request.method} is not allowed on {where}")
+
+    server = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    return server

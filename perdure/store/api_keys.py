@@ -1,0 +1,60 @@
+"""The server's API keys, written once for both dialects (the part of SQLStore they make): kept
+as an id and a hash, never the key."""
+
+from __future__ import annotations
+
+from perdure.records import ApiKey, Scope
+from perdure.store.connector import Connector, Operation, Query, Result, Row
+from perdure.store.rows import RowMapping
+
+
+class ApiKeyOperations(RowMapping):
+    """API keys over `db`."""
+
+    db: Connector
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        params = {
+            "id": key.id,
+            "name": key.name,
+            "scope": str(key.scope),
+            "hash": key.hash,
+            "now": key.created_at,
+        }
+
+        def create() -> Operation[None]:
+            yield Query("insert_api_key", params)
+
+        await self.db.write(create, "create_api_key")
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        def read() -> Operation[Row | None]:
+            row: Row | None = (yield Query("api_key", {"id": key_id})).first
+            return row
+
+        row = await self.db.read(read, "get_api_key")
+        return None if row is None else _key(row)
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        def read() -> Operation[list[Row]]:
+            return list((yield Query("list_api_keys", {})).rows)
+
+        return [_key(row) for row in await self.db.read(read, "list_api_keys")]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        def revoke() -> Operation[bool]:
+            result: Result = yield Query("revoke_api_key", {"id": key_id, "now": self.now()})
+            return result.rowcount == 1
+
+        return await self.db.write(revoke, "revoke_api_key")
+
+
+def _key(row: Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        scope=Scope(row["scope"]),
+        hash=row["hash"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )

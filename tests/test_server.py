@@ -1,0 +1,221 @@
+"""The REST API through httpx against a real `perdure server` on 127.0.0.1, with a real worker
+process: API keys and scopes, runs, tokens, events, messages, queues, schedules, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import perdure
+
+from . import waitapp
+from .conftest import ROOT, WorkerProcess, wait_until
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`perdure server MODULE:APP` in a subprocess."""
+
+    def __init__(self, spec: str, env: dict[str, str], *, port: int, log: Path) -> None:
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "perdure", "server", spec, "--port", str(port)],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=self._log,
+        )
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self._log.close()
+
+
+class Served:
+    """A server process, the app it serves (as seen from the test) and keys of each scope."""
+
+    def __init__(self, url: str, app: perdure.App, keys: dict[str, str]) -> None:
+        self.url = url
+        self.app = app
+        self.keys = keys
+
+    def client(self, scope: str | None = "admin") -> httpx.AsyncClient:
+        headers = {} if scope is None else {"Authorization": f"Bearer {self.keys[scope]}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+async def served(
+    database_url: str, tmp_path: Path, worker_processes: list[WorkerProcess]
+) -> AsyncIterator[Served]:
+    env = {
+        "PERDURE_DATABASE_URL": database_url,
+        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
+        "CRASH_LOG": str(tmp_path / "side-effects.log"),
+    }
+    app = perdure.App("waits", database=database_url, blobs=env["PERDURE_BLOB_URL"])
+    for name in ("approval", "chat", "add", "tick"):
+        app.task(name=name)(getattr(waitapp, name).fn)
+    keys = {}
+    for scope in ("read", "trigger", "admin"):
+        _record, keys[scope] = await app.admin.create_api_key(name=scope, scope=scope)
+    worker_processes.append(WorkerProcess("tests.waitapp:app", env, log=tmp_path / "w.log"))
+    port = _free_port()
+    server = ServerProcess("tests.waitapp:app", env, port=port, log=tmp_path / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url) as probe:
+
+            async def up() -> bool:
+                try:
+                    return (await probe.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_until(up, timeout=30)
+        yield Served(url, app, keys)
+    finally:
+        server.stop()
+        await app.close()
+
+
+def _error(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"error"}
+    error: dict[str, Any] = body["error"]
+    assert set(error) == {"type", "message"}
+    return error
+
+
+async def test_keys_and_scopes_guard_every_endpoint_but_health(served: Served) -> None:
+    async with served.client(None) as anonymous:
+        assert (await anonymous.get("/healthz")).json() == {"ok": True}
+        assert (await anonymous.get("/readyz")).status_code == 200
+        missing = await anonymous.get("/api/v1/runs")
+        assert missing.status_code == 401
+        assert _error(missing) == {"type": "Unauthorized", "message": "unauthorized"}
+        wrong = await anonymous.get(
+            "/api/v1/runs", headers={"Authorization": "Bearer pdk_0000000000000000_nope"}
+        )
+        assert wrong.status_code == 401
+        assert _error(wrong)["message"] == "unauthorized"  # no detail of why
+    async with served.client("read") as reader:
+        assert (await reader.get("/api/v1/runs")).status_code == 200
+        refused = await reader.post("/api/v1/tasks/add/trigger", json={"args": [1, 2]})
+        assert refused.status_code == 403
+        assert _error(refused)["type"] == "Forbidden"
+    async with served.client("trigger") as trigger:
+        made = await trigger.post("/api/v1/tasks/add/trigger", json={"args": [1, 2]})
+        assert made.status_code == 201
+        cancel = await trigger.post(f"/api/v1/runs/{made.json()['id']}/cancel")
+        assert cancel.status_code == 403  # admin only
+    record = next(k for k in await served.app.admin.api_keys() if k.name == "read")
+    assert await served.app.admin.revoke_api_key(record.id)
+    async with served.client("read") as revoked:
+        assert (await revoked.get("/api/v1/runs")).status_code == 401
+    assert nothing_triggered_by_refusals(await served.app.admin.list_runs(task="add"))
+
+
+def nothing_triggered_by_refusals(runs: list[perdure.records.RunRecord]) -> bool:
+    return len(runs) == 1  # only the trigger key's
+
+
+async def test_trigger_get_list_and_result(served: Served) -> None:
+    async with served.client("trigger") as api:
+        made = await api.post(
+            "/api/v1/tasks/add/trigger",
+            json={"args": [2, 3], "idempotency_key": "k1", "tags": ["user:42"]},
+        )
+        run_id = made.json()["id"]
+        again = await api.post(
+            "/api/v1/tasks/add/trigger", json={"args": [2, 3], "idempotency_key": "k1"}
+        )
+        assert again.json() == {"id": run_id, "created": False}
+        result = await api.get(f"/api/v1/runs/{run_id}/result", params={"wait": 30})
+        assert result.json()["done"] is True
+        assert result.json()["result"] == 5
+        run = (await api.get(f"/api/v1/runs/{run_id}")).json()
+        assert (run["status"], run["result"], run["tags"]) == ("completed", 5, ["user:42"])
+        for i in range(4):
+            await api.post("/api/v1/tasks/add/trigger", json={"args": [i, i]})
+        first = (await api.get("/api/v1/runs", params={"limit": 3, "task": "add"})).json()
+        second = (
+            await api.get("/api/v1/runs", params={"limit": 3, "cursor": first["next"]})
+        ).json()
+        ids = [r["id"] for r in first["runs"] + second["runs"]]
+        assert len(ids) == len(set(ids)) == 5
+        assert second["next"] is None
+        tagged = (await api.get("/api/v1/runs", params={"tag": "user:42"})).json()["runs"]
+        assert [r["id"] for r in tagged] == [run_id]
+        bad = await api.post("/api/v1/tasks/add/trigger", json={"args": ["x", 1]})
+        assert bad.status_code == 422
+        assert _error(bad)["type"] == "InvalidArguments"
+        unknown = await api.post("/api/v1/tasks/nope/trigger", json={})
+        assert unknown.status_code == 404
+        assert _error(unknown)["type"] == "TaskNotFound"
+        assert (await api.get("/api/v1/runs/nope")).status_code == 404
+
+
+async def test_tokens_events_and_messages(served: Served) -> None:
+    async with served.client("admin") as api:
+        approval = (await api.post("/api/v1/tasks/approval/trigger", json={"args": ["r1"]})).json()[
+            "id"
+        ]
+        await wait_until(lambda: _tokens_of(api, approval), timeout=30)
+        (token,) = (await api.get("/api/v1/tokens", params={"run": approval})).json()
+        done = await api.post(f"/api/v1/tokens/{token['id']}/complete", json={"data": {"ok": True}})
+        assert done.json()["status"] == "completed"
+        twice = await api.post(f"/api/v1/tokens/{token['id']}/complete", json={"data": 1})
+        assert twice.status_code == 409
+        result = await api.get(f"/api/v1/runs/{approval}/result", params={"wait": 30})
+        assert result.json()["result"] == {"ok": True}
+        chat = (await api.post("/api/v1/tasks/chat/trigger", json={"args": [1]})).json()["id"]
+        sent = await api.post(f"/api/v1/runs/{chat}/messages", json={"topic": "chat", "data": "hi"})
+        assert sent.status_code == 202
+        assert (await api.get(f"/api/v1/runs/{chat}/result", params={"wait": 30})).json()[
+            "result"
+        ] == ["hi"]
+        event = await api.post("/api/v1/events", json={"name": "paid", "payload": {"n": 1}})
+        assert event.json()["created"] is True
+        assert (await api.post("/api/v1/tokens/nope/complete", json={})).status_code == 404
+
+
+async def _tokens_of(api: httpx.AsyncClient, run_id: str) -> bool:
+    return bool((await api.get("/api/v1/tokens", params={"run": run_id})).json())
+
+
+async def test_queues_schedules_and_the_openapi_document(served: Served) -> None:
+    async with served.client("admin") as api:
+        paused = (await api.post("/api/v1/queues/default/pause")).json()
+        assert any(q["name"] == "default" and q["paused"] for q in paused)
+        resumed = (await api.post("/api/v1/queues/default/resume")).json()
+        assert not any(q["paused"] for q in resumed)
+        await served.app.schedules.create("tick", cron="0 9 * * *", key="nine")
+        assert [s["key"] for s in (await api.get("/api/v1/schedules")).json()] == ["nine"]
+        assert (await api.post("/api/v1/schedules/nine/pause")).json()["paused"] is True
+        assert (await api.post("/api/v1/schedules/nine/resume")).json()["paused"] is False
+        spec = (await api.get("/api/v1/openapi.json")).json()
+        assert spec["openapi"].startswith("3.")
+        assert {"/api/v1/runs", "/api/v1/tasks/{task}/trigger", "/api/v1/events"} <= set(
+            spec["paths"]
+        )
+        assert {"TriggerRequest", "RunOut", "ErrorOut"} <= set(spec["components"]["schemas"])
+        missing = await api.get("/api/v1/nothing-here")
+        assert missing.status_code == 404
+        assert _error(missing)["type"] == "NotFound"
+    await asyncio.sleep(0)
