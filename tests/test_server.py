@@ -106,6 +106,7 @@ async def test_keys_and_scopes_guard_every_endpoint_but_health(served: Served) -
     async with served.client(None) as anonymous:
         assert (await anonymous.get("/healthz")).json() == {"ok": True}
         assert (await anonymous.get("/readyz")).status_code == 200
+        assert (await anonymous.get("/api/v1/openapi.json")).status_code == 401
         missing = await anonymous.get("/api/v1/runs")
         assert missing.status_code == 401
         assert _error(missing) == {"type": "Unauthorized", "message": "unauthorized"}

@@ -612,7 +612,8 @@ def create_app(app: App) -> Starlette:
         Route(path, _route(app, scope, handler), methods=[method])
         for method, path, scope, handler, _req, _resp, _summary in ROUTES
     ]
-    routes.append(Route("/api/v1/openapi.json", _route(app, None, spec), methods=["GET"]))
+    spec_route = _route(app, Scope.READ, spec)  # every endpoint but health needs a key
+    routes.append(Route("/api/v1/openapi.json", spec_route, methods=["GET"]))
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, "NotFound", f"no such endpoint: {request.method} {request.url.path}")
