@@ -6,6 +6,7 @@ worker resumes the run after the last successful step.
 
 from perdure import errors
 from perdure.app import App
+from perdure.client import Client
 from perdure.errors import (
     ChildFailed,
     NonRetryable,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "ChildFailed",
+    "Client",
     "Cron",
     "NonRetryable",
     "NonRetryableError",

@@ -5,6 +5,7 @@ def test_public_names_are_pinned() -> None:
     assert perdure.__all__ == [
         "App",
         "ChildFailed",
+        "Client",
         "Cron",
         "NonRetryable",
         "NonRetryableError",

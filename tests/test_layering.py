@@ -55,6 +55,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.schedules",
             "perdure.keys",
             "perdure.views",
+            "perdure.client",
             "perdure.testing",
             "perdure.admin",
             "perdure",

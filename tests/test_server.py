@@ -220,3 +220,40 @@ async def test_queues_schedules_and_the_openapi_document(served: Served) -> None
         assert missing.status_code == 404
         assert _error(missing)["type"] == "NotFound"
     await asyncio.sleep(0)
+
+
+async def test_the_python_client(served: Served) -> None:
+    """perdure.Client: the same feel as a RunHandle, the server's errors as perdure's."""
+    async with perdure.Client(served.url, api_key=served.keys["admin"]) as client:
+        run = await client.trigger("add", 20, 22, idempotency_key="c1", tags=["client"])
+        assert run.created
+        assert await run.result(timeout=30) == 42
+        assert await run.status() == "completed"
+        again = await client.trigger("add", 20, 22, idempotency_key="c1")
+        assert (again.id, again.created) == (run.id, False)
+        assert [r["id"] for r in await client.runs(tag="client")] == [run.id]
+        with pytest.raises(perdure.errors.InvalidArguments):
+            await client.trigger("add", "x", 1)
+        with pytest.raises(perdure.errors.TaskNotFound):
+            await client.trigger("nope")
+        approval = await client.trigger("approval", "r9")
+        await wait_until(lambda: _status_is(approval, "waiting"), timeout=30)
+        await approval.complete_token("approval", {"ok": 1})
+        assert await approval.result(timeout=30) == {"ok": 1}
+        chat = await client.trigger("chat", 1)
+        await chat.send("chat", "hello")
+        assert await chat.result(timeout=30) == ["hello"]
+        slow = await client.trigger("chat", 1)
+        with pytest.raises(perdure.errors.RunTimeout):
+            await slow.result(timeout=0.5)
+        assert await slow.cancel() in ("cancelled", "running")
+        with pytest.raises(perdure.errors.RunCancelled):
+            await slow.result(timeout=30)
+        assert (await client.send_event("paid", {"n": 1}))["created"] is True
+    async with perdure.Client(served.url, api_key="pdk_0_nope") as stranger:
+        with pytest.raises(perdure.errors.Unauthorized):
+            await stranger.runs()
+
+
+async def _status_is(run: perdure.client.RemoteRun, status: str) -> bool:
+    return await run.status() == status

@@ -345,6 +345,13 @@ async def complete_token(app: App, request: Request) -> Response:
     return _json(_token_out(token))
 
 
+async def complete_named_token(app: App, request: Request) -> Response:
+    body: CompleteTokenRequest = await _body(request, CompleteTokenRequest)
+    handle = await app.handle(request.path_params["id"])
+    await handle.complete_token(request.path_params["name"], body.data)
+    return _json({"run_id": handle.id, "name": request.path_params["name"], "completed": True})
+
+
 def _token_out(token: TokenRecord) -> TokenOut:
     return TokenOut(
         id=token.id,
@@ -479,6 +486,15 @@ ROUTES: list[tuple[str, str, Scope | None, Handler, Any, Any, str]] = [
         None,
         list[TokenOut],
         "List tokens (?run=, ?status=)",
+    ),
+    (
+        "POST",
+        "/api/v1/runs/{id}/tokens/{name}/complete",
+        Scope.TRIGGER,
+        complete_named_token,
+        CompleteTokenRequest,
+        None,
+        "Complete a run's named token (its wait_for_token(name))",
     ),
     (
         "POST",
