@@ -11,8 +11,10 @@ InvalidArguments, TokenAlreadyCompleted, Unauthorized...). Needs httpx (extra `s
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from perdure import errors
@@ -157,6 +159,40 @@ class RemoteRun:
         body = {"topic": topic, "data": data, "idempotency_key": idempotency_key}
         out = await self.client._call("POST", f"/api/v1/runs/{self.id}/messages", body)
         return str(out["id"])
+
+    async def events(self, *, after: int = 0) -> AsyncIterator[tuple[str, Any]]:
+        """(kind, data) of what happens to the run, as it happens, until it ends: "status",
+        "metadata", "chunk" ({"stream", "data"}); a dropped connection is resumed from the last
+        chunk seen (Last-Event-ID)."""
+        import httpx
+
+        last = after
+        while True:
+            headers = {"Last-Event-ID": str(last)}
+            path = f"/api/v1/runs/{self.id}/stream"
+            try:
+                async with self.client._http.stream("GET", path, headers=headers) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _error(response)
+                    kind, data, ident = "message", "", None
+                    async for line in response.aiter_lines():
+                        if line.startswith("event: "):
+                            kind = line[7:]
+                        elif line.startswith("id: "):
+                            ident = line[4:]
+                        elif line.startswith("data: "):
+                            data = line[6:]
+                        elif line == "" and data:
+                            if kind == "end":
+                                return
+                            if ident is not None:
+                                last = int(ident)
+                            yield kind, json.loads(data)
+                            kind, data, ident = "message", "", None
+                return
+            except httpx.TransportError:
+                await asyncio.sleep(0.5)  # resumed from the last chunk seen
 
     async def complete_token(self, name: str, data: Any = None) -> None:
         """Complete the run's named token (its wait_for_token(name))."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from perdure import serde
 from perdure.errors import PerdureError, RunCancelled, RunExpired, RunTimeout, TaskFailed
@@ -18,6 +18,19 @@ if TYPE_CHECKING:
     from perdure.app import App
 
 R = TypeVar("R")
+_UNSET: Any = object()
+
+
+class RunEvent(NamedTuple):
+    """Something that happened to a run (RunHandle.events): kind "status", "metadata",
+    "chunk" (data: {"stream", "data"}; position: the chunk's place among the run's) or
+    "keepalive"."""
+
+    kind: str
+    data: Any
+    position: int | None
+
+
 T = TypeVar("T")
 
 
@@ -163,7 +176,7 @@ class RunHandle(Generic[R]):
         while True:
             token = store.change_token()
             chunks = await store.read_stream(self.id, name, after=after)
-            for seq, value in chunks:
+            for seq, _name, value in chunks:
                 after = seq
                 yield decoded(value, f"chunk of stream {name!r}")
             if chunks:
@@ -177,3 +190,37 @@ class RunHandle(Generic[R]):
             if wait <= 0:
                 raise RunTimeout(f"run {self.id} is still {run.status} after {timeout}s")
             await store.wait_for_change(wait, topics=(run_topic(self.id),), since=token)
+
+    async def events(self, *, after: int = 0, keepalive: float = 15.0) -> AsyncIterator[RunEvent]:
+        """What happens to the run, as it happens, until it ends: its status when it changes,
+        its metadata when it changes, and every stream chunk after position `after` (a
+        subscriber that reconnects passes the last chunk position it saw); a `keepalive` event
+        after `keepalive` seconds of quiet. The status and metadata come first as they are."""
+        store = self._app.store
+        status: str | None = None
+        metadata: Any = _UNSET
+        while True:
+            token = store.change_token()
+            chunks = await store.read_stream(self.id, None, after=after)
+            for seq, name, value in chunks:
+                after = seq
+                data = decoded(value, f"chunk of stream {name!r}")
+                yield RunEvent("chunk", {"stream": name, "data": data}, seq)
+            run = await store.get_run(self.id)
+            if str(run.status) != status:
+                status = str(run.status)
+                yield RunEvent("status", {"status": status}, None)
+            now = decoded(run.metadata, f"metadata of run {self.id}") or {}
+            if now != metadata:
+                metadata = now
+                yield RunEvent("metadata", now, None)
+            if chunks:
+                continue
+            if run.status.terminal:
+                if not await store.read_stream(self.id, None, after=after, limit=1):
+                    return
+                continue
+            if not await store.wait_for_change(
+                keepalive, topics=(run_topic(self.id),), since=token
+            ):
+                yield RunEvent("keepalive", None, None)

@@ -69,7 +69,7 @@ async def served(
         "CRASH_LOG": str(tmp_path / "side-effects.log"),
     }
     app = perdure.App("waits", database=database_url, blobs=env["PERDURE_BLOB_URL"])
-    for name in ("approval", "chat", "add", "tick"):
+    for name in ("approval", "chat", "add", "tick", "narrate"):
         app.task(name=name)(getattr(waitapp, name).fn)
     keys = {}
     for scope in ("read", "trigger", "admin"):
@@ -257,3 +257,34 @@ async def test_the_python_client(served: Served) -> None:
 
 async def _status_is(run: perdure.client.RemoteRun, status: str) -> bool:
     return await run.status() == status
+
+
+async def test_realtime_events_over_sse_resume_from_the_last_chunk(served: Served) -> None:
+    """A run streams words and sets its metadata from a worker process; a client follows it
+    over SSE from the start, and one that comes back with the last chunk's id gets the rest."""
+    read = perdure.Client(served.url, api_key=served.keys["read"])
+    write = perdure.Client(served.url, api_key=served.keys["trigger"])
+    async with read as reader, write as trigger:
+        run = await trigger.trigger("narrate", ["durable", "runs"])
+        seen: list[tuple[str, Any]] = []
+
+        async def follow() -> None:
+            async for kind, data in reader.run(run.id).events():
+                seen.append((kind, data))
+
+        following = asyncio.create_task(follow())
+        await wait_until(lambda: _words(seen) == ["durable", "runs"], timeout=30)
+        await wait_until(lambda: _status_is(run, "waiting"), timeout=30)
+        await run.complete_token("more")
+        await asyncio.wait_for(following, 30)
+        assert _words(seen) == ["durable", "runs", "end"]
+        statuses = [data["status"] for kind, data in seen if kind == "status"]
+        assert statuses[-1] == "completed"
+        assert {"said": 2} in [data for kind, data in seen if kind == "metadata"]
+        # a subscriber that saw the first chunk (position 1) gets the others
+        later = [d async for k, d in reader.run(run.id).events(after=1) if k == "chunk"]
+        assert [c["data"] for c in later] == ["runs", "end"]
+
+
+def _words(seen: list[tuple[str, Any]]) -> list[Any]:
+    return [data["data"] for kind, data in seen if kind == "chunk"]

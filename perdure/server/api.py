@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from perdure import errors
@@ -25,7 +25,7 @@ from perdure.records import (
     TokenRecord,
     TokenStatus,
 )
-from perdure.views import run_dict
+from perdure.views import run_dict, value_json
 
 MAX_RESULT_WAIT = 60.0
 """Seconds GET /runs/{id}/result waits at most for a run to end."""
@@ -345,6 +345,33 @@ async def complete_token(app: App, request: Request) -> Response:
     return _json(_token_out(token))
 
 
+async def run_stream(app: App, request: Request) -> Response:
+    """Server-sent events of a run: `status`, `metadata` and `chunk` events as they happen,
+    until the run ends. A chunk's event id is its position: a client that reconnects with
+    Last-Event-ID gets the chunks after it (and the current status and metadata again)."""
+    handle = await app.handle(request.path_params["id"])
+    last = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    try:
+        after = int(last)
+    except ValueError:
+        raise ValueError(f"Last-Event-ID must be a chunk position, got {last!r}") from None
+
+    async def events() -> AsyncIterator[bytes]:
+        async for event in handle.events(after=after):
+            if event.kind == "keepalive":
+                yield b": keepalive\n\n"
+                continue
+            lines = [f"event: {event.kind}"]
+            if event.position is not None:
+                lines.append(f"id: {event.position}")
+            lines.append("data: " + msgspec.json.encode(value_json(event.data)).decode())
+            yield ("\n".join(lines) + "\n\n").encode()
+        yield b"event: end\ndata: {}\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
 async def complete_named_token(app: App, request: Request) -> Response:
     body: CompleteTokenRequest = await _body(request, CompleteTokenRequest)
     handle = await app.handle(request.path_params["id"])
@@ -486,6 +513,15 @@ ROUTES: list[tuple[str, str, Scope | None, Handler, Any, Any, str]] = [
         None,
         list[TokenOut],
         "List tokens (?run=, ?status=)",
+    ),
+    (
+        "GET",
+        "/api/v1/runs/{id}/stream",
+        Scope.READ,
+        run_stream,
+        None,
+        None,
+        "Server-sent events of a run (status, metadata, chunks; Last-Event-ID resumes)",
     ),
     (
         "POST",

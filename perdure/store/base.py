@@ -400,9 +400,10 @@ class Store(Protocol):
         ...
 
     async def read_stream(
-        self, run_id: str, name: str, *, after: int = 0, limit: int = 1000
-    ) -> list[tuple[int, Value]]:
-        """The chunks of the run's stream `name` after position `after`, oldest first."""
+        self, run_id: str, name: str | None, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str, Value]]:
+        """(position, stream name, chunk) of the run's stream `name` (None: all its streams)
+        after position `after`, oldest first."""
         ...
 
     async def create_api_key(self, key: ApiKey) -> None:

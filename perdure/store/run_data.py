@@ -63,8 +63,8 @@ class RunDataOperations(RowMapping):
         return await self.db.write(append, "append_stream", (run_topic(run_id),), durable=False)
 
     async def read_stream(
-        self, run_id: str, name: str, *, after: int = 0, limit: int = 1000
-    ) -> list[tuple[int, Value]]:
+        self, run_id: str, name: str | None, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, str, Value]]:
         params = {"run_id": run_id, "name": name, "after": after, "limit": limit}
 
         def read() -> Operation[list[Row]]:
@@ -80,5 +80,5 @@ class RunDataOperations(RowMapping):
                 row["data_stored_size"],
             )
             assert value is not None
-            chunks.append((int(row["seq"]), value))
+            chunks.append((int(row["seq"]), str(row["name"]), value))
         return chunks

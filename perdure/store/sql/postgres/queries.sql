@@ -844,7 +844,8 @@ SELECT seq FROM streams WHERE run_id = %(run_id)s AND origin = %(origin)s;
 
 -- name: read_stream
 SELECT * FROM streams
-WHERE run_id = %(run_id)s AND name = %(name)s AND seq > %(after)s
+WHERE run_id = %(run_id)s AND (%(name)s::text IS NULL OR name = %(name)s::text)
+  AND seq > %(after)s
 ORDER BY seq
 LIMIT %(limit)s;
 

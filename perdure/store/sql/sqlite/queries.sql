@@ -694,7 +694,7 @@ SELECT seq FROM streams WHERE run_id = :run_id AND origin = :origin;
 
 -- name: read_stream
 SELECT * FROM streams
-WHERE run_id = :run_id AND name = :name AND seq > :after
+WHERE run_id = :run_id AND (:name IS NULL OR name = :name) AND seq > :after
 ORDER BY seq
 LIMIT :limit;
 
