@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+from perdure import webhooks
 from perdure.admin import Admin
 from perdure.blobs import open_blobs
 from perdure.config import DEFAULT_BLOB_URL, DEFAULT_DATABASE_URL, WorkerConfig, env_float
@@ -16,12 +17,14 @@ from perdure.handle import RunHandle
 from perdure.records import STRATEGIES, QueueConfig, Sent, Token, TokenRecord
 from perdure.retry import Retry
 from perdure.schedules import Cron, Schedules
+from perdure.secrets import Secret
 from perdure.signals import Signals
 from perdure.step import Step
 from perdure.store import open_store
 from perdure.store.base import Store
 from perdure.task import Task
 from perdure.values import DEFAULT_INLINE_LIMIT, RecentResults
+from perdure.webhooks import Webhook
 from perdure.worker import Worker
 
 DEFAULT_MAX_VALUE_SIZE = 64 * 1024 * 1024
@@ -85,6 +88,8 @@ class App:
         one in the same process needs no read."""
         self.signals = Signals(self)
         """Token completions, events and messages sent to runs."""
+        self.webhooks: dict[str, Webhook] = {}
+        """Webhooks declared with app.webhook, by name."""
         self.schedules = Schedules(self)
         """Cron schedules: declared with @app.task(schedule=...), or made at run time."""
         self._store: Store | None = None
@@ -273,6 +278,41 @@ class App:
                 f"task {name!r} is not registered in app {self.name!r} (known: {known}); "
                 "did you import the module that defines it?"
             ) from None
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    def webhook(
+        self,
+        name: str,
+        *,
+        secret: Secret | str,
+        task: Task[Any, Any] | str,
+        preset: str = "perdure",
+        tolerance: float = 300.0,
+    ) -> Webhook:
+        """Declare `POST /webhooks/{name}` on the server: a request signed with `secret` (a
+        perdure.secret, or the name of one) and fresh (within `tolerance` seconds) triggers
+        `task` with its JSON payload, once per delivery id. `preset`: "perdure", "stripe" or
+        "github" (their header conventions; see perdure.webhooks)."""
+        task_name = task if isinstance(task, str) else task.name
+        hook = Webhook(name, task_name, secret, preset, tolerance)
+        webhooks.check(hook)
+        if name in self.webhooks:
+            raise ConfigurationError(f"webhook {name!r} is declared twice in app {self.name!r}")
+        self.webhooks[name] = hook
+        return hook
+
+    async def receive_webhook(
+        self, name: str, headers: Mapping[str, str], body: bytes
+    ) -> RunHandle[Any]:
+        """Verify a webhook request and trigger its task (see webhook); Unauthorized when the
+        request is not signed, stale or forged (nothing is triggered)."""
+        hook = self.webhooks.get(name)
+        if hook is None:
+            raise TaskNotFound(f"no webhook {name!r} in app {self.name!r}")
+        delivery, payload = webhooks.verify(hook, headers, body, now=self.store.now())
+        task = self.get_task(hook.task)
+        return await task.trigger(payload, idempotency_key=f"perdure:webhook:{name}:{delivery}")
 
     # -- tokens and events -------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.keys",
             "perdure.views",
             "perdure.client",
+            "perdure.webhooks",
             "perdure.testing",
             "perdure.admin",
             "perdure",

@@ -4,10 +4,14 @@ process: API keys and scopes, runs, tokens, events, messages, queues, schedules,
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +20,16 @@ import httpx
 import pytest
 
 import perdure
+from perdure import webhooks
 
 from . import waitapp
 from .conftest import ROOT, WorkerProcess, wait_until
+
+SECRETS = {
+    "ORDERS_WEBHOOK_SECRET": "whsec-orders-test",
+    "STRIPE_WEBHOOK_SECRET": "whsec-stripe-test",
+    "GITHUB_WEBHOOK_SECRET": "whsec-github-test",
+}
 
 
 def _free_port() -> int:
@@ -67,9 +78,10 @@ async def served(
         "PERDURE_DATABASE_URL": database_url,
         "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
         "CRASH_LOG": str(tmp_path / "side-effects.log"),
+        **SECRETS,
     }
     app = perdure.App("waits", database=database_url, blobs=env["PERDURE_BLOB_URL"])
-    for name in ("approval", "chat", "add", "tick", "narrate"):
+    for name in ("approval", "chat", "add", "tick", "narrate", "got"):
         app.task(name=name)(getattr(waitapp, name).fn)
     keys = {}
     for scope in ("read", "trigger", "admin"):
@@ -288,3 +300,59 @@ async def test_realtime_events_over_sse_resume_from_the_last_chunk(served: Serve
 
 def _words(seen: list[tuple[str, Any]]) -> list[Any]:
     return [data["data"] for kind, data in seen if kind == "chunk"]
+
+
+async def test_webhooks_trigger_once_per_signed_fresh_delivery(served: Served) -> None:
+    body = json.dumps({"order": 7}).encode()
+    secret = SECRETS["ORDERS_WEBHOOK_SECRET"]
+    signed = {**webhooks.sign(secret, body), "X-Perdure-Delivery": "d-1"}
+    async with served.client(None) as sender:  # no API key: the signature is the proof
+        first = await sender.post("/webhooks/orders", content=body, headers=signed)
+        assert first.status_code == 202
+        assert first.json()["created"] is True
+        replayed = await sender.post("/webhooks/orders", content=body, headers=signed)
+        assert replayed.json() == {"run_id": first.json()["run_id"], "created": False}
+        forged = {
+            **signed,
+            "X-Perdure-Delivery": "d-2",
+            "X-Perdure-Signature": "sha256=" + "0" * 64,
+        }
+        assert (
+            await sender.post("/webhooks/orders", content=body, headers=forged)
+        ).status_code == 401
+        stale = {
+            **webhooks.sign(secret, body, timestamp=time.time() - 3600),
+            "X-Perdure-Delivery": "d-3",
+        }
+        refused = await sender.post("/webhooks/orders", content=body, headers=stale)
+        assert refused.status_code == 401
+        assert _error(refused)["message"] == "unauthorized"
+        other_key = {**webhooks.sign("not-the-secret", body), "X-Perdure-Delivery": "d-4"}
+        assert (
+            await sender.post("/webhooks/orders", content=body, headers=other_key)
+        ).status_code == 401
+        unsigned = await sender.post("/webhooks/orders", content=body)
+        assert unsigned.status_code == 401
+        assert (
+            await sender.post("/webhooks/nope", content=body, headers=signed)
+        ).status_code == 404
+        # the senders' own conventions
+        event = json.dumps({"id": "evt_1", "type": "payment"}).encode()
+        t = str(int(time.time()))
+        mac = hmac.new(
+            SECRETS["STRIPE_WEBHOOK_SECRET"].encode(), f"{t}.".encode() + event, hashlib.sha256
+        )
+        stripe = {"Stripe-Signature": f"t={t},v1={mac.hexdigest()}"}
+        assert (
+            await sender.post("/webhooks/stripe", content=event, headers=stripe)
+        ).status_code == 202
+        gh = hmac.new(SECRETS["GITHUB_WEBHOOK_SECRET"].encode(), body, hashlib.sha256).hexdigest()
+        github = {"X-Hub-Signature-256": f"sha256={gh}", "X-GitHub-Delivery": "g-1"}
+        assert (
+            await sender.post("/webhooks/github", content=body, headers=github)
+        ).status_code == 202
+    runs = await served.app.admin.list_runs(task="got")
+    assert len(runs) == 3  # the first delivery once, Stripe's, GitHub's: nothing refused ran
+    async with served.client("read") as api:
+        result = await api.get(f"/api/v1/runs/{first.json()['run_id']}/result", params={"wait": 30})
+        assert result.json()["result"] == {"order": 7}

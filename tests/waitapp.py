@@ -55,3 +55,13 @@ async def add(a: int, b: int) -> int:
 @app.task(name="tick")
 async def tick(scheduled_at: Any) -> str:
     return str(scheduled_at)
+
+
+@app.task(name="got")
+async def got(payload: Any) -> Any:
+    return payload
+
+
+app.webhook("orders", secret="ORDERS_WEBHOOK_SECRET", task="got")
+app.webhook("stripe", secret="STRIPE_WEBHOOK_SECRET", task="got", preset="stripe")
+app.webhook("github", secret="GITHUB_WEBHOOK_SECRET", task="got", preset="github")

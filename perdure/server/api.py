@@ -372,6 +372,13 @@ async def run_stream(app: App, request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
+async def receive_webhook(app: App, request: Request) -> Response:
+    """Authenticated by its signature, not a key (see perdure.webhooks)."""
+    body = await request.body()
+    handle = await app.receive_webhook(request.path_params["name"], request.headers, body)
+    return _json({"run_id": handle.id, "created": handle.created}, 202)
+
+
 async def complete_named_token(app: App, request: Request) -> Response:
     body: CompleteTokenRequest = await _body(request, CompleteTokenRequest)
     handle = await app.handle(request.path_params["id"])
@@ -475,6 +482,15 @@ ROUTES: list[tuple[str, str, Scope | None, Handler, Any, Any, str]] = [
     # method, path, scope, handler, request schema, response schema, summary
     ("GET", "/healthz", None, healthz, None, None, "The server is up"),
     ("GET", "/readyz", None, readyz, None, None, "The server can reach its store"),
+    (
+        "POST",
+        "/webhooks/{name}",
+        None,
+        receive_webhook,
+        None,
+        None,
+        "A signed webhook delivery (no key: its signature authenticates it)",
+    ),
     (
         "POST",
         "/api/v1/tasks/{task}/trigger",
