@@ -690,5 +690,14 @@ def create_app(app: App) -> Starlette:
         where = request.url.path
         return _error(405, "MethodNotAllowed", f"{request.method} is not allowed on {where}")
 
-    server = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    @contextlib.asynccontextmanager
+    async def lifespan(_server: Starlette) -> AsyncIterator[None]:
+        yield
+        await app.close()  # what the server wrote is flushed before the process ends
+
+    server = Starlette(
+        routes=routes,
+        exception_handlers={404: not_found, 405: not_allowed},
+        lifespan=lifespan,
+    )
     return server
