@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from perdure.cli.common import AppOpt, BlobOpt, DbOpt, JsonOpt, console, load_app, on_admin
-from perdure.errors import ConfigurationError
 from perdure.records import Scope
 
 api_keys_cli = typer.Typer(
@@ -30,9 +29,8 @@ def serve(
 
         from perdure.server import create_app
     except ImportError:
-        raise ConfigurationError(
-            "the server needs its extra: pip install 'perdure[server]'"
-        ) from None
+        console.print("[red]error:[/red] the server needs its extra: pip install 'perdure[server]'")
+        raise typer.Exit(1) from None
     the_app = load_app(app)
     uvicorn.run(create_app(the_app), host=host, port=port, log_level=log_level)
 
