@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 import perdure
 from perdure.context import current
@@ -21,6 +23,23 @@ def _now() -> float:
     """The store's clock inside a run (workers whose clocks are moved agree on it)."""
     ctx = current()
     return ctx.store.now() if ctx is not None else time.time()
+
+
+_RECORD = re.compile(r"(start|done) (\S+) (\d+) (\d+\.\d+)(?: (\d+))?\n")
+
+
+def records(log: Path) -> list[list[Any]]:
+    """The records of a side-effect log, each [event, run key, step, time, pid or None]. A process
+    killed in the middle of appending its line (a write crossing a page can stop short) leaves
+    a partial record that the next one's line runs on from: it is skipped, the next is read."""
+    if not log.exists():
+        return []
+    return [list(m.groups()) for m in _RECORD.finditer(log.read_text())]
+
+
+def starts(log: Path, key: str, index: int) -> int:
+    """How many times step `index` of run `key` started, by the log."""
+    return sum(r[:3] == ["start", key, str(index)] for r in records(log))
 
 
 def _log(line: str) -> None:

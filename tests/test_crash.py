@@ -47,9 +47,7 @@ class CrashEnv:
         }
 
     def lines(self) -> list[list[str]]:
-        if not self.log.exists():
-            return []
-        return [line.split() for line in self.log.read_text().splitlines() if line]
+        return crashapp.records(self.log)
 
     def count(self, event: str, run_key: str, index: int) -> int:
         return sum(1 for parts in self.lines() if parts[:3] == [event, run_key, str(index)])

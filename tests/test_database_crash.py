@@ -22,11 +22,7 @@ pytestmark = pytest.mark.crash
 
 
 def _starts(log: Path, key: str, index: int) -> int:
-    if not log.exists():
-        return 0
-    return sum(
-        line.split()[:3] == ["start", key, str(index)] for line in log.read_text().splitlines()
-    )
+    return crashapp.starts(log, key, index)
 
 
 async def test_a_claim_lost_in_a_database_crash_is_never_shared(

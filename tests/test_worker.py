@@ -36,12 +36,7 @@ def _app(tmp_path: Path, database: str) -> perdure.App:
 
 
 def _started(tmp_path: Path, key: str, index: int) -> int:
-    log = tmp_path / "side-effects.log"
-    if not log.exists():
-        return 0
-    return sum(
-        line.split()[:3] == ["start", key, str(index)] for line in log.read_text().splitlines()
-    )
+    return crashapp.starts(tmp_path / "side-effects.log", key, index)
 
 
 async def test_sigterm_lets_running_runs_finish(

@@ -368,8 +368,7 @@ def most_at_once(intervals: list[tuple[float, float, str]]) -> int:
 def step_starts(log: Path) -> dict[tuple[str, int], list[float]]:
     """When each (run key, step) started, from the side-effect log."""
     starts: dict[tuple[str, int], list[float]] = {}
-    for line in log.read_text().splitlines():
-        parts = line.split()
-        if parts and parts[0] == "start":
+    for parts in crashapp.records(log):
+        if parts[0] == "start":
             starts.setdefault((parts[1], int(parts[2])), []).append(float(parts[3]))
     return starts
