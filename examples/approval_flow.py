@@ -22,7 +22,7 @@ from typing import Any
 
 import perdure
 from perdure.errors import WaitTimeout
-from perdure.records import TokenStatus
+from perdure.wait_records import TokenStatus
 
 if __name__ == "__main__":  # the demo: its own store in a temporary folder
     _HOME = tempfile.mkdtemp(prefix="perdure-approvals-")

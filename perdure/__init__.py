@@ -16,12 +16,13 @@ from perdure.errors import (
 )
 from perdure.handle import RunHandle
 from perdure.progress import metadata, stream
-from perdure.records import RunStatus, Token
+from perdure.records import RunStatus
 from perdure.retry import Retry
 from perdure.schedules import Cron
 from perdure.secrets import Secret, secret
 from perdure.step import Step, step_key
 from perdure.task import Task
+from perdure.wait_records import Token
 from perdure.waits import (
     create_token,
     now,

@@ -13,7 +13,6 @@ from perdure.errors import CorruptJournal, EncryptionError, StoreRefused
 from perdure.records import (
     ApiKey,
     Attempt,
-    EventRecord,
     JournalEntry,
     QueueConfig,
     QueueStats,
@@ -21,14 +20,10 @@ from perdure.records import (
     RunStatus,
     ScheduleRecord,
     Scope,
-    Sent,
-    TokenRecord,
-    TokenStatus,
-    Wait,
-    wait_key,
 )
 from perdure.retention import DEFAULT_GRACE, MIN_GRACE, PurgeReport, parse_age, purge
 from perdure.rotation import RotationReport, rotate
+from perdure.wait_records import EventRecord, Sent, TokenRecord, TokenStatus, Wait, wait_key
 
 if TYPE_CHECKING:
     from perdure.app import App

@@ -14,7 +14,7 @@ from perdure.crypto import Keyring
 from perdure.errors import ConfigurationError, RunNotFound, TaskNotFound
 from perdure.executor import Executor
 from perdure.handle import RunHandle
-from perdure.records import STRATEGIES, QueueConfig, Sent, Token, TokenRecord
+from perdure.records import STRATEGIES, QueueConfig
 from perdure.retry import Retry
 from perdure.schedules import Cron, Schedules
 from perdure.secrets import Secret
@@ -24,6 +24,7 @@ from perdure.store import open_store
 from perdure.store.base import Store
 from perdure.task import Task
 from perdure.values import DEFAULT_INLINE_LIMIT, RecentResults
+from perdure.wait_records import Sent, Token, TokenRecord
 from perdure.webhooks import Webhook
 from perdure.worker import Worker
 

@@ -10,8 +10,9 @@ from perdure import serde, values
 from perdure.errors import ConfigurationError
 from perdure.executor import check_args
 from perdure.ids import new_id
-from perdure.records import NewEvent, NewMessage, NewToken, Sent, Token, TokenRecord, Value
+from perdure.records import Value
 from perdure.task import RunOptions
+from perdure.wait_records import NewEvent, NewMessage, NewToken, Sent, Token, TokenRecord
 
 if TYPE_CHECKING:
     from perdure.app import App

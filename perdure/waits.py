@@ -24,13 +24,10 @@ from perdure.config import env_float
 from perdure.context import RunContext, _in_step, current, in_thread_of_loop
 from perdure.errors import PerdureError, Suspend, WaitTimeout
 from perdure.journal import Journal, error_info
-from perdure.records import (
-    EntryKind,
-    EntryStatus,
-    JournalEntry,
+from perdure.records import EntryKind, EntryStatus, JournalEntry, Value
+from perdure.wait_records import (
     NewToken,
     Token,
-    Value,
     Wait,
     WaitKind,
     named_token_id,

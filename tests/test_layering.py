@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.ids",
             "perdure.config",
             "perdure.records",
+            "perdure.wait_records",
             "perdure.crypto",
             "perdure.secrets",
             "perdure.logs",

@@ -19,8 +19,9 @@ from perdure.errors import (
     TokenNotFound,
     WaitTimeout,
 )
-from perdure.records import EntryKind, RunStatus, TokenStatus
+from perdure.records import EntryKind, RunStatus
 from perdure.retention import purge
+from perdure.wait_records import TokenStatus
 
 from .conftest import running_worker, wait_until
 

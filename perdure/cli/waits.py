@@ -19,8 +19,8 @@ from perdure.cli.common import (
     on_admin,
     time_text,
 )
-from perdure.records import EventRecord, TokenRecord, TokenStatus
 from perdure.views import decoded, value_json
+from perdure.wait_records import EventRecord, TokenRecord, TokenStatus
 
 tokens_cli = typer.Typer(help="Complete and list tokens (wait_for_token).", no_args_is_help=True)
 events_cli = typer.Typer(help="Send and list events (wait_for_event).", no_args_is_help=True)

@@ -17,169 +17,31 @@ from starlette.routing import Route
 
 from perdure import errors
 from perdure.app import App
-from perdure.records import (
-    QueueStats,
-    RunStatus,
-    ScheduleRecord,
-    Scope,
-    TokenRecord,
-    TokenStatus,
+from perdure.records import QueueStats, RunStatus, ScheduleRecord, Scope
+from perdure.server.schemas import (
+    CompleteTokenRequest,
+    ErrorBody,
+    ErrorOut,
+    MessageOut,
+    QueueOut,
+    ResultOut,
+    RunOut,
+    RunPage,
+    ScheduleOut,
+    SendEventRequest,
+    SendMessageRequest,
+    SentOut,
+    TokenOut,
+    Triggered,
+    TriggerRequest,
 )
 from perdure.views import run_dict, value_json
+from perdure.wait_records import TokenRecord, TokenStatus
 
 MAX_RESULT_WAIT = 60.0
 """Seconds GET /runs/{id}/result waits at most for a run to end."""
 MAX_PAGE = 500
 """Runs in one page of GET /runs at most."""
-
-
-# -- request and response schemas ------------------------------------------------------------
-
-
-class TriggerRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Start a run of a task."""
-
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    idempotency_key: str | None = None
-    priority: int = 0
-    delay: float | None = None
-    ttl: float | None = None
-    concurrency_key: str | None = None
-    tags: list[str] = []
-
-
-class CompleteTokenRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Complete a token with data."""
-
-    data: Any = None
-
-
-class SendEventRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Send an event to the app."""
-
-    name: str
-    payload: Any = None
-    idempotency_key: str | None = None
-
-
-class SendMessageRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Put a message in a run's mailbox."""
-
-    topic: str
-    data: Any = None
-    idempotency_key: str | None = None
-
-
-class RunOut(msgspec.Struct):
-    """A run."""
-
-    id: str
-    app: str
-    task: str
-    queue: str
-    status: str
-    attempt: int
-    created_at: float
-    worker_id: str | None = None
-    idempotency_key: str | None = None
-    note: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    available_at: float | None = None
-    tags: list[str] = []
-    error: dict[str, Any] | None = None
-    result: Any = None
-    args: Any = None
-
-
-class RunPage(msgspec.Struct):
-    """A page of runs, newest first; `next` is the cursor of the next page (None: the last)."""
-
-    runs: list[RunOut]
-    next: str | None
-
-
-class Triggered(msgspec.Struct):
-    """A triggered run (created False: its idempotency key had a run already)."""
-
-    id: str
-    created: bool
-
-
-class ResultOut(msgspec.Struct):
-    """A run's outcome, or its status while it has none."""
-
-    id: str
-    status: str
-    done: bool
-    result: Any = None
-    error: dict[str, Any] | None = None
-
-
-class TokenOut(msgspec.Struct):
-    """A token."""
-
-    id: str
-    app: str
-    status: str
-    run_id: str | None = None
-    name: str | None = None
-    tags: list[str] = []
-    created_at: float = 0.0
-    expires_at: float | None = None
-    completed_at: float | None = None
-
-
-class SentOut(msgspec.Struct):
-    """What sending an event did."""
-
-    id: str
-    created: bool
-    woken: list[str]
-
-
-class MessageOut(msgspec.Struct):
-    """A message sent."""
-
-    id: str
-
-
-class QueueOut(msgspec.Struct):
-    """A queue with its load."""
-
-    app: str
-    name: str
-    concurrency: int | None
-    paused: bool
-    running: int
-    queued: int
-
-
-class ScheduleOut(msgspec.Struct):
-    """A schedule."""
-
-    app: str
-    key: str
-    task: str
-    cron: str
-    tz: str
-    paused: bool
-    next_at: float
-    last_tick: float | None = None
-
-
-class ErrorBody(msgspec.Struct):
-    """What every error says."""
-
-    type: str
-    message: str
-
-
-class ErrorOut(msgspec.Struct):
-    """The one shape of every error response."""
-
-    error: ErrorBody
 
 
 _STATUS = {

@@ -26,27 +26,24 @@ from perdure.errors import (
     TokenAlreadyCompleted,
     TokenNotFound,
 )
-from perdure.records import (
+from perdure.records import Lease, NewRun, RunStatus, Value
+from perdure.store.connector import Connector, Operation, Query, Row
+from perdure.store.notify import CLAIMABLE
+from perdure.store.rows import RowMapping, check_held
+from perdure.wait_records import (
     EventRecord,
-    Lease,
     NewEvent,
     NewMessage,
-    NewRun,
     NewToken,
-    RunStatus,
     Sent,
     TokenRecord,
     TokenStatus,
-    Value,
     Wait,
     WaitKind,
     WaitState,
     named_token_id,
     wait_key,
 )
-from perdure.store.connector import Connector, Operation, Query, Row
-from perdure.store.notify import CLAIMABLE
-from perdure.store.rows import RowMapping, check_held
 
 _SIGNAL_LOCK_CLASS = 7_366_104  # (PostgreSQL) advisory lock class of waits and signals by key
 _EVENT_SCAN = 1000  # events of one name a wait looks through at once

@@ -8,20 +8,18 @@ import pytest
 
 from perdure.errors import LeaseLost, RunNotFound, TokenAlreadyCompleted, TokenNotFound
 from perdure.ids import new_id
-from perdure.records import (
+from perdure.records import RunStatus, Transition, Value
+from perdure.store.base import Store
+from perdure.wait_records import (
     NewEvent,
     NewMessage,
     NewToken,
-    RunStatus,
     TokenStatus,
-    Transition,
-    Value,
     Wait,
     WaitKind,
     named_token_id,
     wait_key,
 )
-from perdure.store.base import Store
 
 from .test_contract import APP, _claim_one, _new_run
 
