@@ -117,14 +117,20 @@ class StoredValues:
             )
         if blob_key is not None:
             data = await self.blobs.get(blob_key)
-        elif codec.endswith(ENCRYPTED_CODEC):
+            return Value(
+                codec=codec, data=data, blob_key=blob_key, raw_size=raw, stored_size=stored
+            )
+        return self.inline(codec, data, raw, stored)
+
+    def inline(self, codec: str, data: bytes | None, raw: int, stored: int) -> Value:
+        """The value of inline columns (decrypted when it was encrypted): no await, so an
+        operation can read it within its transaction."""
+        if codec.endswith(ENCRYPTED_CODEC):
             codec = codec.removesuffix(ENCRYPTED_CODEC)
             data = require(self.keyring, "a stored value").decrypt(
                 bytes(data or b""), aad=codec.encode(), what="a stored value"
             )
-        return Value(
-            codec=codec, data=data or b"", blob_key=blob_key, raw_size=raw, stored_size=stored
-        )
+        return Value(codec=codec, data=bytes(data or b""), raw_size=raw, stored_size=stored)
 
     def same_inline(self, codec: str | None, stored: Any, ours: Any, what: str) -> bool:
         """Whether inline bytes `stored` (as read back) hold the same value as `ours` (as about

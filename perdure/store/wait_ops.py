@@ -162,7 +162,12 @@ class WaitOperations(RowMapping):
         triggered = [await self._new_run_params(run, now) for run in runs or []]
         lock = {"lock_class": _SIGNAL_LOCK_CLASS, "key": f"{event.app}:event:{event.name}"}
 
-        def send() -> Operation[tuple[str, bool, list[Row]]]:
+        payload = _decoded(event.payload, f"event {event.name!r}")
+        key = wait_key(WaitKind.EVENT, event.name)
+
+        def send() -> Operation[tuple[str, bool, list[str]]]:
+            # one transaction: the event, the runs it triggers and the signals of its waiters,
+            # so no crash can keep an event and lose a wake-up
             yield Query("lock_signal", lock)
             if (yield Query("insert_event", params)).rowcount != 1:
                 first = (yield Query("event_by_idempotency_key", params)).first
@@ -172,22 +177,14 @@ class WaitOperations(RowMapping):
             waiters = (
                 yield Query("waiters", {"app": event.app, "kind": "event", "key": event.name})
             ).rows
-            return event.id, True, list(waiters)
+            woken = sorted({row["run_id"] for row in waiters if self._fits(row, payload)})
+            if woken:
+                yield Query("signal_runs", {"ids": woken, "waiting_for": key, "now": now})
+            return event.id, True, woken
 
-        event_id, created, waiters = await self.db.write(send, "send_event", (CLAIMABLE,))
+        event_id, created, woken = await self.db.write(send, "send_event", (CLAIMABLE,))
         if not created:
             return Sent(id=event_id, created=False, woken=[])
-        payload = _decoded(event.payload, f"event {event.name!r}")
-        woken = sorted(
-            {row["run_id"] for row in waiters if _matches(await self._match(row), payload)}
-        )
-        if woken:
-            key = wait_key(WaitKind.EVENT, event.name)
-
-            def signal() -> Operation[None]:
-                yield Query("signal_runs", {"ids": woken, "waiting_for": key, "now": self.now()})
-
-            await self.db.write(signal, "signal_runs", (CLAIMABLE,))
         return Sent(id=event_id, created=True, woken=woken)
 
     async def list_events(
@@ -394,6 +391,19 @@ class WaitOperations(RowMapping):
     async def _token_data(self, row: Row) -> Value:
         value = await self._value(row, "data")
         return value if value is not None else Value(codec=str(serde.Codec.MSGPACK), data=b"\xc0")
+
+    def _fits(self, row: Row, payload: Any) -> bool:
+        """Whether a waiter's match fits `payload`, within a transaction (no await): a match
+        kept in the blob store (larger than the inline limit) is signalled all the same, and its
+        run looks for itself (a wake-up too many is harmless, one too few is not)."""
+        if row["match_codec"] is None:
+            return True
+        if row["match_blob"] is not None:
+            return True
+        value = self.values.inline(
+            row["match_codec"], row["match"], row["match_raw_size"], row["match_stored_size"]
+        )
+        return _matches(dict(_decoded(value, "an event wait's match")), payload)
 
     async def _match(self, row: Row) -> Mapping[str, Any]:
         value = await self._value(row, "match")
