@@ -93,6 +93,21 @@ class StoredValues:
             f"{prefix}_stored_size": len(data),
         }
 
+    async def from_columns(
+        self, row: Mapping[str, Any], prefix: str, *, fetch: bool = True
+    ) -> Value | None:
+        """The value in `row`'s columns named as columns(prefix, ...) names them (a listing
+        that leaves the bytes out has no `prefix` column: then, as with fetch=False)."""
+        keys = row.keys()
+        return await self.resolve(
+            row[f"{prefix}_codec"],
+            row[prefix] if prefix in keys else None,
+            row[f"{prefix}_blob"],
+            row[f"{prefix}_raw_size"],
+            row[f"{prefix}_stored_size"],
+            fetch=fetch,
+        )
+
     async def resolve(
         self,
         codec: str | None,

@@ -4,7 +4,7 @@ as an id and a hash, never the key."""
 from __future__ import annotations
 
 from perdure.records import ApiKey, Scope
-from perdure.store.connector import Connector, Operation, Query, Result, Row
+from perdure.store.connector import Connector, Operation, Query, Result, Row, rows_of
 from perdure.store.rows import RowMapping
 
 
@@ -28,18 +28,12 @@ class ApiKeyOperations(RowMapping):
         await self.db.write(create, "create_api_key")
 
     async def get_api_key(self, key_id: str) -> ApiKey | None:
-        def read() -> Operation[Row | None]:
-            row: Row | None = (yield Query("api_key", {"id": key_id})).first
-            return row
-
-        row = await self.db.read(read, "get_api_key")
-        return None if row is None else _key(row)
+        rows = await self.db.read(lambda: rows_of(Query("api_key", {"id": key_id})), "api_key")
+        return _key(rows[0]) if rows else None
 
     async def list_api_keys(self) -> list[ApiKey]:
-        def read() -> Operation[list[Row]]:
-            return list((yield Query("list_api_keys", {})).rows)
-
-        return [_key(row) for row in await self.db.read(read, "list_api_keys")]
+        rows = await self.db.read(lambda: rows_of(Query("list_api_keys", {})), "list_api_keys")
+        return [_key(row) for row in rows]
 
     async def revoke_api_key(self, key_id: str) -> bool:
         def revoke() -> Operation[bool]:

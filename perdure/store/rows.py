@@ -161,32 +161,11 @@ class RowMapping:
         keys = row.keys()
         args = result = None
         if full:
-            args = await self.values.resolve(
-                row["args_codec"],
-                row["args"],
-                row["args_blob"],
-                row["args_raw_size"],
-                row["args_stored_size"],
-                fetch=fetch,
-            )
-            result = await self.values.resolve(
-                row["result_codec"],
-                row["result"],
-                row["result_blob"],
-                row["result_raw_size"],
-                row["result_stored_size"],
-                fetch=fetch,
-            )
+            args = await self.values.from_columns(row, "args", fetch=fetch)
+            result = await self.values.from_columns(row, "result", fetch=fetch)
         metadata = None
         if full and "metadata_codec" in keys:
-            metadata = await self.values.resolve(
-                row["metadata_codec"],
-                row["metadata"],
-                row["metadata_blob"],
-                row["metadata_raw_size"],
-                row["metadata_stored_size"],
-                fetch=fetch,
-            )
+            metadata = await self.values.from_columns(row, "metadata", fetch=fetch)
         return RunRecord(
             id=row["id"],
             app=row["app"],

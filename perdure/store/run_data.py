@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from perdure.errors import LeaseLost, PayloadTooLarge
 from perdure.records import Lease, Value
-from perdure.store.connector import Connector, Operation, Query, Result, Row
+from perdure.store.connector import Connector, Operation, Query, Result, rows_of
 from perdure.store.notify import run_topic
 from perdure.store.rows import RowMapping
 
@@ -67,18 +67,10 @@ class RunDataOperations(RowMapping):
     ) -> list[tuple[int, str, Value]]:
         params = {"run_id": run_id, "name": name, "after": after, "limit": limit}
 
-        def read() -> Operation[list[Row]]:
-            return list((yield Query("read_stream", params)).rows)
-
+        rows = await self.db.read(lambda: rows_of(Query("read_stream", params)), "read_stream")
         chunks = []
-        for row in await self.db.read(read, "read_stream"):
-            value = await self.values.resolve(
-                row["data_codec"],
-                row["data"],
-                row["data_blob"],
-                row["data_raw_size"],
-                row["data_stored_size"],
-            )
+        for row in rows:
+            value = await self.values.from_columns(row, "data")
             assert value is not None
             chunks.append((int(row["seq"]), str(row["name"]), value))
         return chunks

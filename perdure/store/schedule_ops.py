@@ -17,7 +17,7 @@ from typing import Any
 from perdure import cron, serde
 from perdure.ids import new_id
 from perdure.records import MissedTicks, NewRun, NewSchedule, ScheduleRecord, Value
-from perdure.store.connector import Connector, Operation, Query, Result, Row
+from perdure.store.connector import Connector, Operation, Query, Result, Row, rows_of
 from perdure.store.notify import CLAIMABLE
 from perdure.store.rows import RowMapping
 
@@ -55,11 +55,10 @@ class ScheduleOperations(RowMapping):
 
     async def list_schedules(self, app: str | None = None) -> list[ScheduleRecord]:
         """Every schedule (of `app`), by app and key."""
-
-        def read() -> Operation[list[Row]]:
-            return list((yield Query("list_schedules", {"app": app})).rows)
-
-        return [_schedule(row) for row in await self.db.read(read, "list_schedules")]
+        rows = await self.db.read(
+            lambda: rows_of(Query("list_schedules", {"app": app})), "list_schedules"
+        )
+        return [_schedule(row) for row in rows]
 
     async def pause_schedule(
         self, app: str, key: str, *, paused: bool, next_at: float | None = None

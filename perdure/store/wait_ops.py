@@ -27,7 +27,7 @@ from perdure.errors import (
     TokenNotFound,
 )
 from perdure.records import Lease, NewRun, RunStatus, Value
-from perdure.store.connector import Connector, Operation, Query, Row
+from perdure.store.connector import Connector, Operation, Query, Row, rows_of
 from perdure.store.notify import CLAIMABLE
 from perdure.store.rows import RowMapping, check_held
 from perdure.wait_records import (
@@ -76,7 +76,7 @@ class WaitOperations(RowMapping):
         return await self._token(await self.db.write(create, "create_token"))
 
     async def get_token(self, token_id: str) -> TokenRecord:
-        rows = await self.db.read(lambda: _rows(Query("token", {"id": token_id})), "get_token")
+        rows = await self.db.read(lambda: rows_of(Query("token", {"id": token_id})), "get_token")
         if not rows:
             raise TokenNotFound(f"no token with id {token_id!r}")
         return await self._token(rows[0])
@@ -96,7 +96,7 @@ class WaitOperations(RowMapping):
             "now": self.now(),
             "limit": limit,
         }
-        rows = await self.db.read(lambda: _rows(Query("list_tokens", params)), "list_tokens")
+        rows = await self.db.read(lambda: rows_of(Query("list_tokens", params)), "list_tokens")
         return [await self._token(row, fetch=False) for row in rows]
 
     async def complete_token(
@@ -191,7 +191,7 @@ class WaitOperations(RowMapping):
         self, *, app: str | None = None, name: str | None = None, limit: int = 100
     ) -> list[EventRecord]:
         params = {"app": app, "name": name, "limit": limit}
-        rows = await self.db.read(lambda: _rows(Query("list_events", params)), "list_events")
+        rows = await self.db.read(lambda: rows_of(Query("list_events", params)), "list_events")
         return [await self._event(row, fetch=False) for row in rows]
 
     # -- mailboxes ---------------------------------------------------------------------------
@@ -298,12 +298,12 @@ class WaitOperations(RowMapping):
                 return _timed_out(state)
         elif wait.kind is WaitKind.MESSAGE:
             if found is not None:
-                return _over(state, await self._value(found, "data"), found["id"])
+                return _over(state, await self.values.from_columns(found, "data"), found["id"])
         else:
             if found is None:
                 found = await self._first_event(wait, row, lease)
             if found is not None:
-                return _over(state, await self._value(found, "payload"), found["id"])
+                return _over(state, await self.values.from_columns(found, "payload"), found["id"])
         if _due(state.deadline, now):
             return _timed_out(state)
         return state
@@ -311,7 +311,7 @@ class WaitOperations(RowMapping):
     async def run_waits(self, run_id: str, *, values: bool = True) -> list[Wait]:
         """The waits a run registered, in journal order (for `runs show`)."""
         rows = await self.db.read(
-            lambda: _rows(Query("run_waits", {"run_id": run_id})), "run_waits"
+            lambda: rows_of(Query("run_waits", {"run_id": run_id})), "run_waits"
         )
         return [
             Wait(
@@ -320,7 +320,7 @@ class WaitOperations(RowMapping):
                 app=row["app"],
                 kind=WaitKind(row["kind"]),
                 key=row["key"],
-                match=await self._value(row, "match", fetch=values),
+                match=await self.values.from_columns(row, "match", fetch=values),
                 since=row["since"],
                 deadline=row["deadline"],
             )
@@ -334,7 +334,7 @@ class WaitOperations(RowMapping):
         taken = {  # an event ends at most one of a run's waits (the look-back would repeat it)
             taken["event_id"]
             for taken in await self.db.read(
-                lambda: _rows(Query("events_taken", {"run_id": wait.run_id})), "events_taken"
+                lambda: rows_of(Query("events_taken", {"run_id": wait.run_id})), "events_taken"
             )
         }
         while True:
@@ -342,7 +342,9 @@ class WaitOperations(RowMapping):
             for event in events:
                 if event["id"] in taken:
                     continue
-                payload = _decoded(await self._value(event, "payload"), f"event {wait.key!r}")
+                payload = _decoded(
+                    await self.values.from_columns(event, "payload"), f"event {wait.key!r}"
+                )
                 if _matches(match, payload):
                     return await self._take_event(wait, event["id"], lease)
             if len(events) < _EVENT_SCAN:
@@ -351,7 +353,7 @@ class WaitOperations(RowMapping):
 
     async def _events_since(self, app: str, name: str, since: float) -> list[Row]:
         params = {"app": app, "name": name, "since": since, "limit": _EVENT_SCAN}
-        return await self.db.read(lambda: _rows(Query("events_since", params)), "events_since")
+        return await self.db.read(lambda: rows_of(Query("events_since", params)), "events_since")
 
     async def _take_event(self, wait: Wait, event_id: str, lease: Lease) -> Row | None:
         """End `wait` with the event `event_id` (unless it ended already: then with its own)."""
@@ -377,19 +379,8 @@ class WaitOperations(RowMapping):
         if ids:
             yield Query("signal_runs", {"ids": ids, "waiting_for": wait_key(kind, key), "now": now})
 
-    async def _value(self, row: Row, prefix: str, *, fetch: bool = True) -> Value | None:
-        keys = row.keys()  # (listings leave the bytes out)
-        return await self.values.resolve(
-            row[f"{prefix}_codec"],
-            row[prefix] if prefix in keys else None,
-            row[f"{prefix}_blob"],
-            row[f"{prefix}_raw_size"],
-            row[f"{prefix}_stored_size"],
-            fetch=fetch,
-        )
-
     async def _token_data(self, row: Row) -> Value:
-        value = await self._value(row, "data")
+        value = await self.values.from_columns(row, "data")
         return value if value is not None else Value(codec=str(serde.Codec.MSGPACK), data=b"\xc0")
 
     def _fits(self, row: Row, payload: Any) -> bool:
@@ -406,7 +397,7 @@ class WaitOperations(RowMapping):
         return _matches(dict(_decoded(value, "an event wait's match")), payload)
 
     async def _match(self, row: Row) -> Mapping[str, Any]:
-        value = await self._value(row, "match")
+        value = await self.values.from_columns(row, "match")
         return {} if value is None else dict(_decoded(value, "an event wait's match"))
 
     async def _token(self, row: Row, *, fetch: bool = True) -> TokenRecord:
@@ -419,7 +410,7 @@ class WaitOperations(RowMapping):
             run_id=row["run_id"],
             name=row["name"],
             status=status,
-            data=await self._value(row, "data", fetch=fetch),
+            data=await self.values.from_columns(row, "data", fetch=fetch),
             tags=json.loads(row["tags"] or "[]"),
             idempotency_key=row["idempotency_key"],
             created_at=row["created_at"],
@@ -428,7 +419,7 @@ class WaitOperations(RowMapping):
         )
 
     async def _event(self, row: Row, *, fetch: bool = True) -> EventRecord:
-        payload = await self._value(row, "payload", fetch=fetch)
+        payload = await self.values.from_columns(row, "payload", fetch=fetch)
         assert payload is not None
         return EventRecord(
             id=row["id"],
@@ -438,11 +429,6 @@ class WaitOperations(RowMapping):
             idempotency_key=row["idempotency_key"],
             created_at=row["created_at"],
         )
-
-
-def _rows(query: Query) -> Operation[list[Row]]:
-    result = yield query
-    return list(result.rows)
 
 
 def _in(app: str | None) -> str:
