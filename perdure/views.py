@@ -10,7 +10,8 @@ import msgspec
 
 from perdure import serde
 from perdure.errors import PerdureError
-from perdure.records import RunRecord
+from perdure.records import QueueStats, RunRecord, ScheduleRecord
+from perdure.wait_records import TokenRecord
 
 
 def value_json(value: Any) -> Any:
@@ -52,3 +53,60 @@ def run_dict(run: RunRecord, *, values: bool = True) -> dict[str, Any]:
     if run.args is not None and values:
         out["args"] = value_json(decoded(run.args.data, run.args.codec))
     return out
+
+
+def token_dict(token: TokenRecord) -> dict[str, Any]:
+    """A token as JSON data (with its completion data when it was read)."""
+    out: dict[str, Any] = {
+        "id": token.id,
+        "app": token.app,
+        "run_id": token.run_id,
+        "name": token.name,
+        "status": str(token.status),
+        "tags": token.tags,
+        "idempotency_key": token.idempotency_key,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "completed_at": token.completed_at,
+    }
+    if token.data is not None and token.data.data:
+        out["data"] = value_json(decoded(token.data.data, token.data.codec))
+    return out
+
+
+def schedule_dict(s: ScheduleRecord) -> dict[str, Any]:
+    """A schedule as JSON data."""
+    return {
+        "app": s.app,
+        "key": s.key,
+        "task": s.task,
+        "queue": s.queue,
+        "cron": s.cron,
+        "tz": s.tz,
+        "missed": str(s.missed),
+        "declared": s.declared,
+        "paused": s.paused,
+        "next_at": s.next_at,
+        "last_tick": s.last_tick,
+        "last_run_id": s.last_run_id,
+    }
+
+
+def queue_dict(stats: QueueStats) -> dict[str, Any]:
+    """A queue with its load, as JSON data."""
+    config = stats.config
+    return {
+        "app": stats.app,
+        "name": config.name,
+        "concurrency": config.concurrency,
+        "key_concurrency": config.key_concurrency,
+        "rate_limit": None
+        if config.rate_limit is None
+        else {"starts": config.rate_limit, "per": config.rate_period, "by_key": config.rate_by_key},
+        "strategy": config.strategy,
+        "paused": config.paused,
+        "overridden": stats.overridden,
+        "running": stats.running,
+        "queued": stats.queued,
+        "oldest_waiting_at": stats.oldest_waiting_at,
+    }

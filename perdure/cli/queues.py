@@ -21,28 +21,9 @@ from perdure.cli.common import (
     on_admin,
     one_app,
 )
-from perdure.records import QueueStats
+from perdure.views import queue_dict
 
 queues_cli = typer.Typer(help="Inspect and change queues.", no_args_is_help=True)
-
-
-def _queue_dict(stats: QueueStats) -> dict[str, Any]:
-    config = stats.config
-    return {
-        "app": stats.app,
-        "name": config.name,
-        "concurrency": config.concurrency,
-        "key_concurrency": config.key_concurrency,
-        "rate_limit": None
-        if config.rate_limit is None
-        else {"starts": config.rate_limit, "per": config.rate_period, "by_key": config.rate_by_key},
-        "strategy": config.strategy,
-        "paused": config.paused,
-        "overridden": stats.overridden,
-        "running": stats.running,
-        "queued": stats.queued,
-        "oldest_waiting_at": stats.oldest_waiting_at,
-    }
 
 
 @queues_cli.command("list")
@@ -57,7 +38,7 @@ def queues_list(
     name = named_app(app, app_name)
     found = on_admin(app, database, blobs, lambda admin: admin.queues(name))
     if as_json:
-        print(json.dumps([_queue_dict(q) for q in found]))
+        print(json.dumps([queue_dict(q) for q in found]))
         return
     table = Table("app", "queue", "limit", "per key", "rate", "running", "queued", "waiting")
     now = time.time()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -21,6 +21,7 @@ from perdure.cli.common import (
     one_app,
 )
 from perdure.records import ScheduleRecord
+from perdure.views import schedule_dict
 
 schedules_cli = typer.Typer(
     help="Cron schedules: list, create, pause, resume, delete.", no_args_is_help=True
@@ -33,26 +34,9 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
 
 
-def _dict(s: ScheduleRecord) -> dict[str, Any]:
-    return {
-        "app": s.app,
-        "key": s.key,
-        "task": s.task,
-        "queue": s.queue,
-        "cron": s.cron,
-        "tz": s.tz,
-        "missed": str(s.missed),
-        "declared": s.declared,
-        "paused": s.paused,
-        "next_at": s.next_at,
-        "last_tick": s.last_tick,
-        "last_run_id": s.last_run_id,
-    }
-
-
 def _print_one(s: ScheduleRecord, as_json: bool, what: str) -> None:
     if as_json:
-        print(json.dumps(_dict(s)))
+        print(json.dumps(schedule_dict(s)))
         return
     state = "paused" if s.paused else f"next tick {_when(s.next_at)}"
     console.print(f"schedule {s.key} of {s.app} {what}: {s.cron} ({s.tz}), {state}")
@@ -70,7 +54,7 @@ def schedules_list(
     name = named_app(app, app_name)
     found = on_admin(app, database, blobs, lambda admin: admin.schedules(name))
     if as_json:
-        print(json.dumps([_dict(s) for s in found]))
+        print(json.dumps([schedule_dict(s) for s in found]))
         return
     table = Table("app", "key", "task", "cron", "tz", "next tick", "last tick", "missed")
     for s in found:

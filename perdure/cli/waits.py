@@ -19,8 +19,8 @@ from perdure.cli.common import (
     on_admin,
     time_text,
 )
-from perdure.views import decoded, value_json
-from perdure.wait_records import EventRecord, TokenRecord, TokenStatus
+from perdure.views import token_dict
+from perdure.wait_records import EventRecord, TokenStatus
 
 tokens_cli = typer.Typer(help="Complete and list tokens (wait_for_token).", no_args_is_help=True)
 events_cli = typer.Typer(help="Send and list events (wait_for_event).", no_args_is_help=True)
@@ -37,24 +37,6 @@ def _json_arg(text: str | None, what: str) -> Any:
         raise typer.BadParameter(f"{what} is not JSON: {exc}") from None
 
 
-def _token_dict(token: TokenRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": token.id,
-        "app": token.app,
-        "run_id": token.run_id,
-        "name": token.name,
-        "status": str(token.status),
-        "tags": token.tags,
-        "idempotency_key": token.idempotency_key,
-        "created_at": token.created_at,
-        "expires_at": token.expires_at,
-        "completed_at": token.completed_at,
-    }
-    if token.data is not None and token.data.data:
-        out["data"] = value_json(decoded(token.data.data, token.data.codec))
-    return out
-
-
 @tokens_cli.command("complete")
 def tokens_complete(
     token_id: Annotated[str, typer.Argument(help="Token id.")],
@@ -69,7 +51,7 @@ def tokens_complete(
     value = _json_arg(data, "--data")
     token = on_admin(app, database, blobs, lambda admin: admin.complete_token(token_id, value))
     if as_json:
-        print(json.dumps(_token_dict(token)))
+        print(json.dumps(token_dict(token)))
         return
     console.print(
         f"token {token.id} completed" + (f" (run {token.run_id})" if token.run_id else "")
@@ -96,7 +78,7 @@ def tokens_list(
         lambda admin: admin.tokens(app=name, run_id=run, status=status, limit=limit),
     )
     if as_json:
-        print(json.dumps([_token_dict(t) for t in found]))
+        print(json.dumps([token_dict(t) for t in found]))
         return
     table = Table("id", "status", "run", "name", "tags", "created", "expires", "completed")
     for t in found:

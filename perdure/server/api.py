@@ -35,7 +35,7 @@ from perdure.server.schemas import (
     Triggered,
     TriggerRequest,
 )
-from perdure.views import run_dict, value_json
+from perdure.views import queue_dict, run_dict, schedule_dict, token_dict, value_json
 from perdure.wait_records import TokenRecord, TokenStatus
 
 MAX_RESULT_WAIT = 60.0
@@ -249,17 +249,7 @@ async def complete_named_token(app: App, request: Request) -> Response:
 
 
 def _token_out(token: TokenRecord) -> TokenOut:
-    return TokenOut(
-        id=token.id,
-        app=token.app,
-        status=str(token.status),
-        run_id=token.run_id,
-        name=token.name,
-        tags=token.tags,
-        created_at=token.created_at,
-        expires_at=token.expires_at,
-        completed_at=token.completed_at,
-    )
+    return msgspec.convert(token_dict(token), TokenOut)
 
 
 async def list_tokens(app: App, request: Request) -> Response:
@@ -287,14 +277,7 @@ async def send_message(app: App, request: Request) -> Response:
 
 
 def _queue_out(q: QueueStats) -> QueueOut:
-    return QueueOut(
-        app=q.app,
-        name=q.config.name,
-        concurrency=q.config.concurrency,
-        paused=q.config.paused,
-        running=q.running,
-        queued=q.queued,
-    )
+    return msgspec.convert(queue_dict(q), QueueOut)
 
 
 async def list_queues(app: App, request: Request) -> Response:
@@ -312,16 +295,7 @@ async def resume_queue(app: App, request: Request) -> Response:
 
 
 def _schedule_out(s: ScheduleRecord) -> ScheduleOut:
-    return ScheduleOut(
-        app=s.app,
-        key=s.key,
-        task=s.task,
-        cron=s.cron,
-        tz=s.tz,
-        paused=s.paused,
-        next_at=s.next_at,
-        last_tick=s.last_tick,
-    )
+    return msgspec.convert(schedule_dict(s), ScheduleOut)
 
 
 async def list_schedules(app: App, request: Request) -> Response:
