@@ -23,10 +23,12 @@ from perdure.records import (
 )
 from perdure.retention import DEFAULT_GRACE, MIN_GRACE, PurgeReport, parse_age, purge
 from perdure.rotation import RotationReport, rotate
+from perdure.stats_records import RunStats
 from perdure.wait_records import EventRecord, Sent, TokenRecord, TokenStatus, Wait, wait_key
 
 if TYPE_CHECKING:
     from perdure.app import App
+    from perdure.handle import RunHandle
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -171,6 +173,33 @@ class Admin:
     async def authorize(self, key: str | None, needed: Scope) -> ApiKey:
         """The key's record if it may make a `needed` request; Unauthorized or Forbidden."""
         return await keys.authorize(self.app.store, key, needed)
+
+    async def replay(self, run_id: str) -> RunHandle[Any]:
+        """Start a new run of the run's task with its arguments, priority, concurrency key and
+        tags (the run itself is left as it is): RunNotFound, or TaskNotFound when this App
+        does not know its task."""
+        run = await self.app.store.get_run(run_id)
+        task = self.app.get_task(run.task)
+        assert run.args is not None  # (read with its values)
+        args, kwargs = task.definition.decode_args(run.id, run.args)
+        options: dict[str, Any] = {"priority": run.priority, "tags": run.tags}
+        if run.concurrency_key is not None:
+            options["concurrency_key"] = run.concurrency_key
+        return await task.trigger(*args, **kwargs, **options)
+
+    async def stats(
+        self,
+        *,
+        since: float,
+        app: str | None = None,
+        task: str | None = None,
+        buckets: int = 60,
+    ) -> RunStats:
+        """Runs active now and those that ended in the last `since` seconds, per task (of app
+        `app`, default all; see Store.run_stats)."""
+        store = self.app.store
+        await store.open()
+        return await store.run_stats(since=store.now() - since, app=app, task=task, buckets=buckets)
 
     async def cancel_run(self, run_id: str) -> RunStatus:
         """Cancel a run and its children (see Store.cancel_run); the status after the call."""

@@ -11,6 +11,7 @@ import msgspec
 from perdure import serde
 from perdure.errors import PerdureError
 from perdure.records import QueueStats, RunRecord, ScheduleRecord
+from perdure.stats_records import RunStats
 from perdure.wait_records import TokenRecord
 
 
@@ -109,4 +110,25 @@ def queue_dict(stats: QueueStats) -> dict[str, Any]:
         "running": stats.running,
         "queued": stats.queued,
         "oldest_waiting_at": stats.oldest_waiting_at,
+    }
+
+
+def stats_dict(stats: RunStats) -> dict[str, Any]:
+    """Run statistics as JSON data (durations in seconds by "p50", "p95", "p99")."""
+    return {
+        "since": stats.since,
+        "until": stats.until,
+        "tasks": [
+            {
+                "task": t.task,
+                "active": t.active,
+                "ended": t.ended,
+                "durations": {f"p{p}": d for p, d in sorted(t.durations.items())},
+            }
+            for t in stats.tasks
+        ],
+        "bucket": stats.bucket,
+        "throughput": [
+            {"at": at, "completed": done, "failed": failed} for at, done, failed in stats.throughput
+        ],
     }

@@ -77,6 +77,7 @@ def test_trigger_worker_list_show_cancel(
             "0007_schedules",
             "0008_run_data",
             "0009_api_keys",
+            "0010_run_stats",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []
@@ -137,6 +138,17 @@ def test_trigger_worker_list_show_cancel(
     table = perdure_cli(tmp_path, "runs", "show", done["id"]).stdout
     assert "completed" in table
     assert "work" in table
+
+    replayed = as_json(perdure_cli(tmp_path, "runs", "replay", done["id"], "--app", app, "--json"))
+    assert replayed["replay_of"] == done["id"]
+    shown = as_json(perdure_cli(tmp_path, "runs", "show", replayed["id"], "--json"))
+    assert shown["args"] == [["d", 2], {}]  # (positional, keyword) as triggered
+    stats = as_json(perdure_cli(tmp_path, "stats", "--since", "1h", "--json"))
+    (pipeline,) = stats["tasks"]
+    assert pipeline["task"] == "pipeline"
+    assert pipeline["ended"]["cancelled"] == 1
+    assert sum(pipeline["ended"].values()) + sum(pipeline["active"].values()) == 3
+    assert "pipeline" in perdure_cli(tmp_path, "stats").stdout
     assert worker_processes[0].terminate() == 0
 
 

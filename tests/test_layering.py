@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.config",
             "perdure.records",
             "perdure.wait_records",
+            "perdure.stats_records",
             "perdure.crypto",
             "perdure.secrets",
             "perdure.logs",

@@ -81,7 +81,7 @@ async def served(
         **SECRETS,
     }
     app = perdure.App("waits", database=database_url, blobs=env["PERDURE_BLOB_URL"])
-    for name in ("approval", "chat", "add", "tick", "narrate", "got"):
+    for name in ("approval", "chat", "add", "tick", "narrate", "got", "fragile"):
         app.task(name=name)(getattr(waitapp, name).fn)
     keys = {}
     for scope in ("read", "trigger", "admin"):
@@ -182,6 +182,31 @@ async def test_trigger_get_list_and_result(served: Served) -> None:
         assert unknown.status_code == 404
         assert _error(unknown)["type"] == "TaskNotFound"
         assert (await api.get("/api/v1/runs/nope")).status_code == 404
+
+
+async def test_replay_and_stats(served: Served, tmp_path: Path) -> None:
+    flag = tmp_path / "fixed"
+    async with served.client("trigger") as api:
+        made = await api.post("/api/v1/tasks/fragile/trigger", json={"args": [str(flag)]})
+        run_id = made.json()["id"]
+        failed = (await api.get(f"/api/v1/runs/{run_id}/result", params={"wait": 30})).json()
+        assert failed["status"] == "failed"
+        assert "broken until" in failed["error"]["message"]
+        flag.touch()
+        replayed = await api.post(f"/api/v1/runs/{run_id}/replay")
+        assert replayed.status_code == 201
+        new_id = replayed.json()["id"]
+        assert new_id != run_id
+        done = (await api.get(f"/api/v1/runs/{new_id}/result", params={"wait": 30})).json()
+        assert (done["status"], done["result"]) == ("completed", "fixed")
+        assert (await api.post("/api/v1/runs/nope/replay")).status_code == 404
+        stats = (await api.get("/api/v1/stats", params={"since": 3600})).json()
+        fragile = next(t for t in stats["tasks"] if t["task"] == "fragile")
+        assert fragile["ended"] == {"completed": 1, "failed": 1}
+        assert set(fragile["durations"]) == {"p50", "p95", "p99"}
+        assert sum(b["failed"] for b in stats["throughput"]) == 1
+        bad = await api.get("/api/v1/stats", params={"since": -1})
+        assert bad.status_code == 422
 
 
 async def test_tokens_events_and_messages(served: Served) -> None:

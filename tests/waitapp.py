@@ -65,3 +65,11 @@ async def got(payload: Any) -> Any:
 app.webhook("orders", secret="ORDERS_WEBHOOK_SECRET", task="got")
 app.webhook("stripe", secret="STRIPE_WEBHOOK_SECRET", task="got", preset="stripe")
 app.webhook("github", secret="GITHUB_WEBHOOK_SECRET", task="got", preset="github")
+
+
+@app.task(name="fragile", retry=perdure.Retry(max_attempts=1))
+async def fragile(fixed_if: str) -> str:
+    """Fails until the file `fixed_if` exists (the fix deployed): a run to replay."""
+    if not os.path.exists(fixed_if):  # noqa: ASYNC240 - one stat of a test's file
+        raise RuntimeError(f"broken until {fixed_if} exists")
+    return "fixed"

@@ -29,6 +29,7 @@ from perdure.cli.queues import queues_cli
 from perdure.cli.runs import runs_cli
 from perdure.cli.schedules import schedules_cli
 from perdure.cli.server import api_keys_cli, serve
+from perdure.cli.stats import stats
 from perdure.cli.waits import events_cli, tokens_cli
 from perdure.crypto import new_key
 from perdure.errors import ConfigurationError, PerdureError
@@ -44,6 +45,7 @@ cli.add_typer(events_cli, name="events")
 cli.add_typer(schedules_cli, name="schedules")
 cli.add_typer(api_keys_cli, name="api-keys")
 cli.command(name="server")(serve)
+cli.command(name="stats")(stats)
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""`perdure runs`: list, show, cancel and purge runs."""
+"""`perdure runs`: list, show, cancel, replay and purge runs."""
 
 from __future__ import annotations
 
@@ -194,6 +194,23 @@ def runs_cancel(
         print(json.dumps({"id": run_id, "status": str(status)}))
     else:
         console.print(f"run {run_id}: {status}")
+
+
+@runs_cli.command("replay")
+def runs_replay(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    app: Annotated[str, typer.Option("--app", help="MODULE:APP that defines the run's task.")],
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a new run of the run's task with the same arguments, priority and tags (after a
+    fix, say); the run itself is left as it is."""
+    handle = on_admin(app, database, blobs, lambda admin: admin.replay(run_id))
+    if as_json:
+        print(json.dumps({"id": handle.id, "replay_of": run_id}))
+    else:
+        console.print(f"run {handle.id} started, replaying {run_id}")
 
 
 @runs_cli.command("purge")

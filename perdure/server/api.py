@@ -31,17 +31,27 @@ from perdure.server.schemas import (
     SendEventRequest,
     SendMessageRequest,
     SentOut,
+    StatsOut,
     TokenOut,
     Triggered,
     TriggerRequest,
 )
-from perdure.views import queue_dict, run_dict, schedule_dict, token_dict, value_json
+from perdure.views import (
+    queue_dict,
+    run_dict,
+    schedule_dict,
+    stats_dict,
+    token_dict,
+    value_json,
+)
 from perdure.wait_records import TokenRecord, TokenStatus
 
 MAX_RESULT_WAIT = 60.0
 """Seconds GET /runs/{id}/result waits at most for a run to end."""
 MAX_PAGE = 500
 """Runs in one page of GET /runs at most."""
+MAX_STATS_WINDOW = 90 * 86400.0
+"""Seconds back GET /stats looks at most."""
 
 
 _STATUS = {
@@ -173,6 +183,22 @@ def _time(text: str | None) -> float | None:
 async def cancel_run(app: App, request: Request) -> Response:
     status = await app.admin.cancel_run(request.path_params["id"])
     return _json({"id": request.path_params["id"], "status": str(status)})
+
+
+async def replay_run(app: App, request: Request) -> Response:
+    handle = await app.admin.replay(request.path_params["id"])
+    return _json(Triggered(id=handle.id, created=handle.created), 201)
+
+
+async def stats(app: App, request: Request) -> Response:
+    q = request.query_params
+    since = float(q.get("since", "86400"))
+    if not 0 < since <= MAX_STATS_WINDOW:
+        raise ValueError(f"since must be in (0, {MAX_STATS_WINDOW:.0f}] seconds")
+    found = await app.admin.stats(
+        since=since, app=app.name, task=q.get("task") or None, buckets=int(q.get("buckets", "60"))
+    )
+    return _json(msgspec.convert(stats_dict(found), StatsOut))
 
 
 async def run_result(app: App, request: Request) -> Response:
@@ -339,6 +365,24 @@ ROUTES: list[tuple[str, str, Scope | None, Handler, Any, Any, str]] = [
     ("GET", "/api/v1/runs", Scope.READ, list_runs, None, RunPage, "List runs, newest first"),
     ("GET", "/api/v1/runs/{id}", Scope.READ, get_run, None, RunOut, "Get a run"),
     ("POST", "/api/v1/runs/{id}/cancel", Scope.ADMIN, cancel_run, None, None, "Cancel a run"),
+    (
+        "POST",
+        "/api/v1/runs/{id}/replay",
+        Scope.TRIGGER,
+        replay_run,
+        None,
+        Triggered,
+        "Start a new run of the run's task with its arguments",
+    ),
+    (
+        "GET",
+        "/api/v1/stats",
+        Scope.READ,
+        stats,
+        None,
+        StatsOut,
+        "Runs active now and ended in the window, per task (?since=SECONDS, ?task=)",
+    ),
     (
         "GET",
         "/api/v1/runs/{id}/result",

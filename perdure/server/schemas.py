@@ -141,6 +141,34 @@ class ScheduleOut(msgspec.Struct):
     last_tick: float | None = None
 
 
+class TaskStatsOut(msgspec.Struct):
+    """One task's runs: active now and ended in the window, by status; duration percentiles
+    in seconds (p50, p95, p99)."""
+
+    task: str
+    active: dict[str, int]
+    ended: dict[str, int]
+    durations: dict[str, float]
+
+
+class ThroughputOut(msgspec.Struct):
+    """Runs that ended in one slice of the window."""
+
+    at: float
+    completed: int
+    failed: int
+
+
+class StatsOut(msgspec.Struct):
+    """Statistics of the app's runs over a window."""
+
+    since: float
+    until: float
+    tasks: list[TaskStatsOut]
+    bucket: float
+    throughput: list[ThroughputOut]
+
+
 class ErrorBody(msgspec.Struct):
     """What every error says."""
 

@@ -31,6 +31,7 @@ from perdure.records import (
     Value,
     WorkerRecord,
 )
+from perdure.stats_records import RunStats
 from perdure.wait_records import (
     EventRecord,
     NewEvent,
@@ -422,6 +423,19 @@ class Store(Protocol):
 
     async def revoke_api_key(self, key_id: str) -> bool:
         """Revoke a key; False when there is no such key or it was revoked already."""
+        ...
+
+    async def run_stats(
+        self,
+        *,
+        since: float,
+        app: str | None = None,
+        task: str | None = None,
+        buckets: int = 60,
+    ) -> RunStats:
+        """Runs active now and runs that ended since `since`, per task (of `app`, of `task`;
+        default all): counts by status, duration percentiles, and completed/failed runs in
+        `buckets` equal slices of the window."""
         ...
 
     def change_token(self) -> ChangeToken:

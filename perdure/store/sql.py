@@ -46,6 +46,7 @@ from perdure.store.rows import (
 )
 from perdure.store.run_data import RunDataOperations
 from perdure.store.schedule_ops import ScheduleOperations
+from perdure.store.stats import StatsOperations
 from perdure.store.wait_ops import WaitOperations
 from perdure.values import StoredValues
 
@@ -66,7 +67,9 @@ _RUN_PARTS = (
 ClaimAnswer = tuple[list[Row], float | None, float | Unknown | None]
 
 
-class SQLStore(ScheduleOperations, WaitOperations, RunDataOperations, ApiKeyOperations):
+class SQLStore(
+    ScheduleOperations, WaitOperations, RunDataOperations, ApiKeyOperations, StatsOperations
+):
     """`Store` on a SQL database reached through `db`."""
 
     def __init__(

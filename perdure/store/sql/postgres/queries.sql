@@ -866,3 +866,42 @@ SELECT * FROM api_keys ORDER BY created_at, id;
 
 -- name: revoke_api_key
 UPDATE api_keys SET revoked_at = %(now)s WHERE id = %(id)s AND revoked_at IS NULL;
+
+-- Run statistics (schema 10) -------------------------------------------------------------------
+
+-- name: stats_active
+SELECT task, status, count(*) AS n FROM runs
+WHERE status IN ('queued', 'running', 'waiting')
+  AND (%(app)s::text IS NULL OR app = %(app)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+GROUP BY task, status;
+
+-- name: stats_ended
+SELECT task, status, count(*) AS n FROM runs
+WHERE finished_at IS NOT NULL AND finished_at >= %(since)s
+  AND (%(app)s::text IS NULL OR app = %(app)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+GROUP BY task, status;
+
+-- name: stats_durations
+-- nearest rank: the k-th shortest of n, k = ceil(n * p / 100)
+SELECT task, rn, n, duration FROM (
+    SELECT task, finished_at - started_at AS duration,
+           row_number() OVER (PARTITION BY task ORDER BY finished_at - started_at) AS rn,
+           count(*) OVER (PARTITION BY task) AS n
+    FROM runs
+    WHERE finished_at IS NOT NULL AND finished_at >= %(since)s AND started_at IS NOT NULL
+      AND (%(app)s::text IS NULL OR app = %(app)s::text)
+      AND (%(task)s::text IS NULL OR task = %(task)s::text)
+) ranked
+WHERE rn IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100, (n * 99 + 99) / 100);
+
+-- name: stats_throughput
+SELECT floor((finished_at - %(since)s) / %(bucket)s)::bigint AS bucket,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed
+FROM runs
+WHERE finished_at IS NOT NULL AND finished_at >= %(since)s
+  AND (%(app)s::text IS NULL OR app = %(app)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+GROUP BY 1;

@@ -715,3 +715,37 @@ SELECT * FROM api_keys ORDER BY created_at, id;
 
 -- name: revoke_api_key
 UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
+
+-- Run statistics (schema 10) -------------------------------------------------------------------
+
+-- name: stats_active
+SELECT task, status, count(*) AS n FROM runs
+WHERE status IN ('queued', 'running', 'waiting') AND (:app IS NULL OR app = :app)
+  AND (:task IS NULL OR task = :task)
+GROUP BY task, status;
+
+-- name: stats_ended
+SELECT task, status, count(*) AS n FROM runs
+WHERE finished_at IS NOT NULL AND finished_at >= :since AND (:app IS NULL OR app = :app)
+  AND (:task IS NULL OR task = :task)
+GROUP BY task, status;
+
+-- name: stats_durations
+-- nearest rank: the k-th shortest of n, k = ceil(n * p / 100)
+SELECT task, rn, n, duration FROM (
+    SELECT task, finished_at - started_at AS duration,
+           row_number() OVER (PARTITION BY task ORDER BY finished_at - started_at) AS rn,
+           count(*) OVER (PARTITION BY task) AS n
+    FROM runs
+    WHERE finished_at IS NOT NULL AND finished_at >= :since AND started_at IS NOT NULL
+      AND (:app IS NULL OR app = :app) AND (:task IS NULL OR task = :task)
+)
+WHERE rn IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100, (n * 99 + 99) / 100);
+
+-- name: stats_throughput
+SELECT CAST((finished_at - :since) / :bucket AS INTEGER) AS bucket,
+       sum(status = 'completed') AS completed, sum(status = 'failed') AS failed
+FROM runs
+WHERE finished_at IS NOT NULL AND finished_at >= :since AND (:app IS NULL OR app = :app)
+  AND (:task IS NULL OR task = :task)
+GROUP BY 1;

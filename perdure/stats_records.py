@@ -1,0 +1,46 @@
+"""What `Store.run_stats` answers: how an App's runs are doing now and over a window of time —
+the figures of `perdure stats`, the API's /stats and the dashboard's overview, computed once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PERCENTILES = (50, 95, 99)
+"""The duration percentiles reported (nearest rank: the smallest duration that at least p% of
+the window's runs took no longer than)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStats:
+    """One task's runs: those active now, those that ended in the window."""
+
+    task: str
+    """Task name."""
+    active: dict[str, int] = field(default_factory=dict)
+    """Runs queued, running or waiting now, by status."""
+    ended: dict[str, int] = field(default_factory=dict)
+    """Runs that ended in the window, by status (completed, failed, cancelled, expired)."""
+    durations: dict[int, float] = field(default_factory=dict)
+    """Percentile (50, 95, 99) -> seconds from a run's start to its end, over the runs that
+    ended in the window after starting (none when none did)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStats:
+    """An App's runs (or every app's), by task."""
+
+    since: float
+    """Start of the window (POSIX seconds)."""
+    until: float
+    """End of the window: when the figures were read."""
+    tasks: list[TaskStats]
+    """Per task, by name."""
+    bucket: float
+    """Width of a throughput bucket, in seconds."""
+    throughput: list[tuple[float, int, int]]
+    """(bucket start, runs completed, runs failed) over the window, oldest first, every bucket
+    present (zeros where nothing ended)."""
+
+    def total(self, status: str) -> int:
+        """Runs in `status` over every task: active now, or ended in the window."""
+        return sum(t.active.get(status, 0) + t.ended.get(status, 0) for t in self.tasks)
