@@ -3,14 +3,16 @@ for a run wherever it is shown."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import msgspec
 
 from perdure import serde
+from perdure.admin import RunDetails
 from perdure.errors import PerdureError
-from perdure.records import QueueStats, RunRecord, ScheduleRecord
+from perdure.records import Attempt, JournalEntry, QueueStats, RunRecord, RunStatus, ScheduleRecord
 from perdure.stats_records import RunStats
 from perdure.wait_records import TokenRecord
 
@@ -132,3 +134,60 @@ def stats_dict(stats: RunStats) -> dict[str, Any]:
             {"at": at, "completed": done, "failed": failed} for at, done, failed in stats.throughput
         ],
     }
+
+
+def details_dict(details: RunDetails) -> dict[str, Any]:
+    """A run with its journal (each entry's timing, attempts, stored size and where), its
+    attempts, what it waits for, its metadata and its stored size, as JSON data."""
+    run, unreadable = details.run, details.unreadable
+    by_seq: dict[int, list[Attempt]] = {}
+    for attempt in details.attempts:
+        by_seq.setdefault(attempt.seq, []).append(attempt)
+    entries = [entry_dict(e, by_seq.get(e.seq, [])) for e in details.journal]
+    out = run_dict(run, values=unreadable is None)
+    if run.metadata is not None and run.metadata.data:
+        out["metadata"] = value_json(decoded(run.metadata.data, run.metadata.codec))
+    out["waiting_for"] = waiting_dict(details)
+    out["stored_size"] = sum(e["stored_size"] for e in entries) + (
+        run.result.stored_size if run.result else 0
+    )
+    out["journal"] = entries
+    out["attempts"] = [attempt_dict(a) for a in details.attempts]
+    if unreadable is not None:
+        out["unreadable"] = f"{type(unreadable).__name__}: {unreadable}"
+    return out
+
+
+def entry_dict(entry: JournalEntry, attempts: list[Attempt]) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "kind": str(entry.kind),
+        "name": entry.name,
+        "status": str(entry.status),
+        "started_at": entry.started_at,
+        "finished_at": entry.finished_at,
+        "duration_ms": round((entry.finished_at - entry.started_at) * 1000, 3),
+        "attempts": len(attempts),
+        "raw_size": entry.value.raw_size if entry.value else 0,
+        "stored_size": entry.value.stored_size if entry.value else 0,
+        "in_blob_store": bool(entry.value and entry.value.blob_key),
+        "error": None if entry.error is None else msgspec.to_builtins(entry.error),
+    }
+
+
+def attempt_dict(a: Attempt) -> dict[str, Any]:
+    return {**dataclasses.asdict(a), "error": msgspec.to_builtins(a.error)}
+
+
+def waiting_dict(details: RunDetails) -> dict[str, Any] | None:
+    """What a waiting run waits for, and until when (None unless it is WAITING)."""
+    run = details.run
+    if run.status is not RunStatus.WAITING:
+        return None
+    wait = details.waiting_on
+    if wait is None:  # a sleep, children, a retry's backoff
+        return {"kind": run.waiting_for or "sleep", "until": run.available_at}
+    out: dict[str, Any] = {"kind": str(wait.kind), "key": wait.key, "until": wait.deadline}
+    if wait.match is not None and wait.match.data:
+        out["match"] = value_json(decoded(wait.match.data, wait.match.codec))
+    return out

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from typing import Annotated, Any
 
-import msgspec
 import typer
 from rich.table import Table
 
-from perdure.admin import MIN_GRACE, PurgeReport, RunDetails, parse_age
+from perdure.admin import MIN_GRACE, PurgeReport, parse_age
 from perdure.cli.common import (
     AppOpt,
     BlobOpt,
@@ -22,8 +20,8 @@ from perdure.cli.common import (
     on_admin,
     time_text,
 )
-from perdure.records import Attempt, JournalEntry, RunStatus
-from perdure.views import decoded, run_dict, value_json
+from perdure.records import RunStatus
+from perdure.views import decoded, details_dict, run_dict, value_json
 
 runs_cli = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 
@@ -63,27 +61,6 @@ def runs_list(
     console.print(table)
 
 
-def _entry_dict(entry: JournalEntry, attempts: list[Attempt]) -> dict[str, Any]:
-    return {
-        "seq": entry.seq,
-        "kind": str(entry.kind),
-        "name": entry.name,
-        "status": str(entry.status),
-        "started_at": entry.started_at,
-        "finished_at": entry.finished_at,
-        "duration_ms": round((entry.finished_at - entry.started_at) * 1000, 3),
-        "attempts": len(attempts),
-        "raw_size": entry.value.raw_size if entry.value else 0,
-        "stored_size": entry.value.stored_size if entry.value else 0,
-        "in_blob_store": bool(entry.value and entry.value.blob_key),
-        "error": None if entry.error is None else msgspec.to_builtins(entry.error),
-    }
-
-
-def _attempt_dict(a: Attempt) -> dict[str, Any]:
-    return {**dataclasses.asdict(a), "error": msgspec.to_builtins(a.error)}
-
-
 @runs_cli.command("show")
 def runs_show(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
@@ -99,32 +76,13 @@ def runs_show(
     """Show a run: its steps with timing, attempts, errors with tracebacks, stored sizes."""
 
     details = on_admin(app, database, blobs, lambda admin: admin.run_details(run_id))
-    run, journal, attempts, unreadable = (
-        details.run,
-        details.journal,
-        details.attempts,
-        details.unreadable,
-    )
-    by_seq: dict[int, list[Attempt]] = {}
-    for attempt in attempts:
-        by_seq.setdefault(attempt.seq, []).append(attempt)
-    entries = [_entry_dict(e, by_seq.get(e.seq, [])) for e in journal]
-    stored = sum(e["stored_size"] for e in entries) + (run.result.stored_size if run.result else 0)
-    waiting = _waiting_for(details)
-    out_extra: dict[str, Any] = {}
-    if run.metadata is not None and run.metadata.data:
-        out_extra["metadata"] = value_json(decoded(run.metadata.data, run.metadata.codec))
+    run, attempts, unreadable = details.run, details.attempts, details.unreadable
+    out = details_dict(details)
     if as_json:
-        out = run_dict(run, values=unreadable is None)
-        out.update(out_extra)
-        out["waiting_for"] = waiting
-        out["stored_size"] = stored
-        out["journal"] = entries
-        out["attempts"] = [_attempt_dict(a) for a in attempts]
-        if unreadable is not None:
-            out["unreadable"] = f"{type(unreadable).__name__}: {unreadable}"
         print(json.dumps(out))
         return
+    entries: list[dict[str, Any]] = out["journal"]
+    stored, waiting = out["stored_size"], out["waiting_for"]
     console.print(f"[bold]run {run.id}[/bold]  task {run.task}  [bold]{run.status}[/bold]")
     console.print(
         f"stored {stored:,} bytes  attempt {run.attempt}  created {time_text(run.created_at)}  "
@@ -136,8 +94,8 @@ def runs_show(
         console.print(f"[cyan]waiting for:[/cyan] {_waiting_text(waiting)}", highlight=False)
     if run.tags:
         console.print(f"tags: {', '.join(run.tags)}", highlight=False)
-    if "metadata" in out_extra:
-        console.print(f"metadata: {json.dumps(out_extra['metadata'])}", highlight=False)
+    if "metadata" in out:
+        console.print(f"metadata: {json.dumps(out['metadata'])}", highlight=False)
     if unreadable is not None:
         console.print(
             f"[yellow]values unreadable here:[/yellow] {type(unreadable).__name__}: {unreadable}",
@@ -281,20 +239,6 @@ def runs_purge(
             f"deleted {report.runs} run(s) and {report.blobs} unreferenced blob(s)"
             + (f", and {report.partial} partial blob write(s)" if report.partial else "")
         )
-
-
-def _waiting_for(details: RunDetails) -> dict[str, Any] | None:
-    """What a waiting run waits for, and until when (None unless it is WAITING)."""
-    run = details.run
-    if run.status is not RunStatus.WAITING:
-        return None
-    wait = details.waiting_on
-    if wait is None:  # a sleep, children, a retry's backoff
-        return {"kind": run.waiting_for or "sleep", "until": run.available_at}
-    out: dict[str, Any] = {"kind": str(wait.kind), "key": wait.key, "until": wait.deadline}
-    if wait.match is not None and wait.match.data:
-        out["match"] = value_json(decoded(wait.match.data, wait.match.codec))
-    return out
 
 
 def _waiting_text(waiting: dict[str, Any]) -> str:
