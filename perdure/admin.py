@@ -20,6 +20,7 @@ from perdure.records import (
     RunStatus,
     ScheduleRecord,
     Scope,
+    Value,
 )
 from perdure.retention import DEFAULT_GRACE, MIN_GRACE, PurgeReport, parse_age, purge
 from perdure.rotation import RotationReport, rotate
@@ -102,6 +103,12 @@ class Admin:
         attempts = await store.load_attempts(run_id)
         waits = await store.run_waits(run_id, values=unreadable is None)
         return RunDetails(run, journal, attempts, unreadable, waits)
+
+    async def stream_chunks(
+        self, run_id: str, *, after: int = 0, limit: int = 200
+    ) -> list[tuple[int, str, Value]]:
+        """(position, stream, chunk) of every stream of the run, after position `after`."""
+        return await self.app.store.read_stream(run_id, None, after=after, limit=limit)
 
     async def tokens(
         self,

@@ -13,7 +13,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from perdure import errors
 from perdure.app import App
@@ -549,19 +549,25 @@ def openapi(app: App) -> dict[str, Any]:
     }
 
 
-def create_app(app: App) -> Starlette:
-    """The ASGI application serving `app`'s API."""
+def create_app(app: App, *, dashboard: bool = True, open_access: bool = False) -> Starlette:
+    """The ASGI application serving `app`'s API and (unless `dashboard` is False) its
+    dashboard at /. `open_access`: the dashboard needs no key (perdure dev, on loopback only;
+    the API still does)."""
     document = openapi(app)
 
     async def spec(_app: App, request: Request) -> Response:
         return JSONResponse(document)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route(path, _route(app, scope, handler), methods=[method])
         for method, path, scope, handler, _req, _resp, _summary in ROUTES
     ]
     spec_route = _route(app, Scope.READ, spec)  # every endpoint but health needs a key
     routes.append(Route("/api/v1/openapi.json", spec_route, methods=["GET"]))
+    if dashboard:
+        from perdure.server.dashboard import Dashboard
+
+        routes += Dashboard(app, open_access=open_access).routes()
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, "NotFound", f"no such endpoint: {request.method} {request.url.path}")
