@@ -20,6 +20,7 @@ import perdure
 from perdure.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ("tests.served",)  # the `served` fixture: a real server and worker
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,88 +17,8 @@ import pytest
 import perdure
 from perdure import webhooks
 
-from . import waitapp
-from .conftest import ROOT, WorkerProcess, wait_until
-
-SECRETS = {
-    "ORDERS_WEBHOOK_SECRET": "whsec-orders-test",
-    "STRIPE_WEBHOOK_SECRET": "whsec-stripe-test",
-    "GITHUB_WEBHOOK_SECRET": "whsec-github-test",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """`perdure server MODULE:APP` in a subprocess."""
-
-    def __init__(self, spec: str, env: dict[str, str], *, port: int, log: Path) -> None:
-        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "perdure", "server", spec, "--port", str(port)],
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=self._log,
-        )
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self._log.close()
-
-
-class Served:
-    """A server process, the app it serves (as seen from the test) and keys of each scope."""
-
-    def __init__(self, url: str, app: perdure.App, keys: dict[str, str]) -> None:
-        self.url = url
-        self.app = app
-        self.keys = keys
-
-    def client(self, scope: str | None = "admin") -> httpx.AsyncClient:
-        headers = {} if scope is None else {"Authorization": f"Bearer {self.keys[scope]}"}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
-
-
-@pytest.fixture
-async def served(
-    database_url: str, tmp_path: Path, worker_processes: list[WorkerProcess]
-) -> AsyncIterator[Served]:
-    env = {
-        "PERDURE_DATABASE_URL": database_url,
-        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
-        "CRASH_LOG": str(tmp_path / "side-effects.log"),
-        **SECRETS,
-    }
-    app = perdure.App("waits", database=database_url, blobs=env["PERDURE_BLOB_URL"])
-    for name in ("approval", "chat", "add", "tick", "narrate", "got", "fragile"):
-        app.task(name=name)(getattr(waitapp, name).fn)
-    keys = {}
-    for scope in ("read", "trigger", "admin"):
-        _record, keys[scope] = await app.admin.create_api_key(name=scope, scope=scope)
-    worker_processes.append(WorkerProcess("tests.waitapp:app", env, log=tmp_path / "w.log"))
-    port = _free_port()
-    server = ServerProcess("tests.waitapp:app", env, port=port, log=tmp_path / "server.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=url) as probe:
-
-            async def up() -> bool:
-                try:
-                    return (await probe.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await wait_until(up, timeout=30)
-        yield Served(url, app, keys)
-    finally:
-        server.stop()
-        await app.close()
+from .conftest import wait_until
+from .served import SECRETS, Served
 
 
 def _error(response: httpx.Response) -> dict[str, Any]:
