@@ -25,7 +25,7 @@ SECRETS = {
 }
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -80,7 +80,7 @@ async def served(
     for scope in ("read", "trigger", "admin"):
         _record, keys[scope] = await app.admin.create_api_key(name=scope, scope=scope)
     worker_processes.append(WorkerProcess("tests.waitapp:app", env, log=tmp_path / "w.log"))
-    port = _free_port()
+    port = free_port()
     server = ServerProcess("tests.waitapp:app", env, port=port, log=tmp_path / "server.log")
     url = f"http://127.0.0.1:{port}"
     try:

@@ -25,6 +25,7 @@ from perdure.cli.common import (
     on_admin,
     run_sync,
 )
+from perdure.cli.dev import dev
 from perdure.cli.queues import queues_cli
 from perdure.cli.runs import runs_cli
 from perdure.cli.schedules import schedules_cli
@@ -45,6 +46,7 @@ cli.add_typer(events_cli, name="events")
 cli.add_typer(schedules_cli, name="schedules")
 cli.add_typer(api_keys_cli, name="api-keys")
 cli.command(name="server")(serve)
+cli.command(name="dev")(dev)
 cli.command(name="stats")(stats)
 
 

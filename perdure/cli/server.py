@@ -21,9 +21,11 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    dashboard: Annotated[bool, typer.Option(help="Serve the dashboard at /.")] = True,
 ) -> None:
-    """Serve the app's REST API under /api/v1 (OpenAPI at /api/v1/openapi.json); every
-    endpoint but /healthz and /readyz needs an API key (perdure api-keys create)."""
+    """Serve the app's REST API under /api/v1 (OpenAPI at /api/v1/openapi.json) and its
+    dashboard at /; every endpoint but /healthz and /readyz needs an API key (perdure api-keys
+    create), and the dashboard a sign-in with one."""
     try:
         import uvicorn
 
@@ -32,7 +34,8 @@ def serve(
         console.print("[red]error:[/red] the server needs its extra: pip install 'perdure[server]'")
         raise typer.Exit(1) from None
     the_app = load_app(app)
-    uvicorn.run(create_app(the_app), host=host, port=port, log_level=log_level)
+    server = create_app(the_app, dashboard=dashboard)
+    uvicorn.run(server, host=host, port=port, log_level=log_level)
 
 
 @api_keys_cli.command("create")

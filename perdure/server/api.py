@@ -549,10 +549,13 @@ def openapi(app: App) -> dict[str, Any]:
     }
 
 
-def create_app(app: App, *, dashboard: bool = True, open_access: bool = False) -> Starlette:
+def create_app(
+    app: App, *, dashboard: bool = True, open_access: bool = False, worker: bool = False
+) -> Starlette:
     """The ASGI application serving `app`'s API and (unless `dashboard` is False) its
     dashboard at /. `open_access`: the dashboard needs no key (perdure dev, on loopback only;
-    the API still does)."""
+    the API still does). `worker`: a worker of the app runs in the server's event loop from
+    startup to shutdown (perdure dev)."""
     document = openapi(app)
 
     async def spec(_app: App, request: Request) -> Response:
@@ -578,8 +581,18 @@ def create_app(app: App, *, dashboard: bool = True, open_access: bool = False) -
 
     @contextlib.asynccontextmanager
     async def lifespan(_server: Starlette) -> AsyncIterator[None]:
-        yield
-        await app.close()  # what the server wrote is flushed before the process ends
+        running = None
+        if worker:
+            await app.store.open()
+            the_worker = app.worker()
+            running = asyncio.create_task(the_worker.run(install_signal_handlers=False))
+        try:
+            yield
+        finally:
+            if running is not None:
+                the_worker.stop()  # drain: finish or release every run
+                await running
+            await app.close()  # what the server wrote is flushed before the process ends
 
     server = Starlette(
         routes=routes,
