@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import perdure  # noqa: E402
+from benchmarks import dash  # noqa: E402
 from perdure.records import RunStatus  # noqa: E402
 from perdure.worker import Worker  # noqa: E402
 
@@ -594,6 +595,7 @@ WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] 
     "FANOUT": fan_out,
     "SLEEP10K": sleep_10k,
     "WAIT": wait_tokens,
+    "DASH": lambda workdir, quick: dash.dashboard_at_scale(_database, workdir, quick),
 }
 
 
@@ -657,7 +659,7 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default=",".join(WORKLOADS),
-        help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT, SLEEP10K, WAIT)",
+        help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT, SLEEP10K, WAIT, DASH)",
     )
     parser.add_argument(
         "--store",

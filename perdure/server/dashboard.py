@@ -30,7 +30,7 @@ from perdure.wait_records import TokenStatus
 
 COOKIE = "perdure_key"
 """The cookie that holds the signed-in API key."""
-WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
+WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 """The overview's windows."""
 PAGE = 50
 """Runs in one page of the runs list."""

@@ -870,8 +870,15 @@ UPDATE api_keys SET revoked_at = %(now)s WHERE id = %(id)s AND revoked_at IS NUL
 -- Run statistics (schema 10) -------------------------------------------------------------------
 
 -- name: stats_active
+-- each half by the partial index of its statuses (claimable runs, running runs)
 SELECT task, status, count(*) AS n FROM runs
-WHERE status IN ('queued', 'running', 'waiting')
+WHERE status IN ('queued', 'waiting')
+  AND (%(app)s::text IS NULL OR app = %(app)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+GROUP BY task, status
+UNION ALL
+SELECT task, status, count(*) AS n FROM runs
+WHERE status = 'running'
   AND (%(app)s::text IS NULL OR app = %(app)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
 GROUP BY task, status;

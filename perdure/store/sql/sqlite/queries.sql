@@ -719,9 +719,14 @@ UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
 -- Run statistics (schema 10) -------------------------------------------------------------------
 
 -- name: stats_active
+-- each half by the partial index of its statuses (claimable runs, running runs)
 SELECT task, status, count(*) AS n FROM runs
-WHERE status IN ('queued', 'running', 'waiting') AND (:app IS NULL OR app = :app)
+WHERE status IN ('queued', 'waiting') AND (:app IS NULL OR app = :app)
   AND (:task IS NULL OR task = :task)
+GROUP BY task, status
+UNION ALL
+SELECT task, status, count(*) AS n FROM runs
+WHERE status = 'running' AND (:app IS NULL OR app = :app) AND (:task IS NULL OR task = :task)
 GROUP BY task, status;
 
 -- name: stats_ended
