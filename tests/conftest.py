@@ -85,8 +85,22 @@ STORE_TABLES = (
     "schedules",
     "streams",
     "api_keys",
+    "run_tags",
 )
 """Every table of the store's schema."""
+
+
+def table_rows(app: perdure.App, table: str) -> list[tuple[Any, ...]]:
+    """Every row of one table of the app's store, read straight from the database."""
+    if app.database.startswith("sqlite:///"):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(app.database.removeprefix("sqlite:///"))) as db:
+            return [tuple(row) for row in db.execute(f"SELECT * FROM {table}")]
+    import psycopg
+
+    with psycopg.connect(app.database) as conn:
+        return [tuple(row) for row in conn.execute(f"SELECT * FROM perdure.{table}")]
 
 
 def stored_bytes(app: perdure.App) -> bytes:

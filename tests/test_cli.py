@@ -78,6 +78,7 @@ def test_trigger_worker_list_show_cancel(
             "0008_run_data",
             "0009_api_keys",
             "0010_run_stats",
+            "0011_run_tags",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []

@@ -17,7 +17,7 @@ import perdure
 from perdure.errors import InvalidArguments, PayloadTooLarge, PerdureError
 from perdure.retention import purge
 
-from .conftest import ROOT, running_worker, wait_until
+from .conftest import ROOT, running_worker, table_rows, wait_until
 
 
 async def test_runs_are_found_by_their_tags(make_app: Callable[..., perdure.App]) -> None:
@@ -34,6 +34,10 @@ async def test_runs_are_found_by_their_tags(make_app: Callable[..., perdure.App]
     assert [r.id for r in await app.admin.list_runs(tag="user:7")] == [b.id]
     assert (await app.store.get_run(a.id)).tags == ["user:42", "beta"]
     assert len(await app.admin.list_runs()) == 3
+    assert await app.admin.list_runs(tag="nobody") == []
+    assert sorted(table_rows(app, "run_tags")) == sorted(
+        [("user:42", a.id), ("beta", a.id), ("user:7", b.id)]
+    )
     with pytest.raises(InvalidArguments, match="tags must be a list of strings"):
         await job.trigger(4, tags="user:42")
     with pytest.raises(InvalidArguments, match="at most 20 tags"):
@@ -188,7 +192,9 @@ async def test_the_cli_lists_runs_by_tag_and_shows_tags_and_metadata(
     await app.close()
 
 
-async def test_a_purged_run_takes_its_streams_with_it(make_app: Callable[..., perdure.App]) -> None:
+async def test_a_purged_run_takes_its_streams_and_tags_with_it(
+    make_app: Callable[..., perdure.App],
+) -> None:
     app = make_app()
 
     @app.task
@@ -196,10 +202,13 @@ async def test_a_purged_run_takes_its_streams_with_it(make_app: Callable[..., pe
         await perdure.stream("s", "hello")
 
     async with running_worker(app):
-        handle = await talk.trigger()
+        handle = await talk.trigger(tags=["user:1", "beta"])
         await handle.result(timeout=10)
+    kept = await talk.trigger(tags=["user:1"], delay=3600)
     assert len(await app.store.read_stream(handle.id, "s")) == 1
     report = await purge(app.store, app.store.blobs, older_than=0)
     assert report.runs == 1
     assert await app.store.read_stream(handle.id, "s") == []
+    assert table_rows(app, "run_tags") == [("user:1", kept.id)]
+    assert [r.id for r in await app.admin.list_runs(tag="user:1")] == [kept.id]
     await app.close()

@@ -56,7 +56,8 @@ async def test_stats_equal_the_figures_of_the_recorded_runs(
     assert by_task["later"].ended == {}
     durations = [r.finished_at - r.started_at for r in runs]  # type: ignore[operator]
     for p in (50, 95, 99):
-        assert by_task["work"].durations[p] == pytest.approx(nearest_rank(durations, p))
+        # the middle of its histogram bucket: within 1.2% of the exact nearest rank
+        assert by_task["work"].durations[p] == pytest.approx(nearest_rank(durations, p), rel=0.012)
     assert stats.total("failed") == 5
     assert stats.total("queued") == 1
     assert len(stats.throughput) == 10

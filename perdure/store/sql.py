@@ -174,7 +174,8 @@ class SQLStore(
             "until": until,
             "limit": limit,
         }
-        rows = await self._one("list_runs", params, "list_runs")
+        query = "list_runs" if tag is None else "list_runs_tagged"  # (by the tag's index)
+        rows = await self._one(query, params, "list_runs")
         return [await self._run_record(row, full=False) for row in rows]
 
     # -- claims ------------------------------------------------------------------------------

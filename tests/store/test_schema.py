@@ -55,6 +55,8 @@ async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str)
         "0007_schedules",
         "0008_run_data",
         "0009_api_keys",
+        "0010_run_stats",
+        "0011_run_tags",
     ]
     from_sqlite = sqlite_columns(tmp_path / "p.db")
     from_postgres = postgres_columns(postgres_url)
@@ -109,6 +111,24 @@ async def test_sqlite_upgraded_step_by_step_equals_fresh(tmp_path: Path) -> None
     assert await stepwise.migrate() == []
     assert sqlite_schema(tmp_path / "steps.db") == sqlite_schema(tmp_path / "fresh.db")
     assert len(sqlite_schema(tmp_path / "fresh.db")) >= len(TABLES)
+
+
+async def test_tags_of_runs_stored_before_schema_11_are_found_after_it(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "old.db", blobs=LocalBlobStore(tmp_path / "b"))
+    await store.migrate(target=10)
+    conn = sqlite3.connect(tmp_path / "old.db")
+    for run_id, tags in (("r1", '["user:1", "beta"]'), ("r2", '["user:1"]'), ("r3", None)):
+        conn.execute(
+            "INSERT INTO runs (id, app, task, queue, status, args_codec, created_at, updated_at,"
+            " tags) VALUES (?, 'a', 't', 'default', 'completed', 'msgpack', 1, 1, ?)",
+            (run_id, tags),
+        )
+    conn.commit()
+    conn.close()
+    assert await store.migrate() == ["0011_run_tags"]
+    assert [r.id for r in await store.list_runs(tag="user:1")] == ["r2", "r1"]
+    assert [r.id for r in await store.list_runs(tag="beta")] == ["r1"]
+    await store.close()
 
 
 async def test_postgres_upgraded_step_by_step_equals_fresh(

@@ -142,6 +142,8 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0007_schedules",
         "0008_run_data",
         "0009_api_keys",
+        "0010_run_stats",
+        "0011_run_tags",
     ]
     await store.open()
     await store.close()

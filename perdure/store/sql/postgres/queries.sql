@@ -49,11 +49,25 @@ SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, wor
 FROM runs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
-  AND (%(tag)s::text IS NULL OR tags::jsonb ? %(tag)s::text)
   AND (%(before)s::text IS NULL OR id < %(before)s::text)
   AND (%(since)s::double precision IS NULL OR created_at >= %(since)s::double precision)
   AND (%(until)s::double precision IS NULL OR created_at < %(until)s::double precision)
 ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: list_runs_tagged
+-- list_runs of one tag: newest first from the tag's own index
+SELECT r.id, r.app, r.task, r.queue, r.status, r.error, r.idempotency_key, r.attempt, r.lease,
+       r.worker_id, r.available_at, r.cancel_requested, r.note, r.created_at, r.started_at,
+       r.updated_at, r.finished_at, r.waiting_for, r.tags
+FROM run_tags AS t JOIN runs AS r ON r.id = t.run_id
+WHERE t.tag = %(tag)s::text
+  AND (%(before)s::text IS NULL OR t.run_id < %(before)s::text)
+  AND (%(status)s::text IS NULL OR r.status = %(status)s::text)
+  AND (%(task)s::text IS NULL OR r.task = %(task)s::text)
+  AND (%(since)s::double precision IS NULL OR r.created_at >= %(since)s::double precision)
+  AND (%(until)s::double precision IS NULL OR r.created_at < %(until)s::double precision)
+ORDER BY t.run_id DESC
 LIMIT %(limit)s;
 
 -- name: claim_runs
@@ -884,24 +898,18 @@ WHERE status = 'running'
 GROUP BY task, status;
 
 -- name: stats_ended
-SELECT task, status, count(*) AS n FROM runs
+-- runs ended since since by task, status and duration: a histogram whose buckets are 1/scale
+-- of a natural log wide (NULL: the run never started)
+SELECT task, status,
+       CASE WHEN started_at IS NULL THEN NULL
+            ELSE floor(ln(greatest(finished_at - started_at, 0.0001)) * %(scale)s)::bigint
+       END AS bucket,
+       count(*) AS n
+FROM runs
 WHERE finished_at IS NOT NULL AND finished_at >= %(since)s
   AND (%(app)s::text IS NULL OR app = %(app)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
-GROUP BY task, status;
-
--- name: stats_durations
--- nearest rank: the k-th shortest of n, k = ceil(n * p / 100)
-SELECT task, rn, n, duration FROM (
-    SELECT task, finished_at - started_at AS duration,
-           row_number() OVER (PARTITION BY task ORDER BY finished_at - started_at) AS rn,
-           count(*) OVER (PARTITION BY task) AS n
-    FROM runs
-    WHERE finished_at IS NOT NULL AND finished_at >= %(since)s AND started_at IS NOT NULL
-      AND (%(app)s::text IS NULL OR app = %(app)s::text)
-      AND (%(task)s::text IS NULL OR task = %(task)s::text)
-) ranked
-WHERE rn IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100, (n * 99 + 99) / 100);
+GROUP BY 1, 2, 3;
 
 -- name: stats_throughput
 SELECT floor((finished_at - %(since)s) / %(bucket)s)::bigint AS bucket,

@@ -48,10 +48,21 @@ SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, wor
        waiting_for, tags
 FROM runs
 WHERE (:status IS NULL OR status = :status) AND (:task IS NULL OR task = :task)
-  AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = :tag))
   AND (:before IS NULL OR id < :before)
   AND (:since IS NULL OR created_at >= :since) AND (:until IS NULL OR created_at < :until)
 ORDER BY id DESC
+LIMIT :limit;
+
+-- name: list_runs_tagged
+-- list_runs of one tag: newest first from the tag's own index
+SELECT r.id, r.app, r.task, r.queue, r.status, r.error, r.idempotency_key, r.attempt, r.lease,
+       r.worker_id, r.available_at, r.cancel_requested, r.note, r.created_at, r.started_at,
+       r.updated_at, r.finished_at, r.waiting_for, r.tags
+FROM run_tags AS t JOIN runs AS r ON r.id = t.run_id
+WHERE t.tag = :tag AND (:before IS NULL OR t.run_id < :before)
+  AND (:status IS NULL OR r.status = :status) AND (:task IS NULL OR r.task = :task)
+  AND (:since IS NULL OR r.created_at >= :since) AND (:until IS NULL OR r.created_at < :until)
+ORDER BY t.run_id DESC
 LIMIT :limit;
 
 -- name: claim_runs
@@ -730,22 +741,17 @@ WHERE status = 'running' AND (:app IS NULL OR app = :app) AND (:task IS NULL OR 
 GROUP BY task, status;
 
 -- name: stats_ended
-SELECT task, status, count(*) AS n FROM runs
+-- runs ended since :since by task, status and duration: a histogram whose buckets are 1/:scale
+-- of a natural log wide (NULL: the run never started)
+SELECT task, status,
+       CASE WHEN started_at IS NULL THEN NULL
+            ELSE CAST(floor(ln(max(finished_at - started_at, 0.0001)) * :scale) AS INTEGER)
+       END AS bucket,
+       count(*) AS n
+FROM runs
 WHERE finished_at IS NOT NULL AND finished_at >= :since AND (:app IS NULL OR app = :app)
   AND (:task IS NULL OR task = :task)
-GROUP BY task, status;
-
--- name: stats_durations
--- nearest rank: the k-th shortest of n, k = ceil(n * p / 100)
-SELECT task, rn, n, duration FROM (
-    SELECT task, finished_at - started_at AS duration,
-           row_number() OVER (PARTITION BY task ORDER BY finished_at - started_at) AS rn,
-           count(*) OVER (PARTITION BY task) AS n
-    FROM runs
-    WHERE finished_at IS NOT NULL AND finished_at >= :since AND started_at IS NOT NULL
-      AND (:app IS NULL OR app = :app) AND (:task IS NULL OR task = :task)
-)
-WHERE rn IN ((n * 50 + 99) / 100, (n * 95 + 99) / 100, (n * 99 + 99) / 100);
+GROUP BY 1, 2, 3;
 
 -- name: stats_throughput
 SELECT CAST((finished_at - :since) / :bucket AS INTEGER) AS bucket,
