@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PERCENTILES = (50, 95, 99)
-"""The duration percentiles reported (nearest rank: the smallest duration that at least p% of
-the window's runs took no longer than)."""
+"""The duration percentiles reported: the nearest rank (the smallest duration that at least p%
+of the window's runs took no longer than), within 1.2% (see store/stats.py)."""
 
 
 @dataclass(frozen=True, slots=True)

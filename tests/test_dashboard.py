@@ -7,17 +7,19 @@ without its CSRF token."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+import perdure
 from perdure.records import RunStatus
 
-from .conftest import wait_until
+from .conftest import running_worker, wait_until
 from .served import Served
 
 CHROMIUM = "/usr/bin/chromium"
@@ -166,3 +168,31 @@ async def test_actions_are_refused_without_a_key_scope_or_csrf_token(
 
 async def _status_is(served: Served, run_id: str, status: RunStatus) -> bool:
     return (await served.app.store.get_run(run_id, values=False)).status is status
+
+
+async def test_a_long_run_shows_its_first_and_last_steps(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    """A run of 300 steps: its page holds the first and last 100 and says how many are left
+    out (the page of a run of a million steps stays small)."""
+    from perdure.server import create_app
+
+    app = make_app()
+
+    @app.step
+    async def tick(i: int) -> int:
+        return i
+
+    @app.task
+    async def long() -> int:
+        return sum([await tick(i) for i in range(300)])
+
+    async with running_worker(app):
+        handle = await long.trigger()
+        assert await handle.result(timeout=60) == sum(range(300))
+        transport = httpx.ASGITransport(app=create_app(app, open_access=True))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash") as client:
+            page = (await client.get(f"/runs/{handle.id}")).text
+    assert "100 more steps" in page
+    shown = [int(seq) for seq in re.findall(r"<tr><td>(\d+)</td>", page)]
+    assert shown == [*range(1, 101), *range(201, 301)]

@@ -34,6 +34,10 @@ WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 """The overview's windows."""
 PAGE = 50
 """Runs in one page of the runs list."""
+SHOWN_STEPS = 200
+"""Journal entries on a run's page at most: the first and the last half."""
+SHOWN_FAILURES = 50
+"""Failed attempts on a run's page at most: the latest."""
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("perdure.server", "templates"),
@@ -245,13 +249,21 @@ class Dashboard:
             (position, name, value_json(decoded(value.data, value.codec)))
             for position, name, value in await app.admin.stream_chunks(details.run.id)
         ]
+        steps = _waterfall(out)
+        hidden = max(0, len(steps) - SHOWN_STEPS)
+        if hidden:
+            steps = steps[: SHOWN_STEPS // 2] + steps[-(SHOWN_STEPS // 2) :]
+        failures = [a for a in out["attempts"] if a["error"]]
         return self.render(
             request,
             "run.html",
             session,
             run=out,
             ended=details.run.status.terminal,
-            steps=_waterfall(out),
+            steps=steps,
+            hidden_steps=hidden,
+            failures=failures[-SHOWN_FAILURES:],
+            hidden_failures=max(0, len(failures) - SHOWN_FAILURES),
             chunks=chunks,
             known_task=details.run.task in app.tasks,
         )
