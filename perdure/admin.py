@@ -4,12 +4,13 @@ touches the store."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from perdure import keys, schedules
 from perdure.errors import CorruptJournal, EncryptionError, StoreRefused
+from perdure.progress import LOGS, decoded
 from perdure.records import (
     ApiKey,
     Attempt,
@@ -109,6 +110,28 @@ class Admin:
     ) -> list[tuple[int, str, Value]]:
         """(position, stream, chunk) of every stream of the run, after position `after`."""
         return await self.app.store.read_stream(run_id, None, after=after, limit=limit)
+
+    async def run_logs(
+        self, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(position, line) of the run's log lines after position `after`, oldest first (see
+        perdure.run_logs): at, level, logger, message, and step, seq, attempt and traceback
+        when they apply. RunNotFound when there is no such run."""
+        store = self.app.store
+        await store.get_run(run_id, values=False)  # RunNotFound
+        chunks = await store.read_stream(run_id, LOGS, after=after, limit=limit)
+        return [(position, decoded(value, "a log line")) for position, _name, value in chunks]
+
+    async def follow_logs(
+        self, run_id: str, *, after: int = 0
+    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """The run's log lines after position `after` as they come, until the run ends."""
+        from perdure.handle import RunHandle  # (a run of any app, as every admin operation)
+
+        await self.app.store.get_run(run_id, values=False)  # RunNotFound
+        async for event in RunHandle(self.app, run_id, Any).events(after=after):
+            if event.kind == "log" and event.position is not None:
+                yield event.position, event.data
 
     async def tokens(
         self,

@@ -9,11 +9,11 @@ import contextvars
 import logging
 from dataclasses import dataclass, field
 
-from perdure import serde
+# progress imports this module too: as modules, either may load first
+from perdure import progress, serde
 from perdure.config import WorkerConfig
 from perdure.errors import CancelSignal
 from perdure.journal import Journal
-from perdure.progress import RunData
 from perdure.records import RunRecord
 from perdure.retry import Retry
 from perdure.store.base import Store
@@ -60,11 +60,11 @@ class RunContext:
     """The run's journal: replay, positions, recording."""
     closed: bool = False
     """Set when the execution ended; late step calls (orphans of a gather) then stop."""
-    data: RunData = field(init=False)
+    data: progress.RunData = field(init=False)
     """Its metadata and streams (perdure.metadata, perdure.stream)."""
 
     def __post_init__(self) -> None:
-        self.data = RunData(self)
+        self.data = progress.RunData(self)
 
     def check_active(self) -> None:
         """Stop the run here if it was cancelled, released or has ended."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from perdure import serde, values
+from perdure import run_logs, serde, values
 from perdure.calls import call_body
 from perdure.config import WorkerConfig
 from perdure.context import RunContext, TaskOptions, _current, activate
@@ -136,6 +136,7 @@ class Executor:
         self.store = store
         self.tasks = tasks
         self.config = config
+        run_logs.install()  # records logged inside runs are kept with them
         self.results = results if results is not None else RecentResults()
 
     async def __call__(self, run: RunRecord, control: RunControl) -> None:

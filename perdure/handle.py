@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from perdure import serde
 from perdure.errors import PerdureError, RunCancelled, RunExpired, RunTimeout, TaskFailed
-from perdure.progress import decoded
+from perdure.progress import LOGS, decoded
 from perdure.records import RunStatus, Value
 from perdure.store.base import ChangeToken
 from perdure.store.notify import run_topic
@@ -23,8 +23,8 @@ _UNSET: Any = object()
 
 class RunEvent(NamedTuple):
     """Something that happened to a run (RunHandle.events): kind "status", "metadata",
-    "chunk" (data: {"stream", "data"}; position: the chunk's place among the run's) or
-    "keepalive"."""
+    "chunk" (data: {"stream", "data"}; position: the chunk's place among the run's), "log" (a
+    log line of the run, see perdure.run_logs; its position too) or "keepalive"."""
 
     kind: str
     data: Any
@@ -205,7 +205,10 @@ class RunHandle(Generic[R]):
             for seq, name, value in chunks:
                 after = seq
                 data = decoded(value, f"chunk of stream {name!r}")
-                yield RunEvent("chunk", {"stream": name, "data": data}, seq)
+                if name == LOGS:
+                    yield RunEvent("log", data, seq)
+                else:
+                    yield RunEvent("chunk", {"stream": name, "data": data}, seq)
             run = await store.get_run(self.id)
             if str(run.status) != status:
                 status = str(run.status)

@@ -18,20 +18,27 @@ from typing import TYPE_CHECKING, Any
 
 from perdure import context as run_context  # (it holds a RunData: imported both ways)
 from perdure import serde, values
-from perdure.errors import LeaseLost, PerdureError, StoreError
+from perdure.errors import LeaseLost, PayloadTooLarge, PerdureError, StoreError
 from perdure.records import Value
 
 if TYPE_CHECKING:
     from perdure.context import RunContext
 
 log = logging.getLogger("perdure.run")
+own_log = logging.getLogger("perdure.run_logs")
+"""What goes wrong keeping log lines (never itself kept as one)."""
 
 MAX_METADATA = 64 * 1024
 """Bytes a run's metadata may take, encoded."""
 MAX_CHUNK = 64 * 1024
 """Bytes a stream chunk may take, encoded."""
 MAX_CHUNKS = 10_000
-"""Chunks a run may keep, over all its streams."""
+"""Chunks a run may keep, over all its streams (its log lines included)."""
+LOGS = "perdure.logs"
+"""The stream that holds the run's log lines (see perdure.run_logs); a name of perdure's own:
+names that start with "perdure." are not for streams of the run's code."""
+LOG_BATCH = 500
+"""Log lines in one write at most."""
 
 
 def encode(value: Any, what: str, max_size: int) -> Value:
@@ -58,8 +65,12 @@ class RunData:
         self._dirty = False
         self._writing: asyncio.Task[None] | None = None
         self._streaming = asyncio.Lock()
-        self._made: dict[tuple[int, int], int] = {}
-        """Chunks made so far at each place (see origin)."""
+        self._made: dict[tuple[Any, ...], int] = {}
+        """Chunks (and, apart, log lines) made so far at each place (see origin)."""
+        self._lines: list[tuple[dict[str, Any], str]] = []
+        """Log lines not written yet, with their origins."""
+        self._logging: asyncio.Task[None] | None = None
+        self._logs_full = False
 
     def set(self, key: str, value: Any) -> None:
         changed = {**self.metadata, key: value}
@@ -86,27 +97,73 @@ class RunData:
                 return
 
     async def flush(self) -> None:
-        """Wait for the metadata writes in flight (before the run's end is written)."""
+        """Wait for the metadata and log writes in flight (before the run's end is written)."""
         while self._writing is not None and not self._writing.done():
             await asyncio.shield(self._writing)
+        while self._logging is not None and not self._logging.done():
+            await asyncio.shield(self._logging)
 
-    def origin(self) -> str:
-        """Where in the run's code the next chunk is made, the same on a replay: the task
-        attempt, the journal position (the step whose body makes it, or the last position the
-        body took), the step's attempt, and the count of chunks made there so far."""
+    def origin(self, kind: str = "") -> str:
+        """Where in the run's code the next chunk (or, of `kind` "log", log line) is made, the
+        same on a replay: the task attempt, the journal position (the step whose body makes
+        it, or the last position the body took), the step's attempt, and the count of chunks
+        (log lines) made there so far. Lines are counted apart from chunks: a line logged on
+        one execution and not the next moves no chunk's origin."""
         step = run_context._in_step.get()
         place = (step.seq, step.attempt) if step is not None else (self.ctx.journal.seq, 0)
-        count = self._made.get(place, 0) + 1
-        self._made[place] = count
-        return f"{self.ctx.run.attempt}.{place[0]}.{place[1]}.{count}"
+        count = self._made.get((kind, *place), 0) + 1
+        self._made[(kind, *place)] = count
+        return f"{kind}{self.ctx.run.attempt}.{place[0]}.{place[1]}.{count}"
+
+    def log(self, entry: dict[str, Any]) -> None:
+        """Keep a log line of the run (from any thread; see perdure.run_logs)."""
+        if self._logs_full:
+            return
+        item = (entry, self.origin("log"))
+        if _on_loop(self.ctx):
+            self._queue_line(item)
+        else:  # a step's thread
+            self.ctx.loop.call_soon_threadsafe(self._queue_line, item)
+
+    def _queue_line(self, item: tuple[dict[str, Any], str]) -> None:
+        self._lines.append(item)
+        if self._logging is None or self._logging.done():
+            self._logging = self.ctx.loop.create_task(self._write_lines())
+
+    async def _write_lines(self) -> None:
+        while self._lines and not self._logs_full:
+            batch, self._lines = self._lines[:LOG_BATCH], self._lines[LOG_BATCH:]
+            chunks = [(encode(entry, "a log line", MAX_CHUNK), origin) for entry, origin in batch]
+            run = self.ctx.run
+            try:
+                positions = await self.ctx.store.append_stream(
+                    run.id, run.held, LOGS, chunks, max_chunks=MAX_CHUNKS
+                )
+            except (LeaseLost, StoreError, PerdureError) as exc:
+                own_log.warning("log lines of run %s not kept: %s", run.id, exc)
+                self._lines.clear()
+                return
+            if None in positions:
+                self._logs_full = True
+                own_log.warning(
+                    "run %s holds %s stream chunks and log lines: its further lines are not kept",
+                    run.id,
+                    f"{MAX_CHUNKS:,}",
+                )
 
     async def append(self, name: str, chunk: Any, origin: str) -> int:
         value = encode(chunk, f"chunk of stream {name!r}", MAX_CHUNK)
         async with self._streaming:  # in order: each chunk takes the next position
             run = self.ctx.run
-            return await self.ctx.store.append_stream(
-                run.id, run.held, name, value, origin=origin, max_chunks=MAX_CHUNKS
+            (position,) = await self.ctx.store.append_stream(
+                run.id, run.held, name, [(value, origin)], max_chunks=MAX_CHUNKS
             )
+        if position is None:
+            raise PayloadTooLarge(
+                f"run {run.id} holds {MAX_CHUNKS:,} stream chunks already, the most a run may "
+                "keep: send fewer, larger chunks (or a reference to data kept elsewhere)"
+            )
+        return position
 
 
 def _on_loop(ctx: RunContext) -> bool:
@@ -153,6 +210,8 @@ def stream(name: str, chunk: Any) -> Any:
     the start. Each chunk at most 64 KiB encoded; at most 10,000 chunks per run."""
     if not isinstance(name, str) or not name:
         raise PerdureError(f"a stream's name is a non-empty string, got {name!r}")
+    if name.startswith("perdure."):
+        raise PerdureError(f"stream names that start with 'perdure.' are perdure's: {name!r}")
     data = _data()
     coro = data.append(name, chunk, data.origin())  # (its place is taken at call time)
     if _on_loop(data.ctx):

@@ -78,6 +78,7 @@ async def test_find_a_failed_run_read_its_trace_replay_it(
     await expect(page.locator("#run-error")).to_contain_text("broken until")
     await expect(page.locator("#run-error .traceback")).to_contain_text("Traceback")
     await expect(page.locator("#run-error .traceback")).to_contain_text("waitapp.py")
+    await expect(page.locator("#logs")).to_contain_text(f"{fixed} is missing")
 
     fixed.touch()  # the fix is deployed
     await page.click("button:has-text('Replay')")

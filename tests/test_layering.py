@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.step",
             "perdure.waits",
             "perdure.progress",
+            "perdure.run_logs",
             "perdure.executor",
         ),
     ),

@@ -109,6 +109,13 @@ async def test_replay_and_stats(served: Served, tmp_path: Path) -> None:
         failed = (await api.get(f"/api/v1/runs/{run_id}/result", params={"wait": 30})).json()
         assert failed["status"] == "failed"
         assert "broken until" in failed["error"]["message"]
+        logs = (await api.get(f"/api/v1/runs/{run_id}/logs")).json()
+        mine = [line for line in logs if line["logger"] == "tests.waitapp"]
+        assert [(line["level"], line["message"]) for line in mine] == [
+            ("WARNING", f"{flag} is missing")
+        ]
+        assert all(line["position"] > 0 for line in logs)
+        assert (await api.get("/api/v1/runs/nope/logs")).status_code == 404
         flag.touch()
         replayed = await api.post(f"/api/v1/runs/{run_id}/replay")
         assert replayed.status_code == 201

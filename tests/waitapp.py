@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -71,5 +72,6 @@ app.webhook("github", secret="GITHUB_WEBHOOK_SECRET", task="got", preset="github
 async def fragile(fixed_if: str) -> str:
     """Fails until the file `fixed_if` exists (the fix deployed): a run to replay."""
     if not os.path.exists(fixed_if):  # noqa: ASYNC240 - one stat of a test's file
+        logging.getLogger("tests.waitapp").warning("%s is missing", fixed_if)
         raise RuntimeError(f"broken until {fixed_if} exists")
     return "fixed"

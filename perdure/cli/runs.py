@@ -1,4 +1,4 @@
-"""`perdure runs`: list, show, cancel, replay and purge runs."""
+"""`perdure runs`: list, show, read the logs of, cancel, replay and purge runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from perdure.admin import MIN_GRACE, PurgeReport, parse_age
+from perdure.admin import MIN_GRACE, Admin, PurgeReport, parse_age
 from perdure.cli.common import (
     AppOpt,
     BlobOpt,
@@ -152,6 +152,52 @@ def runs_cancel(
         print(json.dumps({"id": run_id, "status": str(status)}))
     else:
         console.print(f"run {run_id}: {status}")
+
+
+@runs_cli.command("logs")
+def runs_logs(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Print new lines as they come, until it ends.")
+    ] = False,
+    app: AppOpt = None,
+    database: DbOpt = None,
+    blobs: BlobOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The lines logged inside a run (any logger, its body and its steps), in order, with the
+    step each came from; secret values redacted. --json: one JSON object per line."""
+
+    def show(position: int, line: dict[str, Any]) -> None:
+        if as_json:
+            print(json.dumps({"position": position, **line}), flush=True)
+            return
+        where = f" [{line['step']} #{line['seq']}]" if "step" in line else ""
+        if line.get("attempt", 1) > 1:
+            where = where[:-1] + f" attempt {line['attempt']}]"
+        console.print(
+            f"{time_text(line['at'])} {line['level']:<7} {line['logger']}{where}: "
+            f"{line['message']}",
+            markup=False,
+            highlight=False,
+        )
+        if "traceback" in line:
+            console.print(line["traceback"].rstrip(), markup=False, highlight=False)
+
+    async def go(admin: Admin) -> None:
+        after = 0
+        while True:  # every line kept so far, a page at a time
+            page = await admin.run_logs(run_id, after=after)
+            for position, line in page:
+                show(position, line)
+                after = position
+            if not page:
+                break
+        if follow:
+            async for position, line in admin.follow_logs(run_id, after=after):
+                show(position, line)
+
+    on_admin(app, database, blobs, go)
 
 
 @runs_cli.command("replay")

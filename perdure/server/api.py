@@ -22,6 +22,7 @@ from perdure.server.schemas import (
     CompleteTokenRequest,
     ErrorBody,
     ErrorOut,
+    LogLineOut,
     MessageOut,
     QueueOut,
     ResultOut,
@@ -50,6 +51,8 @@ MAX_RESULT_WAIT = 60.0
 """Seconds GET /runs/{id}/result waits at most for a run to end."""
 MAX_PAGE = 500
 """Runs in one page of GET /runs at most."""
+MAX_LOG_PAGE = 5000
+"""Log lines in one answer of GET /runs/{id}/logs at most."""
 MAX_STATS_WINDOW = 90 * 86400.0
 """Seconds back GET /stats looks at most."""
 
@@ -183,6 +186,16 @@ def _time(text: str | None) -> float | None:
 async def cancel_run(app: App, request: Request) -> Response:
     status = await app.admin.cancel_run(request.path_params["id"])
     return _json({"id": request.path_params["id"], "status": str(status)})
+
+
+async def run_logs(app: App, request: Request) -> Response:
+    q = request.query_params
+    lines = await app.admin.run_logs(
+        request.path_params["id"],
+        after=int(q.get("after", "0")),
+        limit=min(int(q.get("limit", "1000")), MAX_LOG_PAGE),
+    )
+    return _json([msgspec.convert({"position": p, **line}, LogLineOut) for p, line in lines])
 
 
 async def replay_run(app: App, request: Request) -> Response:
@@ -365,6 +378,15 @@ ROUTES: list[tuple[str, str, Scope | None, Handler, Any, Any, str]] = [
     ("GET", "/api/v1/runs", Scope.READ, list_runs, None, RunPage, "List runs, newest first"),
     ("GET", "/api/v1/runs/{id}", Scope.READ, get_run, None, RunOut, "Get a run"),
     ("POST", "/api/v1/runs/{id}/cancel", Scope.ADMIN, cancel_run, None, None, "Cancel a run"),
+    (
+        "GET",
+        "/api/v1/runs/{id}/logs",
+        Scope.READ,
+        run_logs,
+        None,
+        list[LogLineOut],
+        "A run's log lines, oldest first (?after=POSITION, ?limit=N)",
+    ),
     (
         "POST",
         "/api/v1/runs/{id}/replay",

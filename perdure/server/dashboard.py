@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from perdure import errors
 from perdure.app import App
+from perdure.progress import LOGS
 from perdure.records import RunStatus, Scope
 from perdure.stats_records import RunStats
 from perdure.views import decoded, details_dict, token_dict, value_json
@@ -38,6 +39,8 @@ SHOWN_STEPS = 200
 """Journal entries on a run's page at most: the first and the last half."""
 SHOWN_FAILURES = 50
 """Failed attempts on a run's page at most: the latest."""
+SHOWN_LOGS = 500
+"""Log lines on a run's page at most: the first."""
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("perdure.server", "templates"),
@@ -248,7 +251,9 @@ class Dashboard:
         chunks = [
             (position, name, value_json(decoded(value.data, value.codec)))
             for position, name, value in await app.admin.stream_chunks(details.run.id)
+            if name != LOGS
         ]
+        logs = await app.admin.run_logs(details.run.id, limit=SHOWN_LOGS + 1)
         steps = _waterfall(out)
         hidden = max(0, len(steps) - SHOWN_STEPS)
         if hidden:
@@ -265,6 +270,8 @@ class Dashboard:
             failures=failures[-SHOWN_FAILURES:],
             hidden_failures=max(0, len(failures) - SHOWN_FAILURES),
             chunks=chunks,
+            logs=logs[:SHOWN_LOGS],
+            more_logs=len(logs) > SHOWN_LOGS,
             known_task=details.run.task in app.tasks,
         )
 

@@ -169,6 +169,21 @@ class StatsOut(msgspec.Struct):
     throughput: list[ThroughputOut]
 
 
+class LogLineOut(msgspec.Struct, omit_defaults=True):
+    """A line logged inside a run: when, its level and logger, the message (secret values
+    redacted), and the step it came from and the traceback it carried, if any."""
+
+    position: int
+    at: float
+    level: str
+    logger: str
+    message: str
+    step: str | None = None
+    seq: int | None = None
+    attempt: int | None = None
+    traceback: str | None = None
+
+
 class ErrorBody(msgspec.Struct):
     """What every error says."""
 

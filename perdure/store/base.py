@@ -9,7 +9,7 @@ never record into it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from perdure.blobs.base import BlobStore
@@ -394,12 +394,19 @@ class Store(Protocol):
         ...
 
     async def append_stream(
-        self, run_id: str, lease: Lease, name: str, chunk: Value, *, origin: str, max_chunks: int
-    ) -> int:
-        """Append a chunk to the run's stream `name`; its position among the run's chunks. A
-        chunk whose `origin` (where in the run's code it was made) the run holds already is not
-        added again (a replay). LeaseLost when stale; PayloadTooLarge when the run holds
-        `max_chunks` already."""
+        self,
+        run_id: str,
+        lease: Lease,
+        name: str,
+        chunks: Sequence[tuple[Value, str]],
+        *,
+        max_chunks: int,
+    ) -> list[int | None]:
+        """Append chunks, each with its `origin` (where in the run's code it was made), to the
+        run's stream `name`, in one transaction; the position of each among the run's chunks. A
+        chunk whose origin the run holds already is not added again (a replay): its position is
+        the one kept. None for each chunk past `max_chunks` chunks in the run. LeaseLost when
+        stale."""
         ...
 
     async def read_stream(

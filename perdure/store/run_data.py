@@ -5,7 +5,9 @@ whoever follows the run hears of it at once."""
 
 from __future__ import annotations
 
-from perdure.errors import LeaseLost, PayloadTooLarge
+from collections.abc import Sequence
+
+from perdure.errors import LeaseLost
 from perdure.records import Lease, Value
 from perdure.store.connector import Connector, Operation, Query, Result, rows_of
 from perdure.store.notify import run_topic
@@ -33,32 +35,43 @@ class RunDataOperations(RowMapping):
         await self.db.write(put, "set_metadata", (run_topic(run_id),), durable=False)
 
     async def append_stream(
-        self, run_id: str, lease: Lease, name: str, chunk: Value, *, origin: str, max_chunks: int
-    ) -> int:
-        params = {
-            "run_id": run_id,
-            "name": name,
-            "origin": origin,
-            "lease": lease.number,
-            "worker_id": lease.worker_id,
-            "max_chunks": max_chunks,
-            "now": self.now(),
-            **self.values.columns("data", await self.values.offload(chunk)),
-        }
+        self,
+        run_id: str,
+        lease: Lease,
+        name: str,
+        chunks: Sequence[tuple[Value, str]],
+        *,
+        max_chunks: int,
+    ) -> list[int | None]:
+        now = self.now()
+        batch = [
+            {
+                "run_id": run_id,
+                "name": name,
+                "origin": origin,
+                "lease": lease.number,
+                "worker_id": lease.worker_id,
+                "max_chunks": max_chunks,
+                "now": now,
+                **self.values.columns("data", await self.values.offload(chunk)),
+            }
+            for chunk, origin in chunks
+        ]
 
-        def append() -> Operation[int]:
-            row = (yield Query("append_stream", params)).first
-            if row is None:  # made by an execution before (a replay): that one stands
-                row = (yield Query("stream_chunk_from", params)).first
-            if row is not None:
-                return int(row["seq"])
-            held = (yield Query("check_lease", {"id": run_id})).first
-            if held is None or held["lease"] != lease.number or held["status"] != "running":
-                raise LeaseLost(f"run {run_id} is no longer leased to this worker")
-            raise PayloadTooLarge(
-                f"run {run_id} holds {max_chunks:,} stream chunks already, the most a run may "
-                "keep: send fewer, larger chunks (or a reference to data kept elsewhere)"
-            )
+        def append() -> Operation[list[int | None]]:
+            positions: list[int | None] = []
+            for params in batch:
+                row = (yield Query("append_stream", params)).first
+                if row is None:  # made by an execution before (a replay): that one stands
+                    row = (yield Query("stream_chunk_from", params)).first
+                if row is not None:
+                    positions.append(int(row["seq"]))
+                    continue
+                held = (yield Query("check_lease", {"id": run_id})).first
+                if held is None or held["lease"] != lease.number or held["status"] != "running":
+                    raise LeaseLost(f"run {run_id} is no longer leased to this worker")
+                positions.append(None)  # the run holds max_chunks already
+            return positions
 
         return await self.db.write(append, "append_stream", (run_topic(run_id),), durable=False)
 
