@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from perdure import run_logs, serde, values
+from perdure import metrics, run_logs, serde, values
 from perdure.calls import call_body
 from perdure.config import WorkerConfig
 from perdure.context import RunContext, TaskOptions, _current, activate
@@ -193,7 +193,15 @@ class Executor:
                 run.id,
                 extra={"run_id": run.id, "task": run.task, "action": "lease_lost"},
             )
+            metrics.lease_lost()
+            metrics.execution_ended(run.task, "lost")
             return
+        ended = transition.status.terminal
+        metrics.execution_ended(
+            run.task,
+            str(transition.status),
+            self.store.now() - (run.started_at or started) if ended else None,
+        )
         log.info(
             "run %s of %s: %s",
             run.id,
@@ -281,6 +289,8 @@ class Executor:
                 max_size=task.options.max_value_size,
             )
         except Suspend as suspend:
+            kind = suspend.waiting_for or ("children" if suspend.children else "sleep")
+            metrics.wait_registered(kind.split(":", 1)[0])
             return Transition(
                 status=RunStatus.WAITING,
                 available_at=suspend.wake_at,

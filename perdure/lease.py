@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from perdure import metrics
 from perdure.config import WorkerConfig
 from perdure.errors import LeaseLost
 from perdure.records import WorkerRecord
@@ -147,6 +148,7 @@ async def reap_dead_workers(store: Store, me: WorkerRecord, config: WorkerConfig
     for worker_id, reason in dead.items():
         count = await store.reap_workers([worker_id], reason=reason)
         requeued += count
+        metrics.takeovers(count)
         log.warning(
             "worker %s %s; requeued %d run(s)",
             worker_id,

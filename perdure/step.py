@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from perdure import serde
+from perdure import metrics, serde
 from perdure.calls import call_body
 from perdure.context import (
     ActiveStep,
@@ -146,7 +146,10 @@ async def execute_step(
             ctx.check_active()
             info = error_info(exc, policy=step.retry)
             journal.record_attempt(journal.attempt(seq, attempt, started, info))
-            if info.retryable and attempt < step.retry.max_attempts:
+            retried = info.retryable and attempt < step.retry.max_attempts
+            took = ctx.store.now() - started
+            metrics.step_ended(ctx.task.name, step.name, took, "retried" if retried else "failed")
+            if retried:
                 delay = step.retry.delay(attempt, error=exc)
                 log.warning(
                     "step %s attempt %d failed (%s: %s); retrying in %.2fs",
@@ -173,6 +176,9 @@ async def execute_step(
             raise step_failed(step.name, info) from exc
         ctx.check_active()
         journal.record_success(entry, attempt, started)
+        metrics.step_ended(ctx.task.name, step.name, ctx.store.now() - started, "completed")
+        if entry.value is not None:
+            metrics.stored(entry.value.raw_size, in_blob=entry.value.blob_key is not None)
         # hand back what a replay would: the decoded record, not the live object (for a value
         # that decodes to itself, the value: no second copy of a large bytes or str)
         if type(result) in _SELF_DECODING and step.return_type in (Any, type(result)):

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from perdure import cron
+from perdure import cron, metrics
 from perdure.config import WorkerConfig
 from perdure.errors import CancelSignal, LeaseLost, StoreError
 from perdure.ids import new_id
@@ -356,6 +356,7 @@ class Worker:
                 self._looked = (token, wake_at)
             if wake_at is not None and wake_at <= self.store.now():
                 self._looked = None  # what the claim takes changes what is left
+                began = time.perf_counter()
                 claimed = await self.store.claim_runs(
                     app=self.app,
                     worker_id=self.id,
@@ -363,6 +364,7 @@ class Worker:
                     limit=free,
                     task_limits=self.task_limits,
                 )
+                metrics.claimed(len(claimed), time.perf_counter() - began)
                 for run in claimed:
                     problem = claimed.unreadable.get(run.id)
                     if problem is None:
@@ -436,6 +438,7 @@ class Worker:
         )
         task = asyncio.create_task(self._guarded(run, control), name=f"perdure-run-{run.id}")
         self._active[run.id] = (task, control)
+        metrics.slots(len(self._active), self.config.concurrency)
 
     async def _guarded(self, run: RunRecord, control: RunControl) -> None:
         try:
@@ -453,6 +456,7 @@ class Worker:
             if self._active.get(run.id, (None,))[0] is asyncio.current_task():
                 del self._active[run.id]
             self._slot_freed.set()
+            metrics.slots(len(self._active), self.config.concurrency)
 
     async def _release(self, run: RunRecord, *, delay: float, note: str | None = None) -> None:
         """Give the run back to the queue, claimable after `delay` seconds (if this fails, the

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.records",
             "perdure.wait_records",
             "perdure.stats_records",
+            "perdure.metrics",
             "perdure.crypto",
             "perdure.secrets",
             "perdure.logs",

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from perdure import logs
+from perdure import logs, metrics
 from perdure.admin import RotationReport
+from perdure.app import App
 from perdure.cli.common import (
     AppOpt,
     BlobOpt,
@@ -56,6 +57,13 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Runs executed at once.")] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
     as_json: Annotated[bool, typer.Option("--json", help="Log JSON lines to stderr.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics)."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address of the metrics endpoint (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (then drain: finish or release every run)."""
     try:
@@ -66,6 +74,8 @@ def worker(
 
     async def go() -> None:
         try:
+            if metrics_port is not None:
+                serve_metrics(the_app, metrics_host, metrics_port)
             await the_app.run_worker(concurrency=concurrency)
         finally:
             await the_app.close()
@@ -87,6 +97,25 @@ def worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def serve_metrics(app: App, host: str, port: int) -> None:
+    """Serve the worker's metrics (and its app's runs by queue) from a thread of their own."""
+    try:
+        from prometheus_client import start_http_server
+    except ImportError:
+        console.print("[red]error:[/red] metrics need an extra: pip install 'perdure[metrics]'")
+        raise typer.Exit(1) from None
+    loop = asyncio.get_running_loop()
+
+    def read() -> list[metrics.QueueRow]:  # on the server's thread: the store on the loop
+        found = asyncio.run_coroutine_threadsafe(app.admin.queues(app.name), loop).result(10)
+        return [(q.app, q.config.name, q.running, q.queued, q.oldest_waiting_at) for q in found]
+
+    registry = metrics.enable()
+    metrics.watch_queues(read)
+    start_http_server(port, addr=host, registry=registry)
+    console.print(f"metrics at http://{host}:{port}/metrics", highlight=False)
 
 
 @cli.command()

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from perdure import errors
+from perdure import errors, metrics
 from perdure.app import App
 from perdure.records import QueueStats, RunStatus, ScheduleRecord, Scope
 from perdure.server.schemas import (
@@ -273,6 +273,18 @@ async def run_stream(app: App, request: Request) -> Response:
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
+async def metrics_endpoint(app: App, request: Request) -> Response:
+    """Prometheus metrics: the app's runs by queue (read at most every few seconds), and, when
+    a worker runs in this process (perdure dev), its own."""
+    if metrics.queues_stale():
+        found = await app.admin.queues(app.name)
+        metrics.queues_read(
+            [(q.app, q.config.name, q.running, q.queued, q.oldest_waiting_at) for q in found]
+        )
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
 async def receive_webhook(app: App, request: Request) -> Response:
     """Authenticated by its signature, not a key (see perdure.webhooks)."""
     body = await request.body()
@@ -357,6 +369,15 @@ ROUTES: list[tuple[str, str, Scope | None, Handler, Any, Any, str]] = [
     # method, path, scope, handler, request schema, response schema, summary
     ("GET", "/healthz", None, healthz, None, None, "The server is up"),
     ("GET", "/readyz", None, readyz, None, None, "The server can reach its store"),
+    (
+        "GET",
+        "/metrics",
+        Scope.READ,
+        metrics_endpoint,
+        None,
+        None,
+        "Prometheus metrics (text format): runs by queue, and a worker's when one runs here",
+    ),
     (
         "POST",
         "/webhooks/{name}",
@@ -579,6 +600,8 @@ def create_app(
     the API still does). `worker`: a worker of the app runs in the server's event loop from
     startup to shutdown (perdure dev)."""
     document = openapi(app)
+    metrics.enable()
+    metrics.watch_queues()
 
     async def spec(_app: App, request: Request) -> Response:
         return JSONResponse(document)
