@@ -30,7 +30,7 @@ from perdure.records import (
     Value,
     WorkerRecord,
 )
-from perdure.store.connector import Row
+from perdure.store.connector import Operation, Query, Result, Row
 from perdure.store.notify import CLAIMABLE, run_topic
 from perdure.values import StoredValues
 
@@ -453,3 +453,13 @@ class RowMapping:
             queued=row["queued"],
             oldest_waiting_at=row["oldest_waiting_at"],
         )
+
+
+def insert_run(params: dict[str, Any]) -> Operation[bool]:
+    """Insert a new run (insert_run's parameters) and, if it has tags, its tags (run_tags);
+    whether it was inserted (False: its id or idempotency key was taken)."""
+    result: Result = yield Query("insert_run", params)
+    inserted = result.rowcount == 1
+    if inserted and params["tags"] is not None:
+        yield Query("insert_run_tags", {"run_id": params["id"], "tags": params["tags"]})
+    return inserted

@@ -19,7 +19,7 @@ from perdure.ids import new_id
 from perdure.records import MissedTicks, NewRun, NewSchedule, ScheduleRecord, Value
 from perdure.store.connector import Connector, Operation, Query, Result, Row, rows_of
 from perdure.store.notify import CLAIMABLE
-from perdure.store.rows import RowMapping
+from perdure.store.rows import RowMapping, insert_run
 
 SKIP_GRACE = 60.0
 """Seconds late a tick may be and still run under MissedTicks.SKIP (a worker busy, a restart)."""
@@ -113,7 +113,7 @@ class ScheduleOperations(RowMapping):
                 plan = self._plan(row, now)
                 advanced = yield Query("advance_schedule", plan["advance"])
                 if advanced.rowcount == 1 and plan["run"] is not None:
-                    yield Query("insert_run", plan["run"])
+                    yield from insert_run(plan["run"])
                     created.append(plan["run"]["id"])
             upcoming = (yield Query("next_schedule_at", params)).first
             return created, None if upcoming is None else upcoming["next_at"]

@@ -39,6 +39,7 @@ from perdure.store.rows import (
     Unknown,
     check_held,
     check_same_entry,
+    insert_run,
     purge_params,
     refused_finish,
     set_queue_params,
@@ -60,6 +61,7 @@ _RUN_PARTS = (
     "delete_messages",
     "delete_waits",
     "delete_streams",
+    "delete_run_tags",
     "delete_runs",
 )
 """What a purged run leaves behind it: nothing (the queries that delete each part)."""
@@ -123,7 +125,7 @@ class SQLStore(
         # large arguments go to the blob store side by side
         all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
         fast = self.db.fast
-        if fast is not None and len(runs) == 1 and runs[0].debounce_key is None:
+        if fast is not None and len(runs) == 1 and not (runs[0].debounce_key or runs[0].tags):
             return [await fast.create_one(all_params[0], give_up_after=trigger_timeout())]
 
         def create() -> Operation[list[tuple[str, bool]]]:
@@ -131,8 +133,12 @@ class SQLStore(
             for params in all_params:
                 if params["debounce_key"] is not None:
                     row = (yield Query("upsert_debounced_run", params)).first
-                    out.append((str(row["id"]), row["id"] == params["id"]))
-                elif (yield Query("insert_run", params)).rowcount == 1:
+                    created = row["id"] == params["id"]
+                    if created and params["tags"] is not None:  # (a burst's run keeps its tags)
+                        tags = {"run_id": params["id"], "tags": params["tags"]}
+                        yield Query("insert_run_tags", tags)
+                    out.append((str(row["id"]), created))
+                elif (yield from insert_run(params)):
                     out.append((params["id"], True))
                 else:
                     row = (yield Query("run_by_idempotency_key", params)).first

@@ -29,7 +29,7 @@ from perdure.errors import (
 from perdure.records import Lease, NewRun, RunStatus, Value
 from perdure.store.connector import Connector, Operation, Query, Row, rows_of
 from perdure.store.notify import CLAIMABLE
-from perdure.store.rows import RowMapping, check_held
+from perdure.store.rows import RowMapping, check_held, insert_run
 from perdure.wait_records import (
     EventRecord,
     NewEvent,
@@ -173,7 +173,7 @@ class WaitOperations(RowMapping):
                 first = (yield Query("event_by_idempotency_key", params)).first
                 return str(first["id"]), False, []
             for run in triggered:
-                yield Query("insert_run", run)
+                yield from insert_run(run)
             waiters = (
                 yield Query("waiters", {"app": event.app, "kind": "event", "key": event.name})
             ).rows

@@ -866,6 +866,14 @@ LIMIT %(limit)s;
 -- name: delete_streams
 DELETE FROM streams WHERE run_id = ANY(%(ids)s);
 
+-- name: insert_run_tags
+INSERT INTO run_tags (tag, run_id)
+SELECT DISTINCT tag, %(run_id)s FROM jsonb_array_elements_text(%(tags)s::jsonb) AS tag
+ON CONFLICT DO NOTHING;
+
+-- name: delete_run_tags
+DELETE FROM run_tags WHERE run_id = ANY(%(ids)s);
+
 -- API keys (schema 9) ----------------------------------------------------------------------------
 
 -- name: insert_api_key

@@ -712,6 +712,12 @@ LIMIT :limit;
 -- name: delete_streams
 DELETE FROM streams WHERE run_id IN (SELECT value FROM json_each(:ids));
 
+-- name: insert_run_tags
+INSERT OR IGNORE INTO run_tags (tag, run_id) SELECT value, :run_id FROM json_each(:tags);
+
+-- name: delete_run_tags
+DELETE FROM run_tags WHERE run_id IN (SELECT value FROM json_each(:ids));
+
 -- API keys (schema 9) ----------------------------------------------------------------------------
 
 -- name: insert_api_key
