@@ -111,6 +111,7 @@ PAGES = [
     ("runs_failed", "/runs?status=failed"),
     ("runs_task", "/runs?task=task_3"),
     ("runs_tag", "/runs?tag=user%3A420"),
+    ("runs_tag_absent", "/runs?tag=user%3A42"),
     ("runs_task_failed", "/runs?task=task_3&status=failed"),
     ("stats_api_24h", "/api/v1/stats?since=86400"),
 ]
