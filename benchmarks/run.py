@@ -31,6 +31,17 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+TRACING = os.environ.get("PERDURE_BENCH_TRACING", "")
+"""Measure with OpenTelemetry `absent` (as if not installed), installed but `off` (no tracer
+provider), or `on` (an SDK provider whose spans are made and dropped); unset: as the machine is."""
+if TRACING == "absent":
+    sys.modules["opentelemetry"] = None  # type: ignore[assignment]  # its import now fails
+elif TRACING == "on":
+    from opentelemetry import trace as _trace
+    from opentelemetry.sdk.trace import TracerProvider as _Provider
+
+    _trace.set_tracer_provider(_Provider())  # spans made, ended, exported nowhere
+
 import perdure  # noqa: E402
 from benchmarks import dash  # noqa: E402
 from perdure.records import RunStatus  # noqa: E402

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from perdure import metrics, run_logs, serde, values
+from perdure import metrics, run_logs, serde, tracing, values
 from perdure.calls import call_body
 from perdure.config import WorkerConfig
 from perdure.context import RunContext, TaskOptions, _current, activate
@@ -140,6 +140,19 @@ class Executor:
         self.results = results if results is not None else RecentResults()
 
     async def __call__(self, run: RunRecord, control: RunControl) -> None:
+        requeued = run.note if run.note and run.note.startswith("requeued:") else None
+        with tracing.execution(
+            run.id,
+            run.task,
+            trace_context=run.trace_context,
+            attempt=run.attempt,
+            execution=run.lease,
+            worker=control.worker_id,
+            resumed_after=requeued,
+        ) as span:
+            await self._execute(run, control, span)
+
+    async def _execute(self, run: RunRecord, control: RunControl, span: Any) -> None:
         task = self.tasks[run.task]
         started = self.store.now()
         try:
@@ -195,7 +208,14 @@ class Executor:
             )
             metrics.lease_lost()
             metrics.execution_ended(run.task, "lost")
+            tracing.ended(span, "lost")
             return
+        tracing.ended(
+            span,
+            str(transition.status),
+            error=transition.error.message if transition.error is not None else None,
+            waiting_for=transition.waiting_for,
+        )
         ended = transition.status.terminal
         metrics.execution_ended(
             run.task,

@@ -163,6 +163,7 @@ def watch_queues(read: Callable[[], list[QueueRow]] | None = None) -> None:
         )
         now = time.time()
         for app, queue, n_running, n_queued, since in rows:
+            app, queue = _label(app), _label(queue)
             running.add_metric([app, queue], n_running)
             queued.add_metric([app, queue], n_queued)
             oldest.add_metric([app, queue], max(0.0, now - since) if since else 0.0)
@@ -188,8 +189,14 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(enable()), CONTENT_TYPE_LATEST
 
 
+def _label(text: str) -> str:
+    """A label value the exposition can encode (a name may hold a lone surrogate)."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def step_ended(task: str, step: str, seconds: float, outcome: str) -> None:
     if _on:
+        task, step = _label(task), _label(step)
         _m.step_seconds.labels(task, step, outcome).observe(seconds)
         if outcome == "retried":
             _m.retries.labels(task, step).inc()
@@ -198,6 +205,7 @@ def step_ended(task: str, step: str, seconds: float, outcome: str) -> None:
 def execution_ended(task: str, outcome: str, run_seconds: float | None = None) -> None:
     """An execution of a run ended; `run_seconds` when it ended the run (first start to end)."""
     if _on:
+        task = _label(task)
         _m.executions.labels(task, outcome).inc()
         if run_seconds is not None:
             _m.run_seconds.labels(task, outcome).observe(run_seconds)

@@ -144,6 +144,9 @@ class NewRun:
     """The parent waits for this run's end (counted by children_done)."""
     tags: list[str] = field(default_factory=list)
     """Tags to find it by (runs list --tag)."""
+    trace_context: str | None = None
+    """The W3C traceparent of the code that triggered it, when it was traced (perdure.tracing):
+    every execution of the run is a span of that trace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,8 @@ class RunRecord:
     "event:NAME", "message:TOPIC"; see wait_key)."""
     tags: list[str] = field(default_factory=list)
     """Tags given at trigger."""
+    trace_context: str | None = None
+    """The W3C traceparent of the code that triggered it, if it was traced."""
     metadata: Value | None = None
     """Its metadata (perdure.metadata.set), an encoded mapping; in get_run only."""
 

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from perdure import metrics, serde
+from perdure import metrics, serde, tracing
 from perdure.calls import call_body
 from perdure.context import (
     ActiveStep,
@@ -138,17 +138,19 @@ async def execute_step(
         if ctx.control.vouch is not None:
             await ctx.control.vouch()  # this worker still holds the run
         started = ctx.store.now()
+        span = tracing.step(ctx.run.id, ctx.task.name, step.name, seq, attempt)
         try:
             result = await _run_body(ctx, step, seq, attempt, args, kwargs)
             entry, data = journal.entry(seq, EntryKind.STEP, step.name, result, first_started)
             entry = await journal.offload(entry)
         except Exception as exc:
-            ctx.check_active()
             info = error_info(exc, policy=step.retry)
-            journal.record_attempt(journal.attempt(seq, attempt, started, info))
             retried = info.retryable and attempt < step.retry.max_attempts
-            took = ctx.store.now() - started
-            metrics.step_ended(ctx.task.name, step.name, took, "retried" if retried else "failed")
+            outcome = "retried" if retried else "failed"
+            span.end(outcome, error=exc)
+            ctx.check_active()
+            journal.record_attempt(journal.attempt(seq, attempt, started, info))
+            metrics.step_ended(ctx.task.name, step.name, ctx.store.now() - started, outcome)
             if retried:
                 delay = step.retry.delay(attempt, error=exc)
                 log.warning(
@@ -174,11 +176,16 @@ async def execute_step(
                 extra=_extra(ctx, step.name, attempt, "step_failed"),
             )
             raise step_failed(step.name, info) from exc
+        except BaseException:  # cancelled, released, stopped: the attempt did not end
+            span.end("interrupted")
+            raise
+        value = entry.value
+        size, in_blob = (value.raw_size, value.blob_key is not None) if value else (0, False)
+        span.end("completed", size=size, in_blob=in_blob)
         ctx.check_active()
         journal.record_success(entry, attempt, started)
         metrics.step_ended(ctx.task.name, step.name, ctx.store.now() - started, "completed")
-        if entry.value is not None:
-            metrics.stored(entry.value.raw_size, in_blob=entry.value.blob_key is not None)
+        metrics.stored(size, in_blob=in_blob)
         # hand back what a replay would: the decoded record, not the live object (for a value
         # that decodes to itself, the value: no second copy of a large bytes or str)
         if type(result) in _SELF_DECODING and step.return_type in (Any, type(result)):

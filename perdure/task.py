@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import msgspec
 
-from perdure import serde
+from perdure import serde, tracing
 from perdure.context import RunContext, TaskOptions, current, in_step
 from perdure.errors import (
     ChildFailed,
@@ -151,6 +151,7 @@ class RunOptions:
             parent_id=parent_id,
             awaited=awaited,
             tags=list(dict.fromkeys(self.tags)),
+            trace_context=tracing.capture(),
         )
 
 

@@ -19,7 +19,7 @@ import uuid as _uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from perdure import values
+from perdure import tracing, values
 from perdure.config import env_float
 from perdure.context import RunContext, _in_step, current, in_thread_of_loop
 from perdure.errors import PerdureError, Suspend, WaitTimeout
@@ -265,6 +265,8 @@ async def _begin(
     ctx: RunContext, wait: Wait, entry_kind: EntryKind, label: str, started: float
 ) -> Any:
     state = await ctx.store.begin_wait(wait, ctx.run.held)
+    outcome = "suspended" if not state.over else "timed_out" if state.timed_out else "completed"
+    tracing.wait(ctx.run.id, str(wait.kind), wait.key, outcome, state.deadline)
     if not state.over:
         raise Suspend(state.deadline, waiting_for=wait_key(wait.kind, wait.key), signalled=True)
     journal = ctx.journal

@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.waits",
             "perdure.progress",
             "perdure.run_logs",
+            "perdure.tracing",
             "perdure.executor",
         ),
     ),

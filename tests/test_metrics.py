@@ -153,3 +153,12 @@ async def test_the_server_serves_metrics_behind_a_key(served: Served) -> None:
     default = frozenset({("app", "waits"), ("queue", "default")})
     assert found[("perdure_queue_queued", default)] == 1
     assert found[("perdure_queue_running", default)] == 0
+
+
+def test_a_name_that_utf_8_cannot_hold_does_not_break_the_exposition() -> None:
+    metrics.enable()
+    metrics.step_ended("task\ud800", "step\udfff", 0.01, "completed")
+    metrics.execution_ended("task\ud800", "completed", 0.5)
+    text = metrics.exposition()[0].decode()
+    assert 'task="task?"' in text
+    assert 'step="step?"' in text

@@ -193,6 +193,7 @@ class RowMapping:
             signals=row["signals"] if "signals" in keys else 0,
             waiting_for=row["waiting_for"] if "waiting_for" in keys else None,
             tags=json.loads(row["tags"]) if "tags" in keys and row["tags"] else [],
+            trace_context=row["trace_context"] if "trace_context" in keys else None,
             metadata=metadata,
         )
 
@@ -413,6 +414,7 @@ class RowMapping:
             "parent_id": run.parent_id,
             "awaited": int(run.awaited),
             "tags": json.dumps(run.tags) if run.tags else None,
+            "trace_context": run.trace_context,
             **self.values.columns("args", args),
         }
 

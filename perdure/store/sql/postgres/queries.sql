@@ -4,11 +4,11 @@
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags)
+                  tags, trace_context)
 VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
         %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
         %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
-        %(parent_id)s, %(awaited)s, %(tags)s)
+        %(parent_id)s, %(awaited)s, %(tags)s, %(trace_context)s)
 ON CONFLICT DO NOTHING;
 
 -- name: upsert_debounced_run
@@ -16,11 +16,11 @@ ON CONFLICT DO NOTHING;
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags)
+                  tags, trace_context)
 VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
         %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
         %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
-        %(parent_id)s, %(awaited)s, %(tags)s)
+        %(parent_id)s, %(awaited)s, %(tags)s, %(trace_context)s)
 ON CONFLICT (app, task, debounce_key)
     WHERE debounce_key IS NOT NULL AND status = 'queued' AND started_at IS NULL
 DO UPDATE SET args_codec = excluded.args_codec, args = excluded.args,
@@ -73,7 +73,8 @@ LIMIT %(limit)s;
 -- name: claim_runs
 -- no limit applies: the first claimable runs, higher priority first
 UPDATE runs
-SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1, note = NULL,
+SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1,
+    note = CASE WHEN substr(note, 1, 9) = 'requeued:' THEN note END,  -- (kept: why it runs again)
     started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
 WHERE id IN (
     SELECT id FROM runs
@@ -114,7 +115,8 @@ WHERE app = %(app)s AND started_at > %(since)s;
 
 -- name: claim_ids
 UPDATE runs
-SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1, note = NULL,
+SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1,
+    note = CASE WHEN substr(note, 1, 9) = 'requeued:' THEN note END,  -- (kept: why it runs again)
     started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
 WHERE id = ANY(%(ids)s) AND status IN ('queued', 'waiting')
   AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
@@ -379,11 +381,11 @@ WITH inserted AS (
     INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags)
+                  tags, trace_context)
     VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
         %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
         %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
-        %(parent_id)s, %(awaited)s, %(tags)s)
+        %(parent_id)s, %(awaited)s, %(tags)s, %(trace_context)s)
     ON CONFLICT DO NOTHING
     RETURNING id
 )

@@ -4,11 +4,11 @@
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags)
+                  tags, trace_context)
 VALUES (:id, :app, :task, :queue, 'queued', :args_codec, :args, :args_blob, :args_raw_size,
         :args_stored_size, :idempotency_key, :available_at, :now, :now,
         :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited,
-        :tags)
+        :tags, :trace_context)
 ON CONFLICT DO NOTHING;
 
 -- name: upsert_debounced_run
@@ -16,11 +16,11 @@ ON CONFLICT DO NOTHING;
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags)
+                  tags, trace_context)
 VALUES (:id, :app, :task, :queue, 'queued', :args_codec, :args, :args_blob, :args_raw_size,
         :args_stored_size, :idempotency_key, :available_at, :now, :now,
         :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited,
-        :tags)
+        :tags, :trace_context)
 ON CONFLICT (app, task, debounce_key)
     WHERE debounce_key IS NOT NULL AND status = 'queued' AND started_at IS NULL
 DO UPDATE SET args_codec = excluded.args_codec, args = excluded.args,
@@ -68,7 +68,8 @@ LIMIT :limit;
 -- name: claim_runs
 -- no limit applies: the first claimable runs, higher priority first
 UPDATE runs
-SET status = 'running', worker_id = :worker_id, lease = lease + 1, note = NULL,
+SET status = 'running', worker_id = :worker_id, lease = lease + 1,
+    note = CASE WHEN substr(note, 1, 9) = 'requeued:' THEN note END,  -- (kept: why it runs again)
     started_at = coalesce(started_at, :now), updated_at = :now
 WHERE id IN (
     SELECT id FROM runs INDEXED BY runs_claim_order  -- in claim order: no sort of all due runs
@@ -104,7 +105,8 @@ WHERE app = :app AND started_at > :since;
 
 -- name: claim_ids
 UPDATE runs
-SET status = 'running', worker_id = :worker_id, lease = lease + 1, note = NULL,
+SET status = 'running', worker_id = :worker_id, lease = lease + 1,
+    note = CASE WHEN substr(note, 1, 9) = 'requeued:' THEN note END,  -- (kept: why it runs again)
     started_at = coalesce(started_at, :now), updated_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('queued', 'waiting')
   AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
