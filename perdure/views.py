@@ -191,3 +191,16 @@ def waiting_dict(details: RunDetails) -> dict[str, Any] | None:
     if wait.match is not None and wait.match.data:
         out["match"] = value_json(decoded(wait.match.data, wait.match.codec))
     return out
+
+
+def duration_text(seconds: float | None) -> str:
+    """A duration for people: 850 ms, 12.3 s, 4 m 05 s, 2 h 10 m ("" for none)."""
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} m {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} m"

@@ -79,6 +79,7 @@ def test_trigger_worker_list_show_cancel(
             "0009_api_keys",
             "0010_run_stats",
             "0011_run_tags",
+            "0012_trace_context",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []

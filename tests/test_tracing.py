@@ -53,6 +53,14 @@ def spans(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def completed(trace_file: Path, task: str) -> bool:
+    """An execution of a run of `task` ended it completed (by the spans exported so far)."""
+    return any(
+        s["name"] == f"run {task}" and s["attributes"].get("perdure.run.outcome") == "completed"
+        for s in spans(trace_file)
+    )
+
+
 def recorded_steps(database_url: str, run_id: str) -> int:
     async def count() -> int:
         app = perdure.App("traced", database=database_url)
@@ -94,13 +102,7 @@ def test_one_trace_across_a_killed_worker_and_its_successor(
     gate.unlink()
     worker_processes.append(WorkerProcess("tests.traceapp:app", env, log=tmp_path / "w2.log"))
 
-    def ended() -> bool:
-        return any(
-            s["name"] == "run steps" and s["attributes"].get("perdure.run.outcome") == "completed"
-            for s in spans(trace_file)
-        )
-
-    wait_for(ended, timeout=90)
+    wait_for(lambda: completed(trace_file, "steps"), timeout=90)
     found = spans(trace_file)
     (request,) = [s for s in found if s["name"] == "request"]
     trace_id = request["context"]["trace_id"]
@@ -138,13 +140,7 @@ def test_a_child_run_is_a_child_span_of_its_parent(
     worker_processes.append(WorkerProcess("tests.traceapp:app", env, log=tmp_path / "w.log"))
     trigger(env, "parent", "4")
 
-    def ended() -> bool:
-        return any(
-            s["name"] == "run parent" and s["attributes"].get("perdure.run.outcome") == "completed"
-            for s in spans(trace_file)
-        )
-
-    wait_for(ended, timeout=60)
+    wait_for(lambda: completed(trace_file, "parent"), timeout=60)
     found = spans(trace_file)
     (request,) = [s for s in found if s["name"] == "request"]
     runs = [s for s in found if s["name"] in ("run parent", "run child")]

@@ -19,20 +19,7 @@ from perdure.cli.common import (
     named_app,
     on_admin,
 )
-from perdure.views import stats_dict
-
-
-def duration_text(seconds: float | None) -> str:
-    """A duration for people: 850ms, 12.3s, 4m05s, 2h10m."""
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+from perdure.views import duration_text, stats_dict
 
 
 def stats(

@@ -26,7 +26,7 @@ from perdure.app import App
 from perdure.progress import LOGS
 from perdure.records import RunStatus, Scope
 from perdure.stats_records import RunStats
-from perdure.views import decoded, details_dict, token_dict, value_json
+from perdure.views import decoded, details_dict, duration_text, token_dict, value_json
 from perdure.wait_records import TokenStatus
 
 COOKIE = "perdure_key"
@@ -55,18 +55,6 @@ def _time(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} m {int(seconds % 60):02d} s"
-    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} m"
-
-
 def _bytes(n: int | None) -> str:
     size = float(n or 0)
     for unit in ("B", "KB", "MB", "GB"):
@@ -78,7 +66,7 @@ def _bytes(n: int | None) -> str:
 
 _templates.filters.update(
     time=_time,
-    duration=_duration,
+    duration=duration_text,
     bytes=_bytes,
     pretty=lambda value: json.dumps(value, indent=2, sort_keys=True, default=repr),
 )

@@ -144,6 +144,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0009_api_keys",
         "0010_run_stats",
         "0011_run_tags",
+        "0012_trace_context",
     ]
     await store.open()
     await store.close()
