@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SAMPLE = 2000
+"""Runs (the latest to end in the window, over every task) whose journals the step figures of
+the statistics are read from: enough for tight percentiles, bounded at any size of history."""
 PERCENTILES = (50, 95, 99)
 """The duration percentiles reported: the nearest rank (the smallest duration that at least p%
 of the window's runs took no longer than), within 1.2% (see store/stats.py)."""
@@ -23,6 +26,20 @@ class TaskStats:
     durations: dict[int, float] = field(default_factory=dict)
     """Percentile (50, 95, 99) -> seconds from a run's start to its end, over the runs that
     ended in the window after starting (none when none did)."""
+    sampled: int = 0
+    """Of its runs that ended in the window, how many the step figures below were read from:
+    the latest (see SAMPLE); all of them when there are no more."""
+    step_durations: dict[int, float] = field(default_factory=dict)
+    """Percentile -> seconds of its step calls (first attempt's start to the end, retries
+    included), exactly over the sampled runs' steps."""
+    retry_rate: float | None = None
+    """Retries per step call over the sampled runs (0.5: one retry every other call)."""
+    steps_per_minute: float | None = None
+    """Steps its runs took per minute over the window (the sampled runs' steps per run, times
+    its runs that ended in the window, over the window's minutes)."""
+    stored_bytes: int | None = None
+    """Bytes its runs that ended in the window keep (steps' values and results, as stored:
+    compressed, encrypted), from the sampled runs per run."""
 
 
 @dataclass(frozen=True, slots=True)

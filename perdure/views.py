@@ -126,6 +126,11 @@ def stats_dict(stats: RunStats) -> dict[str, Any]:
                 "active": t.active,
                 "ended": t.ended,
                 "durations": {f"p{p}": d for p, d in sorted(t.durations.items())},
+                "sampled": t.sampled,
+                "step_durations": {f"p{p}": d for p, d in sorted(t.step_durations.items())},
+                "retry_rate": t.retry_rate,
+                "steps_per_minute": t.steps_per_minute,
+                "stored_bytes": t.stored_bytes,
             }
             for t in stats.tasks
         ],
@@ -204,3 +209,13 @@ def duration_text(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{int(seconds // 60)} m {int(seconds % 60):02d} s"
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} m"
+
+
+def bytes_text(n: int | None) -> str:
+    """A size for people: 512 B, 3.4 KB, 12.0 MB, 1.2 GB."""
+    size = float(n or 0)
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"

@@ -102,3 +102,52 @@ async def test_replay_runs_the_task_again_with_the_same_arguments(
     with pytest.raises(RunNotFound):
         await app.admin.replay("run_nope")
     await app.close()
+
+
+async def test_step_figures_equal_those_of_the_recorded_journals(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    app = make_app()
+    failures: dict[int, int] = {}
+
+    @app.step(retry=perdure.Retry(max_attempts=3, min_timeout=0.001, max_timeout=0.002))
+    async def fetch(n: int) -> int:
+        failures[n] = failures.get(n, 0) + 1
+        if n % 3 == 0 and failures[n] < 3:  # every third run's fetch fails twice
+            raise ConnectionError("busy")
+        await asyncio.sleep(n / 2000)
+        return n
+
+    @app.step
+    async def keep(n: int) -> str:
+        return "x" * (n * 100)
+
+    @app.task(name="agent")
+    async def agent(n: int) -> int:
+        await fetch(n)
+        return len(await keep(n))
+
+    handles = [await agent.trigger(n) for n in range(1, 13)]
+    async with running_worker(app):
+        for n, h in enumerate(handles, start=1):
+            assert await h.result(timeout=30) == n * 100
+        stats = await app.admin.stats(since=3600, task="agent")
+
+    durations, stored, failed_attempts = [], 0, 0
+    for h in handles:
+        journal = await app.store.load_journal(h.id, values=False)
+        steps = [e for e in journal if str(e.kind) == "step"]
+        durations += [e.finished_at - e.started_at for e in steps]
+        stored += sum(e.value.stored_size for e in steps if e.value is not None)
+        run = await app.store.get_run(h.id)
+        stored += run.result.stored_size if run.result is not None else 0
+        failed_attempts += sum(1 for a in await app.store.load_attempts(h.id) if a.error and a.seq)
+    (figures,) = stats.tasks
+    assert figures.sampled == 12
+    for p in (50, 95, 99):
+        assert figures.step_durations[p] == pytest.approx(nearest_rank(durations, p))
+    assert failed_attempts == 8  # runs 3, 6, 9, 12: two failed attempts each
+    assert figures.retry_rate == pytest.approx(8 / 24)
+    assert figures.steps_per_minute == pytest.approx(24 / 60, rel=1e-3)
+    assert figures.stored_bytes == stored
+    await app.close()

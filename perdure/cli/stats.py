@@ -19,7 +19,7 @@ from perdure.cli.common import (
     named_app,
     on_admin,
 )
-from perdure.views import duration_text, stats_dict
+from perdure.views import bytes_text, duration_text, stats_dict
 
 
 def stats(
@@ -34,7 +34,9 @@ def stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Per task: runs queued, running and waiting now; runs completed, failed, cancelled and
-    expired in the window; run duration percentiles (start to end) over the window."""
+    expired in the window; run duration percentiles (start to end) over the window; and, from
+    the journals of the latest runs, step call percentiles, retries per step call, steps per
+    minute and the bytes its runs keep."""
     try:
         window = parse_age(since)
     except ValueError as exc:
@@ -49,12 +51,30 @@ def stats(
         print(json.dumps(stats_dict(found)))
         return
     statuses = ("queued", "running", "waiting", "completed", "failed", "cancelled", "expired")
-    table = Table("task", *statuses, "p50", "p95", "p99", title=f"runs, last {since}")
+    runs = Table(title=f"runs, last {since}")
+    steps = Table(title=f"steps of the latest runs, last {since}")
+    runs.add_column("task", no_wrap=True)
+    steps.add_column("task", no_wrap=True)
+    for name in (*statuses, "p50", "p95", "p99"):
+        runs.add_column(name, justify="right")
+    for name in ("runs read", "p50", "p95", "p99", "retries/step", "steps/min", "stored"):
+        steps.add_column(name, justify="right")
     for t in found.tasks:
         counts = {**t.active, **t.ended}
-        table.add_row(
+        runs.add_row(
             t.task,
             *(str(counts.get(s, 0) or "") for s in statuses),
             *(duration_text(t.durations.get(p)) for p in (50, 95, 99)),
         )
-    console.print(table)
+        if t.sampled:
+            steps.add_row(
+                t.task,
+                str(t.sampled),
+                *(duration_text(t.step_durations.get(p)) for p in (50, 95, 99)),
+                "" if t.retry_rate is None else f"{t.retry_rate:.2f}",
+                "" if t.steps_per_minute is None else f"{t.steps_per_minute:.1f}",
+                "" if t.stored_bytes is None else bytes_text(t.stored_bytes),
+            )
+    console.print(runs)
+    if steps.rows:
+        console.print(steps)

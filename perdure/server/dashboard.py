@@ -26,7 +26,14 @@ from perdure.app import App
 from perdure.progress import LOGS
 from perdure.records import RunStatus, Scope
 from perdure.stats_records import RunStats
-from perdure.views import decoded, details_dict, duration_text, token_dict, value_json
+from perdure.views import (
+    bytes_text,
+    decoded,
+    details_dict,
+    duration_text,
+    token_dict,
+    value_json,
+)
 from perdure.wait_records import TokenStatus
 
 COOKIE = "perdure_key"
@@ -55,19 +62,10 @@ def _time(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
 
 
-def _bytes(n: int | None) -> str:
-    size = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"  # pragma: no cover - (the loop returns)
-
-
 _templates.filters.update(
     time=_time,
     duration=duration_text,
-    bytes=_bytes,
+    bytes=bytes_text,
     pretty=lambda value: json.dumps(value, indent=2, sort_keys=True, default=repr),
 )
 

@@ -142,13 +142,19 @@ class ScheduleOut(msgspec.Struct):
 
 
 class TaskStatsOut(msgspec.Struct):
-    """One task's runs: active now and ended in the window, by status; duration percentiles
-    in seconds (p50, p95, p99)."""
+    """One task's runs: active now and ended in the window, by status; run duration percentiles
+    in seconds (p50, p95, p99); and from the steps of its latest runs (`sampled` of them): step
+    call percentiles, retries per step call, steps per minute and stored bytes."""
 
     task: str
     active: dict[str, int]
     ended: dict[str, int]
     durations: dict[str, float]
+    sampled: int = 0
+    step_durations: dict[str, float] = {}
+    retry_rate: float | None = None
+    steps_per_minute: float | None = None
+    stored_bytes: int | None = None
 
 
 class ThroughputOut(msgspec.Struct):

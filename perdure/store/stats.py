@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 
-from perdure.stats_records import PERCENTILES, RunStats, TaskStats
-from perdure.store.connector import Batch, Connector, Operation, Query, Result
+from perdure.stats_records import PERCENTILES, SAMPLE, RunStats, TaskStats
+from perdure.store.connector import Batch, Connector, Operation, Query, Result, Row
 from perdure.store.rows import RowMapping
 
 MAX_BUCKETS = 500
@@ -40,11 +41,22 @@ class StatsOperations(RowMapping):
             raise ValueError("the window of statistics must start in the past")
         buckets = max(1, min(buckets, MAX_BUCKETS))
         bucket = (until - since) / buckets
-        params = {"since": since, "app": app, "task": task, "bucket": bucket, "scale": SCALE}
+        params = {
+            "since": since,
+            "app": app,
+            "task": task,
+            "bucket": bucket,
+            "scale": SCALE,
+            "sample": SAMPLE,
+        }
 
         def now_and_throughput() -> Operation[list[Result]]:
             results: list[Result] = yield Batch(
-                [Query("stats_active", params), Query("stats_throughput", params)]
+                [
+                    Query("stats_active", params),
+                    Query("stats_throughput", params),
+                    Query("stats_step_sample", params),
+                ]
             )
             return results
 
@@ -52,7 +64,7 @@ class StatsOperations(RowMapping):
             result: Result = yield Query("stats_ended", params)
             return result
 
-        (active, throughput), histogram = await asyncio.gather(
+        (active, throughput, sample), histogram = await asyncio.gather(
             self.db.read(now_and_throughput, "run_stats"), self.db.read(ended, "run_stats")
         )
         by_task: dict[str, TaskStats] = {}
@@ -71,6 +83,9 @@ class StatsOperations(RowMapping):
                 counts[int(row["bucket"])] = counts.get(int(row["bucket"]), 0) + n
         for name, counts in durations.items():
             by_task[name].durations.update(_percentiles(counts))
+        minutes = (until - since) / 60
+        for name, rows in _by_task(sample.rows).items():
+            by_task[name] = _with_steps(of(name), rows, minutes)
         completed, failed = [0] * buckets, [0] * buckets
         for row in throughput.rows:  # one that ended at the very end: in the last bucket
             i = min(int(row["bucket"]), buckets - 1)
@@ -79,6 +94,38 @@ class StatsOperations(RowMapping):
         series = [(since + i * bucket, completed[i], failed[i]) for i in range(buckets)]
         tasks = [by_task[name] for name in sorted(by_task)]
         return RunStats(since=since, until=until, tasks=tasks, bucket=bucket, throughput=series)
+
+
+def _by_task(rows: list[Row]) -> dict[str, list[Row]]:
+    out: dict[str, list[Row]] = {}
+    for row in rows:
+        out.setdefault(row["task"], []).append(row)
+    return out
+
+
+def _with_steps(stats: TaskStats, rows: list[Row], minutes: float) -> TaskStats:
+    """`stats` with the step figures of its sampled runs' rows (see stats_step_sample)."""
+    runs = {row["run_id"] for row in rows}
+    results: dict[str, int] = {}
+    steps = [row for row in rows if not row["failed"] and row["duration"] is not None]
+    failed_attempts = sum(1 for row in rows if row["failed"])
+    failed_steps = sum(1 for row in steps if row["status"] == "failed")
+    for row in rows:
+        if not row["failed"]:
+            results[row["run_id"]] = int(row["result_size"] or 0)
+    stored = sum(int(row["stored_size"] or 0) for row in steps) + sum(results.values())
+    ended = sum(stats.ended.values())
+    durations = sorted(float(row["duration"]) for row in steps)
+    return replace(
+        stats,
+        sampled=len(runs),
+        step_durations={p: durations[-(-len(durations) * p // 100) - 1] for p in PERCENTILES}
+        if durations
+        else {},
+        retry_rate=(failed_attempts - failed_steps) / len(steps) if steps else None,
+        steps_per_minute=len(steps) / len(runs) * ended / minutes,
+        stored_bytes=round(stored / len(runs) * ended),
+    )
 
 
 def _percentiles(counts: dict[int, int]) -> dict[int, float]:

@@ -768,3 +768,21 @@ FROM runs
 WHERE finished_at IS NOT NULL AND finished_at >= :since AND (:app IS NULL OR app = :app)
   AND (:task IS NULL OR task = :task)
 GROUP BY 1;
+
+-- name: stats_step_sample
+-- the steps and failed attempts of the latest :sample runs to end in the window (by the index
+-- of ended runs, then the journal's and attempts' keys): one row per step (failed = 0) and one
+-- per failed step attempt (failed = 1)
+WITH latest AS (
+    SELECT id, task FROM runs
+    WHERE finished_at IS NOT NULL AND finished_at >= :since AND (:app IS NULL OR app = :app)
+      AND (:task IS NULL OR task = :task)
+    ORDER BY finished_at DESC
+    LIMIT :sample
+)
+SELECT l.id AS run_id, l.task, 0 AS failed, j.status, j.finished_at - j.started_at AS duration,
+       j.stored_size, (SELECT result_stored_size FROM runs r WHERE r.id = l.id) AS result_size
+FROM latest l LEFT JOIN journal j ON j.run_id = l.id AND j.kind = 'step'
+UNION ALL
+SELECT l.id, l.task, 1, NULL, NULL, 0, 0
+FROM latest l JOIN attempts a ON a.run_id = l.id AND a.seq > 0 AND a.error IS NOT NULL;
