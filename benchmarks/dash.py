@@ -156,6 +156,9 @@ PAGES = [
     ("runs_tag_absent", "/runs?tag=user%3A42"),
     ("runs_task_failed", "/runs?task=task_3&status=failed"),
     ("stats_api_24h", "/api/v1/stats?since=86400"),
+    ("queues", "/queues"),
+    ("tokens", "/tokens"),
+    ("metrics", "/metrics"),
 ]
 
 
