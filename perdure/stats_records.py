@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SAMPLE = 2000
+SAMPLE = 1000
 """Runs (the latest to end in the window, over every task) whose journals the step figures of
 the statistics are read from: enough for tight percentiles, bounded at any size of history."""
 PERCENTILES = (50, 95, 99)

@@ -1,7 +1,8 @@
 """Statistics of runs, written once for both dialects (the part of SQLStore they make): counts
 by status of the runs active now and of those that ended in a window, duration percentiles and
-throughput. Ended runs are read from the index of ended runs alone (schema 10), twice at most:
-once for counts and durations together, once for throughput, on two connections at once.
+throughput. Ended runs are read from the index of ended runs alone (schema 10), twice: once for
+counts and durations together, once for throughput; the step figures from the journals of the
+latest runs (a bounded read); the three on connections of their own, at once.
 
 Durations are counted in a histogram of logarithmic buckets, so a window of any length costs
 one pass and no sort: a percentile is the middle of the bucket that holds the nearest-rank
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 from perdure.stats_records import PERCENTILES, SAMPLE, RunStats, TaskStats
@@ -52,20 +54,21 @@ class StatsOperations(RowMapping):
 
         def now_and_throughput() -> Operation[list[Result]]:
             results: list[Result] = yield Batch(
-                [
-                    Query("stats_active", params),
-                    Query("stats_throughput", params),
-                    Query("stats_step_sample", params),
-                ]
+                [Query("stats_active", params), Query("stats_throughput", params)]
             )
             return results
 
-        def ended() -> Operation[Result]:
-            result: Result = yield Query("stats_ended", params)
-            return result
+        def one(name: str) -> Callable[[], Operation[Result]]:
+            def read() -> Operation[Result]:
+                result: Result = yield Query(name, params)
+                return result
 
-        (active, throughput, sample), histogram = await asyncio.gather(
-            self.db.read(now_and_throughput, "run_stats"), self.db.read(ended, "run_stats")
+            return read
+
+        (active, throughput), histogram, sample = await asyncio.gather(
+            self.db.read(now_and_throughput, "run_stats"),
+            self.db.read(one("stats_ended"), "run_stats"),
+            self.db.read(one("stats_step_sample"), "run_stats"),
         )
         by_task: dict[str, TaskStats] = {}
 

@@ -774,14 +774,14 @@ GROUP BY 1;
 -- of ended runs, then the journal's and attempts' keys): one row per step (failed = 0) and one
 -- per failed step attempt (failed = 1)
 WITH latest AS (
-    SELECT id, task FROM runs
+    SELECT id, task, result_stored_size FROM runs
     WHERE finished_at IS NOT NULL AND finished_at >= :since AND (:app IS NULL OR app = :app)
       AND (:task IS NULL OR task = :task)
     ORDER BY finished_at DESC
     LIMIT :sample
 )
 SELECT l.id AS run_id, l.task, 0 AS failed, j.status, j.finished_at - j.started_at AS duration,
-       j.stored_size, (SELECT result_stored_size FROM runs r WHERE r.id = l.id) AS result_size
+       j.stored_size, l.result_stored_size AS result_size
 FROM latest l LEFT JOIN journal j ON j.run_id = l.id AND j.kind = 'step'
 UNION ALL
 SELECT l.id, l.task, 1, NULL, NULL, 0, 0
