@@ -12,12 +12,14 @@ from typing import Any
 import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from perdure import errors, metrics
 from perdure.app import App
 from perdure.records import QueueStats, RunStatus, ScheduleRecord, Scope
+from perdure.server.openapi import openapi
+from perdure.server.realtime import metrics_endpoint, run_stream
 from perdure.server.schemas import (
     CompleteTokenRequest,
     ErrorBody,
@@ -43,7 +45,6 @@ from perdure.views import (
     schedule_dict,
     stats_dict,
     token_dict,
-    value_json,
 )
 from perdure.wait_records import TokenRecord, TokenStatus
 
@@ -244,45 +245,6 @@ async def complete_token(app: App, request: Request) -> Response:
     body: CompleteTokenRequest = await _body(request, CompleteTokenRequest)
     token = await app.admin.complete_token(request.path_params["id"], body.data)
     return _json(_token_out(token))
-
-
-async def run_stream(app: App, request: Request) -> Response:
-    """Server-sent events of a run: `status`, `metadata` and `chunk` events as they happen,
-    until the run ends. A chunk's event id is its position: a client that reconnects with
-    Last-Event-ID gets the chunks after it (and the current status and metadata again)."""
-    handle = await app.handle(request.path_params["id"])
-    last = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    try:
-        after = int(last)
-    except ValueError:
-        raise ValueError(f"Last-Event-ID must be a chunk position, got {last!r}") from None
-
-    async def events() -> AsyncIterator[bytes]:
-        async for event in handle.events(after=after):
-            if event.kind == "keepalive":
-                yield b": keepalive\n\n"
-                continue
-            lines = [f"event: {event.kind}"]
-            if event.position is not None:
-                lines.append(f"id: {event.position}")
-            lines.append("data: " + msgspec.json.encode(value_json(event.data)).decode())
-            yield ("\n".join(lines) + "\n\n").encode()
-        yield b"event: end\ndata: {}\n\n"
-
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
-
-async def metrics_endpoint(app: App, request: Request) -> Response:
-    """Prometheus metrics: the app's runs by queue (read at most every few seconds), and, when
-    a worker runs in this process (perdure dev), its own."""
-    if metrics.queues_stale():
-        found = await app.admin.queues(app.name)
-        metrics.queues_read(
-            [(q.app, q.config.name, q.running, q.queued, q.oldest_waiting_at) for q in found]
-        )
-    body, content_type = metrics.exposition()
-    return Response(body, media_type=content_type)
 
 
 async def receive_webhook(app: App, request: Request) -> Response:
@@ -546,52 +508,6 @@ ROUTES: list[tuple[str, str, Scope | None, Handler, Any, Any, str]] = [
 ]
 
 
-def openapi(app: App) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the API: every route with its schemas and error shape."""
-    types: list[Any] = [ErrorOut]
-    for _m, _p, _s, _h, request, response, _summary in ROUTES:
-        types += [t for t in (request, response) if t is not None]
-    schemas, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}"
-    )
-    refs = dict(zip(map(id, types), schemas, strict=True))
-    error = {"content": {"application/json": {"schema": refs[id(ErrorOut)]}}}
-    paths: dict[str, dict[str, Any]] = {}
-    for method, path, scope, _handler, request, response, summary in ROUTES:
-        op: dict[str, Any] = {
-            "summary": summary,
-            "responses": {"default": {"description": "An error", **error}},
-        }
-        ok: dict[str, Any] = {"description": "OK"}
-        if response is not None:
-            ok["content"] = {"application/json": {"schema": refs[id(response)]}}
-        op["responses"]["200" if method == "GET" else "2XX"] = ok
-        if request is not None:
-            op["requestBody"] = {
-                "required": False,
-                "content": {"application/json": {"schema": refs[id(request)]}},
-            }
-        params = [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]
-        if params:
-            op["parameters"] = [
-                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                for n in params
-            ]
-        if scope is not None:
-            op["security"] = [{"apiKey": []}]
-            op["description"] = f"Needs an API key of scope {scope} or wider."
-        paths.setdefault(path, {})[method.lower()] = op
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": f"perdure: {app.name}", "version": "1"},
-        "paths": paths,
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-        },
-    }
-
-
 def create_app(
     app: App, *, dashboard: bool = True, open_access: bool = False, worker: bool = False
 ) -> Starlette:
@@ -599,7 +515,7 @@ def create_app(
     dashboard at /. `open_access`: the dashboard needs no key (perdure dev, on loopback only;
     the API still does). `worker`: a worker of the app runs in the server's event loop from
     startup to shutdown (perdure dev)."""
-    document = openapi(app)
+    document = openapi(app.name, ROUTES)
     metrics.enable()
     metrics.watch_queues()
 
