@@ -169,27 +169,16 @@ class RunHandle(Generic[R]):
     async def stream(self, name: str, *, timeout: float | None = None) -> AsyncIterator[Any]:
         """Every chunk of the run's stream `name`, from the first, as they come, until the run
         ends (RunTimeout after `timeout` seconds without it ending): `async for token in
-        handle.stream("answer"): ...`."""
-        store = self._app.store
+        handle.stream("answer"): ...`. (The run's events, filtered.)"""
         deadline = None if timeout is None else time.monotonic() + timeout
-        after = 0
-        while True:
-            token = store.change_token()
-            chunks = await store.read_stream(self.id, name, after=after)
-            for seq, _name, value in chunks:
-                after = seq
-                yield decoded(value, f"chunk of stream {name!r}")
-            if chunks:
-                continue
-            run = await store.get_run(self.id, values=False)
-            if run.status.terminal:
-                if not await store.read_stream(self.id, name, after=after, limit=1):
-                    return  # (a last chunk may have come with its end)
-                continue
-            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            if wait <= 0:
-                raise RunTimeout(f"run {self.id} is still {run.status} after {timeout}s")
-            await store.wait_for_change(wait, topics=(run_topic(self.id),), since=token)
+        status = RunStatus.QUEUED
+        async for event in self.events(keepalive=1.0):
+            if event.kind == "chunk" and event.data["stream"] == name:
+                yield event.data["data"]
+            elif event.kind == "status":
+                status = RunStatus(event.data["status"])
+            if deadline is not None and time.monotonic() >= deadline and not status.terminal:
+                raise RunTimeout(f"run {self.id} is still {status} after {timeout}s")
 
     async def events(self, *, after: int = 0, keepalive: float = 15.0) -> AsyncIterator[RunEvent]:
         """What happens to the run, as it happens, until it ends: its status when it changes,

@@ -212,3 +212,28 @@ async def test_a_purged_run_takes_its_streams_and_tags_with_it(
     assert table_rows(app, "run_tags") == [("user:1", kept.id)]
     assert [r.id for r in await app.admin.list_runs(tag="user:1")] == [kept.id]
     await app.close()
+
+
+async def test_following_a_stream_gives_up_after_its_timeout(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    app = make_app()
+
+    @app.task
+    async def stuck() -> None:
+        await perdure.stream("s", "first")
+        await perdure.wait_for_token("never", timeout=600)
+
+    async with running_worker(app):
+        handle = await stuck.trigger()
+        got: list[Any] = []
+
+        async def follow() -> None:
+            async for chunk in handle.stream("s", timeout=0.5):
+                got.append(chunk)
+
+        with pytest.raises(perdure.errors.RunTimeout, match="still"):
+            await follow()
+        assert got == ["first"]
+        await handle.cancel()
+    await app.close()
