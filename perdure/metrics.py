@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from perdure.records import QueueStats
+
 CACHE_SECONDS = 5.0
 """How long the store's figures serve scrapes before they are read again."""
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -120,12 +122,10 @@ def enable() -> Any:
         return _m.registry
 
 
-QueueRow = tuple[str, str, int, int, float | None]
-"""(app, queue, running, queued, oldest wait start) of one queue."""
 _queues: dict[str, Any] = {"at": -CACHE_SECONDS, "rows": [], "read": None, "watched": False}
 
 
-def watch_queues(read: Callable[[], list[QueueRow]] | None = None) -> None:
+def watch_queues(read: Callable[[], list[QueueStats]] | None = None) -> None:
     """Export runs by queue: read by `read()` when scraped and stale (at most every
     CACHE_SECONDS), or, without `read`, as last given to queues_read()."""
     from prometheus_client.core import GaugeMetricFamily
@@ -147,7 +147,7 @@ def watch_queues(read: Callable[[], list[QueueRow]] | None = None) -> None:
                 queues_read(reader())
             return families(_queues["rows"])
 
-    def families(rows: list[QueueRow]) -> list[Any]:
+    def families(queues: list[QueueStats]) -> list[Any]:
         running = GaugeMetricFamily(
             "perdure_queue_running", "Runs running now, by queue.", labels=["app", "queue"]
         )
@@ -162,11 +162,12 @@ def watch_queues(read: Callable[[], list[QueueRow]] | None = None) -> None:
             labels=["app", "queue"],
         )
         now = time.time()
-        for app, queue, n_running, n_queued, since in rows:
-            app, queue = _label(app), _label(queue)
-            running.add_metric([app, queue], n_running)
-            queued.add_metric([app, queue], n_queued)
-            oldest.add_metric([app, queue], max(0.0, now - since) if since else 0.0)
+        for q in queues:
+            labels = [_label(q.app), _label(q.config.name)]
+            running.add_metric(labels, q.running)
+            queued.add_metric(labels, q.queued)
+            since = q.oldest_waiting_at
+            oldest.add_metric(labels, max(0.0, now - since) if since else 0.0)
         return [running, queued, oldest]
 
     registry.register(Queues())
@@ -177,9 +178,9 @@ def queues_stale() -> bool:
     return bool(time.monotonic() - _queues["at"] >= CACHE_SECONDS)
 
 
-def queues_read(rows: list[QueueRow]) -> None:
-    """The figures of runs by queue, as just read from the store."""
-    _queues["rows"], _queues["at"] = rows, time.monotonic()
+def queues_read(queues: list[QueueStats]) -> None:
+    """The figures of runs by queue, as just read from the store (Admin.queues)."""
+    _queues["rows"], _queues["at"] = queues, time.monotonic()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -35,6 +35,7 @@ from perdure.cli.stats import stats
 from perdure.cli.waits import events_cli, tokens_cli
 from perdure.crypto import new_key
 from perdure.errors import ConfigurationError, PerdureError
+from perdure.records import QueueStats
 from perdure.views import value_json
 
 cli = typer.Typer(help="perdure: durable execution for Python.", no_args_is_help=True)
@@ -108,9 +109,8 @@ def serve_metrics(app: App, host: str, port: int) -> None:
         raise typer.Exit(1) from None
     loop = asyncio.get_running_loop()
 
-    def read() -> list[metrics.QueueRow]:  # on the server's thread: the store on the loop
-        found = asyncio.run_coroutine_threadsafe(app.admin.queues(app.name), loop).result(10)
-        return [(q.app, q.config.name, q.running, q.queued, q.oldest_waiting_at) for q in found]
+    def read() -> list[QueueStats]:  # on the metrics server's thread: the store on the loop
+        return asyncio.run_coroutine_threadsafe(app.admin.queues(app.name), loop).result(10)
 
     registry = metrics.enable()
     metrics.watch_queues(read)

@@ -45,9 +45,6 @@ async def metrics_endpoint(app: App, request: Request) -> Response:
     """Prometheus metrics: the app's runs by queue (read at most every few seconds), and, when
     a worker runs in this process (perdure dev), its own."""
     if metrics.queues_stale():
-        found = await app.admin.queues(app.name)
-        metrics.queues_read(
-            [(q.app, q.config.name, q.running, q.queued, q.oldest_waiting_at) for q in found]
-        )
+        metrics.queues_read(await app.admin.queues(app.name))
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

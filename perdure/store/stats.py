@@ -122,7 +122,7 @@ def _with_steps(stats: TaskStats, rows: list[Row], minutes: float) -> TaskStats:
     return replace(
         stats,
         sampled=len(runs),
-        step_durations={p: durations[-(-len(durations) * p // 100) - 1] for p in PERCENTILES}
+        step_durations={p: durations[_rank(len(durations), p) - 1] for p in PERCENTILES}
         if durations
         else {},
         retry_rate=(failed_attempts - failed_steps) / len(steps) if steps else None,
@@ -131,13 +131,18 @@ def _with_steps(stats: TaskStats, rows: list[Row], minutes: float) -> TaskStats:
     )
 
 
+def _rank(n: int, p: int) -> int:
+    """The nearest rank of percentile `p` among `n` values: ceil(n * p / 100), from 1."""
+    return -(-n * p // 100)
+
+
 def _percentiles(counts: dict[int, int]) -> dict[int, float]:
     """Percentile -> seconds, from a histogram of durations (bucket -> runs): the geometric
     middle of the bucket holding the k-th shortest run, k = ceil(n * p / 100)."""
     n = sum(counts.values())
     found: dict[int, float] = {}
     seen = 0
-    wanted = sorted((-(-n * p // 100), p) for p in PERCENTILES)
+    wanted = sorted((_rank(n, p), p) for p in PERCENTILES)
     for bucket in sorted(counts):
         seen += counts[bucket]
         while wanted and wanted[0][0] <= seen:
