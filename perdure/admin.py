@@ -108,8 +108,17 @@ class Admin:
     async def stream_chunks(
         self, run_id: str, *, after: int = 0, limit: int = 200
     ) -> list[tuple[int, str, Value]]:
-        """(position, stream, chunk) of every stream of the run, after position `after`."""
-        return await self.app.store.read_stream(run_id, None, after=after, limit=limit)
+        """(position, stream, chunk) of the run's streams after position `after`, at most
+        `limit` of them: the streams of its code, not its log lines (see run_logs), however
+        many lines come between its chunks."""
+        found: list[tuple[int, str, Value]] = []
+        while len(found) < limit:
+            page = await self.app.store.read_stream(run_id, None, after=after, limit=1000)
+            found += [chunk for chunk in page if chunk[1] != LOGS]
+            if len(page) < 1000:
+                break
+            after = page[-1][0]
+        return found[:limit]
 
     async def run_logs(
         self, run_id: str, *, after: int = 0, limit: int = 1000

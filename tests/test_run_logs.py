@@ -187,3 +187,25 @@ def test_the_cli_prints_a_runs_lines(tmp_path: Any) -> None:
     (line,) = [json.loads(text) for text in as_json.stdout.splitlines()]
     assert line["message"] == "hello from the run"
     assert line["position"] >= 1
+
+
+async def test_a_runs_chunks_are_found_past_its_log_lines(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    app = make_app()
+
+    @app.task
+    async def chatty() -> None:
+        for i in range(1200):
+            log.info("line %d", i)
+        await perdure.stream("answer", "42")
+
+    async with running_worker(app):
+        handle = await chatty.trigger()
+        await handle.result(timeout=60)
+    chunks = await app.admin.stream_chunks(handle.id, limit=5)
+    assert [(name, perdure.progress.decoded(value, "chunk")) for _p, name, value in chunks] == [
+        ("answer", "42")
+    ]
+    assert len(await app.admin.run_logs(handle.id, limit=5000)) >= 1200
+    await app.close()

@@ -23,7 +23,6 @@ from starlette.staticfiles import StaticFiles
 
 from perdure import errors
 from perdure.app import App
-from perdure.progress import LOGS
 from perdure.records import RunStatus, Scope
 from perdure.stats_records import RunStats
 from perdure.views import (
@@ -237,7 +236,6 @@ class Dashboard:
         chunks = [
             (position, name, value_json(decoded(value.data, value.codec)))
             for position, name, value in await app.admin.stream_chunks(details.run.id)
-            if name != LOGS
         ]
         logs = await app.admin.run_logs(details.run.id, limit=SHOWN_LOGS + 1)
         steps = _waterfall(out)
