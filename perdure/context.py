@@ -8,6 +8,7 @@ import asyncio
 import contextvars
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 # progress imports this module too: as modules, either may load first
 from perdure import progress, serde
@@ -58,6 +59,8 @@ class RunContext:
     """The worker's event loop (sync tasks run in threads and call back into it)."""
     journal: Journal
     """The run's journal: replay, positions, recording."""
+    span: Any = None
+    """Its execution's trace span (perdure.tracing), None when it is not traced."""
     closed: bool = False
     """Set when the execution ended; late step calls (orphans of a gather) then stop."""
     data: progress.RunData = field(init=False)

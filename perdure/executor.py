@@ -140,6 +140,9 @@ class Executor:
         self.results = results if results is not None else RecentResults()
 
     async def __call__(self, run: RunRecord, control: RunControl) -> None:
+        if not tracing.enabled():
+            await self._execute(run, control, None)
+            return
         requeued = run.note if run.note and run.note.startswith("requeued:") else None
         with tracing.execution(
             run.id,
@@ -153,10 +156,11 @@ class Executor:
             await self._execute(run, control, span)
 
     async def _execute(self, run: RunRecord, control: RunControl, span: Any) -> None:
+        """Execute the run; `span`: its execution's trace span, None when not traced."""
         task = self.tasks[run.task]
         started = self.store.now()
         try:
-            ctx = await self._context(run, control, task)
+            ctx = await self._context(run, control, task, span)
         except CorruptJournal as exc:
             log.error(
                 "run %s cannot be resumed: %s",
@@ -262,7 +266,9 @@ class Executor:
                 # to be written: the attempt fails (retrying the write as it is cannot help)
                 transition, entries, attempts = self._failure(task, ctx, started, exc), [], []
 
-    async def _context(self, run: RunRecord, control: RunControl, task: TaskDef) -> RunContext:
+    async def _context(
+        self, run: RunRecord, control: RunControl, task: TaskDef, span: Any
+    ) -> RunContext:
         history = control.history
         control.history = None  # not kept while the run executes
         if history is None and run.lease > 1:  # claimed before: there may be a journal
@@ -284,6 +290,7 @@ class Executor:
             control=control,
             config=self.config,
             loop=asyncio.get_running_loop(),
+            span=span,
             journal=Journal(
                 self.store,
                 run,

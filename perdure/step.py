@@ -138,7 +138,7 @@ async def execute_step(
         if ctx.control.vouch is not None:
             await ctx.control.vouch()  # this worker still holds the run
         started = ctx.store.now()
-        span = tracing.step(ctx.run.id, ctx.task.name, step.name, seq, attempt)
+        span = tracing.step(ctx.span, ctx.run.id, ctx.task.name, step.name, seq, attempt)
         try:
             result = await _run_body(ctx, step, seq, attempt, args, kwargs)
             entry, data = journal.entry(seq, EntryKind.STEP, step.name, result, first_started)

@@ -15,7 +15,9 @@ more); the execution that resumes the run says so: `perdure.run.resumed_after` h
 was given back (its worker no longer alive), and an event `previous execution lost`.
 
 Nothing is done, and nothing is imported beyond a check, when OpenTelemetry is not installed or
-no tracer provider is set (the API's default): every call here returns at once."""
+no tracer provider is set (the API's default): whether a run is traced is decided once per
+execution (and once per trigger), and a step or a wait of an execution that is not traced
+returns at once."""
 
 from __future__ import annotations
 
@@ -36,12 +38,20 @@ TRACER = "perdure"
 _propagator: Any = TraceContextTextMapPropagator() if _trace is not None else None
 
 
+_provider_set = False
+"""A tracer provider was seen (OpenTelemetry lets it be set once, never unset)."""
+
+
 def enabled() -> bool:
     """True when OpenTelemetry is installed and a tracer provider was set."""
+    global _provider_set
+    if _provider_set:
+        return True
     if _trace is None:
         return False
     provider = _trace.get_tracer_provider()
-    return not isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider)
+    _provider_set = not isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider)
+    return _provider_set
 
 
 def capture() -> str | None:
@@ -64,10 +74,7 @@ def execution(
     worker: str | None,
     resumed_after: str | None,
 ) -> Iterator[Any]:
-    """The span of one execution of a run, current while it executes (None when not traced)."""
-    if not enabled():
-        yield None
-        return
+    """The span of one execution of a run, current while it executes (call it when enabled())."""
     parent = None
     if trace_context:
         parent = _propagator.extract({"traceparent": trace_context})
@@ -137,10 +144,10 @@ class StepSpan:
 _NO_STEP_SPAN = StepSpan(None, None)
 
 
-def step(run_id: str, task: str, name: str, seq: int, attempt: int) -> StepSpan:
-    """Start the span of an attempt of a step's body, inside the current execution's span
-    (a do-nothing span when not traced)."""
-    if not enabled() or _trace.get_current_span() is _trace.INVALID_SPAN:
+def step(execution: Any, run_id: str, task: str, name: str, seq: int, attempt: int) -> StepSpan:
+    """Start the span of an attempt of a step's body, inside the span of its run's `execution`
+    (a do-nothing span when the execution is not traced: `execution` None)."""
+    if execution is None:
         return _NO_STEP_SPAN
     attributes: dict[str, Any] = {
         "perdure.run.id": run_id,
@@ -149,14 +156,18 @@ def step(run_id: str, task: str, name: str, seq: int, attempt: int) -> StepSpan:
         "perdure.step.seq": seq,
         "perdure.step.attempt": attempt,
     }
-    span = _trace.get_tracer(TRACER).start_span(f"step {name}", attributes=attributes)
+    span = _trace.get_tracer(TRACER).start_span(
+        f"step {name}", context=_within(execution), attributes=attributes
+    )
     return StepSpan(span, _otel_context.attach(_trace.set_span_in_context(span)))
 
 
-def wait(run_id: str, kind: str, key: str, outcome: str, deadline: float | None) -> None:
-    """A span for a wait of the run: it suspended the run, or it ended (with a value or a
-    timeout)."""
-    if not enabled() or _trace.get_current_span() is _trace.INVALID_SPAN:
+def wait(
+    execution: Any, run_id: str, kind: str, key: str, outcome: str, deadline: float | None
+) -> None:
+    """A span for a wait of the run, in the span of its `execution` (None: not traced): it
+    suspended the run, or it ended (with a value or a timeout)."""
+    if execution is None:
         return
     attributes: dict[str, Any] = {
         "perdure.run.id": run_id,
@@ -166,4 +177,13 @@ def wait(run_id: str, kind: str, key: str, outcome: str, deadline: float | None)
     }
     if deadline is not None:
         attributes["perdure.wait.deadline"] = deadline
-    _trace.get_tracer(TRACER).start_span(f"wait {kind} {key}", attributes=attributes).end()
+    tracer = _trace.get_tracer(TRACER)
+    tracer.start_span(f"wait {kind} {key}", context=_within(execution), attributes=attributes).end()
+
+
+def _within(execution: Any) -> Any:
+    """The context to start a span of the run in: the current one (a step's span nests in the
+    step it is called from), or the execution's where none is current (a thread's call)."""
+    if _trace.get_current_span() is _trace.INVALID_SPAN:
+        return _trace.set_span_in_context(execution)
+    return None

@@ -266,7 +266,7 @@ async def _begin(
 ) -> Any:
     state = await ctx.store.begin_wait(wait, ctx.run.held)
     outcome = "suspended" if not state.over else "timed_out" if state.timed_out else "completed"
-    tracing.wait(ctx.run.id, str(wait.kind), wait.key, outcome, state.deadline)
+    tracing.wait(ctx.span, ctx.run.id, str(wait.kind), wait.key, outcome, state.deadline)
     if not state.over:
         raise Suspend(state.deadline, waiting_for=wait_key(wait.kind, wait.key), signalled=True)
     journal = ctx.journal

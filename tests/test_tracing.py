@@ -150,6 +150,8 @@ def test_a_child_run_is_a_child_span_of_its_parent(
     # the parent's first execution triggered the child and suspended to wait for it
     assert child["parent_id"] in {s["context"]["span_id"] for s in parents}
     assert [s["attributes"]["perdure.run.outcome"] for s in parents] == ["waiting", "completed"]
+    (double,) = [s for s in found if s["name"] == "step double"]  # in the sync child's thread
+    assert double["parent_id"] == child["context"]["span_id"]
     waits = [s for s in found if s["name"].startswith("wait ")]
     assert waits == []  # (a child is awaited through the journal, not a wait of a kind)
 

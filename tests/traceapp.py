@@ -3,7 +3,8 @@ every span as it ends, as one JSON line appended to that file (the OpenTelemetry
 exporter writing to it: a worker killed later has exported every span it ended).
 
 `steps` records step "first", then step "second", whose body waits while the file $TRACE_GATE
-exists (a test kills the worker there). `parent` triggers `child` and waits for it.
+exists (a test kills the worker there). `parent` triggers `child` (a sync task, whose step runs
+in a thread) and waits for it.
 """
 
 from __future__ import annotations
@@ -54,10 +55,14 @@ async def steps(key: str) -> list[str]:
     return [await first(key), await second(key)]
 
 
-@app.task(name="child")
-async def child(n: int) -> int:
-    await first(str(n))
+@app.step(name="double")
+def double(n: int) -> int:
     return n * 2
+
+
+@app.task(name="child")
+def child(n: int) -> int:  # sync: its body and step run in a thread
+    return double(n)
 
 
 @app.task(name="parent")
