@@ -26,6 +26,7 @@ from perdure.wait_records import Token
 from perdure.waits import (
     create_token,
     now,
+    patched,
     random,
     receive,
     sleep,
@@ -57,6 +58,7 @@ __all__ = [
     "errors",
     "metadata",
     "now",
+    "patched",
     "random",
     "receive",
     "secret",

@@ -4,19 +4,23 @@ touches the store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from perdure import keys, schedules
 from perdure.errors import CorruptJournal, EncryptionError, StoreRefused
+from perdure.handle import RunHandle
+from perdure.journal import reused_children
 from perdure.progress import LOGS, decoded
 from perdure.records import (
     ApiKey,
     Attempt,
+    History,
     JournalEntry,
     QueueConfig,
     QueueStats,
+    ReplayVerdict,
     RunRecord,
     RunStatus,
     ScheduleRecord,
@@ -26,11 +30,11 @@ from perdure.records import (
 from perdure.retention import DEFAULT_GRACE, MIN_GRACE, PurgeReport, parse_age, purge
 from perdure.rotation import RotationReport, rotate
 from perdure.stats_records import RunStats
+from perdure.task import RunOptions
 from perdure.wait_records import EventRecord, Sent, TokenRecord, TokenStatus, Wait, wait_key
 
 if TYPE_CHECKING:
     from perdure.app import App
-    from perdure.handle import RunHandle
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -213,18 +217,146 @@ class Admin:
         """The key's record if it may make a `needed` request; Unauthorized or Forbidden."""
         return await keys.authorize(self.app.store, key, needed)
 
-    async def replay(self, run_id: str) -> RunHandle[Any]:
-        """Start a new run of the run's task with its arguments, priority, concurrency key and
-        tags (the run itself is left as it is): RunNotFound, or TaskNotFound when this App
-        does not know its task."""
-        run = await self.app.store.get_run(run_id)
+    async def replay(
+        self,
+        run_id: str,
+        *,
+        from_step: int | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> RunHandle[Any]:
+        """Start a new run of the run's task, linked to it (RunRecord.replay_of), with its
+        arguments (or `args` and `kwargs`), priority, concurrency key and tags; the run itself
+        is left as it is. `from_step` N: the new run reuses the results recorded at the
+        journal positions before N (steps, waits, child runs, recorded values: not made again)
+        and runs from position N on. RunNotFound; TaskNotFound when this App does not know its
+        task; InvalidArguments for new arguments that do not fit, or a position that parts child
+        runs from their wait."""
+        store = self.app.store
+        run = await store.get_run(run_id)
         task = self.app.get_task(run.task)
-        assert run.args is not None  # (read with its values)
-        args, kwargs = task.definition.decode_args(run.id, run.args)
-        options: dict[str, Any] = {"priority": run.priority, "tags": run.tags}
-        if run.concurrency_key is not None:
-            options["concurrency_key"] = run.concurrency_key
-        return await task.trigger(*args, **kwargs, **options)
+        if args is None and kwargs is None:
+            assert run.args is not None  # (read with its values)
+            args, kwargs = task.definition.decode_args(run.id, run.args)
+        value = task.encode_args(args or (), kwargs or {})
+        reuse_before, children = 0, 0
+        if from_step is not None and from_step > 1:
+            reuse_before = from_step
+            journal = await store.load_journal(run_id)
+            children = reused_children(journal, reuse_before, run_id=run_id)
+        options = RunOptions(
+            priority=run.priority, tags=run.tags, concurrency_key=run.concurrency_key
+        )
+        new = replace(
+            options.new_run(task, value, idempotency_key=None),
+            replay_of=run.id,
+            reuse_before=reuse_before,
+            children_done=children,
+        )
+        since = store.change_token()
+        ((new_id, _created),) = await store.create_runs([new])
+        return RunHandle(self.app, new_id, task.result_type, since=since)
+
+    async def find_runs(
+        self,
+        *,
+        task: str | None = None,
+        status: RunStatus | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Every run of this App (of `task`, in `status`, created in the last `since` seconds),
+        newest first, at most `limit`: what a bulk cancel or replay acts on."""
+        store = self.app.store
+        await store.open()
+        after = None if since is None else store.now() - since
+        found: list[RunRecord] = []
+        before = None
+        while limit is None or len(found) < limit:
+            page = await store.list_runs(
+                status=status, task=task, since=after, before=before, limit=500
+            )
+            found += [run for run in page if run.app == self.app.name]
+            if len(page) < 500:
+                break
+            before = page[-1].id
+        return found if limit is None else found[:limit]
+
+    async def stranded(self, *, limit: int = 100, every_app: bool = False) -> list[RunRecord]:
+        """Runs of this App (of every app in its database with `every_app`) pinned to a version
+        of its code that no live worker runs: they wait until a worker of that version starts,
+        or until they are migrated."""
+        app = None if every_app else self.app.name
+        return await self.app.store.stranded_runs(app=app, limit=limit)
+
+    async def check_replays(
+        self,
+        *,
+        runs: int = 100,
+        task: str | None = None,
+        run_ids: Sequence[str] = (),
+        progress: Callable[[ReplayVerdict], None] | None = None,
+    ) -> list[ReplayVerdict]:
+        """Replay the recorded journals of this App's latest `runs` runs that have one (of
+        `task`; or of the runs `run_ids`) against the code of this App, running no step and
+        writing nothing: a verdict per run (see Executor.check_replay)."""
+        store = self.app.store
+        executor = self.app.executor()
+        if run_ids:
+            chosen = [await store.get_run(run_id, values=False) for run_id in run_ids]
+        else:
+            chosen = [
+                run
+                for run in await self.find_runs(task=task, limit=runs * 4)
+                if run.started_at is not None
+            ]
+        verdicts: list[ReplayVerdict] = []
+        for listed in chosen:
+            if not run_ids and len(verdicts) >= runs:
+                break
+            journal = await store.load_journal(listed.id)
+            if not journal and not run_ids:
+                continue  # nothing recorded: nothing to check
+            run = await store.get_run(listed.id)
+            history = History(journal, await store.load_attempts(listed.id))
+            verdict = await executor.check_replay(run, history)
+            verdicts.append(verdict)
+            if progress is not None:
+                progress(verdict)
+        return verdicts
+
+    async def migrate_runs(
+        self,
+        run_ids: Sequence[str],
+        *,
+        dry_run: bool = False,
+        progress: Callable[[ReplayVerdict, bool], None] | None = None,
+    ) -> list[tuple[ReplayVerdict, bool]]:
+        """Move queued or waiting runs to this App's version of the code, each only if the
+        replay check of its journal against this code passes: (verdict, moved) per run (not
+        moved: it failed the check, a worker took it meanwhile, or `dry_run`)."""
+        store = self.app.store
+        executor = self.app.executor()
+        version = self.app.version
+        out: list[tuple[ReplayVerdict, bool]] = []
+        for run_id in run_ids:
+            run = await store.get_run(run_id)
+            history = History(await store.load_journal(run_id), await store.load_attempts(run_id))
+            verdict = await executor.check_replay(run, history)
+            movable = run.status in (RunStatus.QUEUED, RunStatus.WAITING)
+            if verdict.ok and not movable:
+                verdict = replace(
+                    verdict, ok=False, message=f"run {run_id} is {run.status}: not moved"
+                )
+            moved = (
+                verdict.ok
+                and not dry_run
+                and await store.repin_run(run_id, lease=run.lease, version=version)
+            )
+            out.append((verdict, moved))
+            if progress is not None:
+                progress(verdict, moved)
+        return out
 
     async def stats(
         self,

@@ -24,6 +24,7 @@ from perdure.store import open_store
 from perdure.store.base import Store
 from perdure.task import Task
 from perdure.values import DEFAULT_INLINE_LIMIT, RecentResults
+from perdure.versions import code_digest
 from perdure.wait_records import Sent, Token, TokenRecord
 from perdure.webhooks import Webhook
 from perdure.worker import Worker
@@ -54,7 +55,9 @@ class App:
     `database` defaults to $PERDURE_DATABASE_URL, else sqlite:///.perdure/perdure.db;
     `blobs` to $PERDURE_BLOB_URL, else file://.perdure/blobs; `inline_limit` (bytes above which
     values go to the blob store) to $PERDURE_INLINE_LIMIT, else 256 KiB; `max_value_size` (bytes
-    above which a value is refused with PayloadTooLarge) to $PERDURE_MAX_VALUE_SIZE, else 64 MiB.
+    above which a value is refused with PayloadTooLarge) to $PERDURE_MAX_VALUE_SIZE, else 64 MiB;
+    `version` (of its code: a run is resumed only by workers of the version that started it) to
+    $PERDURE_VERSION, else a digest of its tasks' and steps' code (perdure.versions).
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class App:
         blobs: str | None = None,
         inline_limit: int | None = None,
         max_value_size: int | None = None,
+        version: str | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("App needs a name")
@@ -94,6 +98,21 @@ class App:
         self.schedules = Schedules(self)
         """Cron schedules: declared with @app.task(schedule=...), or made at run time."""
         self._store: Store | None = None
+        self._version = version or os.environ.get("PERDURE_VERSION") or None
+        self._digest: tuple[tuple[int, int], str] | None = None
+
+    @property
+    def version(self) -> str:
+        """The version of this app's code: as given, else $PERDURE_VERSION, else a digest of its
+        registered tasks' and steps' code (worked out again when more are registered)."""
+        if self._version is not None:
+            return self._version
+        registered = (len(self.tasks), len(self.steps))
+        if self._digest is None or self._digest[0] != registered:
+            functions = [("task", name, task.fn) for name, task in self.tasks.items()]
+            functions += [("step", name, step.fn) for name, step in self.steps.items()]
+            self._digest = (registered, code_digest(functions))
+        return self._digest[1]
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, database={self.database!r})"
@@ -364,12 +383,7 @@ class App:
         if concurrency is not None:
             settings["concurrency"] = concurrency
         config = WorkerConfig(**settings)
-        executor = Executor(
-            self.store,
-            {name: t.definition for name, t in self.tasks.items()},
-            config,
-            results=self.results,
-        )
+        executor = self.executor(config)
         return Worker(
             self.store,
             app=self.name,
@@ -381,6 +395,16 @@ class App:
                 name: t.concurrency for name, t in self.tasks.items() if t.concurrency is not None
             },
             schedules=list(self.schedules.declared.values()),
+            version=self.version,
+        )
+
+    def executor(self, config: WorkerConfig | None = None) -> Executor:
+        """What executes this app's runs (and checks their journals against its code)."""
+        return Executor(
+            self.store,
+            {name: t.definition for name, t in self.tasks.items()},
+            config or WorkerConfig(),
+            results=self.results,
         )
 
     async def run_worker(self, *, concurrency: int | None = None, **settings: Any) -> None:

@@ -209,8 +209,27 @@ class NonDeterminismError(PerdureError):
     """The task called a different step than the journal recorded at this position.
 
     The task's code changed while runs were in flight, or it branches on something that is not
-    recorded (wall-clock time, randomness, environment). Use perdure.now()/uuid4()/random().
+    recorded (wall-clock time, randomness, environment). Use perdure.now()/uuid4()/random(),
+    and perdure.patched() to change code under running runs.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str = "",
+        seq: int = 0,
+        called: str = "",
+        recorded: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.seq = seq
+        """The journal position."""
+        self.called = called
+        """What the code calls there now ("step NAME", "sleep sleep", ...; "" if nothing)."""
+        self.recorded = recorded
+        """What the journal recorded there."""
 
 
 class SerializationError(PerdureError):
@@ -292,3 +311,12 @@ class Suspend(BaseException):
 
 class CancelSignal(BaseException):
     """Internal: the run was cancelled while it executed."""
+
+
+class HistoryEnd(BaseException):
+    """Internal: a replay check reached a call its journal has no record of (from there on, a
+    worker would run the code, not replay it)."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(seq)
+        self.seq = seq

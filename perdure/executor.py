@@ -21,8 +21,10 @@ from perdure.context import RunContext, TaskOptions, _current, activate
 from perdure.errors import (
     CancelSignal,
     CorruptJournal,
+    HistoryEnd,
     InvalidArguments,
     LeaseLost,
+    NonDeterminismError,
     PerdureError,
     RunCancelled,
     SerializationError,
@@ -30,12 +32,23 @@ from perdure.errors import (
     Suspend,
 )
 from perdure.journal import Journal, error_info
-from perdure.records import Attempt, History, JournalEntry, RunRecord, RunStatus, Transition, Value
+from perdure.records import (
+    Attempt,
+    History,
+    JournalEntry,
+    ReplayVerdict,
+    RunRecord,
+    RunStatus,
+    Transition,
+    Value,
+)
 from perdure.store.base import Store
 from perdure.values import RecentResults
 from perdure.worker import RunControl
 
 log = logging.getLogger("perdure.run")
+_CHECK_WORKER = "perdure-replay-check"
+"""The worker id of a replay check: no worker has it, so no write of a check is accepted."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,12 +279,78 @@ class Executor:
                 # to be written: the attempt fails (retrying the write as it is cannot help)
                 transition, entries, attempts = self._failure(task, ctx, started, exc), [], []
 
+    async def check_replay(self, run: RunRecord, history: History) -> ReplayVerdict:
+        """Replay the run's recorded journal against this executor's code without running a
+        step or writing anything: whether the code calls, position by position, what the
+        journal recorded (as far as the journal goes)."""
+        task = self.tasks.get(run.task)
+        if task is None:
+            return ReplayVerdict(
+                run_id=run.id,
+                task=run.task,
+                ok=False,
+                message=f"task {run.task!r} is not in this code",
+            )
+        # a lease no worker holds: should the body reach the store, the write is refused
+        fenced = replace(run, worker_id=_CHECK_WORKER)
+        control = RunControl(worker_id=_CHECK_WORKER, history=history)
+        ctx = await self._context(fenced, control, task, None, check_only=True)
+        journal = ctx.journal
+        token = activate(ctx)
+        verdict = functools.partial(ReplayVerdict, run_id=run.id, task=run.task)
+        try:
+            assert run.args is not None
+            args, kwargs = task.decode_args(run.id, run.args)
+            await self._call(task, control, args, kwargs)
+        except NonDeterminismError as exc:
+            return verdict(
+                ok=False,
+                seq=exc.seq,
+                called=exc.called,
+                recorded=exc.recorded,
+                message=str(exc),
+                replayed=len(journal.replayed),
+            )
+        except (HistoryEnd, Suspend):
+            return verdict(ok=True, replayed=len(journal.replayed))  # the rest is a worker's
+        except Exception as exc:
+            if run.error is not None:  # (a run that failed so fails again on replay)
+                return verdict(ok=True, replayed=len(journal.replayed))
+            return verdict(
+                ok=False,
+                message=f"run {run.id}: the code raised {type(exc).__name__}: {exc}",
+                replayed=len(journal.replayed),
+            )
+        finally:
+            ctx.closed = True
+            _current.reset(token)
+        skipped = sorted(set(journal.entries) - journal.replayed)
+        if skipped:  # the body returned before calls the journal recorded
+            entry = journal.entries[skipped[0]]
+            return verdict(
+                ok=False,
+                seq=entry.seq,
+                recorded=f"{entry.kind} {entry.name}",
+                message=(
+                    f"run {run.id}: the journal recorded {entry.kind} {entry.name!r} at position "
+                    f"{entry.seq}, which the code no longer calls"
+                ),
+                replayed=len(journal.replayed),
+            )
+        return verdict(ok=True, replayed=len(journal.replayed))
+
     async def _context(
-        self, run: RunRecord, control: RunControl, task: TaskDef, span: Any
+        self,
+        run: RunRecord,
+        control: RunControl,
+        task: TaskDef,
+        span: Any,
+        *,
+        check_only: bool = False,
     ) -> RunContext:
         history = control.history
         control.history = None  # not kept while the run executes
-        if history is None and run.lease > 1:  # claimed before: there may be a journal
+        if history is None and run.has_history:
             history = History(
                 await self.store.load_journal(run.id), await self.store.load_attempts(run.id)
             )
@@ -299,6 +378,7 @@ class Executor:
                 max_value_size=task.options.max_value_size,
                 max_steps=task.options.max_steps,
                 history=history,
+                check_only=check_only,
             ),
         )
 

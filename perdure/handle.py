@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from perdure import serde
@@ -143,6 +143,22 @@ class RunHandle(Generic[R]):
     def cancel_sync(self) -> RunStatus:
         """cancel() for synchronous callers."""
         return run_sync(self._app, self.cancel())
+
+    async def replay(
+        self,
+        *,
+        from_step: int | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> RunHandle[R]:
+        """A new run of the same task, linked to this one, with its arguments (or `args` and
+        `kwargs`); with `from_step` N it reuses the results recorded before journal position N
+        and runs from N on (after a fix: the steps before the one that failed are not paid for
+        again)."""
+        handle = await self._app.admin.replay(
+            self.id, from_step=from_step, args=args, kwargs=kwargs
+        )
+        return RunHandle(self._app, handle.id, self._result_type)
 
     async def complete_token(self, name: str, data: Any = None) -> None:
         """Complete the run's token `name` (its perdure.wait_for_token(name)) with `data`. A

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from perdure import serde, values
 from perdure.errors import (
     CorruptJournal,
+    HistoryEnd,
     InvalidArguments,
     NonDeterminismError,
     NonRetryableError,
@@ -74,6 +75,7 @@ class Journal:
         max_value_size: int,
         max_steps: int | None,
         history: History | None = None,
+        check_only: bool = False,
     ) -> None:
         self.store = store
         self.run = run
@@ -93,6 +95,14 @@ class Journal:
                     self.step_attempts[attempt.seq] = max(
                         self.step_attempts.get(attempt.seq, 0), attempt.attempt
                     )
+        self.last_recorded = max(self.entries, default=0)
+        """The last position earlier executions recorded."""
+        self.check_only = check_only
+        """A replay check: every call must be replayed; the first one the journal has no record
+        of ends the check (HistoryEnd), and nothing is ever recorded."""
+        self.replayed: set[int] = set()
+        """The recorded positions this execution replayed (a replay check compares them with
+        what is recorded)."""
         self.seq = 0
         """The last position handed out."""
         self.awaited_children = 0
@@ -122,15 +132,40 @@ class Journal:
         """The entry recorded at `seq`, after checking that it is the same call."""
         entry = self.entries.get(seq)
         if entry is None:
+            if self.check_only:
+                raise HistoryEnd(seq)
             return None
         if entry.kind != kind or entry.name != name:
             raise NonDeterminismError(
                 f"run {self.run.id} (task {self.task!r}): at journal position {seq} the "
                 f"task now calls {kind} {name!r}, but the journal recorded {entry.kind} "
                 f"{entry.name!r}. The task's code changed under a running run, or it branches "
-                "on something unrecorded; use perdure.now()/uuid4()/random() for such values."
+                "on something unrecorded (use perdure.now()/uuid4()/random() for such values, "
+                "perdure.patched() to change code under running runs).",
+                run_id=self.run.id,
+                seq=seq,
+                called=f"{kind} {name}",
+                recorded=f"{entry.kind} {entry.name}",
             )
+        self.replayed.add(seq)
         return entry
+
+    def patched(self, patch_id: str) -> bool:
+        """perdure.patched: False where the journal was recorded without the patch (the call
+        takes no position then: the old code had none there), True otherwise (recorded, so
+        every later replay takes the same path)."""
+        seq = self.seq + 1
+        entry = self.entries.get(seq)
+        if entry is None and seq <= self.last_recorded:
+            return False  # recorded around a call that never ended: the old code was here
+        if entry is not None and not (entry.kind is EntryKind.PATCH and entry.name == patch_id):
+            return False  # the old code's call is recorded here
+        self.next_seq()
+        if entry is not None:
+            self.replayed.add(seq)
+        elif not self.check_only:
+            self.record(self.entry(seq, EntryKind.PATCH, patch_id, True, self.store.now())[0])
+        return True
 
     def decode(self, entry: JournalEntry, type_: Any) -> Any:
         """The value recorded in `entry`, decoded to `type_`."""
@@ -289,3 +324,33 @@ def step_failed(name: str, info: ErrorInfo | None) -> StepFailed:
         traceback=info.traceback,
         retryable=info.retryable,
     )
+
+
+def reused_children(entries: list[JournalEntry], before: int, *, run_id: str) -> int:
+    """For a replay that reuses the entries of positions below `before`: the awaited child runs
+    among them (the new run counts them as ended from its start). InvalidArguments where the cut
+    would part a wait for children from their trigger (the new run would wait for runs that are
+    not its own)."""
+    by_seq = {entry.seq: entry for entry in entries}
+    counted = 0
+    for entry in entries:
+        if entry.seq >= before or entry.kind is not EntryKind.CHILDREN or entry.value is None:
+            continue
+        ids, awaited = serde.decode(
+            entry.value.data,
+            codec=serde.Codec(entry.value.codec),
+            type_=tuple[list[str], bool],
+            what=f"run {run_id} journal position {entry.seq}",
+        )
+        if not awaited:
+            continue
+        results = by_seq.get(entry.seq + 1)  # (a trigger and its wait take two positions)
+        waited = results is not None and results.kind is EntryKind.CHILD_RESULTS
+        if entry.seq + 1 >= before or not waited:
+            raise InvalidArguments(
+                f"run {run_id}: position {entry.seq} triggered {len(ids)} child run(s) whose "
+                f"results are not among the positions reused; replay from position {entry.seq} "
+                f"(trigger them again) or from {entry.seq + 2} (reuse their results)"
+            )
+        counted += len(ids)
+    return counted

@@ -79,8 +79,11 @@ def host_key() -> str:
     return "|".join(parts)
 
 
-def new_worker_record(worker_id: str, app: str, tasks: list[str], now: float) -> WorkerRecord:
-    """This process as a worker, registering at `now` (the store's clock)."""
+def new_worker_record(
+    worker_id: str, app: str, tasks: list[str], now: float, version: str | None = None
+) -> WorkerRecord:
+    """This process as a worker of `version` of the app's code, registering at `now` (the
+    store's clock)."""
     pid = os.getpid()
     return WorkerRecord(
         id=worker_id,
@@ -92,6 +95,7 @@ def new_worker_record(worker_id: str, app: str, tasks: list[str], now: float) ->
         started_at=now,
         heartbeat_at=now,
         tasks=tasks,
+        version=version,
     )
 
 

@@ -71,11 +71,15 @@ class RunData:
         """Log lines not written yet, with their origins."""
         self._logging: asyncio.Task[None] | None = None
         self._logs_full = False
+        self._silent = ctx.journal.check_only
+        """A replay check: nothing is written."""
 
     def set(self, key: str, value: Any) -> None:
         changed = {**self.metadata, key: value}
         encode(changed, f"metadata of run {self.ctx.run.id}", MAX_METADATA)  # refused here
         self.metadata = changed
+        if self._silent:
+            return
         self._dirty = True
         if _on_loop(self.ctx):
             self._kick()
@@ -117,7 +121,7 @@ class RunData:
 
     def log(self, entry: dict[str, Any]) -> None:
         """Keep a log line of the run (from any thread; see perdure.run_logs)."""
-        if self._logs_full:
+        if self._logs_full or self._silent:
             return
         item = (entry, self.origin("log"))
         if _on_loop(self.ctx):
@@ -153,6 +157,8 @@ class RunData:
 
     async def append(self, name: str, chunk: Any, origin: str) -> int:
         value = encode(chunk, f"chunk of stream {name!r}", MAX_CHUNK)
+        if self._silent:
+            return 0
         async with self._streaming:  # in order: each chunk takes the next position
             run = self.ctx.run
             (position,) = await self.ctx.store.append_stream(

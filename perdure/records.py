@@ -71,6 +71,8 @@ class EntryKind(StrEnum):
     """How a wait for an event ended: the event's payload, or WaitTimeout."""
     MESSAGE = "message"
     """How a receive ended: the message's data, or WaitTimeout."""
+    PATCH = "patch"
+    """A perdure.patched(ID) that took the patched path; its name is the patch's id."""
 
 
 class EntryStatus(StrEnum):
@@ -147,6 +149,16 @@ class NewRun:
     trace_context: str | None = None
     """The W3C traceparent of the code that triggered it, when it was traced (perdure.tracing):
     every execution of the run is a span of that trace."""
+    version: str | None = None
+    """The version of the code it is pinned to at trigger (only workers of that version run
+    it); None: the first worker to start it pins it to its own (perdure.versions)."""
+    replay_of: str | None = None
+    """The run this one replays (Admin.replay)."""
+    reuse_before: int = 0
+    """Journal positions below this one are copied from `replay_of`: their recorded results are
+    reused, not made again."""
+    children_done: int = 0
+    """Awaited child runs counted as ended from the start: those of the reused positions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +235,19 @@ class RunRecord:
     """Tags given at trigger."""
     trace_context: str | None = None
     """The W3C traceparent of the code that triggered it, if it was traced."""
+    version: str | None = None
+    """The version of the code it is pinned to: that of the worker that first ran it, or the one
+    given at trigger; None while no worker has started it."""
+    replay_of: str | None = None
+    """The run it replays, if it was made by a replay."""
     metadata: Value | None = None
     """Its metadata (perdure.metadata.set), an encoded mapping; in get_run only."""
+
+    @property
+    def has_history(self) -> bool:
+        """Whether its journal may hold entries: it was claimed before, or it replays a run
+        (and may reuse what that one recorded)."""
+        return self.lease > 1 or self.replay_of is not None
 
     @property
     def held(self) -> Lease:
@@ -323,6 +346,28 @@ class History:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayVerdict:
+    """What replaying a run's journal against code found (perdure replay-check)."""
+
+    run_id: str
+    """The run replayed."""
+    task: str
+    """Its task."""
+    ok: bool
+    """The code takes the path the journal recorded, as far as it goes."""
+    seq: int = 0
+    """Where it does not: the journal position."""
+    called: str = ""
+    """What the code calls there ("" when it calls nothing: it ended first)."""
+    recorded: str = ""
+    """What the journal recorded there."""
+    message: str = ""
+    """In words."""
+    replayed: int = 0
+    """Recorded positions replayed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Attempt:
     """One attempt of a step (seq >= 1) or of the task itself (seq 0)."""
 
@@ -388,6 +433,8 @@ class WorkerRecord:
     """Last heartbeat."""
     tasks: list[str] = field(default_factory=list)
     """Tasks it can run."""
+    version: str | None = None
+    """The version of the code it runs (it resumes only runs of that version)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -41,6 +41,7 @@ TRIGGER_OPTIONS = (
     "concurrency_key",
     "debounce",
     "tags",
+    "pin_version",
 )
 """Keyword arguments of trigger() that configure the run instead of reaching the task."""
 _TAGS = 20  # tags a run may have
@@ -69,6 +70,9 @@ class RunOptions:
     tags: Sequence[str] = ()
     """Tags to find the run by (`perdure runs list --tag`): at most 20, each a non-empty
     string of at most 128 characters."""
+    pin_version: str | None = None
+    """Only workers of this version of the app's code (App.version) start the run; by default
+    the first worker to start it pins it to its own version."""
 
     @classmethod
     def pop(cls, kwargs: dict[str, Any]) -> RunOptions:
@@ -83,6 +87,7 @@ class RunOptions:
         for name, value, types in (
             ("idempotency_key", self.idempotency_key, (str,)),
             ("concurrency_key", self.concurrency_key, (str,)),
+            ("pin_version", self.pin_version, (str,)),
             ("priority", self.priority, (int,)),
             ("delay", self.delay, (int, float)),
             ("ttl", self.ttl, (int, float)),
@@ -152,6 +157,7 @@ class RunOptions:
             awaited=awaited,
             tags=list(dict.fromkeys(self.tags)),
             trace_context=tracing.capture(),
+            version=self.pin_version,
         )
 
 
@@ -245,14 +251,17 @@ class Task(Generic[P, R]):
     ) -> RunHandle[R]: ...
     @overload
     async def trigger(self, *args: Any, tags: Sequence[str], **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    async def trigger(self, *args: Any, pin_version: str, **kwargs: Any) -> RunHandle[R]: ...
 
     async def trigger(self, *args: Any, **kwargs: Any) -> RunHandle[R]:
         """Start a run with these arguments; returns at once with its handle.
 
         Keywords reserved for the run, not passed to the task (see RunOptions):
         `idempotency_key`, `priority`, `delay` / `run_at`, `ttl`, `concurrency_key`, `tags`,
-        `debounce=(key, seconds)`. Type checkers check the arguments against the task's
-        signature (when run options are given too, the arguments are checked at trigger time).
+        `debounce=(key, seconds)`, `pin_version`. Type checkers check the arguments against the
+        task's signature (when run options are given too, the arguments are checked at trigger
+        time).
         Inside a task the trigger is journaled: a replay returns the same run.
         """
         options = RunOptions.pop(kwargs)
@@ -279,6 +288,8 @@ class Task(Generic[P, R]):
     ) -> RunHandle[R]: ...
     @overload
     def trigger_sync(self, *args: Any, tags: Sequence[str], **kwargs: Any) -> RunHandle[R]: ...
+    @overload
+    def trigger_sync(self, *args: Any, pin_version: str, **kwargs: Any) -> RunHandle[R]: ...
 
     def trigger_sync(self, *args: Any, **kwargs: Any) -> RunHandle[R]:
         """trigger() for synchronous callers."""
@@ -304,6 +315,8 @@ class Task(Generic[P, R]):
     ) -> R: ...
     @overload
     async def trigger_and_wait(self, *args: Any, tags: Sequence[str], **kwargs: Any) -> R: ...
+    @overload
+    async def trigger_and_wait(self, *args: Any, pin_version: str, **kwargs: Any) -> R: ...
 
     async def trigger_and_wait(self, *args: Any, **kwargs: Any) -> R:
         """Inside a task: start a child run and wait for its result. The parent is suspended
@@ -366,17 +379,7 @@ class Task(Generic[P, R]):
         single: bool = False,
         seq: int | None = None,
     ) -> list[RunHandle[R]]:
-        values = []
-        for args, kwargs in calls:
-            try:
-                given = self.signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise InvalidArguments(
-                    f"arguments do not fit task {self.name!r}{self.signature}: {exc}"
-                ) from None
-            value = self.definition.encode_args(args, kwargs)
-            check_args(self.definition, value, given)  # refused here, not on a worker
-            values.append(value)
+        values = [self.encode_args(args, kwargs) for args, kwargs in calls]
         since = self.app.store.change_token()
         ctx = current()
         if ctx is None or in_step():
@@ -424,6 +427,19 @@ class Task(Generic[P, R]):
         if awaited:
             journal.awaited_children += len(ids)
         return [RunHandle(self.app, run_id, self.result_type) for run_id in ids]
+
+    def encode_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Value:
+        """The arguments of a run, encoded; InvalidArguments when they do not fit the task
+        (refused here, not on a worker)."""
+        try:
+            given = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(
+                f"arguments do not fit task {self.name!r}{self.signature}: {exc}"
+            ) from None
+        value = self.definition.encode_args(tuple(args), dict(kwargs))
+        check_args(self.definition, value, given)
+        return value
 
     async def _wait_for(self, ids: list[str], seq: int) -> list[Any]:
         """The outcomes of awaited children, once all have ended (else the run suspends)."""

@@ -48,6 +48,8 @@ def run_dict(run: RunRecord, *, values: bool = True) -> dict[str, Any]:
         "available_at": run.available_at,
         "tags": run.tags,
         "error": None if run.error is None else msgspec.to_builtins(run.error),
+        "version": run.version,
+        "replay_of": run.replay_of,
     }
     if run.result is not None:
         if values:

@@ -317,3 +317,19 @@ def uuid4() -> _uuid.UUID:
 def random() -> float:
     """A random float in [0, 1), recorded: a replay returns the first call's value."""
     return _recorded(EntryKind.RANDOM, _random.random, float)
+
+
+def patched(patch_id: str) -> bool:
+    """Whether this run takes the code path of patch `patch_id`: False while replaying a journal
+    recorded before the patch, True otherwise (recorded, so the run keeps its answer on every
+    replay). One worker version then serves runs started before a change and after it:
+
+        if perdure.patched("send-receipt"):
+            await send_receipt(order)
+
+    Outside a run, or inside a step, True."""
+    ctx: RunContext | None = current()
+    if ctx is None or _in_step.get() is not None:
+        return True
+    ctx.check_active()
+    return ctx.journal.patched(patch_id)

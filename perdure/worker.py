@@ -125,9 +125,13 @@ class Worker:
         queues: list[QueueConfig] | None = None,
         task_limits: dict[str, int] | None = None,
         schedules: list[NewSchedule] | None = None,
+        version: str | None = None,
     ) -> None:
         self.store = store
         self.app = app
+        self.version = version
+        """The version of the app's code it runs: it starts runs of no other version (None: only
+        runs not pinned to one)."""
         self.tasks = sorted(tasks)
         self.queues = queues or []
         self.schedules = schedules or []
@@ -149,6 +153,11 @@ class Worker:
         time a run may be claimed (None: no run)."""
         self._last_unknown_check = 0.0
         self._lost = threading.Event()
+        self._serving = False
+        self._stamp = [time.monotonic()]
+        """When its event loop last ticked (time.monotonic(), written on the loop every second)."""
+        self.finished = threading.Event()
+        """Set when run() has returned: every run finished or released."""
         self._force = False
         self.threads = StepThreads(config.concurrency * 2 + 4)
         self.liveness = Liveness(config.stalled_after)
@@ -176,6 +185,7 @@ class Worker:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             self.threads.shutdown()
+            self.finished.set()
         if self._lost.is_set():
             raise LeaseLost(
                 f"worker {self.id} was declared dead by another worker (stalled, or cut off from "
@@ -189,7 +199,9 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 await self.store.open()  # (once) a store that is down is waited for here
-                me = new_worker_record(self.id, self.app, self.tasks, self.store.now())
+                me = new_worker_record(
+                    self.id, self.app, self.tasks, self.store.now(), self.version
+                )
                 sent = time.monotonic()
                 await self.store.register_worker(me)
                 self.liveness.confirmed(sent)
@@ -242,8 +254,28 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), delay)
         return min(delay * 2, _STORE_RETRY_MAX)
 
+    def health(self) -> tuple[bool, bool, str]:
+        """(live, ready, why not) from any thread: live unless it was declared dead or its event
+        loop has not run for the stall time; ready while it serves, is not stopping and its
+        store answered its last heartbeats."""
+        loop_age = time.monotonic() - self._stamp[0]
+        if self._lost.is_set():
+            return False, False, "declared dead by another worker"
+        if self._serving and loop_age > self.config.stalled_after:
+            return False, False, f"its event loop has not run for {loop_age:.0f}s"
+        if self.finished.is_set():
+            return True, False, "stopped"
+        if not self._serving:
+            return True, False, "not registered with the store yet"
+        if self._stopping.is_set():
+            return True, False, "draining"
+        if not self.liveness.fresh():
+            return True, False, "its store has not answered its heartbeats"
+        return True, True, ""
+
     async def _serve(self, loop: asyncio.AbstractEventLoop, me: WorkerRecord) -> None:
-        stamp = [time.monotonic()]
+        stamp = self._stamp
+        stamp[0] = time.monotonic()
         ticker = asyncio.create_task(tick(stamp), name="perdure-loop-tick")
         keeper = LeaseKeeper(
             self.store,
@@ -254,6 +286,7 @@ class Worker:
             liveness=self.liveness,
         )
         keeper.start()
+        self._serving = True
         log.info(
             "worker %s started: app %s, %d slot(s), tasks %s",
             self.id,
@@ -266,6 +299,7 @@ class Worker:
             await self._claim_loop()
             await self._drain()
         finally:
+            self._serving = False
             keeper.stop()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -352,7 +386,9 @@ class Worker:
                 wake_at = looked[1]  # nothing became claimable since the last look (a slot freed)
             else:
                 # a read first: claiming is a write, and most wake-ups find nothing to claim
-                wake_at = await self.store.next_wake_at(app=self.app, tasks=self.tasks)
+                wake_at = await self.store.next_wake_at(
+                    app=self.app, tasks=self.tasks, version=self.version
+                )
                 self._looked = (token, wake_at)
             if wake_at is not None and wake_at <= self.store.now():
                 self._looked = None  # what the claim takes changes what is left
@@ -363,6 +399,7 @@ class Worker:
                     tasks=self.tasks,
                     limit=free,
                     task_limits=self.task_limits,
+                    version=self.version,
                 )
                 metrics.claimed(len(claimed), time.perf_counter() - began)
                 for run in claimed:

@@ -80,6 +80,7 @@ def test_trigger_worker_list_show_cancel(
             "0010_run_stats",
             "0011_run_tags",
             "0012_trace_context",
+            "0013_versions",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []

@@ -86,9 +86,11 @@ async def test_find_a_failed_run_read_its_trace_replay_it(
     replay_id = page.url.rsplit("/", 1)[-1]
     await expect(page.locator("h1 .status")).to_have_text("completed")  # live, no reload
     await expect(page.locator("#result")).to_contain_text("fixed")
+    await expect(page.locator("#replay-of")).to_have_text(failed.id)  # linked to the original
     replayed = await served.app.store.get_run(replay_id, values=False)
     assert replayed.task == "fragile"
     assert replayed.status is RunStatus.COMPLETED
+    assert replayed.replay_of == failed.id
 
     await page.goto(served.url + "/runs?status=failed")
     await expect(page.locator("#runs tbody tr")).to_have_count(1)

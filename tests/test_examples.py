@@ -62,3 +62,11 @@ def test_daily_report_runs_on_its_schedule() -> None:
     assert len(reports) == 3
     assert all(line.endswith(": 42 orders, 3 refunds") for line in reports)
     assert re.search(r"next weekday report: (Mon|Tues|Wednes|Thurs|Fri)day \S+ 09:00 in Paris", out)
+
+
+def test_deploy_with_patch_keeps_old_runs_on_their_path() -> None:
+    out = _example("deploy_with_patch.py")
+    assert "the code calls step send_receipt, the journal recorded sleep sleep" in out
+    assert "replay check with the patch: 1 of 1 replay" in out
+    assert "order 1: charged 1, shipped 1" in out  # started before the patch
+    assert "order 2: charged 2, receipt 2, shipped 2" in out

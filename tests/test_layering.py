@@ -30,11 +30,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.logs",
             "perdure.serde",
             "perdure.cron",
+            "perdure.versions",
         ),
     ),
     ("blobs", ("perdure.blobs",)),
     ("store", ("perdure.store", "perdure.values", "perdure.retention", "perdure.rotation")),
-    ("worker", ("perdure.worker", "perdure.lease")),
+    ("worker", ("perdure.worker", "perdure.lease", "perdure.health")),
     (
         "runtime",
         (

@@ -32,9 +32,11 @@ from perdure.cli.runs import runs_cli
 from perdure.cli.schedules import schedules_cli
 from perdure.cli.server import api_keys_cli, serve
 from perdure.cli.stats import stats
+from perdure.cli.versions import replay_check
 from perdure.cli.waits import events_cli, tokens_cli
 from perdure.crypto import new_key
 from perdure.errors import ConfigurationError, PerdureError
+from perdure.health import HealthServer
 from perdure.records import QueueStats
 from perdure.views import value_json
 
@@ -50,6 +52,7 @@ cli.add_typer(api_keys_cli, name="api-keys")
 cli.command(name="server")(serve)
 cli.command(name="dev")(dev)
 cli.command(name="stats")(stats)
+cli.command(name="replay-check")(replay_check)
 
 
 @cli.command()
@@ -65,8 +68,16 @@ def worker(
     metrics_host: Annotated[
         str, typer.Option(help="Address of the metrics endpoint (0.0.0.0 in a container).")
     ] = "127.0.0.1",
+    health_port: Annotated[
+        int | None,
+        typer.Option(help="Serve /livez, /readyz and /drain on this port (Kubernetes probes)."),
+    ] = None,
+    health_host: Annotated[
+        str, typer.Option(help="Address of the health endpoints (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
 ) -> None:
-    """Run a worker until SIGTERM/SIGINT (then drain: finish or release every run)."""
+    """Run a worker until SIGTERM/SIGINT or GET /drain (then drain: finish or release every
+    run)."""
     try:
         logs.configure(log_level, as_json=as_json)
     except ConfigurationError as exc:
@@ -74,12 +85,22 @@ def worker(
     the_app = load_app(app)
 
     async def go() -> None:
+        health = None
         try:
             if metrics_port is not None:
                 serve_metrics(the_app, metrics_host, metrics_port)
-            await the_app.run_worker(concurrency=concurrency)
+            the_worker = the_app.worker(concurrency=concurrency)
+            if health_port is not None:
+                health = HealthServer(
+                    the_worker, asyncio.get_running_loop(), health_host, health_port
+                )
+                health.start()
+                console.print(f"health at http://{health_host}:{health.port}/", highlight=False)
+            await the_worker.run()
         finally:
             await the_app.close()
+            if health is not None:
+                health.close()  # (a /drain waiting for the end is answered first)
 
     code = 1
     # not asyncio.run(): at exit it would wait for the step threads, see below

@@ -38,7 +38,8 @@ def dev(
     """Run a worker, the REST API and the dashboard in one process, for development: the
     dashboard at http://HOST:PORT/ opens without a key on 127.0.0.1 (elsewhere only with
     --require-key); the API asks for keys as `perdure server` does. A change to the code
-    restarts it; runs in flight are released and resume on the new code."""
+    restarts it; runs in flight are released and resume on the new code (its version stays
+    "dev" unless $PERDURE_VERSION or the App names one, so no run is left to an old version)."""
     if not require_key and host not in LOOPBACK:
         console.print(
             f"[red]error:[/red] perdure dev opens its dashboard without a key only on "
@@ -53,6 +54,7 @@ def dev(
     except ImportError:
         console.print("[red]error:[/red] perdure dev needs an extra: pip install 'perdure[server]'")
         raise typer.Exit(1) from None
+    os.environ.setdefault("PERDURE_VERSION", "dev")  # (the reloaded child inherits it)
     if reload:
         child = [sys.executable, "-m", "perdure", "dev", app, "--host", host, "--port", str(port)]
         child += ["--no-reload", "--log-level", log_level]

@@ -1,4 +1,5 @@
-"""`perdure runs`: list, show, read the logs of, cancel, replay and purge runs."""
+"""`perdure runs`: list, show, read the logs of, cancel, replay and purge runs (one, or every run
+that filters choose)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,26 @@ from perdure.views import decoded, details_dict, run_dict, value_json
 
 runs_cli = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 
+TaskFilter = Annotated[str | None, typer.Option("--task", help="Runs of this task.")]
+StatusFilter = Annotated[RunStatus | None, typer.Option("--status", help="Runs in this status.")]
+SinceFilter = Annotated[
+    str | None, typer.Option("--since", help="Runs created within this long: 1h, 30m, 7d.")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only count the runs it would act on.")]
+
 
 @runs_cli.command("list")
 def runs_list(
     status: Annotated[RunStatus | None, typer.Option(help="Only runs in this status.")] = None,
     task: Annotated[str | None, typer.Option(help="Only runs of this task.")] = None,
     tag: Annotated[str | None, typer.Option(help="Only runs with this tag.")] = None,
+    stranded: Annotated[
+        bool,
+        typer.Option(
+            "--stranded",
+            help="Only runs pinned to a version of the code that no live worker runs.",
+        ),
+    ] = False,
     limit: Annotated[int, typer.Option(min=1, help="At most this many (newest first).")] = 50,
     app: AppOpt = None,
     database: DbOpt = None,
@@ -38,22 +53,29 @@ def runs_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List runs, newest first."""
+    if stranded and (status or task or tag):
+        raise typer.BadParameter("--stranded takes no other filter")
     found = on_admin(
         app,
         database,
         blobs,
-        lambda admin: admin.list_runs(status=status, task=task, tag=tag, limit=limit),
+        lambda admin: (
+            admin.stranded(limit=limit, every_app=app is None)
+            if stranded
+            else admin.list_runs(status=status, task=task, tag=tag, limit=limit)
+        ),
     )
     if as_json:
         print(json.dumps([run_dict(r) for r in found]))
         return
-    table = Table("id", "task", "status", "attempt", "created", "finished", "note")
+    table = Table("id", "task", "status", "attempt", "version", "created", "finished", "note")
     for r in found:
         table.add_row(
             r.id,
             r.task,
             str(r.status),
             str(r.attempt),
+            r.version or "",
             time_text(r.created_at),
             time_text(r.finished_at),
             r.note or "",
@@ -94,6 +116,9 @@ def runs_show(
         console.print(f"[cyan]waiting for:[/cyan] {_waiting_text(waiting)}", highlight=False)
     if run.tags:
         console.print(f"tags: {', '.join(run.tags)}", highlight=False)
+    if run.version or run.replay_of:
+        replay = f"  replay of {run.replay_of}" if run.replay_of else ""
+        console.print(f"version {run.version or '(not pinned yet)'}{replay}", highlight=False)
     if "metadata" in out:
         console.print(f"metadata: {json.dumps(out['metadata'])}", highlight=False)
     if unreadable is not None:
@@ -140,18 +165,39 @@ def runs_show(
 
 @runs_cli.command("cancel")
 def runs_cancel(
-    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    run_id: Annotated[str | None, typer.Argument(help="Run id (or choose runs by filter).")] = None,
+    task: TaskFilter = None,
+    status: StatusFilter = None,
+    since: SinceFilter = None,
+    dry_run: DryRunOpt = False,
     app: AppOpt = None,
     database: DbOpt = None,
     blobs: BlobOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cancel a run (at once if queued or sleeping; a running run stops at its next await)."""
-    status = on_admin(app, database, blobs, lambda admin: admin.cancel_run(run_id))
-    if as_json:
-        print(json.dumps({"id": run_id, "status": str(status)}))
-    else:
-        console.print(f"run {run_id}: {status}")
+    """Cancel a run (at once if queued or sleeping; a running run stops at its next await), or
+    every run that --task, --status and --since choose (--dry-run: count them only)."""
+    if run_id is not None:
+        if task or status or since:
+            raise typer.BadParameter("give a run id or filters, not both")
+        done = on_admin(app, database, blobs, lambda admin: admin.cancel_run(run_id))
+        if as_json:
+            print(json.dumps({"id": run_id, "status": str(done)}))
+        else:
+            console.print(f"run {run_id}: {done}")
+        return
+    age = _filters(task, status, since)
+
+    async def go(admin: Admin) -> list[str]:
+        chosen = await admin.find_runs(task=task, status=status, since=age)
+        chosen = [run for run in chosen if not run.status.terminal]
+        if not dry_run:
+            for run in chosen:
+                await admin.cancel_run(run.id)
+        return [run.id for run in chosen]
+
+    ids = on_admin(app, database, blobs, go)
+    _bulk_report("cancel", ids, dry_run, as_json)
 
 
 @runs_cli.command("logs")
@@ -202,19 +248,54 @@ def runs_logs(
 
 @runs_cli.command("replay")
 def runs_replay(
-    run_id: Annotated[str, typer.Argument(help="Run id.")],
-    app: Annotated[str, typer.Option("--app", help="MODULE:APP that defines the run's task.")],
+    run_id: Annotated[str | None, typer.Argument(help="Run id (or choose runs by filter).")] = None,
+    app: Annotated[str, typer.Option("--app", help="MODULE:APP that defines the run's task.")] = "",
+    from_step: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Reuse the results recorded before this journal position (runs show lists "
+            "them) and run from it on.",
+        ),
+    ] = None,
+    task: TaskFilter = None,
+    status: StatusFilter = None,
+    since: SinceFilter = None,
+    dry_run: DryRunOpt = False,
     database: DbOpt = None,
     blobs: BlobOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a new run of the run's task with the same arguments, priority and tags (after a
-    fix, say); the run itself is left as it is."""
-    handle = on_admin(app, database, blobs, lambda admin: admin.replay(run_id))
-    if as_json:
-        print(json.dumps({"id": handle.id, "replay_of": run_id}))
-    else:
-        console.print(f"run {handle.id} started, replaying {run_id}")
+    """Start a new run of the run's task with the same arguments, priority and tags, linked to
+    it (after a fix, say); the run itself is left as it is. --from-step N reuses what the run
+    recorded before position N. With filters instead of a run id: replay every run they choose
+    (--dry-run: count them only)."""
+    if not app:
+        raise typer.BadParameter("--app MODULE:APP is required: the new runs run its code")
+    if run_id is not None:
+        if task or status or since:
+            raise typer.BadParameter("give a run id or filters, not both")
+        handle = on_admin(
+            app, database, blobs, lambda admin: admin.replay(run_id, from_step=from_step)
+        )
+        if as_json:
+            print(json.dumps({"id": handle.id, "replay_of": run_id}))
+        else:
+            console.print(f"run {handle.id} started, replaying {run_id}")
+        return
+    if from_step is not None:
+        raise typer.BadParameter("--from-step applies to one run")
+    age = _filters(task, status, since)
+
+    async def go(admin: Admin) -> list[str]:
+        chosen = [run.id for run in await admin.find_runs(task=task, status=status, since=age)]
+        if not dry_run:
+            for chosen_id in chosen:
+                await admin.replay(chosen_id)
+        return chosen
+
+    ids = on_admin(app, database, blobs, go)
+    _bulk_report("replay", ids, dry_run, as_json)
 
 
 @runs_cli.command("purge")
@@ -285,6 +366,28 @@ def runs_purge(
             f"deleted {report.runs} run(s) and {report.blobs} unreferenced blob(s)"
             + (f", and {report.partial} partial blob write(s)" if report.partial else "")
         )
+
+
+def _filters(task: str | None, status: RunStatus | None, since: str | None) -> float | None:
+    """Check a bulk action's filters; the age of --since in seconds."""
+    if not (task or status or since):
+        raise typer.BadParameter(
+            "give a run id, or choose runs with --task, --status and/or --since"
+        )
+    try:
+        return None if since is None else parse_age(since)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _bulk_report(action: str, ids: list[str], dry_run: bool, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"dry_run": dry_run, "count": len(ids), "runs": ids}))
+    elif dry_run:
+        console.print(f"would {action} {len(ids)} run(s)")
+    else:
+        done = {"cancel": "cancelled", "replay": "replayed"}[action]
+        console.print(f"{done} {len(ids)} run(s)")
 
 
 def _waiting_text(waiting: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from perdure.server.schemas import (
     LogLineOut,
     MessageOut,
     QueueOut,
+    ReplayRequest,
     ResultOut,
     RunOut,
     RunPage,
@@ -200,7 +201,12 @@ async def run_logs(app: App, request: Request) -> Response:
 
 
 async def replay_run(app: App, request: Request) -> Response:
-    handle = await app.admin.replay(request.path_params["id"])
+    body = await _body(request, ReplayRequest)
+    if body.from_step is not None and body.from_step < 1:
+        raise ValueError("from_step must be at least 1")
+    handle = await app.admin.replay(
+        request.path_params["id"], from_step=body.from_step, args=body.args, kwargs=body.kwargs
+    )
     return _json(Triggered(id=handle.id, created=handle.created), 201)
 
 
@@ -375,9 +381,10 @@ ROUTES: list[tuple[str, str, Scope | None, Handler, Any, Any, str]] = [
         "/api/v1/runs/{id}/replay",
         Scope.TRIGGER,
         replay_run,
-        None,
+        ReplayRequest,
         Triggered,
-        "Start a new run of the run's task with its arguments",
+        "Start a new run of the run's task, linked to it (from a journal position: reusing "
+        "what it recorded before)",
     ),
     (
         "GET",

@@ -208,14 +208,17 @@ class Dashboard:
     async def runs(self, app: App, request: Request, session: Session) -> Response:
         q = request.query_params
         status = RunStatus(q["status"]) if q.get("status") else None
-        filters = {k: q.get(k, "") for k in ("status", "task", "tag")}
-        found = await app.admin.list_runs(
-            status=status,
-            task=q.get("task") or None,
-            tag=q.get("tag") or None,
-            before=q.get("cursor") or None,
-            limit=PAGE,
-        )
+        filters = {k: q.get(k, "") for k in ("status", "task", "tag", "stranded")}
+        if filters["stranded"]:  # pinned to a version no live worker runs
+            found = await app.admin.stranded(limit=PAGE)
+        else:
+            found = await app.admin.list_runs(
+                status=status,
+                task=q.get("task") or None,
+                tag=q.get("tag") or None,
+                before=q.get("cursor") or None,
+                limit=PAGE,
+            )
         more = None
         if len(found) == PAGE:
             more = "?" + urlencode({**filters, "cursor": found[-1].id})

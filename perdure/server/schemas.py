@@ -21,6 +21,15 @@ class TriggerRequest(msgspec.Struct, forbid_unknown_fields=True):
     tags: list[str] = []
 
 
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Replay a run: a new run of its task, linked to it. `from_step` N reuses the results the
+    run recorded before journal position N; `args`/`kwargs` replace its arguments."""
+
+    from_step: int | None = None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+
+
 class CompleteTokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Complete a token with data."""
 
@@ -63,6 +72,8 @@ class RunOut(msgspec.Struct):
     error: dict[str, Any] | None = None
     result: Any = None
     args: Any = None
+    version: str | None = None
+    replay_of: str | None = None
 
 
 class RunPage(msgspec.Struct):

@@ -133,6 +133,19 @@ class Store(Protocol):
         until)), without arguments, results or metadata."""
         ...
 
+    async def stranded_runs(
+        self, *, app: str | None = None, before: str | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """Runs (of `app`, default all) waiting to be resumed by workers of a version that no
+        live worker of their app runs, newest first (with ids before `before`), as list_runs
+        gives them."""
+        ...
+
+    async def repin_run(self, run_id: str, *, lease: int, version: str) -> bool:
+        """Pin a queued or waiting run to `version` if its lease is still `lease` (no worker
+        took it since it was read); whether it was."""
+        ...
+
     async def claim_runs(
         self,
         *,
@@ -141,9 +154,11 @@ class Store(Protocol):
         tasks: list[str],
         limit: int,
         task_limits: dict[str, int] | None = None,
+        version: str | None = None,
     ) -> Claimed:
         """Lease up to `limit` claimable runs of `tasks` (QUEUED or WAITING with
-        available_at <= now) to `worker_id`; each claim bumps the run's lease. A worker that is
+        available_at <= now) to `worker_id`, a worker of `version`: runs pinned to that version
+        or to none, which it pins to it; each claim bumps the run's lease. A worker that is
         not registered and alive claims nothing. Never beyond a
         queue's, a concurrency key's or a task's limit (`task_limits`: task -> runs at once),
         nor its rate limit, counted over every worker; higher priority first, concurrency keys
@@ -210,9 +225,12 @@ class Store(Protocol):
         """The blob keys among `keys` that some stored row still references."""
         ...
 
-    async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
-        """The earliest available_at among QUEUED/WAITING runs of `tasks` (in the past when one
-        is claimable now; None when there is none). A read: cheap, no write."""
+    async def next_wake_at(
+        self, *, app: str, tasks: list[str], version: str | None = None
+    ) -> float | None:
+        """The earliest available_at among QUEUED/WAITING runs of `tasks` that a worker of
+        `version` may start (in the past when one is claimable now; None when there is none). A
+        read: cheap, no write."""
         ...
 
     async def load_journal(self, run_id: str, *, values: bool = True) -> list[JournalEntry]:

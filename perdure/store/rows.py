@@ -194,6 +194,8 @@ class RowMapping:
             waiting_for=row["waiting_for"] if "waiting_for" in keys else None,
             tags=json.loads(row["tags"]) if "tags" in keys and row["tags"] else [],
             trace_context=row["trace_context"] if "trace_context" in keys else None,
+            version=row["version"] if "version" in keys else None,
+            replay_of=row["replay_of"] if "replay_of" in keys else None,
             metadata=metadata,
         )
 
@@ -212,7 +214,7 @@ class RowMapping:
         claimed.retry_at = retry_at
         if not isinstance(next_at, Unknown):
             claimed.looked, claimed.next_at = True, next_at
-        again = [run.id for run in claimed if run.lease > 1]  # a first claim has no history
+        again = [run.id for run in claimed if run.has_history]  # (most first claims have none)
         journals: dict[str, list[Row]] = {}
         attempts: dict[str, list[Row]] = {}
         if again:
@@ -348,6 +350,7 @@ class RowMapping:
             started_at=row["started_at"],
             heartbeat_at=row["heartbeat_at"],
             tasks=json.loads(row["tasks"]),
+            version=row["version"],
         )
 
     @staticmethod
@@ -362,6 +365,7 @@ class RowMapping:
             "tasks": json.dumps(worker.tasks),
             "started_at": worker.started_at,
             "heartbeat_at": worker.heartbeat_at,
+            "version": worker.version,
         }
 
     async def _finish_params(
@@ -415,6 +419,10 @@ class RowMapping:
             "awaited": int(run.awaited),
             "tags": json.dumps(run.tags) if run.tags else None,
             "trace_context": run.trace_context,
+            "version": run.version,
+            "replay_of": run.replay_of,
+            "reuse_before": run.reuse_before,
+            "children_done": run.children_done,
             **self.values.columns("args", args),
         }
 
@@ -458,10 +466,13 @@ class RowMapping:
 
 
 def insert_run(params: dict[str, Any]) -> Operation[bool]:
-    """Insert a new run (insert_run's parameters) and, if it has tags, its tags (run_tags);
-    whether it was inserted (False: its id or idempotency key was taken)."""
+    """Insert a new run (insert_run's parameters) and, if it has tags, its tags (run_tags), if
+    it replays a run, the journal entries it reuses from it; whether it was inserted (False:
+    its id or idempotency key was taken)."""
     result: Result = yield Query("insert_run", params)
     inserted = result.rowcount == 1
     if inserted and params["tags"] is not None:
         yield Query("insert_run_tags", {"run_id": params["id"], "tags": params["tags"]})
+    if inserted and params["reuse_before"] > 1:  # a replay: the recorded results it reuses
+        yield Query("copy_journal", params)
     return inserted

@@ -48,6 +48,7 @@ from perdure.store.rows import (
 from perdure.store.run_data import RunDataOperations
 from perdure.store.schedule_ops import ScheduleOperations
 from perdure.store.stats import StatsOperations
+from perdure.store.version_ops import VersionOperations
 from perdure.store.wait_ops import WaitOperations
 from perdure.values import StoredValues
 
@@ -70,7 +71,12 @@ ClaimAnswer = tuple[list[Row], float | None, float | Unknown | None]
 
 
 class SQLStore(
-    ScheduleOperations, WaitOperations, RunDataOperations, ApiKeyOperations, StatsOperations
+    ScheduleOperations,
+    WaitOperations,
+    RunDataOperations,
+    ApiKeyOperations,
+    StatsOperations,
+    VersionOperations,
 ):
     """`Store` on a SQL database reached through `db`."""
 
@@ -125,7 +131,11 @@ class SQLStore(
         # large arguments go to the blob store side by side
         all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
         fast = self.db.fast
-        if fast is not None and len(runs) == 1 and not (runs[0].debounce_key or runs[0].tags):
+        if (
+            fast is not None
+            and len(runs) == 1
+            and not (runs[0].debounce_key or runs[0].tags or runs[0].replay_of)
+        ):
             return [await fast.create_one(all_params[0], give_up_after=trigger_timeout())]
 
         def create() -> Operation[list[tuple[str, bool]]]:
@@ -194,11 +204,13 @@ class SQLStore(
         tasks: list[str],
         limit: int,
         task_limits: dict[str, int] | None = None,
+        version: str | None = None,
     ) -> Claimed:
         params = {
             "app": app,
             "worker_id": worker_id,
             "tasks": tasks,
+            "version": version,
             "limit": limit,
             "now": self.now(),
             "lock_class": _CLAIM_LOCK_CLASS,
@@ -266,8 +278,11 @@ class SQLStore(
         self._queue_cache[app] = (time.monotonic(), queues)
         return queues
 
-    async def next_wake_at(self, *, app: str, tasks: list[str]) -> float | None:
-        return wake_time(await self._one("next_wake_at", {"app": app, "tasks": tasks}, "wake"))
+    async def next_wake_at(
+        self, *, app: str, tasks: list[str], version: str | None = None
+    ) -> float | None:
+        params = {"app": app, "tasks": tasks, "version": version}
+        return wake_time(await self._one("next_wake_at", params, "wake"))
 
     # -- journal -----------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str)
         "0010_run_stats",
         "0011_run_tags",
         "0012_trace_context",
+        "0013_versions",
     ]
     from_sqlite = sqlite_columns(tmp_path / "p.db")
     from_postgres = postgres_columns(postgres_url)
@@ -176,7 +177,7 @@ async def test_a_claim_reads_only_the_runs_it_takes(tmp_path: Path, postgres_url
     conn = sqlite3.connect(tmp_path / "p.db")
     conn.executemany(insert.format(p="?", empty="x''"), ids)
     conn.commit()
-    params = {"app": "app", "tasks": '["nap"]', "now": 1000.0, "limit": 50}
+    params = {"app": "app", "tasks": '["nap"]', "now": 1000.0, "limit": 50, "version": "v1"}
     plan = " | ".join(
         row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _claim_select("sqlite"), params)
     )

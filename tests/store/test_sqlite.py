@@ -145,6 +145,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0010_run_stats",
         "0011_run_tags",
         "0012_trace_context",
+        "0013_versions",
     ]
     await store.open()
     await store.close()

@@ -4,23 +4,35 @@
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags, trace_context)
+                  tags, trace_context, version, replay_of, children_done)
 VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
         %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
         %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
-        %(parent_id)s, %(awaited)s, %(tags)s, %(trace_context)s)
+        %(parent_id)s, %(awaited)s, %(tags)s, %(trace_context)s, %(version)s,
+        %(replay_of)s, %(children_done)s)
 ON CONFLICT DO NOTHING;
+
+-- name: copy_journal
+-- a replay's reused positions: the entries of the run it replays below reuse_before, as they are
+-- (values, blob references and sizes; a value is bound to its codec, not to its run)
+INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
+                     stored_size, error, started_at, finished_at, run_attempt, attempt,
+                     attempt_started_at)
+SELECT %(id)s, seq, kind, name, status, codec, value, blob_key, raw_size, stored_size, error,
+       started_at, finished_at, 1, attempt, attempt_started_at
+FROM journal WHERE run_id = %(replay_of)s AND seq < %(reuse_before)s;
 
 -- name: upsert_debounced_run
 -- the burst's pending run takes the latest arguments and start time
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags, trace_context)
+                  tags, trace_context, version, replay_of, children_done)
 VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
         %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
         %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
-        %(parent_id)s, %(awaited)s, %(tags)s, %(trace_context)s)
+        %(parent_id)s, %(awaited)s, %(tags)s, %(trace_context)s, %(version)s,
+        %(replay_of)s, %(children_done)s)
 ON CONFLICT (app, task, debounce_key)
     WHERE debounce_key IS NOT NULL AND status = 'queued' AND started_at IS NULL
 DO UPDATE SET args_codec = excluded.args_codec, args = excluded.args,
@@ -45,7 +57,7 @@ SELECT * FROM runs WHERE id = ANY(%(ids)s);
 -- name: list_runs
 SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
        available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at,
-       waiting_for, tags
+       waiting_for, tags, version, replay_of
 FROM runs
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
@@ -59,7 +71,7 @@ LIMIT %(limit)s;
 -- list_runs of one tag: newest first from the tag's own index
 SELECT r.id, r.app, r.task, r.queue, r.status, r.error, r.idempotency_key, r.attempt, r.lease,
        r.worker_id, r.available_at, r.cancel_requested, r.note, r.created_at, r.started_at,
-       r.updated_at, r.finished_at, r.waiting_for, r.tags
+       r.updated_at, r.finished_at, r.waiting_for, r.tags, r.version, r.replay_of
 FROM run_tags AS t JOIN runs AS r ON r.id = t.run_id
 WHERE t.tag = %(tag)s::text
   AND (%(before)s::text IS NULL OR t.run_id < %(before)s::text)
@@ -74,12 +86,14 @@ LIMIT %(limit)s;
 -- no limit applies: the first claimable runs, higher priority first
 UPDATE runs
 SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1,
+    version = coalesce(version, %(version)s),  -- pinned to the code that first runs it
     note = CASE WHEN substr(note, 1, 9) = 'requeued:' THEN note END,  -- (kept: why it runs again)
     started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
 WHERE id IN (
     SELECT id FROM runs
     WHERE app = %(app)s AND status IN ('queued', 'waiting') AND available_at <= %(now)s
       AND task = ANY(%(tasks)s)
+      AND (version IS NULL OR version = %(version)s)  -- runs of its own version
     ORDER BY priority DESC, available_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -102,6 +116,7 @@ SELECT id, task, queue, concurrency_key, started_at, turn FROM (
     FROM runs
     WHERE app = %(app)s AND status IN ('queued', 'waiting') AND available_at <= %(now)s
       AND task = ANY(%(tasks)s)
+      AND (version IS NULL OR version = %(version)s)  -- runs of its own version
 ) c
 ORDER BY turn, priority DESC, available_at, id
 LIMIT %(scan)s;
@@ -116,9 +131,11 @@ WHERE app = %(app)s AND started_at > %(since)s;
 -- name: claim_ids
 UPDATE runs
 SET status = 'running', worker_id = %(worker_id)s, lease = lease + 1,
+    version = coalesce(version, %(version)s),  -- pinned to the code that first runs it
     note = CASE WHEN substr(note, 1, 9) = 'requeued:' THEN note END,  -- (kept: why it runs again)
     started_at = coalesce(started_at, %(now)s), updated_at = %(now)s
 WHERE id = ANY(%(ids)s) AND status IN ('queued', 'waiting')
+  AND (version IS NULL OR version = %(version)s)
   AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
               WHERE id = %(worker_id)s AND status = 'alive')
 RETURNING *;
@@ -192,7 +209,8 @@ ORDER BY n.app, n.name;
 -- name: next_wake_at
 SELECT min(available_at) AS wake_at FROM runs
 WHERE app = %(app)s AND status IN ('queued', 'waiting')
-  AND task = ANY(%(tasks)s);
+  AND task = ANY(%(tasks)s)
+  AND (version IS NULL OR version = %(version)s);
 
 -- name: check_lease
 SELECT lease, worker_id, status, cancel_requested FROM runs WHERE id = %(id)s FOR UPDATE;
@@ -292,9 +310,9 @@ WHERE worker_id = %(worker_id)s AND status = 'running' AND cancel_requested = 1;
 
 -- name: register_worker
 INSERT INTO workers (id, app, host, host_key, pid, pid_started, tasks, started_at, heartbeat_at,
-                     status)
+                     status, version)
 VALUES (%(id)s, %(app)s, %(host)s, %(host_key)s, %(pid)s, %(pid_started)s, %(tasks)s, %(started_at)s, %(heartbeat_at)s,
-        'alive')
+        'alive', %(version)s)
 ON CONFLICT DO NOTHING;
 
 -- name: heartbeat
@@ -381,11 +399,12 @@ WITH inserted AS (
     INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags, trace_context)
+                  tags, trace_context, version, replay_of, children_done)
     VALUES (%(id)s, %(app)s, %(task)s, %(queue)s, 'queued', %(args_codec)s, %(args)s, %(args_blob)s,
         %(args_raw_size)s, %(args_stored_size)s, %(idempotency_key)s, %(available_at)s, %(now)s,
         %(now)s, %(priority)s, %(concurrency_key)s, %(expires_at)s, %(debounce_key)s,
-        %(parent_id)s, %(awaited)s, %(tags)s, %(trace_context)s)
+        %(parent_id)s, %(awaited)s, %(tags)s, %(trace_context)s, %(version)s,
+        %(replay_of)s, %(children_done)s)
     ON CONFLICT DO NOTHING
     RETURNING id
 )
@@ -949,3 +968,23 @@ FROM latest l LEFT JOIN journal j ON j.run_id = l.id AND j.kind = 'step'
 UNION ALL
 SELECT l.id, l.task, 1, NULL, NULL, 0, 0
 FROM latest l JOIN attempts a ON a.run_id = l.id AND a.seq > 0 AND a.error IS NOT NULL;
+
+-- name: stranded_runs
+-- runs pinned to a version that no live worker of their app runs, newest first
+SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
+       available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at,
+       waiting_for, tags, version, replay_of
+FROM runs
+WHERE status IN ('queued', 'waiting') AND version IS NOT NULL
+  AND (%(app)s::text IS NULL OR app = %(app)s::text)
+  AND (%(before)s::text IS NULL OR id < %(before)s::text)
+  AND NOT EXISTS (SELECT 1 FROM workers w
+                  WHERE w.app = runs.app AND w.status = 'alive' AND w.version = runs.version)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: repin_run
+-- a run moved to another version of its code (after a replay check): only while no worker
+-- holds it, and only as the check saw it (its lease)
+UPDATE runs SET version = %(version)s, note = NULL, updated_at = %(now)s
+WHERE id = %(id)s AND lease = %(lease)s AND status IN ('queued', 'waiting');

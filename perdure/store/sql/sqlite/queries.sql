@@ -4,23 +4,35 @@
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags, trace_context)
+                  tags, trace_context, version, replay_of, children_done)
 VALUES (:id, :app, :task, :queue, 'queued', :args_codec, :args, :args_blob, :args_raw_size,
         :args_stored_size, :idempotency_key, :available_at, :now, :now,
         :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited,
-        :tags, :trace_context)
+        :tags, :trace_context, :version,
+        :replay_of, :children_done)
 ON CONFLICT DO NOTHING;
+
+-- name: copy_journal
+-- a replay's reused positions: the entries of the run it replays below reuse_before, as they are
+-- (values, blob references and sizes; a value is bound to its codec, not to its run)
+INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
+                     stored_size, error, started_at, finished_at, run_attempt, attempt,
+                     attempt_started_at)
+SELECT :id, seq, kind, name, status, codec, value, blob_key, raw_size, stored_size, error,
+       started_at, finished_at, 1, attempt, attempt_started_at
+FROM journal WHERE run_id = :replay_of AND seq < :reuse_before;
 
 -- name: upsert_debounced_run
 -- the burst's pending run takes the latest arguments and start time
 INSERT INTO runs (id, app, task, queue, status, args_codec, args, args_blob, args_raw_size,
                   args_stored_size, idempotency_key, available_at, created_at, updated_at,
                   priority, concurrency_key, expires_at, debounce_key, parent_id, awaited,
-                  tags, trace_context)
+                  tags, trace_context, version, replay_of, children_done)
 VALUES (:id, :app, :task, :queue, 'queued', :args_codec, :args, :args_blob, :args_raw_size,
         :args_stored_size, :idempotency_key, :available_at, :now, :now,
         :priority, :concurrency_key, :expires_at, :debounce_key, :parent_id, :awaited,
-        :tags, :trace_context)
+        :tags, :trace_context, :version,
+        :replay_of, :children_done)
 ON CONFLICT (app, task, debounce_key)
     WHERE debounce_key IS NOT NULL AND status = 'queued' AND started_at IS NULL
 DO UPDATE SET args_codec = excluded.args_codec, args = excluded.args,
@@ -45,7 +57,7 @@ SELECT * FROM runs WHERE id IN (SELECT value FROM json_each(:ids));
 -- name: list_runs
 SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
        available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at,
-       waiting_for, tags
+       waiting_for, tags, version, replay_of
 FROM runs
 WHERE (:status IS NULL OR status = :status) AND (:task IS NULL OR task = :task)
   AND (:before IS NULL OR id < :before)
@@ -57,7 +69,7 @@ LIMIT :limit;
 -- list_runs of one tag: newest first from the tag's own index
 SELECT r.id, r.app, r.task, r.queue, r.status, r.error, r.idempotency_key, r.attempt, r.lease,
        r.worker_id, r.available_at, r.cancel_requested, r.note, r.created_at, r.started_at,
-       r.updated_at, r.finished_at, r.waiting_for, r.tags
+       r.updated_at, r.finished_at, r.waiting_for, r.tags, r.version, r.replay_of
 FROM run_tags AS t JOIN runs AS r ON r.id = t.run_id
 WHERE t.tag = :tag AND (:before IS NULL OR t.run_id < :before)
   AND (:status IS NULL OR r.status = :status) AND (:task IS NULL OR r.task = :task)
@@ -69,12 +81,14 @@ LIMIT :limit;
 -- no limit applies: the first claimable runs, higher priority first
 UPDATE runs
 SET status = 'running', worker_id = :worker_id, lease = lease + 1,
+    version = coalesce(version, :version),  -- pinned to the code that first runs it
     note = CASE WHEN substr(note, 1, 9) = 'requeued:' THEN note END,  -- (kept: why it runs again)
     started_at = coalesce(started_at, :now), updated_at = :now
 WHERE id IN (
     SELECT id FROM runs INDEXED BY runs_claim_order  -- in claim order: no sort of all due runs
     WHERE app = :app AND status IN ('queued', 'waiting') AND available_at <= :now
       AND task IN (SELECT value FROM json_each(:tasks))
+      AND (version IS NULL OR version = :version)  -- runs of its own version
     ORDER BY priority DESC, available_at, id
     LIMIT :limit
 )
@@ -92,6 +106,7 @@ SELECT id, task, queue, concurrency_key, started_at, turn FROM (
     FROM runs
     WHERE app = :app AND status IN ('queued', 'waiting') AND available_at <= :now
       AND task IN (SELECT value FROM json_each(:tasks))
+      AND (version IS NULL OR version = :version)  -- runs of its own version
 )
 ORDER BY turn, priority DESC, available_at, id
 LIMIT :scan;
@@ -106,9 +121,11 @@ WHERE app = :app AND started_at > :since;
 -- name: claim_ids
 UPDATE runs
 SET status = 'running', worker_id = :worker_id, lease = lease + 1,
+    version = coalesce(version, :version),  -- pinned to the code that first runs it
     note = CASE WHEN substr(note, 1, 9) = 'requeued:' THEN note END,  -- (kept: why it runs again)
     started_at = coalesce(started_at, :now), updated_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status IN ('queued', 'waiting')
+  AND (version IS NULL OR version = :version)
   AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
               WHERE id = :worker_id AND status = 'alive')
 RETURNING *;
@@ -180,7 +197,8 @@ ORDER BY n.app, n.name;
 -- name: next_wake_at
 SELECT min(available_at) AS wake_at FROM runs
 WHERE app = :app AND status IN ('queued', 'waiting')
-  AND task IN (SELECT value FROM json_each(:tasks));
+  AND task IN (SELECT value FROM json_each(:tasks))
+  AND (version IS NULL OR version = :version);
 
 -- name: check_lease
 SELECT lease, worker_id, status, cancel_requested FROM runs WHERE id = :id;
@@ -272,9 +290,9 @@ WHERE worker_id = :worker_id AND status = 'running' AND cancel_requested = 1;
 
 -- name: register_worker
 INSERT INTO workers (id, app, host, host_key, pid, pid_started, tasks, started_at, heartbeat_at,
-                     status)
+                     status, version)
 VALUES (:id, :app, :host, :host_key, :pid, :pid_started, :tasks, :started_at, :heartbeat_at,
-        'alive')
+        'alive', :version)
 ON CONFLICT DO NOTHING;
 
 -- name: heartbeat
@@ -786,3 +804,23 @@ FROM latest l LEFT JOIN journal j ON j.run_id = l.id AND j.kind = 'step'
 UNION ALL
 SELECT l.id, l.task, 1, NULL, NULL, 0, 0
 FROM latest l JOIN attempts a ON a.run_id = l.id AND a.seq > 0 AND a.error IS NOT NULL;
+
+-- name: stranded_runs
+-- runs pinned to a version that no live worker of their app runs, newest first
+SELECT id, app, task, queue, status, error, idempotency_key, attempt, lease, worker_id,
+       available_at, cancel_requested, note, created_at, started_at, updated_at, finished_at,
+       waiting_for, tags, version, replay_of
+FROM runs
+WHERE status IN ('queued', 'waiting') AND version IS NOT NULL
+  AND (:app IS NULL OR app = :app)
+  AND (:before IS NULL OR id < :before)
+  AND NOT EXISTS (SELECT 1 FROM workers w
+                  WHERE w.app = runs.app AND w.status = 'alive' AND w.version = runs.version)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: repin_run
+-- a run moved to another version of its code (after a replay check): only while no worker
+-- holds it, and only as the check saw it (its lease)
+UPDATE runs SET version = :version, note = NULL, updated_at = :now
+WHERE id = :id AND lease = :lease AND status IN ('queued', 'waiting');
