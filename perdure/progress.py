@@ -65,6 +65,8 @@ class RunData:
         self._dirty = False
         self._writing: asyncio.Task[None] | None = None
         self._streaming = asyncio.Lock()
+        """Held by each append (a chunk, a batch of lines): each takes the run's next positions,
+        and two at once would take the same."""
         self._made: dict[tuple[Any, ...], int] = {}
         """Chunks (and, apart, log lines) made so far at each place (see origin)."""
         self._lines: list[tuple[dict[str, Any], str]] = []
@@ -140,9 +142,10 @@ class RunData:
             chunks = [(encode(entry, "a log line", MAX_CHUNK), origin) for entry, origin in batch]
             run = self.ctx.run
             try:
-                positions = await self.ctx.store.append_stream(
-                    run.id, run.held, LOGS, chunks, max_chunks=MAX_CHUNKS
-                )
+                async with self._streaming:  # (chunks and lines take the run's positions in turn)
+                    positions = await self.ctx.store.append_stream(
+                        run.id, run.held, LOGS, chunks, max_chunks=MAX_CHUNKS
+                    )
             except (LeaseLost, StoreError, PerdureError) as exc:
                 own_log.warning("log lines of run %s not kept: %s", run.id, exc)
                 self._lines.clear()

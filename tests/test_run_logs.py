@@ -209,3 +209,30 @@ async def test_a_runs_chunks_are_found_past_its_log_lines(
     ]
     assert len(await app.admin.run_logs(handle.id, limit=5000)) >= 1200
     await app.close()
+
+
+async def test_log_lines_and_stream_chunks_written_at_once_are_all_kept(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    """Lines are written behind the run while its chunks are appended: both take the run's next
+    positions, one append at a time (on PostgreSQL, two at once took the same position and the
+    lines' batch was lost)."""
+    app = make_app()
+
+    @app.task
+    async def interleaved() -> None:
+        for i in range(60):
+            for j in range(10):
+                log.info("line %d.%d", i, j)
+            await perdure.stream("answer", i)
+
+    async with running_worker(app):
+        handle = await interleaved.trigger()
+        await handle.result(timeout=60)
+    chunks = await app.admin.stream_chunks(handle.id, limit=100)
+    assert [perdure.progress.decoded(value, "chunk") for _p, _n, value in chunks] == list(range(60))
+    lines = await app.admin.run_logs(handle.id, limit=5000)
+    assert [line["message"] for _p, line in lines] == [
+        f"line {i}.{j}" for i in range(60) for j in range(10)
+    ]
+    await app.close()
