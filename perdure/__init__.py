@@ -15,6 +15,8 @@ from perdure.errors import (
     RetryAfter,
 )
 from perdure.handle import RunHandle
+from perdure.hooks import Lifecycle
+from perdure.middleware import Call
 from perdure.progress import metadata, stream
 from perdure.records import RunStatus
 from perdure.retry import Retry
@@ -40,9 +42,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Call",
     "ChildFailed",
     "Client",
     "Cron",
+    "Lifecycle",
     "NonRetryable",
     "NonRetryableError",
     "PerdureError",

@@ -14,6 +14,8 @@ from perdure.crypto import Keyring
 from perdure.errors import ConfigurationError, RunNotFound, TaskNotFound
 from perdure.executor import Executor
 from perdure.handle import RunHandle
+from perdure.hooks import HookDecorators, Hooks
+from perdure.middleware import Middleware
 from perdure.records import STRATEGIES, QueueConfig
 from perdure.retry import Retry
 from perdure.schedules import Cron, Schedules
@@ -49,7 +51,7 @@ class StepDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> Step[P, R]: ...
 
 
-class App:
+class App(HookDecorators):
     """A perdure application: its tasks, its store and its blob store.
 
     `database` defaults to $PERDURE_DATABASE_URL, else sqlite:///.perdure/perdure.db;
@@ -98,6 +100,10 @@ class App:
         self.schedules = Schedules(self)
         """Cron schedules: declared with @app.task(schedule=...), or made at run time."""
         self._store: Store | None = None
+        self.hooks = Hooks()
+        """Lifecycle hooks of every task (app.on_failure and the others; see perdure.hooks)."""
+        self.middlewares: list[Middleware] = []
+        """What wraps every run and every step, in order (app.middleware)."""
         self._version = version or os.environ.get("PERDURE_VERSION") or None
         self._digest: tuple[tuple[int, int], str] | None = None
 
@@ -246,6 +252,13 @@ class App:
             return step
 
         return register if fn is None else register(fn)
+
+    def middleware(self, wrap: Middleware) -> Middleware:
+        """Add `wrap` around every execution of a run and every attempt of a step's body (a
+        function of the perdure.Call that returns an async context manager), inside the ones
+        added before it; returns it (a decorator). See perdure.middleware."""
+        self.middlewares.append(wrap)
+        return wrap
 
     def queue(
         self,
@@ -405,6 +418,8 @@ class App:
             {name: t.definition for name, t in self.tasks.items()},
             config or WorkerConfig(),
             results=self.results,
+            middleware=self.middlewares,
+            hooks=self.hooks,
         )
 
     async def run_worker(self, *, concurrency: int | None = None, **settings: Any) -> None:

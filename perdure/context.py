@@ -15,6 +15,7 @@ from perdure import progress, serde
 from perdure.config import WorkerConfig
 from perdure.errors import CancelSignal
 from perdure.journal import Journal
+from perdure.middleware import Middleware
 from perdure.records import RunRecord
 from perdure.retry import Retry
 from perdure.store.base import Store
@@ -61,6 +62,8 @@ class RunContext:
     """The run's journal: replay, positions, recording."""
     span: Any = None
     """Its execution's trace span (perdure.tracing), None when it is not traced."""
+    middleware: tuple[Middleware, ...] = ()
+    """What wraps each attempt of a step's body (perdure.middleware)."""
     closed: bool = False
     """Set when the execution ended; late step calls (orphans of a gather) then stop."""
     data: progress.RunData = field(init=False)

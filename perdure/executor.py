@@ -10,8 +10,8 @@ import inspect
 import logging
 import reprlib
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from perdure import metrics, run_logs, serde, tracing, values
@@ -28,10 +28,13 @@ from perdure.errors import (
     PerdureError,
     RunCancelled,
     SerializationError,
+    StoreError,
     StoreRefused,
     Suspend,
 )
+from perdure.hooks import Hooks, Lifecycle, fire
 from perdure.journal import Journal, error_info
+from perdure.middleware import Call, Middleware, around
 from perdure.records import (
     Attempt,
     History,
@@ -47,6 +50,13 @@ from perdure.values import RecentResults
 from perdure.worker import RunControl
 
 log = logging.getLogger("perdure.run")
+_AFTER = {
+    RunStatus.COMPLETED: "success",
+    RunStatus.FAILED: "failure",
+    RunStatus.CANCELLED: "cancel",
+    RunStatus.WAITING: "wait",
+}
+"""The lifecycle event of a run's transition, for those that have one."""
 _CHECK_WORKER = "perdure-replay-check"
 """The worker id of a replay check: no worker has it, so no write of a check is accepted."""
 
@@ -59,6 +69,8 @@ class TaskDef:
     """Name, retry policy, timeout, codec."""
     fn: Callable[..., Any]
     """The task function."""
+    hooks: Hooks = field(default_factory=Hooks)
+    """Its own lifecycle hooks (the App's run first)."""
 
     @property
     def is_async(self) -> bool:
@@ -145,12 +157,18 @@ class Executor:
         config: WorkerConfig,
         *,
         results: RecentResults | None = None,
+        middleware: Sequence[Middleware] = (),
+        hooks: Hooks | None = None,
     ) -> None:
         self.store = store
         self.tasks = tasks
         self.config = config
         run_logs.install()  # records logged inside runs are kept with them
         self.results = results if results is not None else RecentResults()
+        self.middleware = tuple(middleware)
+        """What wraps each execution of a run and each step attempt (perdure.middleware)."""
+        self.hooks = hooks or Hooks()
+        """The App's lifecycle hooks (each task's run after them)."""
 
     async def __call__(self, run: RunRecord, control: RunControl) -> None:
         if not tracing.enabled():
@@ -202,10 +220,19 @@ class Executor:
                 attempts=[],
             )
             return
+        hooked = self._hooked(task)
+        if hooked:
+            for event, key in (("start", 0), ("resume", run.lease)):
+                if (event == "start" or run.lease > 1) and hooked.get(event):
+                    await self._fire(ctx, hooked[event], event, key)
         transition = await self._run(task, ctx, started)
         if transition is None:
             return
         await ctx.data.flush()  # its metadata is written before its end
+        after = _AFTER.get(transition.status)  # its hooks: recorded while it holds the run
+        key = ctx.journal.seq if after == "wait" else 0
+        if after is None or not hooked.get(after) or not await self._mark(ctx, after, key):
+            after = None
         entries, attempts = ctx.journal.take_pending()
         try:
             if ctx.journal.flushing is not None:
@@ -227,6 +254,8 @@ class Executor:
             metrics.execution_ended(run.task, "lost")
             tracing.ended(span, "lost")
             return
+        if after is not None and _AFTER.get(transition.status) == after:
+            await fire(hooked[after], self._lifecycle(task, ctx, after, transition))
         tracing.ended(
             span,
             str(transition.status),
@@ -278,6 +307,49 @@ class Executor:
                 # pending entries collide with recorded ones, or the database refused what was
                 # to be written: the attempt fails (retrying the write as it is cannot help)
                 transition, entries, attempts = self._failure(task, ctx, started, exc), [], []
+
+    def _hooked(self, task: TaskDef) -> dict[str, list[Callable[[Lifecycle], Any]]]:
+        """The lifecycle hooks of `task` by event, the App's first (empty without any)."""
+        if not self.hooks.by_event and not task.hooks.by_event:
+            return {}
+        events = set(self.hooks.by_event) | set(task.hooks.by_event)
+        return {e: self.hooks.get(e) + task.hooks.get(e) for e in events}
+
+    async def _mark(self, ctx: RunContext, event: str, key: int) -> bool:
+        """Record the event before its hooks run (at most once); False: it fired before, or
+        the run is no longer this worker's, or the store could not say."""
+        try:
+            return await self.store.mark_hook(ctx.run.id, ctx.run.held, event, key)
+        except (StoreError, LeaseLost) as exc:  # never fail a run for its hooks
+            log.warning("run %s: its %s hooks are skipped: %s", ctx.run.id, event, exc)
+            return False
+
+    async def _fire(
+        self, ctx: RunContext, hooks: list[Callable[[Lifecycle], Any]], event: str, key: int
+    ) -> None:
+        if await self._mark(ctx, event, key):
+            await fire(hooks, self._lifecycle(self.tasks[ctx.run.task], ctx, event, None))
+
+    def _lifecycle(
+        self, task: TaskDef, ctx: RunContext, event: str, transition: Transition | None
+    ) -> Lifecycle:
+        result = None
+        if transition is not None and transition.result is not None:
+            result = serde.decode(
+                transition.result.data,
+                codec=serde.Codec(transition.result.codec),
+                type_=task_return_type(task.fn),
+                what=f"result of run {ctx.run.id}",
+            )
+        return Lifecycle(
+            event=event,
+            run_id=ctx.run.id,
+            task=ctx.run.task,
+            attempt=ctx.run.attempt,
+            result=result,
+            error=transition.error if transition is not None else None,
+            waiting_for=transition.waiting_for if transition is not None else None,
+        )
 
     async def check_replay(self, run: RunRecord, history: History) -> ReplayVerdict:
         """Replay the run's recorded journal against this executor's code without running a
@@ -370,6 +442,7 @@ class Executor:
             config=self.config,
             loop=asyncio.get_running_loop(),
             span=span,
+            middleware=self.middleware,
             journal=Journal(
                 self.store,
                 run,
@@ -388,7 +461,10 @@ class Executor:
         try:
             assert run.args is not None
             args, kwargs = task.decode_args(run.id, run.args)
-            result = await self._call(task, ctx.control, args, kwargs)
+            call = Call(kind="run", run_id=run.id, task=run.task, attempt=run.attempt)
+            result = await around(
+                self.middleware, call, lambda: self._call(task, ctx.control, args, kwargs)
+            )
             data = values.encode(
                 result,
                 codec=task.options.codec,

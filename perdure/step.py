@@ -28,6 +28,7 @@ from perdure.errors import (
     Suspend,
 )
 from perdure.journal import error_info, step_failed
+from perdure.middleware import Call, around
 from perdure.records import EntryKind, EntryStatus
 from perdure.retry import DEFAULT_RETRY, Retry
 
@@ -102,7 +103,8 @@ async def _run_body(
 ) -> Any:
     token = _in_step.set(ActiveStep(step.name, f"{ctx.run.id}:{seq}", seq, attempt))
     try:
-        return await call_body(
+        body = functools.partial(
+            call_body,
             step.fn,
             args,
             kwargs,
@@ -111,6 +113,17 @@ async def _run_body(
             timeout=step.timeout,
             threads=ctx.control.threads,
         )
+        if not ctx.middleware:
+            return await body()
+        call = Call(
+            kind="step",
+            run_id=ctx.run.id,
+            task=ctx.task.name,
+            attempt=attempt,
+            step=step.name,
+            seq=seq,
+        )
+        return await around(ctx.middleware, call, body)
     finally:
         _in_step.reset(token)
 

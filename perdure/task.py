@@ -21,6 +21,7 @@ from perdure.errors import (
 )
 from perdure.executor import TaskDef, check_args, task_return_type
 from perdure.handle import RunHandle, run_sync
+from perdure.hooks import HookDecorators
 from perdure.ids import new_id
 from perdure.records import EntryKind, ErrorInfo, NewRun, RunRecord, RunStatus, Value
 from perdure.retry import DEFAULT_RETRY, Retry
@@ -170,7 +171,7 @@ class ChildOutcome(msgspec.Struct, frozen=True, array_like=True):
     error: ErrorInfo | None = None
 
 
-class Task(Generic[P, R]):
+class Task(HookDecorators, Generic[P, R]):
     """A durable workflow. Trigger runs of it; a worker executes them."""
 
     def __init__(
@@ -215,6 +216,8 @@ class Task(Generic[P, R]):
             ),
             fn=fn,
         )
+        self.hooks = self.definition.hooks
+        """This task's lifecycle hooks (task.on_failure and the others; the App's run first)."""
         self._result_type: Any = None
 
     def __repr__(self) -> str:

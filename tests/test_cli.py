@@ -81,6 +81,7 @@ def test_trigger_worker_list_show_cancel(
             "0011_run_tags",
             "0012_trace_context",
             "0013_versions",
+            "0014_run_hooks",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []

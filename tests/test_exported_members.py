@@ -4,9 +4,11 @@ import perdure
 def test_public_names_are_pinned() -> None:
     assert perdure.__all__ == [
         "App",
+        "Call",
         "ChildFailed",
         "Client",
         "Cron",
+        "Lifecycle",
         "NonRetryable",
         "NonRetryableError",
         "PerdureError",

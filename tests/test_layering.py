@@ -39,6 +39,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "runtime",
         (
+            "perdure.middleware",
+            "perdure.hooks",
             "perdure.journal",
             "perdure.context",
             "perdure.retry",

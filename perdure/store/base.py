@@ -133,6 +133,12 @@ class Store(Protocol):
         until)), without arguments, results or metadata."""
         ...
 
+    async def mark_hook(self, run_id: str, lease: Lease, event: str, key: int = 0) -> bool:
+        """Record that the run's lifecycle hooks for `event` (tell events of a kind apart by
+        `key`) are about to run, if the run is held under `lease` and they never ran before:
+        whether they may run now (durable first: at most once)."""
+        ...
+
     async def stranded_runs(
         self, *, app: str | None = None, before: str | None = None, limit: int = 100
     ) -> list[RunRecord]:

@@ -1,7 +1,7 @@
-"""What a run shows while it runs: its metadata (replaced whole at each change) and its streams
-(chunks appended in order, kept with the run), written once for both dialects (the part of
-SQLStore they make). Both are fenced by the run's lease; a change announces the run's topic, so
-whoever follows the run hears of it at once."""
+"""What a run shows while it runs: its metadata (replaced whole at each change), its streams
+(chunks appended in order, kept with the run) and the lifecycle hooks it fired, written once for
+both dialects (the part of SQLStore they make). All are fenced by the run's lease; a change of
+metadata or streams announces the run's topic, so whoever follows the run hears of it at once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from perdure.store.rows import RowMapping
 
 
 class RunDataOperations(RowMapping):
-    """Metadata and streams over `db`."""
+    """Metadata, streams and hook marks over `db`."""
 
     db: Connector
 
@@ -87,3 +87,20 @@ class RunDataOperations(RowMapping):
             assert value is not None
             chunks.append((int(row["seq"]), str(row["name"]), value))
         return chunks
+
+    async def mark_hook(self, run_id: str, lease: Lease, event: str, key: int = 0) -> bool:
+        params = {
+            "run_id": run_id,
+            "lease": lease.number,
+            "worker_id": lease.worker_id,
+            "event": event,
+            "key": key,
+            "now": self.now(),
+        }
+
+        def mark() -> Operation[bool]:
+            result: Result = yield Query("mark_hook", params)
+            return result.rowcount == 1
+
+        # durable: a hook that ran must not run again after a crash
+        return await self.db.write(mark, "mark_hook")

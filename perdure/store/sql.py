@@ -63,6 +63,7 @@ _RUN_PARTS = (
     "delete_waits",
     "delete_streams",
     "delete_run_tags",
+    "delete_run_hooks",
     "delete_runs",
 )
 """What a purged run leaves behind it: nothing (the queries that delete each part)."""

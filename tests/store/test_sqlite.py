@@ -146,6 +146,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0011_run_tags",
         "0012_trace_context",
         "0013_versions",
+        "0014_run_hooks",
     ]
     await store.open()
     await store.close()

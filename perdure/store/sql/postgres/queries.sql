@@ -892,6 +892,9 @@ INSERT INTO run_tags (tag, run_id)
 SELECT DISTINCT tag, %(run_id)s FROM jsonb_array_elements_text(%(tags)s::jsonb) AS tag
 ON CONFLICT DO NOTHING;
 
+-- name: delete_run_hooks
+DELETE FROM run_hooks WHERE run_id = ANY(%(ids)s);
+
 -- name: delete_run_tags
 DELETE FROM run_tags WHERE run_id = ANY(%(ids)s);
 
@@ -988,3 +991,11 @@ LIMIT %(limit)s;
 -- holds it, and only as the check saw it (its lease)
 UPDATE runs SET version = %(version)s, note = NULL, updated_at = %(now)s
 WHERE id = %(id)s AND lease = %(lease)s AND status IN ('queued', 'waiting');
+
+-- name: mark_hook
+-- a lifecycle hook about to run, once per event of a run, and only by the worker that holds it
+INSERT INTO run_hooks (run_id, event, key, fired_at)
+SELECT %(run_id)s, %(event)s, %(key)s, %(now)s
+WHERE EXISTS (SELECT 1 FROM runs WHERE id = %(run_id)s AND lease = %(lease)s
+              AND worker_id = %(worker_id)s AND status = 'running')
+ON CONFLICT DO NOTHING;

@@ -735,6 +735,9 @@ DELETE FROM streams WHERE run_id IN (SELECT value FROM json_each(:ids));
 -- name: insert_run_tags
 INSERT OR IGNORE INTO run_tags (tag, run_id) SELECT value, :run_id FROM json_each(:tags);
 
+-- name: delete_run_hooks
+DELETE FROM run_hooks WHERE run_id IN (SELECT value FROM json_each(:ids));
+
 -- name: delete_run_tags
 DELETE FROM run_tags WHERE run_id IN (SELECT value FROM json_each(:ids));
 
@@ -824,3 +827,11 @@ LIMIT :limit;
 -- holds it, and only as the check saw it (its lease)
 UPDATE runs SET version = :version, note = NULL, updated_at = :now
 WHERE id = :id AND lease = :lease AND status IN ('queued', 'waiting');
+
+-- name: mark_hook
+-- a lifecycle hook about to run, once per event of a run, and only by the worker that holds it
+INSERT INTO run_hooks (run_id, event, key, fired_at)
+SELECT :run_id, :event, :key, :now
+WHERE EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND lease = :lease
+              AND worker_id = :worker_id AND status = 'running')
+ON CONFLICT DO NOTHING;
