@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from perdure import metrics, run_logs, serde, tracing, values
+from perdure import hooks, metrics, run_logs, serde, tracing, values
 from perdure.calls import call_body
 from perdure.config import WorkerConfig
 from perdure.context import RunContext, TaskOptions, _current, activate
@@ -28,11 +28,10 @@ from perdure.errors import (
     PerdureError,
     RunCancelled,
     SerializationError,
-    StoreError,
     StoreRefused,
     Suspend,
 )
-from perdure.hooks import Hooks, Lifecycle, fire
+from perdure.hooks import Hooks, Lifecycle
 from perdure.journal import Journal, error_info
 from perdure.middleware import Call, Middleware, around
 from perdure.records import (
@@ -220,18 +219,24 @@ class Executor:
                 attempts=[],
             )
             return
-        hooked = self._hooked(task)
+        hooked = hooks.of(self.hooks, task.hooks)
         if hooked:
+            told = self._told(task, ctx)
             for event, key in (("start", 0), ("resume", run.lease)):
-                if (event == "start" or run.lease > 1) and hooked.get(event):
-                    await self._fire(ctx, hooked[event], event, key)
+                due = (event == "start" or run.lease > 1) and bool(hooked.get(event))
+                if due and await hooks.mark(self.store, ctx.run, event, key):
+                    await hooks.fire(hooked[event], told, event, None)
         transition = await self._run(task, ctx, started)
         if transition is None:
             return
         await ctx.data.flush()  # its metadata is written before its end
         after = _AFTER.get(transition.status)  # its hooks: recorded while it holds the run
         key = ctx.journal.seq if after == "wait" else 0
-        if after is None or not hooked.get(after) or not await self._mark(ctx, after, key):
+        if (
+            after is None
+            or not hooked.get(after)
+            or not await hooks.mark(self.store, ctx.run, after, key)
+        ):
             after = None
         entries, attempts = ctx.journal.take_pending()
         try:
@@ -255,7 +260,7 @@ class Executor:
             tracing.ended(span, "lost")
             return
         if after is not None and _AFTER.get(transition.status) == after:
-            await fire(hooked[after], self._lifecycle(task, ctx, after, transition))
+            await hooks.fire(hooked[after], self._told(task, ctx), after, transition)
         tracing.ended(
             span,
             str(transition.status),
@@ -308,48 +313,29 @@ class Executor:
                 # to be written: the attempt fails (retrying the write as it is cannot help)
                 transition, entries, attempts = self._failure(task, ctx, started, exc), [], []
 
-    def _hooked(self, task: TaskDef) -> dict[str, list[Callable[[Lifecycle], Any]]]:
-        """The lifecycle hooks of `task` by event, the App's first (empty without any)."""
-        if not self.hooks.by_event and not task.hooks.by_event:
-            return {}
-        events = set(self.hooks.by_event) | set(task.hooks.by_event)
-        return {e: self.hooks.get(e) + task.hooks.get(e) for e in events}
+    def _told(self, task: TaskDef, ctx: RunContext) -> hooks.Tell:
+        """What the run's hooks are told of an event (and of the transition it came with)."""
 
-    async def _mark(self, ctx: RunContext, event: str, key: int) -> bool:
-        """Record the event before its hooks run (at most once); False: it fired before, or
-        the run is no longer this worker's, or the store could not say."""
-        try:
-            return await self.store.mark_hook(ctx.run.id, ctx.run.held, event, key)
-        except (StoreError, LeaseLost) as exc:  # never fail a run for its hooks
-            log.warning("run %s: its %s hooks are skipped: %s", ctx.run.id, event, exc)
-            return False
-
-    async def _fire(
-        self, ctx: RunContext, hooks: list[Callable[[Lifecycle], Any]], event: str, key: int
-    ) -> None:
-        if await self._mark(ctx, event, key):
-            await fire(hooks, self._lifecycle(self.tasks[ctx.run.task], ctx, event, None))
-
-    def _lifecycle(
-        self, task: TaskDef, ctx: RunContext, event: str, transition: Transition | None
-    ) -> Lifecycle:
-        result = None
-        if transition is not None and transition.result is not None:
-            result = serde.decode(
-                transition.result.data,
-                codec=serde.Codec(transition.result.codec),
-                type_=task_return_type(task.fn),
-                what=f"result of run {ctx.run.id}",
+        def tell(event: str, transition: Transition | None) -> Lifecycle:
+            result = None
+            if transition is not None and transition.result is not None:
+                result = serde.decode(
+                    transition.result.data,
+                    codec=serde.Codec(transition.result.codec),
+                    type_=task_return_type(task.fn),
+                    what=f"result of run {ctx.run.id}",
+                )
+            return Lifecycle(
+                event=event,
+                run_id=ctx.run.id,
+                task=ctx.run.task,
+                attempt=ctx.run.attempt,
+                result=result,
+                error=transition.error if transition is not None else None,
+                waiting_for=transition.waiting_for if transition is not None else None,
             )
-        return Lifecycle(
-            event=event,
-            run_id=ctx.run.id,
-            task=ctx.run.task,
-            attempt=ctx.run.attempt,
-            result=result,
-            error=transition.error if transition is not None else None,
-            waiting_for=transition.waiting_for if transition is not None else None,
-        )
+
+        return tell
 
     async def check_replay(self, run: RunRecord, history: History) -> ReplayVerdict:
         """Replay the run's recorded journal against this executor's code without running a

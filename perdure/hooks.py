@@ -29,7 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from perdure.records import ErrorInfo
+from perdure.errors import LeaseLost, StoreError
+from perdure.records import ErrorInfo, RunRecord, Transition
+from perdure.store.base import Store
 
 log = logging.getLogger("perdure.run")
 
@@ -106,19 +108,51 @@ class HookDecorators:
         return self.hooks.add("cancel", hook)
 
 
-async def fire(hooks: list[Callable[[Lifecycle], Any]], event: Lifecycle) -> None:
-    """Run `hooks` in order; a hook that raises is logged, the others still run."""
+Tell = Callable[[str, "Transition | None"], Lifecycle]
+"""Makes what hooks are told of an event (and the transition it came with)."""
+
+
+def of(app: Hooks, task: Hooks) -> dict[str, list[Callable[[Lifecycle], Any]]]:
+    """A task's hooks by event, the App's first (empty without any: nothing to do)."""
+    if not app.by_event and not task.by_event:
+        return {}
+    return {e: app.get(e) + task.get(e) for e in set(app.by_event) | set(task.by_event)}
+
+
+async def mark(store: Store, run: RunRecord, event: str, key: int) -> bool:
+    """Record the event before its hooks run (at most once); False: it fired before, or the
+    run is no longer this worker's, or the store could not say."""
+    try:
+        return await store.mark_hook(run.id, run.held, event, key)
+    except (StoreError, LeaseLost) as exc:  # never fail a run for its hooks
+        log.warning("run %s: its %s hooks are skipped: %s", run.id, event, exc)
+        return False
+
+
+async def fire(
+    hooks: list[Callable[[Lifecycle], Any]],
+    tell: Tell,
+    event: str,
+    transition: Transition | None,
+) -> None:
+    """Run `hooks` for a marked event in order; a hook that raises is logged, the others still
+    run."""
+    try:
+        told = tell(event, transition)
+    except Exception:  # (a result that does not decode here): never fail a run for hooks
+        log.exception("its %s hooks are skipped", event)
+        return
     for hook in hooks:
         try:
             if inspect.iscoroutinefunction(hook):
-                await hook(event)
+                await hook(told)
             else:  # sync: in a thread, the worker's loop goes on
-                await asyncio.to_thread(hook, event)
+                await asyncio.to_thread(hook, told)
         except Exception:
             log.exception(
                 "the %s hook %s of run %s raised; the run goes on",
-                event.event,
+                event,
                 getattr(hook, "__qualname__", repr(hook)),
-                event.run_id,
-                extra={"run_id": event.run_id, "task": event.task, "action": "hook_failed"},
+                told.run_id,
+                extra={"run_id": told.run_id, "task": told.task, "action": "hook_failed"},
             )
