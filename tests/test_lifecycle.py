@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 import perdure
 from perdure.records import Lease, RunStatus
 
-from .conftest import running_worker, table_rows, wait_until
+from . import hookapp
+from .conftest import WorkerProcess, running_worker, table_rows, wait_until
 
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="none")
 
@@ -204,3 +206,40 @@ def _worker(worker_id: str) -> perdure.records.WorkerRecord:
     from perdure.lease import new_worker_record
 
     return new_worker_record(worker_id, "test", ["held"], 0.0)
+
+
+@pytest.mark.crash
+async def test_hooks_fire_once_across_a_killed_worker(
+    database_url: str, tmp_path: Path, worker_processes: list[WorkerProcess]
+) -> None:
+    """A worker is SIGKILLed inside the run's second step, after on_start fired: the worker
+    that takes the run over fires on_resume and on_success, and never on_start again."""
+    log, gate = tmp_path / "hooks.log", tmp_path / "gate"
+    gate.touch()
+    env = {
+        "PERDURE_DATABASE_URL": database_url,
+        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
+        "HOOKS_LOG": str(log),
+        "HOOKS_GATE": str(gate),
+    }
+    first = WorkerProcess("tests.hookapp:app", env, log=tmp_path / "w1.log")
+    worker_processes.append(first)
+    app = perdure.App("hooked", database=database_url, blobs=f"file://{tmp_path}/blobs")
+    app.task(name="gated")(hookapp.gated.fn)
+    handle = await app.get_task("gated").trigger()
+    await wait_until(lambda: log.exists() and "step 2" in log.read_text(), timeout=60)
+    first.kill()
+    gate.unlink()
+    second = WorkerProcess("tests.hookapp:app", env, log=tmp_path / "w2.log")
+    worker_processes.append(second)
+    assert await handle.result(timeout=90) == 3
+    lines = [line.split() for line in log.read_text().splitlines()]
+    hooks = [(line[0], line[-1]) for line in lines if line[0] in ("start", "resume", "success")]
+    assert hooks == [
+        ("start", str(first.pid)),
+        ("resume", str(second.pid)),
+        ("success", str(second.pid)),
+    ]
+    steps = [(line[1], line[-1]) for line in lines if line[0] == "step"]
+    assert steps == [("1", str(first.pid)), ("2", str(first.pid)), ("2", str(second.pid))]
+    await app.close()
