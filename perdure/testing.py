@@ -1,9 +1,13 @@
-"""Helpers for testing code that uses perdure."""
+"""Helpers for testing code that uses perdure: `harness` runs an app on a store of its own with
+a worker in the test's process and travels in time; `capture_logs` collects perdure's log
+records; `s3_test_server` serves a local S3 API. See docs/testing.md."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -11,8 +15,103 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from perdure.errors import ConfigurationError, NonDeterminismError
+
+if TYPE_CHECKING:
+    from perdure.app import App
+    from perdure.wait_records import Sent, Token, TokenRecord
+
+
+class Harness:
+    """An app on a store of its own with a worker running in this process (see harness)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def advance(self, seconds: float) -> None:
+        """Travel `seconds` forward in time: durable sleeps, wait and token timeouts, retry
+        backoffs and schedule ticks that fall within come due now, and the worker runs them —
+        a flow that sleeps a day is tested in milliseconds."""
+        if seconds < 0:
+            raise ValueError(f"time travels forward only, got {seconds}")
+        await self.app.store.advance_clock(seconds)
+
+    def now(self) -> float:
+        """The store's clock (POSIX seconds), time travel included."""
+        return self.app.store.now()
+
+    async def complete_token(self, token: Token | str, data: Any = None) -> TokenRecord:
+        """Complete a token (see App.complete_token)."""
+        return await self.app.complete_token(token, data)
+
+    async def send_event(
+        self, name: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> Sent:
+        """Send an event (see App.send_event)."""
+        return await self.app.send_event(name, payload, idempotency_key=idempotency_key)
+
+
+@contextlib.asynccontextmanager
+async def harness(
+    app: App,
+    folder: str | Path,
+    *,
+    concurrency: int = 10,
+    check_replay: bool = True,
+    **settings: Any,
+) -> AsyncIterator[Harness]:
+    """Run `app` on a fresh SQLite store and blob folder in `folder` (a test's tmp_path), with a
+    worker in this process (WorkerConfig `settings`), for the block; then drain the worker and
+    close the store. In the block, `await h.advance(86_400)` travels a day forward:
+
+        async def test_reminder(tmp_path):
+            async with perdure.testing.harness(app, tmp_path) as h:
+                run = await remind.trigger("ana")
+                await h.advance(24 * 3600)          # the task's perdure.sleep(one day) ends
+                assert await run.result(timeout=5) == "reminded ana"
+
+    With `check_replay` (the default), when the block ends without an error every run it made
+    is replayed from the top against the app's code, as a worker resuming it would, without
+    running a step: a run whose code took another path on replay (it branched on something
+    unrecorded: the time, randomness, a global) fails the test with NonDeterminismError."""
+    if app._store is not None:
+        raise ConfigurationError(
+            f"app {app.name!r} has opened its store already: give the harness an app that has "
+            "not (e.g. before anything triggers a run)"
+        )
+    database, blobs = app.database, app.blobs
+    home = os.path.abspath(folder)  # noqa: ASYNC240 - a name, no I/O worth a thread
+    app.database, app.blobs = f"sqlite:///{home}/perdure.db", f"file://{home}/blobs"
+    worker = app.worker(concurrency=concurrency, **settings)
+    running = asyncio.create_task(worker.run(install_signal_handlers=False))
+    try:
+        yield Harness(app)
+        if check_replay:
+            await _check_replays(app)
+    finally:
+        worker.stop()
+        worker.stop()  # (a second stop releases what still runs: a test's end is no drain)
+        await running
+        await app.close()
+        app.database, app.blobs = database, blobs
+
+
+async def _check_replays(app: App) -> None:
+    verdicts = await app.admin.check_replays(runs=100_000)
+    failed = [v for v in verdicts if not v.ok]
+    if failed:
+        raise NonDeterminismError(
+            f"{len(failed)} run(s) take another path when replayed: "
+            + "; ".join(v.message for v in failed[:5]),
+            run_id=failed[0].run_id,
+            seq=failed[0].seq,
+            called=failed[0].called,
+            recorded=failed[0].recorded,
+        )
 
 
 class LogCapture(logging.Handler):

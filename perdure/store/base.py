@@ -71,6 +71,13 @@ class Store(Protocol):
         """Connect and check (or apply) the schema version."""
         ...
 
+    async def advance_clock(self, seconds: float) -> None:
+        """Time travel, for tests (perdure.testing): this process's clock of the store runs
+        `seconds` further ahead, so durable sleeps, wait and token timeouts, retry backoffs and
+        schedules come due without waiting; workers in this process look again at once.
+        SQLite only (ConfigurationError on PostgreSQL, whose clock is the server's)."""
+        ...
+
     def now(self) -> float:
         """The store's clock, in POSIX seconds. Every time the store keeps or compares (when a
         run may start or wake, a heartbeat, a lease's expiry, a TTL) is on it, so processes

@@ -110,6 +110,11 @@ class Connector(Protocol):
         """A reading of the database's clock, asked for at `sent` (this process's clock)."""
         ...
 
+    def advance_clock(self, seconds: float) -> None:
+        """Time travel, for tests: this process's clock of the database runs `seconds` further
+        ahead (ConfigurationError where the database's own clock rules)."""
+        ...
+
     async def read(self, make: OperationFactory[T], what: str) -> T:
         """Run a read-only operation (no transaction; it may see other commits between its
         queries)."""

@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
-from perdure.errors import SchemaOutdated
+from perdure.errors import ConfigurationError, SchemaOutdated
 from perdure.store.connector import Batch, OperationFactory, Query, Result, Row, T, rows_of
 from perdure.store.notify import ChangeNotifier
 from perdure.store.pg_connections import (
@@ -227,6 +227,12 @@ class PostgresConnector(PostgresConnections):
 
     def now(self) -> float:
         return time.time() + self._clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        raise ConfigurationError(
+            "time travel needs the SQLite store: PostgreSQL's clock is the server's, shared by "
+            "every process (perdure.testing.harness makes a SQLite store of its own)"
+        )
 
     def observe_clock(self, sent: float, server_now: float) -> None:
         """A reading of the server's clock, taken between `sent` and now on this process's

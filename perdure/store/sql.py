@@ -97,6 +97,10 @@ class SQLStore(
         self._turns = Turns()
         self._queue_cache: dict[str, tuple[float, dict[str, QueueConfig]]] = {}
 
+    async def advance_clock(self, seconds: float) -> None:
+        self.db.advance_clock(seconds)
+        self.db.notifier.notify({CLAIMABLE})  # what came due is claimable: workers look again
+
     def now(self) -> float:
         return self.db.now()
 

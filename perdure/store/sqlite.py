@@ -127,6 +127,9 @@ class SQLiteConnector:
         self.auto_migrate = auto_migrate
         self.poll_interval = poll_interval
         self.notifier = ChangeNotifier()
+        self.clock_offset = 0.0
+        """Seconds this process's clock of the store runs ahead (perdure.testing's time
+        travel; 0 otherwise)."""
         self._readers: ReaderThreads | None = None
         self._reads = Timing()
         """How long reads take: quick ones run on the calling loop."""
@@ -136,7 +139,11 @@ class SQLiteConnector:
         self._open_lock = threading.Lock()
 
     def now(self) -> float:
-        return time.time()  # every process on the file shares this host's clock
+        # every process on the file shares this host's clock (moved on by time travel, in tests)
+        return time.time() + self.clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        self.clock_offset += seconds
 
     def observe_clock(self, sent: float, server_now: float) -> None:
         pass
