@@ -7,6 +7,7 @@ exits)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -23,7 +24,10 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from .conftest import ROOT, WorkerProcess
+import perdure
+
+from . import hookapp
+from .conftest import ROOT, WorkerProcess, wait_until
 from .served import free_port
 
 DEPLOY = ROOT / "deploy"
@@ -180,41 +184,54 @@ def _until(url: str, code: int, timeout: float = 30.0) -> str:
         time.sleep(0.05)
 
 
-def test_a_worker_serves_its_health_and_drains_on_request(
+def _health_worker(
     database_url: str, tmp_path: Path, worker_processes: list[WorkerProcess]
-) -> None:
+) -> tuple[WorkerProcess, str]:
+    """A worker of tests/hookapp.py serving its health endpoints; it and their base URL."""
     port = free_port()
     env = {
         "PERDURE_DATABASE_URL": database_url,
         "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
-        "VERSIONS_LOG": str(tmp_path / "side-effects.log"),
+        "HOOKS_LOG": str(tmp_path / "hooks.log"),
+        "HOOKS_GATE": str(tmp_path / "gate"),
     }
     worker = WorkerProcess(
-        "tests.versionapp:app", env, log=tmp_path / "w.log", args=("--health-port", str(port))
+        "tests.hookapp:app", env, log=tmp_path / "w.log", args=("--health-port", str(port))
     )
     worker_processes.append(worker)
-    base = f"http://127.0.0.1:{port}"
+    return worker, f"http://127.0.0.1:{port}"
+
+
+async def test_a_worker_serves_its_health_and_drains_on_request(
+    database_url: str, tmp_path: Path, worker_processes: list[WorkerProcess]
+) -> None:
+    """/drain answers once the run in flight has finished (not released), then the worker
+    exits 0."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    worker, base = _health_worker(database_url, tmp_path, worker_processes)
     _until(base + "/readyz", 200)
     assert _get(base + "/livez") == (200, "ok\n")
     assert _get(base + "/nothing")[0] == 404
-    assert _get(base + "/drain") == (200, "drained\n")  # answered once it has drained
+    app = perdure.App("hooked", database=database_url, blobs=f"file://{tmp_path}/blobs")
+    app.task(name="gated")(hookapp.gated.fn)
+    run = await app.get_task("gated").trigger()
+    hooks_log = tmp_path / "hooks.log"
+    await wait_until(lambda: hooks_log.exists() and "step 2" in hooks_log.read_text(), 60)
+    drain = asyncio.create_task(asyncio.to_thread(_get, base + "/drain"))
+    await asyncio.to_thread(_until, base + "/readyz", 503)  # draining
+    assert not drain.done()  # the run in flight holds the drain
+    gate.unlink()
+    assert await drain == (200, "drained\n")
+    assert await run.result(timeout=30) == 3  # finished by the draining worker, not released
     assert worker.proc.wait(30) == 0
-    assert "draining" in worker.log.read_text() or "stopped" in worker.log.read_text()
+    await app.close()
 
 
 def test_a_worker_that_cannot_reach_its_store_is_alive_but_not_ready(
     tmp_path: Path, worker_processes: list[WorkerProcess]
 ) -> None:
-    port = free_port()
-    env = {
-        "PERDURE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
-        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
-        "VERSIONS_LOG": str(tmp_path / "side-effects.log"),
-    }
-    worker = WorkerProcess(
-        "tests.versionapp:app", env, log=tmp_path / "w.log", args=("--health-port", str(port))
-    )
-    worker_processes.append(worker)
-    base = f"http://127.0.0.1:{port}"
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    _worker, base = _health_worker(url, tmp_path, worker_processes)
     _until(base + "/livez", 200)
     assert _get(base + "/readyz") == (503, "not registered with the store yet\n")
