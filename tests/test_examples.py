@@ -70,3 +70,11 @@ def test_deploy_with_patch_keeps_old_runs_on_their_path() -> None:
     assert "replay check with the patch: 1 of 1 replay" in out
     assert "order 1: charged 1, shipped 1" in out  # started before the patch
     assert "order 2: charged 2, receipt 2, shipped 2" in out
+
+
+def test_alert_on_failure_posts_once_after_the_last_retry() -> None:
+    out = _example("alert_on_failure.py")
+    assert "alerts posted: 1" in out  # two attempts, one alert
+    assert "invoice run " in out
+    assert "failed after 2 attempt(s): " in out
+    assert "the payment provider refused acme" in out
