@@ -26,6 +26,7 @@ from perdure.step import Step, step_key
 from perdure.task import Task
 from perdure.wait_records import Token
 from perdure.waits import (
+    continue_as_new,
     create_token,
     now,
     patched,
@@ -58,6 +59,7 @@ __all__ = [
     "Step",
     "Task",
     "Token",
+    "continue_as_new",
     "create_token",
     "errors",
     "metadata",

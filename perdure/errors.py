@@ -34,6 +34,8 @@ catching `Exception` cannot swallow them.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PerdureError(Exception):
     """A perdure error."""
@@ -311,6 +313,16 @@ class Suspend(BaseException):
 
 class CancelSignal(BaseException):
     """Internal: the run was cancelled while it executed."""
+
+
+class ContinueAsNew(BaseException):
+    """Internal: the run ends here and continues as a new run of its task with these
+    arguments (perdure.continue_as_new)."""
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__("continue as new")
+        self.args_ = args
+        self.kwargs = kwargs
 
 
 class HistoryEnd(BaseException):

@@ -20,6 +20,7 @@ from perdure.config import WorkerConfig
 from perdure.context import RunContext, TaskOptions, _current, activate
 from perdure.errors import (
     CancelSignal,
+    ContinueAsNew,
     CorruptJournal,
     HistoryEnd,
     InvalidArguments,
@@ -32,12 +33,14 @@ from perdure.errors import (
     Suspend,
 )
 from perdure.hooks import Hooks, Lifecycle
+from perdure.ids import new_id
 from perdure.journal import Journal, error_info
 from perdure.middleware import Call, Middleware, around
 from perdure.records import (
     Attempt,
     History,
     JournalEntry,
+    NewRun,
     ReplayVerdict,
     RunRecord,
     RunStatus,
@@ -456,6 +459,32 @@ class Executor:
                 codec=task.options.codec,
                 what=f"result of task {task.options.name!r}",
                 max_size=task.options.max_value_size,
+            )
+        except ContinueAsNew as follow:
+            try:
+                try:
+                    inspect.signature(task.fn).bind(*follow.args_, **follow.kwargs)
+                except TypeError as exc:
+                    raise InvalidArguments(
+                        f"continue_as_new: arguments do not fit task {run.task!r}: {exc}"
+                    ) from None
+                args_value = task.encode_args(tuple(follow.args_), dict(follow.kwargs))
+            except Exception as exc:  # (arguments that do not fit, or cannot be stored)
+                return self._failure(task, ctx, started, exc)
+            return Transition(
+                status=RunStatus.COMPLETED,
+                attempt=self._attempt(ctx, started),
+                continue_as=NewRun(
+                    id=new_id(),
+                    app=run.app,
+                    task=run.task,
+                    queue=run.queue,
+                    args=args_value,
+                    available_at=self.store.now(),
+                    priority=run.priority,
+                    concurrency_key=run.concurrency_key,
+                    tags=run.tags,
+                ),
             )
         except Suspend as suspend:
             kind = suspend.waiting_for or ("children" if suspend.children else "sleep")

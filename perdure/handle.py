@@ -79,11 +79,13 @@ class RunHandle(Generic[R]):
         """Wait for the run to finish and return its result.
 
         Raises TaskFailed (with the error's type, message and traceback), RunCancelled, or
-        RunTimeout when `timeout` seconds pass first.
+        RunTimeout when `timeout` seconds pass first. A run that continued as a new run
+        (perdure.continue_as_new) gives the result of the last run of the chain.
         """
         store = self._app.store
         deadline = None if timeout is None else time.monotonic() + timeout
-        topics = (run_topic(self.id),)
+        run_id = self.id  # (then each run it continued as, to the end of the chain)
+        topics = (run_topic(run_id),)
         if self._since is not None:
             # just triggered: no need to read the run before it has changed
             since, self._since = self._since, None
@@ -91,10 +93,14 @@ class RunHandle(Generic[R]):
             await store.wait_for_change(first_wait, topics=topics, since=since)
         while True:
             token = store.change_token()
-            known = self._app.results.get(self.id)  # completed in this process: no read
+            known = self._app.results.get(run_id)  # completed in this process: no read
             if known is not None:
                 return self._decode(known)
-            run = await store.get_run(self.id)
+            run = await store.get_run(run_id)
+            if run.status is RunStatus.COMPLETED and run.continued_as is not None:
+                run_id = run.continued_as  # it continued as a new run: that one's result
+                topics = (run_topic(run_id),)
+                continue
             if run.status is RunStatus.COMPLETED:
                 assert run.result is not None
                 return self._decode(run.result)

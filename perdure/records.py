@@ -240,6 +240,9 @@ class RunRecord:
     given at trigger; None while no worker has started it."""
     replay_of: str | None = None
     """The run it replays, if it was made by a replay."""
+    continued_as: str | None = None
+    """The run it continued as (perdure.continue_as_new): it completed without a result, and
+    its handle's result is that run's (to the end of the chain)."""
     metadata: Value | None = None
     """Its metadata (perdure.metadata.set), an encoded mapping; in get_run only."""
 
@@ -468,6 +471,9 @@ class Transition:
     signals: int | None = None
     """For WAITING on a signal: the signals the claim saw (RunRecord.signals); if more arrived
     since, the run is claimable again at once."""
+    continue_as: NewRun | None = None
+    """For COMPLETED by perdure.continue_as_new: the run it continues as, created with its end
+    in one transaction."""
 
 
 class MissedTicks(StrEnum):

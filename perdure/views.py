@@ -50,6 +50,7 @@ def run_dict(run: RunRecord, *, values: bool = True) -> dict[str, Any]:
         "error": None if run.error is None else msgspec.to_builtins(run.error),
         "version": run.version,
         "replay_of": run.replay_of,
+        "continued_as": run.continued_as,
     }
     if run.result is not None:
         if values:

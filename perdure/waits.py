@@ -17,12 +17,12 @@ import random as _random
 import time
 import uuid as _uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from perdure import tracing, values
 from perdure.config import env_float
 from perdure.context import RunContext, _in_step, current, in_thread_of_loop
-from perdure.errors import PerdureError, Suspend, WaitTimeout
+from perdure.errors import ContinueAsNew, PerdureError, Suspend, WaitTimeout
 from perdure.journal import Journal, error_info
 from perdure.records import EntryKind, EntryStatus, JournalEntry, Value
 from perdure.wait_records import (
@@ -333,3 +333,29 @@ def patched(patch_id: str) -> bool:
         return True
     ctx.check_active()
     return ctx.journal.patched(patch_id)
+
+
+def continue_as_new(*args: Any, **kwargs: Any) -> NoReturn:
+    """End this run and continue as a new run of its task with these arguments, in one atomic
+    step: the run completes (without a result, linked to the new one: RunRecord.continued_as)
+    and the new run starts with an empty journal. A loop that would run for weeks — a chat
+    agent's turns, a poller — keeps its history short, so a resume replays little:
+
+        @app.task
+        async def agent(conversation: str, turn: int = 0) -> None:
+            ...
+            if turn % 100 == 99:
+                perdure.continue_as_new(conversation, turn + 1)
+
+    A handle's result() follows the chain to the run that ends it. Only in a task's body (not a
+    step), and not in a child run (its parent waits for it, not for the chain)."""
+    ctx: RunContext | None = current()
+    if ctx is None or _in_step.get() is not None:
+        raise PerdureError("perdure.continue_as_new belongs in a task's body (not a step)")
+    if ctx.run.parent_id is not None:
+        raise PerdureError(
+            f"run {ctx.run.id} is a child run: its parent waits for it, so it cannot continue "
+            "as a new run; return instead, and let the parent trigger the next one"
+        )
+    ctx.check_active()
+    raise ContinueAsNew(args, kwargs)

@@ -82,6 +82,7 @@ def test_trigger_worker_list_show_cancel(
             "0012_trace_context",
             "0013_versions",
             "0014_run_hooks",
+            "0015_continue_as_new",
         ],
     }
     assert as_json(perdure_cli(tmp_path, "migrate", "--dry-run", "--json"))["migrations"] == []

@@ -20,6 +20,7 @@ def test_public_names_are_pinned() -> None:
         "Step",
         "Task",
         "Token",
+        "continue_as_new",
         "create_token",
         "errors",
         "metadata",

@@ -74,6 +74,7 @@ class RunOut(msgspec.Struct):
     args: Any = None
     version: str | None = None
     replay_of: str | None = None
+    continued_as: str | None = None
 
 
 class RunPage(msgspec.Struct):

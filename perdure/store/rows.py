@@ -196,6 +196,7 @@ class RowMapping:
             trace_context=row["trace_context"] if "trace_context" in keys else None,
             version=row["version"] if "version" in keys else None,
             replay_of=row["replay_of"] if "replay_of" in keys else None,
+            continued_as=row["continued_as"] if "continued_as" in keys else None,
             metadata=metadata,
         )
 

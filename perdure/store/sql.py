@@ -367,12 +367,19 @@ class SQLStore(
             run_id, lease, transition, attempts
         )
         cancelled = transition.status is RunStatus.CANCELLED
+        follower = transition.continue_as
+        follower_params = None
+        if follower is not None:  # (continue_as_new) the next run, in the same transaction
+            follower_params = await self._new_run_params(follower, self.now())
+            topics = [*topics, CLAIMABLE]
         fast = self.db.fast
-        # a task retry also drops entries, a cancel cancels the children: the shared way
+        # a task retry also drops entries, a cancel cancels the children, a continue-as-new
+        # inserts a run: the shared way
         if (
             fast is not None
             and not transition.next_attempt
             and not cancelled
+            and follower is None
             and await fast.finish(params, entry_params, attempt_params, topics)
         ):
             return  # else the shared operation says why not
@@ -385,6 +392,10 @@ class SQLStore(
                 yield Query("drop_failed_entries", {"run_id": run_id})
             if cancelled:  # its children go with it
                 yield from self._cancel_tree(params)
+            if follower_params is not None:
+                yield from insert_run(follower_params)
+                link = {"id": run_id, "continued_as": follower_params["id"]}
+                yield Query("set_continued_as", link)
 
         await self.db.write(finish, "finish_attempt", topics)
 

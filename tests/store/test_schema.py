@@ -60,6 +60,7 @@ async def test_dialects_build_the_same_tables(tmp_path: Path, postgres_url: str)
         "0012_trace_context",
         "0013_versions",
         "0014_run_hooks",
+        "0015_continue_as_new",
     ]
     from_sqlite = sqlite_columns(tmp_path / "p.db")
     from_postgres = postgres_columns(postgres_url)

@@ -147,6 +147,7 @@ async def test_schema_versions(tmp_path: Path) -> None:
         "0012_trace_context",
         "0013_versions",
         "0014_run_hooks",
+        "0015_continue_as_new",
     ]
     await store.open()
     await store.close()

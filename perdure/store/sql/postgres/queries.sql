@@ -999,3 +999,7 @@ SELECT %(run_id)s, %(event)s, %(key)s, %(now)s
 WHERE EXISTS (SELECT 1 FROM runs WHERE id = %(run_id)s AND lease = %(lease)s
               AND worker_id = %(worker_id)s AND status = 'running')
 ON CONFLICT DO NOTHING;
+
+-- name: set_continued_as
+-- the run it continues as (with its end, in one transaction)
+UPDATE runs SET continued_as = %(continued_as)s WHERE id = %(id)s;

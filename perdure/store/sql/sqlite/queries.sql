@@ -835,3 +835,7 @@ SELECT :run_id, :event, :key, :now
 WHERE EXISTS (SELECT 1 FROM runs WHERE id = :run_id AND lease = :lease
               AND worker_id = :worker_id AND status = 'running')
 ON CONFLICT DO NOTHING;
+
+-- name: set_continued_as
+-- the run it continues as (with its end, in one transaction)
+UPDATE runs SET continued_as = :continued_as WHERE id = :id;
