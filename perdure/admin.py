@@ -35,6 +35,7 @@ from perdure.wait_records import EventRecord, Sent, TokenRecord, TokenStatus, Wa
 
 if TYPE_CHECKING:
     from perdure.app import App
+    from perdure.executor import Executor
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -300,30 +301,37 @@ class Admin:
         """Replay the recorded journals of this App's latest `runs` runs that have one (of
         `task`; or of the runs `run_ids`) against the code of this App, running no step and
         writing nothing: a verdict per run (see Executor.check_replay)."""
-        store = self.app.store
         executor = self.app.executor()
-        if run_ids:
-            chosen = [await store.get_run(run_id, values=False) for run_id in run_ids]
-        else:
-            chosen = [
-                run
-                for run in await self.find_runs(task=task, limit=runs * 4)
-                if run.started_at is not None
-            ]
+        chosen = list(run_ids) or [
+            run.id
+            for run in await self.find_runs(task=task, limit=runs * 4)
+            if run.started_at is not None
+        ]
         verdicts: list[ReplayVerdict] = []
-        for listed in chosen:
+        for run_id in chosen:
             if not run_ids and len(verdicts) >= runs:
                 break
-            journal = await store.load_journal(listed.id)
-            if not journal and not run_ids:
+            checked = await self._check_replay(executor, run_id, skip_empty=not run_ids)
+            if checked is None:
                 continue  # nothing recorded: nothing to check
-            run = await store.get_run(listed.id)
-            history = History(journal, await store.load_attempts(listed.id))
-            verdict = await executor.check_replay(run, history)
+            verdict = checked[1]
             verdicts.append(verdict)
             if progress is not None:
                 progress(verdict)
         return verdicts
+
+    async def _check_replay(
+        self, executor: Executor, run_id: str, *, skip_empty: bool = False
+    ) -> tuple[RunRecord, ReplayVerdict] | None:
+        """The run and the replay check of its journal against `executor`'s code (None, with
+        `skip_empty`, for a run that recorded nothing)."""
+        store = self.app.store
+        journal = await store.load_journal(run_id)
+        if skip_empty and not journal:
+            return None
+        run = await store.get_run(run_id)
+        history = History(journal, await store.load_attempts(run_id))
+        return run, await executor.check_replay(run, history)
 
     async def migrate_runs(
         self,
@@ -340,9 +348,9 @@ class Admin:
         version = self.app.version
         out: list[tuple[ReplayVerdict, bool]] = []
         for run_id in run_ids:
-            run = await store.get_run(run_id)
-            history = History(await store.load_journal(run_id), await store.load_attempts(run_id))
-            verdict = await executor.check_replay(run, history)
+            checked = await self._check_replay(executor, run_id)
+            assert checked is not None  # (never skipped)
+            run, verdict = checked
             movable = run.status in (RunStatus.QUEUED, RunStatus.WAITING)
             if verdict.ok and not movable:
                 verdict = replace(

@@ -79,8 +79,22 @@ class TaskDef:
         """True for `async def` tasks."""
         return inspect.iscoroutinefunction(self.fn)
 
+    def encode_call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Value:
+        """The arguments of a run, checked and encoded: InvalidArguments, before anything is
+        stored, when they do not fit the signature or a worker could not convert them to the
+        annotated types (for a trigger, a replay with new arguments, a continue-as-new)."""
+        try:
+            given = _call_shape(self.fn)[1].bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(
+                f"arguments do not fit task {self.options.name!r}{_call_shape(self.fn)[1]}: {exc}"
+            ) from None
+        value = self.encode_args(tuple(args), dict(kwargs))
+        check_args(self, value, given)
+        return value
+
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Value:
-        """Check the arguments against the signature and encode them."""
+        """Encode the arguments (unchecked: see encode_call)."""
         data = values.encode(
             [list(args), kwargs],
             codec=self.options.codec,
@@ -462,13 +476,7 @@ class Executor:
             )
         except ContinueAsNew as follow:
             try:
-                try:
-                    inspect.signature(task.fn).bind(*follow.args_, **follow.kwargs)
-                except TypeError as exc:
-                    raise InvalidArguments(
-                        f"continue_as_new: arguments do not fit task {run.task!r}: {exc}"
-                    ) from None
-                args_value = task.encode_args(tuple(follow.args_), dict(follow.kwargs))
+                args_value = task.encode_call(follow.args_, follow.kwargs)
             except Exception as exc:  # (arguments that do not fit, or cannot be stored)
                 return self._failure(task, ctx, started, exc)
             return Transition(

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from perdure import serde, values
 from perdure.errors import ConfigurationError
-from perdure.executor import check_args
 from perdure.ids import new_id
 from perdure.records import Value
 from perdure.task import RunOptions
@@ -96,8 +95,7 @@ class Signals:
         await store.open()
         runs = []
         for task in self.on_event.get(name, []):  # one run each, made with the event or never
-            args = task.definition.encode_args((payload,), {})
-            check_args(task.definition, args, task.signature.bind(payload))
+            args = task.definition.encode_call((payload,), {})
             key = f"perdure:event:{event_id}"
             runs.append(RunOptions().new_run(task, args, idempotency_key=key))
         return await store.send_event(

@@ -19,7 +19,7 @@ from perdure.errors import (
     PerdureError,
     Suspend,
 )
-from perdure.executor import TaskDef, check_args, task_return_type
+from perdure.executor import TaskDef, task_return_type
 from perdure.handle import RunHandle, run_sync
 from perdure.hooks import HookDecorators
 from perdure.ids import new_id
@@ -434,15 +434,7 @@ class Task(HookDecorators, Generic[P, R]):
     def encode_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Value:
         """The arguments of a run, encoded; InvalidArguments when they do not fit the task
         (refused here, not on a worker)."""
-        try:
-            given = self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise InvalidArguments(
-                f"arguments do not fit task {self.name!r}{self.signature}: {exc}"
-            ) from None
-        value = self.definition.encode_args(tuple(args), dict(kwargs))
-        check_args(self.definition, value, given)
-        return value
+        return self.definition.encode_call(args, kwargs)
 
     async def _wait_for(self, ids: list[str], seq: int) -> list[Any]:
         """The outcomes of awaited children, once all have ended (else the run suspends)."""
