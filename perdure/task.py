@@ -19,12 +19,12 @@ from perdure.errors import (
     PerdureError,
     Suspend,
 )
-from perdure.executor import TaskDef, task_return_type
 from perdure.handle import RunHandle, run_sync
 from perdure.hooks import HookDecorators
 from perdure.ids import new_id
 from perdure.records import EntryKind, ErrorInfo, NewRun, RunRecord, RunStatus, Value
 from perdure.retry import DEFAULT_RETRY, Retry
+from perdure.taskdef import TaskDef, task_return_type
 
 if TYPE_CHECKING:
     from perdure.app import App

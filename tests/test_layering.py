@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.progress",
             "perdure.run_logs",
             "perdure.tracing",
+            "perdure.taskdef",
             "perdure.executor",
         ),
     ),
@@ -151,3 +152,16 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     imported = _imports(bad)
     assert imported == {"perdure.context", "perdure.app"}
     assert all(_layer(name) > _layer("perdure.store.sql") for name in imported)
+
+
+MAX_LINES = 600
+"""No module grows past this many lines: one that does has more than one concern to split."""
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    long = {
+        module: n
+        for module, path in MODULES.items()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines (split each by concern): {long}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -30,7 +30,7 @@ from perdure.records import (
     Value,
     WorkerRecord,
 )
-from perdure.store.connector import Operation, Query, Result, Row
+from perdure.store.connector import Connector, Operation, Query, Result, Row, rows_of
 from perdure.store.notify import CLAIMABLE, run_topic
 from perdure.values import StoredValues
 
@@ -464,6 +464,32 @@ class RowMapping:
             queued=row["queued"],
             oldest_waiting_at=row["oldest_waiting_at"],
         )
+
+
+class Operations(RowMapping):
+    """The base of the store's operations over `db`: one read, one counted write."""
+
+    db: Connector
+
+    async def _one(self, query: str, params: dict[str, Any], what: str) -> list[Row]:
+        """The rows of one read query."""
+        return await self.db.read(lambda: rows_of(Query(query, params)), what)
+
+    async def _count(
+        self,
+        query: str,
+        params: dict[str, Any],
+        topics: Collection[str] = (),
+        *,
+        durable: bool = True,
+    ) -> int:
+        """One write query; how many rows it changed."""
+
+        def write() -> Operation[int]:
+            result: Result = yield Query(query, params)
+            return result.rowcount
+
+        return await self.db.write(write, query, topics, durable=durable)
 
 
 def insert_run(params: dict[str, Any]) -> Operation[bool]:

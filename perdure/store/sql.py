@@ -27,12 +27,11 @@ from perdure.records import (
     RunStatus,
     Transition,
     Value,
-    WorkerRecord,
 )
 from perdure.store.admission import CANDIDATE_SCAN, Turns, admit, limits_apply, rate_window
 from perdure.store.api_keys import ApiKeyOperations
 from perdure.store.base import ChangeToken, trigger_timeout
-from perdure.store.connector import Batch, Connector, Operation, Query, Result, Row, rows_of
+from perdure.store.connector import Batch, Connector, Operation, Query, Result, Row
 from perdure.store.notify import CANCEL, CLAIMABLE, run_topic
 from perdure.store.rows import (
     UNKNOWN,
@@ -50,6 +49,7 @@ from perdure.store.schedule_ops import ScheduleOperations
 from perdure.store.stats import StatsOperations
 from perdure.store.version_ops import VersionOperations
 from perdure.store.wait_ops import WaitOperations
+from perdure.store.worker_ops import WorkerOperations
 from perdure.values import StoredValues
 
 _QUEUES_FRESH_FOR = 1.0  # seconds a store trusts its copy of an app's queues to pick the claim path
@@ -78,6 +78,7 @@ class SQLStore(
     ApiKeyOperations,
     StatsOperations,
     VersionOperations,
+    WorkerOperations,
 ):
     """`Store` on a SQL database reached through `db`."""
 
@@ -120,10 +121,6 @@ class SQLStore(
 
     async def migrate(self, *, dry_run: bool = False, target: int | None = None) -> list[str]:
         return await self.db.migrate(dry_run=dry_run, target=target)
-
-    async def _one(self, query: str, params: dict[str, Any], what: str) -> list[Row]:
-        """The rows of one read query."""
-        return await self.db.read(lambda: rows_of(Query(query, params)), what)
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -461,22 +458,6 @@ class SQLStore(
     async def expire_runs(self) -> int:
         return await self._count("expire_runs", {"app": None, "now": self.now()}, (CLAIMABLE,))
 
-    async def _count(
-        self,
-        query: str,
-        params: dict[str, Any],
-        topics: Collection[str] = (),
-        *,
-        durable: bool = True,
-    ) -> int:
-        """One write query; how many rows it changed."""
-
-        def write() -> Operation[int]:
-            result: Result = yield Query(query, params)
-            return result.rowcount
-
-        return await self.db.write(write, query, topics, durable=durable)
-
     # -- retention ---------------------------------------------------------------------------
 
     async def purge_runs(
@@ -522,70 +503,6 @@ class SQLStore(
     async def referenced_blobs(self, keys: list[str]) -> set[str]:
         rows = await self._one("referenced_blobs", {"keys": keys}, "referenced_blobs")
         return {row["key"] for row in rows}
-
-    # -- workers -----------------------------------------------------------------------------
-
-    async def register_worker(self, worker: WorkerRecord) -> None:
-        # the session first: a registered worker without it would look dead to the others
-        await self.db.hold_session(worker.id)
-        # durable: a worker whose row a power cut took could claim nothing (claims need it)
-        await self._count("register_worker", self._worker_params(worker))
-
-    async def heartbeat(self, worker_id: str) -> bool:
-        sent = time.time()
-        params = {"id": worker_id, "now": self.now()}
-
-        def beat() -> Operation[float | None]:
-            row = (yield Query("heartbeat", params)).first
-            return None if row is None else float(row["server_now"])
-
-        server_now = await self.db.write(beat, "heartbeat", durable=False)
-        if server_now is None:
-            return False
-        self.db.observe_clock(sent, server_now)
-        return True
-
-    async def live_workers(self, *, app: str) -> list[WorkerRecord]:
-        rows = await self._one("live_workers", {"app": app}, "live_workers")
-        return [self._worker_record(row) for row in rows]
-
-    async def reap_workers(self, worker_ids: list[str], *, reason: str) -> int:
-        now = self.now()
-
-        def reap() -> Operation[int]:
-            requeued = 0
-            for worker_id in worker_ids:
-                yield Query("mark_worker_dead", {"id": worker_id, "status": "dead"})
-                note = f"requeued: worker {worker_id} {reason}"
-                params = {"worker_id": worker_id, "now": now, "note": note}
-                requeued += (yield Query("requeue_worker_runs", params)).rowcount
-            orphans: Result = yield Query("requeue_orphans", {"now": now})
-            return requeued + orphans.rowcount
-
-        return await self.db.write(reap, "reap_workers", (CLAIMABLE,))
-
-    async def deregister_worker(self, worker_id: str) -> None:
-        params = {"id": worker_id, "status": "stopped"}
-        await self._count("mark_worker_dead", params, durable=False)
-        await self.db.release_session(worker_id)
-
-    async def dead_sessions(self, worker_ids: list[str], *, me: str) -> list[str]:
-        return await self.db.dead_sessions(worker_ids, me=me)
-
-    async def release_strays(self, worker_id: str, *, keep: list[str]) -> list[str]:
-        params = {"worker_id": worker_id, "keep": keep, "now": self.now()}
-
-        def release() -> Operation[list[str]]:
-            strays, _orphans = yield Batch(
-                [Query("release_strays", params), Query("requeue_orphans", params)]
-            )
-            return [row["id"] for row in strays.rows]
-
-        return await self.db.write(release, "release_strays", (CLAIMABLE,))
-
-    async def note_unclaimable(self, *, app: str, tasks: list[str], note: str) -> int:
-        params = {"app": app, "tasks": tasks, "note": note, "now": self.now()}
-        return await self._count("note_unclaimable", params, durable=False)
 
     # -- change notification -----------------------------------------------------------------
 
