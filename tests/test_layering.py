@@ -71,6 +71,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure",
         ),
     ),
+    ("adapters", ("perdure.adapters",)),
     ("shells", ("perdure.cli", "perdure.__main__", "perdure.server")),
 ]
 SHELLS_MAY_NOT_IMPORT = (

@@ -1,0 +1,194 @@
+"""The agent framework adapters (perdure.adapters): the OpenAI Agents SDK, PydanticAI and
+LangGraph, each with the real library and a fake model (tests/agent_*.py). An agent calls the
+model, a lookup tool, the model again, asks a person's approval of a refund (a token wait),
+and answers. Recorded model and tool calls are never made again: not when the run resumes
+after its wait, not when a worker is SIGKILLed between two model calls."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import perdure
+import perdure.testing
+from perdure.adapters._core import APPROVALS
+from perdure.records import RunStatus
+
+from .conftest import WorkerProcess, wait_until
+
+
+@dataclass(frozen=True)
+class Case:
+    module: str
+    task: str
+    calls: list[str]
+    """The model and tool calls of an approved run, in order."""
+    asked: dict[str, Any]
+    """What the run's metadata shows of the approval it waits for."""
+    approved: str
+    denied: str
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+REFUND = {"tool": "refund", "arguments": {"order": 7, "amount": 12.5}}
+AGENT_CALLS = ["model-call-1", "tool-lookup-7", "model-call-2", "tool-refund-7", "model-call-3"]
+CASES = {
+    "openai-agents": Case(
+        "tests.agent_openai",
+        "openai-support",
+        AGENT_CALLS,
+        REFUND,
+        "answer: order 7 shipped; refunded 12.5 on order 7",
+        "answer: order 7 shipped; too much",
+    ),
+    "pydantic-ai": Case(
+        "tests.agent_pydantic",
+        "pydantic-ai-support",
+        AGENT_CALLS,
+        REFUND,
+        "answer: order 7 shipped; refunded 12.5 on order 7",
+        "answer: order 7 shipped; too much",
+    ),
+    "langgraph": Case(
+        "tests.agent_langgraph",
+        "langgraph-support",
+        ["model-call-1", "tool-lookup-7", "model-call-2"],
+        {"interrupt": {"refund": 12.5, "order": 7}},
+        "answer: order 7 shipped; refunded 12.5",
+        "answer: order 7 shipped; no refund",
+    ),
+}
+
+
+@pytest.fixture
+def calls_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("AGENTS_LOG", str(log))
+    monkeypatch.delenv("AGENTS_GATE", raising=False)
+    return log
+
+
+def _calls(log: Path) -> list[tuple[str, int]]:
+    """The calls made, in order, with the process that made each."""
+    lines = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    return [(what, int(pid)) for what, pid in lines]
+
+
+async def _asked(handle: perdure.RunHandle[Any]) -> dict[str, Any]:
+    """Once the run waits for a person: what its metadata shows of the one approval."""
+    await wait_until(lambda: _waiting(handle), timeout=60)
+    (entry,) = (await handle.metadata())[APPROVALS]
+    assert isinstance(entry, dict)
+    return entry
+
+
+async def _waiting(handle: perdure.RunHandle[Any]) -> bool:
+    return await handle.status() is RunStatus.WAITING
+
+
+@pytest.mark.parametrize("framework", sorted(CASES))
+async def test_an_agent_waits_for_approval_and_makes_no_recorded_call_again(
+    framework: str, tmp_path: Path, calls_log: Path
+) -> None:
+    """The run suspends at the approval with what is asked in its metadata; approved, it runs
+    from the top again on resume, and every model and tool call before the wait replays."""
+    case = CASES[framework]
+    module = case.load()
+    async with perdure.testing.harness(module.app, tmp_path) as harness:
+        handle = await harness.app.get_task(case.task).trigger("where is order 7?")
+        entry = await _asked(handle)
+        assert {k: v for k, v in entry.items() if k != "token"} == case.asked
+        await handle.complete_token(entry["token"], {"approved": True})
+        assert await handle.result(timeout=60) == case.approved
+        assert (await handle.metadata())[APPROVALS] == []
+    assert [what for what, _pid in _calls(calls_log)] == case.calls
+
+
+@pytest.mark.parametrize("framework", sorted(CASES))
+async def test_a_denied_approval_reaches_the_agent(
+    framework: str, tmp_path: Path, calls_log: Path
+) -> None:
+    """Denied, the refund is never made: the agent hears the denial (its message) and answers."""
+    case = CASES[framework]
+    module = case.load()
+    async with perdure.testing.harness(module.app, tmp_path) as harness:
+        handle = await harness.app.get_task(case.task).trigger("where is order 7?")
+        entry = await _asked(handle)
+        await handle.complete_token(entry["token"], {"approved": False, "message": "too much"})
+        assert await handle.result(timeout=60) == case.denied
+    made = [what for what, _pid in _calls(calls_log)]
+    assert "tool-refund-7" not in made
+    assert made.count("model-call-1") == 1
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("framework", sorted(CASES))
+async def test_a_worker_killed_between_two_model_calls_does_not_make_the_first_again(
+    framework: str, tmp_path: Path, calls_log: Path, worker_processes: list[WorkerProcess]
+) -> None:
+    """SIGKILL while the lookup tool runs (after the first model call, before the second):
+    the worker that takes the run over replays the first model call from the journal, runs
+    the lookup again (it never ended) and goes on; the approval and the answer follow."""
+    case = CASES[framework]
+    module = case.load()
+    gate = tmp_path / "gate"
+    gate.touch()
+    database = f"sqlite:///{tmp_path}/perdure.db"
+    env = {
+        "PERDURE_DATABASE_URL": database,
+        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
+        "AGENTS_LOG": str(calls_log),
+        "AGENTS_GATE": str(gate),
+    }
+    spec = f"{case.module}:app"
+    first = WorkerProcess(spec, env, log=tmp_path / "w1.log")
+    worker_processes.append(first)
+    app = perdure.App(module.app.name, database=database, blobs=f"file://{tmp_path}/blobs")
+    app.task(name=case.task)(module.app.get_task(case.task).fn)
+    try:
+        handle = await app.get_task(case.task).trigger("where is order 7?")
+        await wait_until(lambda: ("tool-lookup-7", first.pid) in _calls(calls_log), timeout=90)
+        first.kill()
+        gate.unlink()
+        second = WorkerProcess(spec, env, log=tmp_path / "w2.log")
+        worker_processes.append(second)
+        entry = await _asked(handle)
+        await handle.complete_token(entry["token"], True)
+        assert await handle.result(timeout=90) == case.approved
+    finally:
+        await app.close()
+    made = _calls(calls_log)
+    assert made[:2] == [("model-call-1", first.pid), ("tool-lookup-7", first.pid)]
+    assert made[2:] == [(what, second.pid) for what in case.calls[1:]]
+
+
+async def test_outside_a_run_the_adapters_are_the_frameworks_own(calls_log: Path) -> None:
+    """Called outside any run, nothing is recorded or awaited: the agents stop at the approval
+    as each framework does (interruptions, deferred tool requests, an interrupt)."""
+    openai = CASES["openai-agents"].load()
+    pydantic = CASES["pydantic-ai"].load()
+    graph = CASES["langgraph"].load()
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from perdure.adapters import langgraph, openai_agents, pydantic_ai
+
+    result = await openai_agents.run(openai.support_agent, "where is order 7?")
+    assert [item.name for item in result.interruptions] == ["refund"]
+    answer = await pydantic_ai.run(pydantic.ai_agent, "where is order 7?")
+    assert [call.tool_name for call in answer.output.approvals] == ["refund"]
+    saved = graph.support_graph.copy({"checkpointer": InMemorySaver()})
+    config: RunnableConfig = {"configurable": {"thread_id": "t1"}}
+    state = await langgraph.run(saved, {"messages": ["where is order 7?"]}, config=config)
+    assert [i.value for i in state["__interrupt__"]] == [{"refund": 12.5, "order": 7}]
+    made = [what for what, pid in _calls(calls_log) if pid == os.getpid()]
+    agent = ["model-call-1", "tool-lookup-7", "model-call-2"]
+    assert made == [*agent, *agent, "model-call-1", "tool-lookup-7"]
