@@ -1,8 +1,9 @@
 """The agent framework adapters (perdure.adapters): the OpenAI Agents SDK, PydanticAI and
-LangGraph, each with the real library and a fake model (tests/agent_*.py). An agent calls the
-model, a lookup tool, the model again, asks a person's approval of a refund (a token wait),
-and answers. Recorded model and tool calls are never made again: not when the run resumes
-after its wait, not when a worker is SIGKILLed between two model calls."""
+LangGraph, each with the real library and a fake model (the apps of examples/agents/). An agent
+calls the model, a lookup tool, the model again, asks a person's approval of a refund (a token
+wait), and answers. Recorded model and tool calls are never made again: not when the run resumes
+after its wait (here), not when a worker is SIGKILLed between two model calls (the examples'
+demo, run by tests/test_examples.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import pytest
 
 import perdure
 import perdure.testing
+from examples.agents._shared import calls
 from perdure.adapters._core import APPROVALS
 from perdure.records import RunStatus
 
-from .conftest import WorkerProcess, wait_until
+from .conftest import wait_until
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ REFUND = {"tool": "refund", "arguments": {"order": 7, "amount": 12.5}}
 AGENT_CALLS = ["model-call-1", "tool-lookup-7", "model-call-2", "tool-refund-7", "model-call-3"]
 CASES = {
     "openai-agents": Case(
-        "tests.agent_openai",
+        "examples.agents.openai_support",
         "openai-support",
         AGENT_CALLS,
         REFUND,
@@ -50,15 +52,15 @@ CASES = {
         "answer: order 7 shipped; too much",
     ),
     "pydantic-ai": Case(
-        "tests.agent_pydantic",
-        "pydantic-ai-support",
+        "examples.agents.pydantic_support",
+        "pydantic-support",
         AGENT_CALLS,
         REFUND,
         "answer: order 7 shipped; refunded 12.5 on order 7",
         "answer: order 7 shipped; too much",
     ),
     "langgraph": Case(
-        "tests.agent_langgraph",
+        "examples.agents.langgraph_support",
         "langgraph-support",
         ["model-call-1", "tool-lookup-7", "model-call-2"],
         {"interrupt": {"refund": 12.5, "order": 7}},
@@ -71,15 +73,9 @@ CASES = {
 @pytest.fixture
 def calls_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     log = tmp_path / "calls.log"
-    monkeypatch.setenv("AGENTS_LOG", str(log))
-    monkeypatch.delenv("AGENTS_GATE", raising=False)
+    monkeypatch.setenv("PERDURE_EXAMPLE_CALLS", str(log))
+    monkeypatch.delenv("PERDURE_EXAMPLE_CRASH_POINT", raising=False)
     return log
-
-
-def _calls(log: Path) -> list[tuple[str, int]]:
-    """The calls made, in order, with the process that made each."""
-    lines = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
-    return [(what, int(pid)) for what, pid in lines]
 
 
 async def _asked(handle: perdure.RunHandle[Any]) -> dict[str, Any]:
@@ -109,7 +105,7 @@ async def test_an_agent_waits_for_approval_and_makes_no_recorded_call_again(
         await handle.complete_token(entry["token"], {"approved": True})
         assert await handle.result(timeout=60) == case.approved
         assert (await handle.metadata())[APPROVALS] == []
-    assert [what for what, _pid in _calls(calls_log)] == case.calls
+    assert [what for what, _pid in calls(calls_log)] == case.calls
 
 
 @pytest.mark.parametrize("framework", sorted(CASES))
@@ -124,50 +120,9 @@ async def test_a_denied_approval_reaches_the_agent(
         entry = await _asked(handle)
         await handle.complete_token(entry["token"], {"approved": False, "message": "too much"})
         assert await handle.result(timeout=60) == case.denied
-    made = [what for what, _pid in _calls(calls_log)]
+    made = [what for what, _pid in calls(calls_log)]
     assert "tool-refund-7" not in made
     assert made.count("model-call-1") == 1
-
-
-@pytest.mark.crash
-@pytest.mark.parametrize("framework", sorted(CASES))
-async def test_a_worker_killed_between_two_model_calls_does_not_make_the_first_again(
-    framework: str, tmp_path: Path, calls_log: Path, worker_processes: list[WorkerProcess]
-) -> None:
-    """SIGKILL while the lookup tool runs (after the first model call, before the second):
-    the worker that takes the run over replays the first model call from the journal, runs
-    the lookup again (it never ended) and goes on; the approval and the answer follow."""
-    case = CASES[framework]
-    module = case.load()
-    gate = tmp_path / "gate"
-    gate.touch()
-    database = f"sqlite:///{tmp_path}/perdure.db"
-    env = {
-        "PERDURE_DATABASE_URL": database,
-        "PERDURE_BLOB_URL": f"file://{tmp_path}/blobs",
-        "AGENTS_LOG": str(calls_log),
-        "AGENTS_GATE": str(gate),
-    }
-    spec = f"{case.module}:app"
-    first = WorkerProcess(spec, env, log=tmp_path / "w1.log")
-    worker_processes.append(first)
-    app = perdure.App(module.app.name, database=database, blobs=f"file://{tmp_path}/blobs")
-    app.task(name=case.task)(module.app.get_task(case.task).fn)
-    try:
-        handle = await app.get_task(case.task).trigger("where is order 7?")
-        await wait_until(lambda: ("tool-lookup-7", first.pid) in _calls(calls_log), timeout=90)
-        first.kill()
-        gate.unlink()
-        second = WorkerProcess(spec, env, log=tmp_path / "w2.log")
-        worker_processes.append(second)
-        entry = await _asked(handle)
-        await handle.complete_token(entry["token"], True)
-        assert await handle.result(timeout=90) == case.approved
-    finally:
-        await app.close()
-    made = _calls(calls_log)
-    assert made[:2] == [("model-call-1", first.pid), ("tool-lookup-7", first.pid)]
-    assert made[2:] == [(what, second.pid) for what in case.calls[1:]]
 
 
 async def test_outside_a_run_the_adapters_are_the_frameworks_own(calls_log: Path) -> None:
@@ -183,12 +138,43 @@ async def test_outside_a_run_the_adapters_are_the_frameworks_own(calls_log: Path
 
     result = await openai_agents.run(openai.support_agent, "where is order 7?")
     assert [item.name for item in result.interruptions] == ["refund"]
-    answer = await pydantic_ai.run(pydantic.ai_agent, "where is order 7?")
+    answer = await pydantic_ai.run(pydantic.support_agent, "where is order 7?")
     assert [call.tool_name for call in answer.output.approvals] == ["refund"]
     saved = graph.support_graph.copy({"checkpointer": InMemorySaver()})
     config: RunnableConfig = {"configurable": {"thread_id": "t1"}}
     state = await langgraph.run(saved, {"messages": ["where is order 7?"]}, config=config)
     assert [i.value for i in state["__interrupt__"]] == [{"refund": 12.5, "order": 7}]
-    made = [what for what, pid in _calls(calls_log) if pid == os.getpid()]
+    made = [what for what, pid in calls(calls_log) if pid == os.getpid()]
     agent = ["model-call-1", "tool-lookup-7", "model-call-2"]
     assert made == [*agent, *agent, "model-call-1", "tool-lookup-7"]
+
+
+async def test_a_streamed_model_call_is_recorded_and_replayed(tmp_path: Path) -> None:
+    """Runner.run_streamed through a durable agent: the model's stream is recorded as one step
+    and, when the run resumes after a durable sleep, replayed event for event — the scripted
+    model, which has one answer only, is not asked again."""
+    from agents import Agent, Runner, set_tracing_disabled
+    from agents.testing import ScriptedModel, assistant_message
+
+    from perdure.adapters.openai_agents import durable
+
+    set_tracing_disabled(True)
+    model = ScriptedModel([[assistant_message("streamed hello")]])
+    agent = durable(Agent(name="streamer", model=model))
+    app = perdure.App("streaming")
+
+    @app.task(name="stream")
+    async def stream() -> list[str]:
+        result = Runner.run_streamed(agent, "hi")
+        kinds = [event.type async for event in result.stream_events()]
+        await perdure.sleep(60)  # the run leaves and comes back: the agent runs again
+        return [str(result.final_output), *sorted(set(kinds))]
+
+    async with perdure.testing.harness(app, tmp_path) as harness:
+        handle = await stream.trigger()
+        await wait_until(lambda: _waiting(handle), timeout=60)
+        await harness.advance(61)
+        final, *kinds = await handle.result(timeout=60)
+    assert final == "streamed hello"
+    assert "raw_response_event" in kinds
+    assert len(model.calls) == 1

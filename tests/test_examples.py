@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
 
 
@@ -78,3 +80,33 @@ def test_alert_on_failure_posts_once_after_the_last_retry() -> None:
     assert "invoice run " in out
     assert "failed after 2 attempt(s): " in out
     assert "the payment provider refused acme" in out
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("name", ["openai_support", "pydantic_support", "langgraph_support"])
+def test_an_agent_killed_between_two_model_calls_resumes_without_calling_the_model_again(
+    name: str,
+) -> None:
+    """examples/agents: a worker is SIGKILLed in the lookup tool, after the first model call;
+    the second worker replays that call from the journal (it is not made again), runs the
+    interrupted lookup again, waits for the approval and answers."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"examples.agents.{name}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "worker 1 killed with SIGKILL in the lookup tool" in out
+    assert "answer: answer: order 7 shipped; refunded 12.5" in out
+    made = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    assert made[:3] == [
+        ["model-call-1", "worker", "1"],
+        ["tool-lookup-7", "worker", "1"],
+        ["tool-lookup-7", "worker", "2"],
+    ]
+    assert ["model-call-1", "worker", "2"] not in made
+    assert ["model-call-2", "worker", "2"] in made

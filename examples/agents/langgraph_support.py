@@ -1,8 +1,20 @@
-"""A LangGraph graph on a fake chat model, made durable: see tests/agentapp.py."""
+"""A support graph on LangGraph, durable: a research node calls the model, a lookup node
+checks the order, a review node asks a person to approve a refund (`interrupt()`: the run waits
+on a token, holding no worker slot), and an answer node calls the model again. Each node
+wrapped with `durable_graph.node` is a step: a crash anywhere resumes the run without running
+a finished node again.
+
+    python -m examples.agents.langgraph_support  # the demo: a worker killed mid-run
+
+The demo's chat model is a fake that needs no network or key; use a real one
+(`init_chat_model("openai:gpt-4.1-mini")`) and nothing else changes. The token to complete is
+listed in the run's metadata under perdure.approvals, with the interrupt's value.
+"""
 
 from __future__ import annotations
 
 import operator
+import sys
 from typing import Annotated, Any, TypedDict
 
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -12,11 +24,10 @@ from langgraph.graph.message import add_messages
 from langgraph.types import interrupt
 
 import perdure
+from examples.agents._shared import crash_point, demo, log
 from perdure.adapters import langgraph as durable_graph
 
-from .agentapp import gate, log
-
-app = perdure.App("agents-langgraph")
+app = perdure.App("langgraph-support")
 
 
 class Ticket(TypedDict, total=False):
@@ -45,7 +56,7 @@ async def research(state: Ticket) -> Ticket:
 @durable_graph.node(name="lookup")
 async def lookup_node(state: Ticket) -> Ticket:
     log("tool-lookup-7")
-    await gate()
+    await crash_point()
     return {"notes": ["order 7 shipped"]}
 
 
@@ -82,3 +93,7 @@ support_graph = _builder.compile()
 async def langgraph_support(question: str) -> str:
     state = await durable_graph.run(support_graph, {"messages": [HumanMessage(question)]})
     return str(state["messages"][-1].content)
+
+
+if __name__ == "__main__":
+    sys.exit(demo("examples.agents.langgraph_support", app.name, "langgraph-support"))
