@@ -178,3 +178,51 @@ async def test_a_streamed_model_call_is_recorded_and_replayed(tmp_path: Path) ->
     assert final == "streamed hello"
     assert "raw_response_event" in kinds
     assert len(model.calls) == 1
+
+
+async def test_a_wrapped_langgraph_node_that_interrupts_runs_again_as_a_new_step(
+    tmp_path: Path,
+) -> None:
+    """interrupt() inside a node wrapped with `node`: the interrupt is not recorded as the
+    node's outcome (no failed step, no retry); the node runs again when the graph resumes and
+    gets the answer; the harness's replay check passes."""
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import interrupt
+
+    from perdure.adapters import langgraph
+
+    class State(TypedDict, total=False):
+        asked: int
+        answer: str
+
+    entered: list[str] = []
+
+    @langgraph.node(name="ask")
+    def ask(state: State) -> State:
+        entered.append("ask")
+        return {"answer": str(interrupt("your name?"))}
+
+    builder = StateGraph(State)
+    builder.add_node("ask", ask)
+    builder.add_edge(START, "ask")
+    builder.add_edge("ask", END)
+    graph = builder.compile()
+    app = perdure.App("interrupting")
+
+    @app.task(name="ask")
+    async def ask_task() -> str:
+        state = await langgraph.run(graph, {"asked": 1})
+        return str(state["answer"])
+
+    async with perdure.testing.harness(app, tmp_path) as harness:
+        handle = await ask_task.trigger()
+        entry = await _asked(handle)
+        assert entry["interrupt"] == "your name?"
+        await handle.complete_token(entry["token"], "ana")
+        assert await handle.result(timeout=60) == "ana"
+        journal = await harness.app.store.load_journal(handle.id)
+        steps = [entry for entry in journal if entry.name == "node:ask"]
+    assert [e.status.value for e in steps] == ["completed"]
+    assert entered == ["ask", "ask", "ask"]  # asked; on resume: replayed to it, then answered
