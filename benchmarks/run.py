@@ -595,6 +595,91 @@ async def wait_tokens(workdir: Path, quick: bool) -> list[Metric]:
     ]
 
 
+def process_peak_mb(pid: int) -> float:
+    """Peak resident memory of process `pid` so far, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def long_loop(workdir: Path, quick: bool) -> list[Metric]:
+    """A looping agent (benchmarks/loopapp.py: a step per turn) of 10 turns, of 10,000 turns
+    (1,000 with --quick), and of as many continuing as a new run every 100 turns: each runs
+    until it waits for an event at its end, in a worker process; then a fresh worker process
+    resumes it. Measured: the resume, from the event sent to the result (the replay of the
+    journal of the run that waits), and the resuming worker's peak memory over its idle
+    memory."""
+    turns = 1000 if quick else 10_000
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PERDURE_DATABASE_URL": _database,
+        "PERDURE_BLOB_URL": f"file://{workdir}/blobs",
+    }
+    app = new_app(workdir)
+
+    @app.task(name="agent")
+    async def agent(key: str, done: int, turns: int, every: int) -> int:
+        raise AssertionError("run by the worker processes")
+
+    async def worker() -> asyncio.subprocess.Process:
+        cmd = [sys.executable, "-m", "perdure", "worker", "benchmarks.loopapp:app"]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL
+        )
+        while not any(w.pid == proc.pid for w in await app.store.live_workers(app="bench")):  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.05)
+        return proc
+
+    async def stop(proc: asyncio.subprocess.Process) -> None:
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+
+    async def last_run(run_id: str) -> perdure.records.RunRecord:
+        run = await app.store.get_run(run_id, values=False)
+        while run.continued_as:
+            run = await app.store.get_run(run.continued_as, values=False)
+        return run
+
+    await app.store.open()
+    metrics: list[Metric] = []
+    try:
+        for label, total, every in (
+            ("10", 10, 0),
+            (str(turns), turns, 0),
+            (f"{turns}_can100", turns, 100),
+        ):
+            first = await worker()
+            handle = await agent.trigger(label, 0, total, every)
+            while (await last_run(handle.id)).status is not RunStatus.WAITING:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            waiting = await last_run(handle.id)
+            history = len(await app.store.load_journal(waiting.id, values=False))
+            await stop(first)
+            second = await worker()
+            await asyncio.sleep(1.0)
+            idle = process_rss_mb(second.pid)
+            sent = time.perf_counter()
+            await app.send_event("bench.resume", {"key": label})
+            assert await handle.result(timeout=600) == total
+            resume = time.perf_counter() - sent
+            peak = process_peak_mb(second.pid)
+            await stop(second)
+            out = {"turns": total, "continue_every": every, "journal_entries": history}
+            metrics += [
+                {"workload": "LOOP", "metric": f"resume_ms_{label}", "value": resume * 1000, **out},
+                {
+                    "workload": "LOOP",
+                    "metric": f"resume_peak_added_mb_{label}",
+                    "value": peak - idle,
+                },
+            ]
+    finally:
+        await app.close()
+    return metrics
+
+
 WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] = {
     "FLOOR": commit_floor,
     "W1": w1_throughput,
@@ -606,6 +691,7 @@ WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] 
     "FANOUT": fan_out,
     "SLEEP10K": sleep_10k,
     "WAIT": wait_tokens,
+    "LOOP": long_loop,
     "DASH": lambda workdir, quick: dash.dashboard_at_scale(_database, workdir, quick),
 }
 
@@ -670,7 +756,7 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default=",".join(WORKLOADS),
-        help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT, SLEEP10K, WAIT, DASH)",
+        help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT, SLEEP10K, WAIT, LOOP, DASH)",
     )
     parser.add_argument(
         "--store",

@@ -88,6 +88,18 @@ async def pipeline(run_key: str, steps: int, pause: float = 0.0) -> list[str]:
     return results
 
 
+@app.task(name="looping")
+async def looping(run_key: str, done: int, turns: int, every: int, pause: float = 0.0) -> int:
+    """A looping agent: turn N is step `work` with index N; every `every` turns it continues
+    as a new run."""
+    while done < turns:
+        await work(run_key, done + 1, pause)
+        done += 1
+        if done % every == 0 and done < turns:
+            perdure.continue_as_new(run_key, done, turns, every, pause)
+    return done
+
+
 @app.step(name="hog", retry=perdure.Retry(max_attempts=1))
 async def hog(run_key: str, seconds: float) -> str:
     """Blocks the worker's event loop (a sync call in async code: a bug, but a common one)."""

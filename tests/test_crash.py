@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import perdure
+from perdure import serde
 from perdure.records import EntryKind, RunStatus
 
 from . import crashapp
@@ -130,6 +131,67 @@ async def test_kill_loop_loses_nothing_and_repeats_no_recorded_step(
     # the kills did interrupt work (else this test proves nothing)
     assert repeated > 0 or len(crash.lines()) > runs * steps * 2
     await crash.app.close()
+
+
+async def test_kill_loop_continues_each_chain_once_and_repeats_no_recorded_turn(
+    crash: CrashEnv, worker_processes: list[WorkerProcess]
+) -> None:
+    """Looping agents that continue as new runs every 5 turns, their workers SIGKILLed again
+    and again: every chain ends with its last turn, each of its runs continued exactly once
+    (the new run inserted with the old one's end, never twice, never lost), each turn recorded
+    once, and no recorded turn ran again."""
+    chains, turns, every, kills = 10, 30, 5, 12
+    crash.app.task(name="looping")(crashapp.looping.fn)
+    task = crash.app.get_task("looping")
+    handles = [await task.trigger(f"c{i}", 0, turns, every, 0.01) for i in range(chains)]
+    rng = random.Random(20261130)
+    for _ in range(kills):
+        proc = _start(crash, worker_processes)
+        await asyncio.sleep(rng.uniform(0.3, 0.9))
+        proc.kill()
+    _start(crash, worker_processes)
+    for handle in handles:
+        assert await handle.result(timeout=120) == turns
+
+    starts: dict[tuple[str, int], list[float]] = {}
+    for parts in crash.lines():
+        if parts[0] == "start":
+            starts.setdefault((parts[1], int(parts[2])), []).append(float(parts[3]))
+    store = crash.app.store
+    repeated = 0
+    for i, handle in enumerate(handles):
+        chain: list[perdure.records.RunRecord] = []
+        run_id: str | None = handle.id
+        while run_id is not None:
+            run = await store.get_run(run_id)
+            assert run.status is RunStatus.COMPLETED
+            chain.append(run)
+            run_id = run.continued_as
+        assert len(chain) == turns // every
+        recorded: list[tuple[float, int]] = []  # (when, turn) of each recorded turn
+        for run in chain:
+            for entry in await store.load_journal(run.id):
+                if entry.kind is EntryKind.STEP:
+                    assert entry.value is not None
+                    assert entry.finished_at is not None
+                    key, number = _decoded(entry.value).split(":")  # the step's result
+                    assert key == f"c{i}"
+                    recorded.append((entry.finished_at, int(number)))
+        assert [turn for _at, turn in recorded] == list(range(1, turns + 1))
+        for finished_at, turn in recorded:
+            times = starts[(f"c{i}", turn)]
+            assert all(t < finished_at for t in times), (handle.id, turn, times)
+            repeated += len(times) - 1
+    runs = await store.list_runs(task="looping", limit=1000)
+    assert len(runs) == chains * (turns // every)  # no continuation made twice
+    assert repeated > 0 or len(crash.lines()) > chains * turns * 2
+    await crash.app.close()
+
+
+def _decoded(value: Any) -> str:
+    result = serde.decode(value.data, codec=serde.Codec(value.codec), what="a turn")
+    assert isinstance(result, str)
+    return result
 
 
 async def _takeover_seconds(
