@@ -59,6 +59,13 @@ class WorkerConfig:
     """On SIGTERM/SIGINT, seconds to let running runs finish before releasing them."""
     retry_suspend_after: float = 5.0
     """A step retry delay at least this long suspends the run instead of holding its slot."""
+    replay_each_step: bool = field(
+        default_factory=lambda: env_bool("PERDURE_REPLAY_EACH_STEP", False)
+    )
+    """For tests: after each step is recorded, release the run, so that it resumes at once from
+    the top and replays its journal, as after a crash at that point; code that would take
+    another path on a resume fails there with NonDeterminismError. Slow: each step costs a
+    replay of the ones before it."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

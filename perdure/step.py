@@ -24,6 +24,7 @@ from perdure.context import (
     in_thread_of_loop,
 )
 from perdure.errors import (
+    CancelSignal,
     PerdureError,
     Suspend,
 )
@@ -199,6 +200,9 @@ async def execute_step(
         journal.record_success(entry, attempt, started)
         metrics.step_ended(ctx.task.name, step.name, ctx.store.now() - started, "completed")
         metrics.stored(size, in_blob=in_blob)
+        if ctx.config.replay_each_step:  # resume from the top now, as after a crash here
+            ctx.control.stop_reason = "release"
+            raise CancelSignal("release")
         # hand back what a replay would: the decoded record, not the live object (for a value
         # that decodes to itself, the value: no second copy of a large bytes or str)
         if type(result) in _SELF_DECODING and step.return_type in (Any, type(result)):

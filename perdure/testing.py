@@ -62,6 +62,7 @@ async def harness(
     *,
     concurrency: int = 10,
     check_replay: bool = True,
+    replay_each_step: bool = False,
     **settings: Any,
 ) -> AsyncIterator[Harness]:
     """Run `app` on a fresh SQLite store and blob folder in `folder` (a test's tmp_path), with a
@@ -77,7 +78,11 @@ async def harness(
     With `check_replay` (the default), when the block ends without an error every run it made
     is replayed from the top against the app's code, as a worker resuming it would, without
     running a step: a run whose code took another path on replay (it branched on something
-    unrecorded: the time, randomness, a global) fails the test with NonDeterminismError."""
+    unrecorded: the time, randomness, a global) fails the test with NonDeterminismError.
+
+    With `replay_each_step`, every run is also made to resume from the top after each of its
+    steps (as after a crash at that point), so a divergence fails the run where it happens,
+    with the code between steps run again as a real resume would."""
     if app._store is not None:
         raise ConfigurationError(
             f"app {app.name!r} has opened its store already: give the harness an app that has "
@@ -86,7 +91,7 @@ async def harness(
     database, blobs = app.database, app.blobs
     home = os.path.abspath(folder)  # noqa: ASYNC240 - a name, no I/O worth a thread
     app.database, app.blobs = f"sqlite:///{home}/perdure.db", f"file://{home}/blobs"
-    worker = app.worker(concurrency=concurrency, **settings)
+    worker = app.worker(concurrency=concurrency, replay_each_step=replay_each_step, **settings)
     running = asyncio.create_task(worker.run(install_signal_handlers=False))
     try:
         yield Harness(app)

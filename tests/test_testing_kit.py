@@ -164,3 +164,62 @@ async def test_runs_that_take_another_path_on_replay_fail_the_test(tmp_path: Pat
     assert (caught.value.called, caught.value.recorded) == ("step right", "step left")
     async with harness(app, tmp_path / "b"):  # a run that replays the same: passes
         assert await (await steady.trigger()).result(timeout=10) == "left"
+
+
+async def test_replay_each_step_resumes_every_run_from_the_top_after_each_step(
+    tmp_path: Path,
+) -> None:
+    """With replay_each_step, a run resumes from the top after each of its steps: a task of
+    three steps is entered again after each one, each step body runs once, and the result is
+    the same."""
+    app = perdure.App("forced")
+    entered: list[int] = []
+    bodies: list[int] = []
+
+    @app.step(name="double")
+    async def double(n: int) -> int:
+        bodies.append(n)
+        return 2 * n
+
+    @app.task(name="chain")
+    async def chain(n: int) -> int:
+        entered.append(n)
+        for _ in range(3):
+            n = await double(n)
+        return n
+
+    async with harness(app, tmp_path, replay_each_step=True):
+        assert await (await chain.trigger(1)).result(timeout=30) == 8
+    assert bodies == [1, 2, 4]
+    assert entered == [1] * 5  # the first execution, one after each step, the final check
+
+
+async def test_replay_each_step_catches_a_branch_on_something_unrecorded(
+    tmp_path: Path,
+) -> None:
+    """A task that branches on a process-wide counter (not recorded) takes another path when
+    it resumes after its first step: with replay_each_step the run fails there with
+    NonDeterminismError, without waiting for a crash to reveal it."""
+    app = perdure.App("forced")
+    executions = [0]
+
+    @app.step(name="email")
+    async def email() -> str:
+        return "emailed"
+
+    @app.step(name="sms")
+    async def sms() -> str:
+        return "texted"
+
+    @app.task(name="notify", retry=perdure.Retry(max_attempts=1))
+    async def notify() -> list[str]:
+        executions[0] += 1
+        first = await (email() if executions[0] == 1 else sms())  # wrong: not recorded
+        return [first, await email()]
+
+    async with harness(app, tmp_path, replay_each_step=True, check_replay=False):
+        handle = await notify.trigger()
+        with pytest.raises(perdure.errors.TaskFailed, match="NonDeterminismError") as failed:
+            await handle.result(timeout=30)
+    assert "'sms'" in str(failed.value)
+    assert "'email'" in str(failed.value)
