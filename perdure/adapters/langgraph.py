@@ -14,10 +14,11 @@ answer.
     async def write(topic: str) -> dict:
         return await durable_graph.run(graph, {"topic": topic})
 
-The graph's checkpoints live in the run: `run` gives the graph a checkpointer of its own
-(`RunSaver`, in memory, thread = the run's id) when it has none, and perdure's journal — each
-node's recorded update, each interrupt's recorded answer — is what survives a crash: a resumed
-run replays the graph to where it was without running a node again. Needs
+The graph's checkpoints live in the run: in a run, `run` gives the graph a checkpointer of its
+own (`RunSaver`, in memory, thread = the run's id, in place of one it was compiled with), and
+perdure's journal — each node's recorded update, each interrupt's recorded answer — is what
+survives a crash: a resumed run replays the graph to where it was without running a node
+again. Needs
 `pip install perdure[langgraph]`."""
 
 import inspect
@@ -123,8 +124,9 @@ async def run(
     config = cast(RunnableConfig, dict(config or {}))
     if ctx is not None:
         config["configurable"] = {"thread_id": ctx.run.id, **config.get("configurable", {})}
-        if graph.checkpointer is None:
-            graph = graph.copy({"checkpointer": RunSaver()})
+        # the journal is the graph's memory in a run: a checkpointer of its own would hold
+        # what a crashed execution did past the journal, and a resume would start from there
+        graph = graph.copy({"checkpointer": RunSaver()})
     output = await graph.ainvoke(input, config, version="v2", **options)
     while output.interrupts and in_run():
         answers: dict[str, Any] = {}
