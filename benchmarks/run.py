@@ -457,10 +457,7 @@ def postgres_floor() -> list[Metric]:
 
 def rss_mb() -> float:
     """This process's resident memory now, in MB (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return process_rss_mb(os.getpid())
 
 
 async def sleep_10k(workdir: Path, quick: bool) -> list[Metric]:
@@ -510,10 +507,11 @@ async def sleep_10k(workdir: Path, quick: bool) -> list[Metric]:
     ]
 
 
-def process_rss_mb(pid: int) -> float:
-    """Resident memory of process `pid` now, in MB (Linux)."""
+def process_rss_mb(pid: int, *, peak: bool = False) -> float:
+    """Resident memory of process `pid` now (`peak`: the most it has held), in MB (Linux)."""
+    field = "VmHWM:" if peak else "VmRSS:"
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -595,14 +593,6 @@ async def wait_tokens(workdir: Path, quick: bool) -> list[Metric]:
     ]
 
 
-def process_peak_mb(pid: int) -> float:
-    """Peak resident memory of process `pid` so far, in MB (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 async def long_loop(workdir: Path, quick: bool) -> list[Metric]:
     """A looping agent (benchmarks/loopapp.py: a step per turn) of 10 turns, of 10,000 turns
     (1,000 with --quick), and of as many continuing as a new run every 100 turns: each runs
@@ -664,7 +654,7 @@ async def long_loop(workdir: Path, quick: bool) -> list[Metric]:
             await app.send_event("bench.resume", {"key": label})
             assert await handle.result(timeout=600) == total
             resume = time.perf_counter() - sent
-            peak = process_peak_mb(second.pid)
+            peak = process_rss_mb(second.pid, peak=True)
             await stop(second)
             out = {"turns": total, "continue_every": every, "journal_entries": history}
             metrics += [

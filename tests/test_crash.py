@@ -50,6 +50,14 @@ class CrashEnv:
     def lines(self) -> list[list[str]]:
         return crashapp.records(self.log)
 
+    def starts(self) -> dict[tuple[str, int], list[float]]:
+        """When each step (run key, index) started, by the log, each time it did."""
+        found: dict[tuple[str, int], list[float]] = {}
+        for parts in self.lines():
+            if parts[0] == "start":
+                found.setdefault((parts[1], int(parts[2])), []).append(float(parts[3]))
+        return found
+
     def count(self, event: str, run_key: str, index: int) -> int:
         return sum(1 for parts in self.lines() if parts[:3] == [event, run_key, str(index)])
 
@@ -108,10 +116,7 @@ async def test_kill_loop_loses_nothing_and_repeats_no_recorded_step(
         key = f"k{handles.index(handle)}"
         assert await handle.result(timeout=120) == [f"{key}:{i}" for i in range(1, steps + 1)]
 
-    starts: dict[tuple[str, int], list[float]] = {}
-    for parts in crash.lines():
-        if parts[0] == "start":
-            starts.setdefault((parts[1], int(parts[2])), []).append(float(parts[3]))
+    starts = crash.starts()
     store = crash.app.store
     repeated = 0
     for i, handle in enumerate(handles):
@@ -153,10 +158,7 @@ async def test_kill_loop_continues_each_chain_once_and_repeats_no_recorded_turn(
     for handle in handles:
         assert await handle.result(timeout=120) == turns
 
-    starts: dict[tuple[str, int], list[float]] = {}
-    for parts in crash.lines():
-        if parts[0] == "start":
-            starts.setdefault((parts[1], int(parts[2])), []).append(float(parts[3]))
+    starts = crash.starts()
     store = crash.app.store
     repeated = 0
     for i, handle in enumerate(handles):
