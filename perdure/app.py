@@ -24,12 +24,14 @@ from perdure.signals import Signals
 from perdure.step import Step
 from perdure.store import open_store
 from perdure.store.base import Store
+from perdure.store.remote import open_remote
 from perdure.task import Task
 from perdure.values import DEFAULT_INLINE_LIMIT, RecentResults
 from perdure.versions import code_digest
 from perdure.wait_records import Sent, Token, TokenRecord
 from perdure.webhooks import Webhook
 from perdure.worker import Worker
+from perdure.worker_api import WorkerApi
 
 DEFAULT_MAX_VALUE_SIZE = 64 * 1024 * 1024
 P = ParamSpec("P")
@@ -60,6 +62,10 @@ class App(HookDecorators):
     above which a value is refused with PayloadTooLarge) to $PERDURE_MAX_VALUE_SIZE, else 64 MiB;
     `version` (of its code: a run is resumed only by workers of the version that started it) to
     $PERDURE_VERSION, else a digest of its tasks' and steps' code (perdure.versions).
+
+    With `server` ($PERDURE_SERVER_URL) and `api_key` ($PERDURE_API_KEY, a key of scope
+    `worker`), the App reaches its store through that perdure server's worker API instead of a
+    database: a hybrid worker (perdure.store.remote); `database` is then not used.
     """
 
     def __init__(
@@ -71,12 +77,21 @@ class App(HookDecorators):
         inline_limit: int | None = None,
         max_value_size: int | None = None,
         version: str | None = None,
+        server: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("App needs a name")
         self.name = name
         self.database = database or os.environ.get("PERDURE_DATABASE_URL") or DEFAULT_DATABASE_URL
         self.blobs = blobs or os.environ.get("PERDURE_BLOB_URL") or DEFAULT_BLOB_URL
+        self.server = server or os.environ.get("PERDURE_SERVER_URL") or None
+        self.api_key = api_key or os.environ.get("PERDURE_API_KEY") or None
+        if self.server is not None and not self.api_key:
+            raise ConfigurationError(
+                f"App {name!r} reaches its store through the server {self.server}: it needs an "
+                "API key of scope worker (api_key= or $PERDURE_API_KEY)"
+            )
         self.inline_limit = (
             inline_limit
             if inline_limit is not None
@@ -126,6 +141,10 @@ class App(HookDecorators):
     @property
     def store(self) -> Store:
         """The store (opened on first use)."""
+        if self._store is None and self.server is not None:
+            assert self.api_key is not None
+            blobs = open_blobs(self.blobs, keyring=Keyring.from_env())
+            self._store = open_remote(self.server, api_key=self.api_key, blobs=blobs)
         if self._store is None:
             keyring = Keyring.from_env()  # PERDURE_ENCRYPTION_KEY (and old keys)
             self._store = open_store(
@@ -135,6 +154,12 @@ class App(HookDecorators):
                 keyring=keyring,
             )
         return self._store
+
+    @property
+    def worker_api(self) -> WorkerApi:
+        """The worker API of this app's store, for hybrid workers (what `perdure server` serves
+        under /api/v1/worker)."""
+        return WorkerApi(self)
 
     @property
     def admin(self) -> Admin:

@@ -225,10 +225,4 @@ def _error(response: Any) -> errors.PerdureError:
         kind, message = str(body["type"]), str(body["message"])
     except (ValueError, KeyError, TypeError):
         kind, message = "PerdureError", f"HTTP {response.status_code}: {response.text[:200]}"
-    cls = getattr(errors, kind, None)
-    if not (isinstance(cls, type) and issubclass(cls, errors.PerdureError)):
-        cls = errors.PerdureError
-    try:
-        return cls(message)
-    except TypeError:  # an error class with its own arguments
-        return errors.PerdureError(f"{kind}: {message}")
+    return errors.from_name(kind, message)

@@ -332,3 +332,15 @@ class HistoryEnd(BaseException):
     def __init__(self, seq: int) -> None:
         super().__init__(seq)
         self.seq = seq
+
+
+def from_name(kind: str, message: str) -> PerdureError:
+    """The perdure error named `kind` (its class's name, as a server answers it) with
+    `message`; PerdureError when no such class takes a message alone."""
+    cls = globals().get(kind)
+    if not (isinstance(cls, type) and issubclass(cls, PerdureError)):
+        return PerdureError(f"{kind}: {message}")
+    try:
+        return cls(message)
+    except TypeError:  # an error class with its own arguments
+        return PerdureError(f"{kind}: {message}")

@@ -550,6 +550,8 @@ class Scope(StrEnum):
     """Read runs, tokens, events, queues and schedules."""
     TRIGGER = "trigger"
     """Also trigger runs, complete tokens, send events and messages."""
+    WORKER = "worker"
+    """Also run a hybrid worker: claim runs and write their journals (the worker API)."""
     ADMIN = "admin"
     """Also cancel runs, pause and resume queues and schedules."""
 

@@ -145,7 +145,7 @@ async def test_kill_loop_continues_each_chain_once_and_repeats_no_recorded_turn(
     and again: every chain ends with its last turn, each of its runs continued exactly once
     (the new run inserted with the old one's end, never twice, never lost), each turn recorded
     once, and no recorded turn ran again."""
-    chains, turns, every, kills = 10, 30, 5, 12
+    chains, turns, every, kills = 8, 30, 5, 8
     crash.app.task(name="looping")(crashapp.looping.fn)
     task = crash.app.get_task("looping")
     handles = [await task.trigger(f"c{i}", 0, turns, every, 0.01) for i in range(chains)]

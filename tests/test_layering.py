@@ -68,6 +68,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perdure.webhooks",
             "perdure.testing",
             "perdure.admin",
+            "perdure.worker_api",
             "perdure",
         ),
     ),

@@ -233,6 +233,8 @@ async def test_hooks_fire_once_across_a_killed_worker(
     second = WorkerProcess("tests.hookapp:app", env, log=tmp_path / "w2.log")
     worker_processes.append(second)
     assert await handle.result(timeout=90) == 3
+    # on_success fires once the run's end is written: the result can be read a moment before
+    await wait_until(lambda: "success" in log.read_text(), timeout=30)
     lines = [line.split() for line in log.read_text().splitlines()]
     hooks = [(line[0], line[-1]) for line in lines if line[0] in ("start", "resume", "success")]
     assert hooks == [

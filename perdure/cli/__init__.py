@@ -75,6 +75,18 @@ def worker(
     health_host: Annotated[
         str, typer.Option(help="Address of the health endpoints (0.0.0.0 in a container).")
     ] = "127.0.0.1",
+    server: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PERDURE_SERVER_URL",
+            help="A hybrid worker: reach the store through this perdure server's worker API "
+            "(no database URL on this machine).",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="PERDURE_API_KEY", help="With --server: a key of scope worker."),
+    ] = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT or GET /drain (then drain: finish or release every
     run)."""
@@ -83,6 +95,12 @@ def worker(
     except ConfigurationError as exc:
         raise typer.BadParameter(str(exc), param_hint="--log-level") from None
     the_app = load_app(app)
+    if server is not None:
+        if not api_key:
+            raise typer.BadParameter(
+                "a hybrid worker needs a key of scope worker", param_hint="--api-key"
+            )
+        the_app.server, the_app.api_key = server, api_key
 
     async def go() -> None:
         health = None

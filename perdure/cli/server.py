@@ -40,7 +40,9 @@ def serve(
 
 @api_keys_cli.command("create")
 def api_keys_create(
-    scope: Annotated[Scope, typer.Option(help="What the key may do: read, trigger or admin.")],
+    scope: Annotated[
+        Scope, typer.Option(help="What the key may do: read, trigger, worker or admin.")
+    ],
     name: Annotated[str, typer.Option(help="What it is for.")] = "",
     app: AppOpt = None,
     database: DbOpt = None,

@@ -535,6 +535,9 @@ def create_app(
     ]
     spec_route = _route(app, Scope.READ, spec)  # every endpoint but health needs a key
     routes.append(Route("/api/v1/openapi.json", spec_route, methods=["GET"]))
+    from perdure.server.worker_api import worker_routes
+
+    routes += worker_routes(app)
     if dashboard:
         from perdure.server.dashboard import Dashboard
 

@@ -1,0 +1,386 @@
+"""A store reached through a perdure server's worker API: what a hybrid worker
+(`perdure worker MODULE:APP --server URL --api-key KEY`) runs on, with no database of its own.
+
+Each `Store` operation a worker uses is one HTTP request, `POST /api/v1/worker/call/{op}`, its
+arguments and its result encoded with msgspec (MessagePack) and typed by the `Store` protocol's
+own annotations, so no operation is written twice: the server runs the same operation on its
+store, with the same lease fencing. Errors come back as the perdure errors the store raised.
+Change notifications arrive by long polling (`/api/v1/worker/changes`); the server's clock is
+the store's clock. Requests that cannot reach the server are retried with backoff until it is
+back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+import typing
+from collections.abc import Callable, Collection
+from typing import Any
+
+import msgspec
+
+from perdure import errors
+from perdure.blobs.base import BlobStore
+from perdure.records import Claimed, History, RunRecord, WorkerRecord
+from perdure.store.base import ChangeToken, Store
+from perdure.store.notify import ChangeNotifier
+
+log = logging.getLogger("perdure.worker")
+
+WORKER_OPERATIONS = frozenset(
+    {
+        # the claim loop, leases and the reaper
+        "register_worker",
+        "heartbeat",
+        "live_workers",
+        "reap_workers",
+        "deregister_worker",
+        "release_strays",
+        "note_unclaimable",
+        "claim_runs",
+        "next_wake_at",
+        "expire_runs",
+        "cancel_requests",
+        "declare_queues",
+        "put_schedule",
+        "prune_declared",
+        "fire_schedules",
+        "list_schedules",
+        "pause_schedule",
+        "delete_schedule",
+        # executing a run: its history, its records, its end
+        "get_run",
+        "get_runs",
+        "load_journal",
+        "load_attempts",
+        "append",
+        "offload",
+        "finish_attempt",
+        "mark_hook",
+        "set_metadata",
+        "append_stream",
+        "read_stream",
+        # what a task does: child runs, waits, tokens
+        "create_run",
+        "create_runs",
+        "cancel_run",
+        "create_token",
+        "begin_wait",
+    }
+)
+"""The `Store` operations the worker API serves (to a key of scope `worker`), and only those."""
+
+CLOCK_HEADER = "x-perdure-now"
+"""The response header that carries the server's store clock (POSIX seconds)."""
+
+POLL_SECONDS = 20.0
+"""How long the server holds a change poll open before answering "nothing yet"."""
+
+
+class Changes(msgspec.Struct, frozen=True):
+    """The answer to a change poll: the server's change token now, and which of the topics
+    asked about changed since the one sent (None: something did, topics were not given)."""
+
+    token: int
+    changed: list[str] | None = None
+
+
+class ChangePoll(msgspec.Struct, frozen=True):
+    """A change poll: changes since the server's token `since` (None: only tell me the token)
+    to any of `topics` (None: any), waiting up to `timeout` seconds."""
+
+    since: int | None = None
+    topics: list[str] | None = None
+    timeout: float = POLL_SECONDS
+
+
+@functools.cache
+def _shape(op: str) -> tuple[inspect.Signature, dict[str, Any]]:
+    if op not in WORKER_OPERATIONS:
+        raise errors.PerdureError(f"{op!r} is not an operation of the worker API")
+    method = getattr(Store, op)
+    return inspect.signature(method), typing.get_type_hints(method)
+
+
+def encode_call(op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """The body of a call of the store operation `op` with these arguments."""
+    signature, _hints = _shape(op)
+    bound = signature.bind(None, *args, **kwargs)
+    named = {name: value for name, value in bound.arguments.items() if name != "self"}
+    return msgspec.msgpack.encode(named)
+
+
+def decode_call(op: str, body: bytes) -> dict[str, Any]:
+    """The arguments of a call of `op`, each converted to its annotated type."""
+    _signature, hints = _shape(op)
+    raw = msgspec.msgpack.decode(body, type=dict[str, msgspec.Raw])
+    unknown = sorted(set(raw) - set(hints) - {"return"})
+    if unknown:
+        raise errors.PerdureError(f"{op}: unknown arguments {unknown}")
+    return {name: msgspec.msgpack.decode(value, type=hints[name]) for name, value in raw.items()}
+
+
+class _ClaimedWire(msgspec.Struct, frozen=True):
+    """A Claimed (a list with attributes) as it travels."""
+
+    runs: list[RunRecord]
+    histories: dict[str, History]
+    retry_at: float | None
+    looked: bool
+    next_at: float | None
+    unreadable: dict[str, str]
+
+
+def encode_result(value: Any) -> bytes:
+    """The encoded result of a store operation."""
+    if isinstance(value, Claimed):
+        value = _ClaimedWire(
+            runs=list(value),
+            histories=value.histories,
+            retry_at=value.retry_at,
+            looked=value.looked,
+            next_at=value.next_at,
+            unreadable={run_id: str(exc) for run_id, exc in value.unreadable.items()},
+        )
+    return msgspec.msgpack.encode(value)
+
+
+def decode_result(op: str, data: bytes) -> Any:
+    """The result of the store operation `op`, typed as the Store protocol says."""
+    returns = _shape(op)[1]["return"]
+    if returns is Claimed:
+        wire = msgspec.msgpack.decode(data, type=_ClaimedWire)
+        claimed = Claimed(wire.runs)
+        claimed.histories = wire.histories
+        claimed.retry_at, claimed.looked, claimed.next_at = wire.retry_at, wire.looked, wire.next_at
+        claimed.unreadable = {
+            run_id: errors.PerdureError(why) for run_id, why in wire.unreadable.items()
+        }
+        return claimed
+    return msgspec.msgpack.decode(data, type=returns)
+
+
+class _ErrorBody(msgspec.Struct):
+    type: str
+    message: str
+
+
+class _ErrorOut(msgspec.Struct):
+    error: _ErrorBody
+
+
+def _decode_error(data: bytes, status: int) -> errors.PerdureError:
+    """The perdure error in the server's error answer (the API's JSON error shape)."""
+    try:
+        body = msgspec.json.decode(data, type=_ErrorOut).error
+    except msgspec.DecodeError:
+        return errors.PerdureError(f"the worker API answered HTTP {status}: {data[:200]!r}")
+    return errors.from_name(body.type, body.message)
+
+
+class RemoteStore:
+    """`Store` over a perdure server's worker API (see the module's docstring)."""
+
+    session_liveness = False
+    """A remote worker's liveness is the server's business: it sees the worker's connection."""
+
+    def __init__(self, url: str, *, api_key: str, blobs: BlobStore) -> None:
+        try:
+            import httpx
+        except ImportError:
+            raise errors.ConfigurationError(
+                "a hybrid worker (--server) needs httpx: pip install 'perdure[hybrid]'"
+            ) from None
+        self._httpx = httpx
+        quiet = logging.getLogger("httpx")
+        if quiet.level == logging.NOTSET:
+            quiet.setLevel(logging.WARNING)  # not a line per request
+        self.url = url.rstrip("/")
+        self.blobs = blobs
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/msgpack",
+        }
+        self._clients: dict[int, Any] = {}  # one per event loop (the heartbeat has its own)
+        self._offset = 0.0  # the server's clock minus this machine's
+        self._notifier = ChangeNotifier()
+        self._interest: dict[str | None, int] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._repoll = asyncio.Event()
+        self._session: asyncio.Task[None] | None = None
+
+    # -- the calls ---------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(id(loop))
+        if client is None:
+            timeout = self._httpx.Timeout(POLL_SECONDS + 30.0, connect=5.0)
+            client = self._httpx.AsyncClient(base_url=self.url, timeout=timeout)
+            self._clients[id(loop)] = client
+        return client
+
+    async def _post(self, path: str, body: bytes) -> bytes:
+        """POST `body`; the answer's body. Retried with backoff while the server cannot be
+        reached or answers that its store cannot; perdure errors are raised as themselves."""
+        delay, said = 0.05, 0.0
+        while True:
+            try:
+                response = await self._client().post(path, content=body, headers=self._headers)
+            except self._httpx.TransportError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            else:
+                clock = response.headers.get(CLOCK_HEADER)
+                if clock is not None:
+                    self._offset = float(clock) - time.time()
+                if response.status_code < 400:
+                    content: bytes = response.content
+                    return content
+                if response.status_code not in (502, 503, 504):
+                    raise _decode_error(response.content, response.status_code)
+                failure = f"HTTP {response.status_code}"
+            if time.monotonic() - said > 10.0:
+                log.warning(
+                    "the perdure server at %s cannot be reached (%s); retrying", self.url, failure
+                )
+                said = time.monotonic()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        """Run the store operation `op` on the server's store."""
+        data = await self._post(f"/api/v1/worker/call/{op}", encode_call(op, args, kwargs))
+        return decode_result(op, data)
+
+    # -- the worker's session: the server reaps it when the connection closes ------------
+
+    async def register_worker(self, worker: WorkerRecord) -> None:
+        await self.call("register_worker", worker)
+        if self._session is None:
+            self._session = asyncio.get_running_loop().create_task(self._hold(worker.id))
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self.call("deregister_worker", worker_id)
+        if self._session is not None:
+            self._session.cancel()
+            self._session = None
+
+    async def _hold(self, worker_id: str) -> None:
+        """Keep the session open (again, after a drop: the heartbeats say whether the
+        server reaped this worker meanwhile)."""
+        path = f"/api/v1/worker/session/{worker_id}"
+        while True:
+            try:
+                async with self._client().stream("POST", path, headers=self._headers) as answer:
+                    if answer.status_code >= 400:
+                        raise _decode_error(await answer.aread(), answer.status_code)
+                    async for _tick in answer.aiter_bytes():
+                        pass
+            except (self._httpx.TransportError, errors.PerdureError) as exc:
+                log.warning("session with the server %s dropped (%s); reopening", self.url, exc)
+            await asyncio.sleep(1.0)
+
+    # -- what stays here ---------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.time() + self._offset
+
+    async def open(self) -> None:
+        await self.call("get_runs", [])  # reach the server once: its clock, the key's scope
+
+    async def detach(self) -> None:
+        client = self._clients.pop(id(asyncio.get_running_loop()), None)
+        if client is not None:
+            await client.aclose()
+
+    async def close(self) -> None:
+        for task in (self._poller, self._session):
+            if task is not None:
+                task.cancel()
+        self._poller = self._session = None
+        await self.detach()
+
+    async def advance_clock(self, seconds: float) -> None:
+        raise errors.ConfigurationError("a remote store's clock is its server's: it cannot travel")
+
+    async def migrate(self, *, dry_run: bool = False, target: int | None = None) -> list[str]:
+        raise errors.ConfigurationError("migrate the server's database where the server runs")
+
+    async def dead_sessions(self, worker_ids: list[str], *, me: str) -> list[str]:
+        return []  # (session_liveness is False: never asked)
+
+    # -- change notification: a long poll ----------------------------------------------------
+
+    def change_token(self) -> ChangeToken:
+        return self._notifier.token()
+
+    def changed_since(self, since: ChangeToken, topics: Collection[str] | None = None) -> bool:
+        self._watch(topics)
+        return self._notifier.changed(since, None if topics is None else frozenset(topics))
+
+    async def wait_for_change(
+        self,
+        timeout: float,
+        *,
+        topics: Collection[str] | None = None,
+        since: ChangeToken | None = None,
+    ) -> bool:
+        wanted = None if topics is None else frozenset(topics)
+        start = self._notifier.token() if since is None else since
+        self._watch(topics)
+        return await self._notifier.wait(start, wanted, timeout)
+
+    def _watch(self, topics: Collection[str] | None) -> None:
+        """Make sure the long poll asks about `topics` from now on."""
+        new = [None] if topics is None else [t for t in topics if t not in self._interest]
+        for topic in new:
+            if topic not in self._interest:
+                self._interest[topic] = 1
+                self._repoll.set()
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        since: int | None = None
+        while True:
+            self._repoll.clear()
+            topics = None if None in self._interest else sorted(t for t in self._interest if t)
+            poll = msgspec.msgpack.encode(ChangePoll(since=since, topics=topics))
+            asking = asyncio.ensure_future(self._post("/api/v1/worker/changes", poll))
+            again = asyncio.ensure_future(self._repoll.wait())
+            done, _ = await asyncio.wait({asking, again}, return_when=asyncio.FIRST_COMPLETED)
+            again.cancel()
+            if asking not in done:  # new topics: ask again, with them
+                asking.cancel()
+                continue
+            try:
+                changes = msgspec.msgpack.decode(asking.result(), type=Changes)
+            except errors.PerdureError as exc:
+                log.warning("change poll refused: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if since is not None and (changes.changed is None or changes.changed):
+                self._notifier.notify(changes.changed)
+            since = changes.token
+
+
+def _operation(op: str) -> Callable[..., Any]:
+    async def operation(self: RemoteStore, *args: Any, **kwargs: Any) -> Any:
+        return await self.call(op, *args, **kwargs)
+
+    operation.__name__ = op
+    operation.__doc__ = getattr(Store, op).__doc__
+    return operation
+
+
+for _op in WORKER_OPERATIONS - set(vars(RemoteStore)):
+    setattr(RemoteStore, _op, _operation(_op))
+
+
+def open_remote(url: str, *, api_key: str, blobs: BlobStore) -> Store:
+    """The store of a hybrid worker: the server at `url`, with a key of scope `worker`."""
+    return typing.cast(Store, RemoteStore(url, api_key=api_key, blobs=blobs))

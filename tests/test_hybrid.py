@@ -1,0 +1,145 @@
+"""Hybrid workers (perdure.store.remote): `perdure worker --server URL --api-key KEY` runs the
+app's code with no database of its own (its PERDURE_DATABASE_URL is bogus here); claims,
+heartbeats, journal writes and ends go through a real `perdure server`'s worker API, with the
+guarantees of a direct worker. Real processes on both stores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import perdure
+from perdure.records import RunStatus
+
+from . import crashapp
+from .conftest import WorkerProcess, wait_until
+from .served import ServerProcess, free_port
+
+BOGUS_DATABASE = "postgresql://nobody:wrong@127.0.0.1:1/nothing"
+
+
+@dataclass
+class Hybrid:
+    """A server of tests/crashapp.py on the test's database, a key of scope worker, and the
+    app as the test sees it (on the database)."""
+
+    url: str
+    key: str
+    app: perdure.App
+    tmp: Path
+    server: ServerProcess
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "side-effects.log"
+
+    def worker(self, procs: list[WorkerProcess], **env: str) -> WorkerProcess:
+        """A hybrid worker process: the server's URL and key, a database URL that cannot work."""
+        proc = WorkerProcess(
+            "tests.crashapp:app",
+            {
+                "PERDURE_DATABASE_URL": BOGUS_DATABASE,
+                "PERDURE_SERVER_URL": self.url,
+                "PERDURE_API_KEY": self.key,
+                "PERDURE_BLOB_URL": f"file://{self.tmp}/worker-blobs",
+                "CRASH_LOG": str(self.log),
+                "CRASH_GATE": str(self.tmp / "gate"),
+                **env,
+            },
+            log=self.tmp / f"hybrid-{len(procs)}.log",
+        )
+        procs.append(proc)
+        return proc
+
+    def count(self, event: str, key: str, index: int) -> int:
+        return sum(r[:3] == [event, key, str(index)] for r in crashapp.records(self.log))
+
+
+@pytest.fixture
+async def hybrid(database_url: str, tmp_path: Path) -> AsyncIterator[Hybrid]:
+    blobs = f"file://{tmp_path}/blobs"
+    app = perdure.App("crash", database=database_url, blobs=blobs)
+    app.task(name="pipeline")(crashapp.pipeline.fn)
+    _record, key = await app.admin.create_api_key(name="hybrid", scope="worker")
+    port = free_port()
+    env = {"PERDURE_DATABASE_URL": database_url, "PERDURE_BLOB_URL": blobs}
+    server = ServerProcess("tests.crashapp:app", env, port=port, log=tmp_path / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until(lambda: _up(url), timeout=30)
+        yield Hybrid(url, key, app, tmp_path, server)
+    finally:
+        server.stop()
+        await app.close()
+
+
+async def _up(url: str) -> bool:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"{url}/healthz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def test_a_hybrid_worker_with_no_database_runs_50_runs_of_3_steps(
+    hybrid: Hybrid, worker_processes: list[WorkerProcess]
+) -> None:
+    proc = hybrid.worker(worker_processes)
+    task = hybrid.app.get_task("pipeline")
+    handles = [await task.trigger(f"h{i}", 3) for i in range(50)]
+    for i, handle in enumerate(handles):
+        assert await handle.result(timeout=60) == [f"h{i}:{n}" for n in (1, 2, 3)]
+    for i in range(50):
+        for n in (1, 2, 3):
+            assert hybrid.count("done", f"h{i}", n) == 1
+    (only,) = await hybrid.app.store.live_workers(app="crash")  # no other worker ran them
+    assert only.pid == proc.pid
+
+
+async def test_a_killed_hybrid_worker_is_taken_over_once_its_connection_drops(
+    hybrid: Hybrid, worker_processes: list[WorkerProcess]
+) -> None:
+    """SIGKILL a hybrid worker in step 2 of 3: the server sees its connection close and reaps
+    it, so another hybrid worker (which does not check PIDs here: only the server can tell)
+    takes the run over well before a heartbeat timeout would, and step 1 is not run again."""
+    (hybrid.tmp / "gate").touch()
+    victim = hybrid.worker(worker_processes, CRASH_GATE_STEP="2")
+    handle = await hybrid.app.get_task("pipeline").trigger("t", 3)
+    await wait_until(lambda: hybrid.count("start", "t", 2) == 1, timeout=30)
+    survivor = hybrid.worker(worker_processes, PERDURE_PID_CHECK="0")
+    await wait_until(lambda: _live(hybrid, 2), timeout=30)
+    (hybrid.tmp / "gate").unlink()
+    victim.kill()
+    killed_at = time.time()
+    assert await handle.result(timeout=60) == ["t:1", "t:2", "t:3"]
+    restarted = max(
+        float(r[3]) for r in crashapp.records(hybrid.log) if r[:3] == ["start", "t", "2"]
+    )
+    assert hybrid.count("start", "t", 1) == 1
+    assert hybrid.count("start", "t", 2) == 2
+    assert restarted - killed_at < 30  # far below the 90 s a stalled heartbeat takes
+    run = await hybrid.app.store.get_run(handle.id)
+    assert run.status is RunStatus.COMPLETED
+    assert survivor.proc.poll() is None
+    server_log = (hybrid.tmp / "server.log").read_text()
+    assert (
+        f"worker {victim_id(hybrid, victim)} lost its connection: 1 run(s) requeued" in server_log
+    )
+
+
+def victim_id(hybrid: Hybrid, victim: WorkerProcess) -> str:
+    """The worker id of a worker process, from its log's start line."""
+    for line in victim.log.read_text().splitlines():
+        if " started: app " in line:
+            return line.split("worker ", 1)[1].split()[0]
+    raise AssertionError(f"no start line in {victim.log}")
+
+
+async def _live(hybrid: Hybrid, count: int) -> bool:
+    return len(await hybrid.app.store.live_workers(app="crash")) >= count
