@@ -115,6 +115,7 @@ class App(HookDecorators):
         self.schedules = Schedules(self)
         """Cron schedules: declared with @app.task(schedule=...), or made at run time."""
         self._store: Store | None = None
+        self._worker_api: WorkerApi | None = None
         self.hooks = Hooks()
         """Lifecycle hooks of every task (app.on_failure and the others; see perdure.hooks)."""
         self.middlewares: list[Middleware] = []
@@ -159,7 +160,9 @@ class App(HookDecorators):
     def worker_api(self) -> WorkerApi:
         """The worker API of this app's store, for hybrid workers (what `perdure server` serves
         under /api/v1/worker)."""
-        return WorkerApi(self)
+        if self._worker_api is None:
+            self._worker_api = WorkerApi(self)
+        return self._worker_api
 
     @property
     def admin(self) -> Admin:

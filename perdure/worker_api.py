@@ -4,6 +4,7 @@ operations run on the App's store, its change polls wait on the App's store's ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -36,6 +37,25 @@ class WorkerApi:
     def __init__(self, app: App) -> None:
         self.app = app
         self._reaping: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed: asyncio.Event | None = None
+
+    def _closed_event(self) -> asyncio.Event:
+        """Set when the server stops (made in the server's loop on first use)."""
+        if self._closed is None:
+            self._loop, self._closed = asyncio.get_running_loop(), asyncio.Event()
+            if self._closing:
+                self._closed.set()
+        return self._closed
+
+    def close_sessions(self) -> None:
+        """The server is stopping: end every session without reaping its worker (it
+        reconnects to the server's next process) and answer every change poll now. Safe to
+        call from a signal handler."""
+        self._closing = True
+        if self._loop is not None and self._closed is not None:
+            self._loop.call_soon_threadsafe(self._closed.set)
 
     def now(self) -> float:
         """The store's clock, which the workers keep their time by."""
@@ -55,9 +75,15 @@ class WorkerApi:
         if poll.since is None:
             return msgspec.msgpack.encode(Changes(token=store.change_token()))
         topics = None if poll.topics is None else frozenset(poll.topics)
-        if not store.changed_since(poll.since, topics):
+        if not store.changed_since(poll.since, topics) and not self._closing:
             timeout = max(0.0, min(poll.timeout, POLL_SECONDS))
-            await store.wait_for_change(timeout, topics=topics, since=poll.since)
+            change = asyncio.ensure_future(
+                store.wait_for_change(timeout, topics=topics, since=poll.since)
+            )
+            closing = asyncio.ensure_future(self._closed_event().wait())
+            await asyncio.wait({change, closing}, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in (change, closing):
+                waiting.cancel()
         token = store.change_token()
         changed: list[str] | None
         if topics is None:
@@ -72,14 +98,17 @@ class WorkerApi:
         went away, or it stopped), the worker is reaped at once: its runs go back to the queue
         for other workers (a worker that stopped holds none; one still alive finds its runs
         taken over, its late writes refused by their leases)."""
+        closed = self._closed_event()
         try:
-            while True:
+            while not self._closing:
                 yield b"."
-                await asyncio.sleep(SESSION_TICK)
-        finally:  # cancelled by the disconnection: reap in a task of its own
-            task = asyncio.get_running_loop().create_task(self._reap(worker_id))
-            self._reaping.add(task)
-            task.add_done_callback(self._reaping.discard)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), SESSION_TICK)
+        finally:  # ended by the disconnection (cancelled), unless the server is stopping
+            if not self._closing:
+                task = asyncio.get_running_loop().create_task(self._reap(worker_id))
+                self._reaping.add(task)
+                task.add_done_callback(self._reaping.discard)
 
     async def _reap(self, worker_id: str) -> None:
         try:

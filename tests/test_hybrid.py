@@ -32,6 +32,15 @@ class Hybrid:
     app: perdure.App
     tmp: Path
     server: ServerProcess
+    env: dict[str, str]
+
+    async def restart(self) -> None:
+        """Stop the server (SIGTERM) and start it again on the same port."""
+        self.server.stop()
+        port = int(self.url.rsplit(":", 1)[1])
+        log = self.tmp / "server.log"
+        self.server = ServerProcess("tests.crashapp:app", self.env, port=port, log=log)
+        await wait_until(lambda: _up(self.url), timeout=30)
 
     @property
     def log(self) -> Path:
@@ -69,11 +78,12 @@ async def hybrid(database_url: str, tmp_path: Path) -> AsyncIterator[Hybrid]:
     env = {"PERDURE_DATABASE_URL": database_url, "PERDURE_BLOB_URL": blobs}
     server = ServerProcess("tests.crashapp:app", env, port=port, log=tmp_path / "server.log")
     url = f"http://127.0.0.1:{port}"
+    hybrid = Hybrid(url, key, app, tmp_path, server, env)
     try:
         await wait_until(lambda: _up(url), timeout=30)
-        yield Hybrid(url, key, app, tmp_path, server)
+        yield hybrid
     finally:
-        server.stop()
+        hybrid.server.stop()
         await app.close()
 
 
@@ -143,3 +153,34 @@ def victim_id(hybrid: Hybrid, victim: WorkerProcess) -> str:
 
 async def _live(hybrid: Hybrid, count: int) -> bool:
     return len(await hybrid.app.store.live_workers(app="crash")) >= count
+
+
+async def test_a_server_restarted_mid_load_loses_nothing(
+    hybrid: Hybrid, worker_processes: list[WorkerProcess]
+) -> None:
+    """The server is stopped and started again while a hybrid worker is in the middle of 30
+    runs: the worker retries with backoff until the server is back, keeps its session (it is
+    not reaped: the server ended the session as it stopped), and every run completes once,
+    with no recorded step run again."""
+    proc = hybrid.worker(worker_processes)
+    task = hybrid.app.get_task("pipeline")
+    handles = [await task.trigger(f"s{i}", 3, 0.05) for i in range(30)]
+    await wait_until(lambda: len(crashapp.records(hybrid.log)) >= 20, timeout=60)
+    await hybrid.restart()
+    for i, handle in enumerate(handles):
+        assert await handle.result(timeout=90) == [f"s{i}:{n}" for n in (1, 2, 3)]
+    store = hybrid.app.store
+    for i, handle in enumerate(handles):
+        attempts = await store.load_attempts(handle.id)
+        assert len([a for a in attempts if a.seq == 0 and a.error is None]) == 1
+        for entry in await store.load_journal(handle.id):
+            starts = [
+                float(r[3])
+                for r in crashapp.records(hybrid.log)
+                if r[:3] == ["start", f"s{i}", str(entry.seq)]
+            ]
+            assert entry.finished_at is not None
+            assert all(t < entry.finished_at for t in starts), (handle.id, entry.seq)
+    assert proc.proc.poll() is None  # the same worker throughout
+    (only,) = await store.live_workers(app="crash")
+    assert only.pid == proc.pid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -35,7 +36,14 @@ def serve(
         raise typer.Exit(1) from None
     the_app = load_app(app)
     server = create_app(the_app, dashboard=dashboard)
-    uvicorn.run(server, host=host, port=port, log_level=log_level)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # hybrid workers' sessions end now, without their workers reaped: they reconnect
+            the_app.worker_api.close_sessions()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(server, host=host, port=port, log_level=log_level)).run()
 
 
 @api_keys_cli.command("create")
