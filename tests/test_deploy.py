@@ -89,6 +89,21 @@ def test_a_worker_pod_drains_before_it_is_stopped_and_reports_its_health() -> No
     assert metric in (ROOT / "perdure" / "metrics.py").read_text()
 
 
+def test_a_hybrid_worker_pod_has_no_database_credentials() -> None:
+    """The hybrid worker reaches the server with a key from a Secret and no database URL, and
+    drains like the direct worker."""
+    pod = _by_kind("Deployment", "worker-hybrid")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert "PERDURE_DATABASE_URL" not in env
+    assert env["PERDURE_SERVER_URL"]["value"].startswith("https://")
+    assert env["PERDURE_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "perdure-hybrid"
+    secrets = {d["metadata"]["name"]: d for _name, d in _manifests() if d["kind"] == "Secret"}
+    assert "worker-api-key" in secrets["perdure-hybrid"]["stringData"]
+    assert container["lifecycle"]["preStop"]["httpGet"]["path"] == "/drain"
+    assert pod["terminationGracePeriodSeconds"] > int(env["PERDURE_DRAIN_TIMEOUT"]["value"])
+
+
 def test_the_compose_file_follows_the_compose_specification() -> None:
     schema = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
