@@ -145,7 +145,9 @@ class App(HookDecorators):
         if self._store is None and self.server is not None:
             assert self.api_key is not None
             blobs = open_blobs(self.blobs, keyring=Keyring.from_env())
-            self._store = open_remote(self.server, api_key=self.api_key, blobs=blobs)
+            self._store = open_remote(
+                self.server, api_key=self.api_key, blobs=blobs, inline_limit=self.inline_limit
+            )
         if self._store is None:
             keyring = Keyring.from_env()  # PERDURE_ENCRYPTION_KEY (and old keys)
             self._store = open_store(

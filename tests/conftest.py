@@ -7,6 +7,7 @@ import contextlib
 import glob
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 import perdure
+from perdure.store import sqlite_path
 from perdure.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +216,29 @@ class WorkerProcess:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"worker {self.pid} did not start:\n{self.dump_stacks()}")
             time.sleep(0.02)
+
+    def freeze(self, database_url: str) -> None:
+        """SIGSTOP, outside a write to an SQLite database: a process stopped inside one holds
+        the database's write lock, and every other process waits until it resumes (SQLite's
+        locking, not a takeover case). On PostgreSQL, at once (its locks are per session and
+        a stopped worker's do not block the others' claims)."""
+        path = sqlite_path(database_url)
+        for _ in range(200):
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            if path is None:
+                return
+            try:
+                conn = sqlite3.connect(path, timeout=0)
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.rollback()
+                    return
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError:  # stopped inside a write: let it finish it
+                os.kill(self.proc.pid, signal.SIGCONT)
+                time.sleep(0.005)
+        raise AssertionError(f"worker {self.pid} holds the SQLite write lock all the time")
 
     def dump_stacks(self) -> str:
         """Abort the worker with its stacks written to its log; return the log's tail."""

@@ -257,7 +257,7 @@ async def test_stopped_worker_is_taken_over_and_cannot_record_after_resuming(
     await wait_until(lambda: crash.count("start", "s", 2) == 1, timeout=30)
     survivor = _start(crash, worker_processes, **env)
     await wait_until(lambda: _alive_workers(crash.app.store, 2), timeout=30)
-    os.kill(victim.pid, signal.SIGSTOP)  # alive (its PID exists) but not running
+    victim.freeze(crash.app.database)  # alive (its PID exists) but not running
     crash.gate.unlink()
     assert await handle.result(timeout=30) == ["s:1", "s:2", "s:3"]
     os.kill(victim.pid, signal.SIGCONT)  # it finishes its step 2 body, then must not record

@@ -125,7 +125,7 @@ async def test_a_worker_stopped_before_a_step_does_not_start_it_once_taken_over(
     worker_processes.append(first)
     handle = await app.get_task("pipeline").trigger("between", 3)
     await wait_until(lambda: Path(f"{gate}.reached").exists(), timeout=30)
-    os.kill(first.pid, signal.SIGSTOP)  # in the task body, before step 1
+    first.freeze(database_url)  # in the task body, before step 1
     second = WorkerProcess(
         "tests.crashapp:app", _env(tmp_path, database_url, **fast), log=tmp_path / "second.log"
     )

@@ -25,7 +25,7 @@ import msgspec
 
 from perdure import errors
 from perdure.blobs.base import BlobStore
-from perdure.records import Claimed, History, RunRecord, WorkerRecord
+from perdure.records import Claimed, History, RunRecord, Value, WorkerRecord
 from perdure.store.base import ChangeToken, Store
 from perdure.store.notify import ChangeNotifier
 
@@ -188,7 +188,7 @@ class RemoteStore:
     session_liveness = False
     """A remote worker's liveness is the server's business: it sees the worker's connection."""
 
-    def __init__(self, url: str, *, api_key: str, blobs: BlobStore) -> None:
+    def __init__(self, url: str, *, api_key: str, blobs: BlobStore, inline_limit: int) -> None:
         try:
             import httpx
         except ImportError:
@@ -201,6 +201,7 @@ class RemoteStore:
             quiet.setLevel(logging.WARNING)  # not a line per request
         self.url = url.rstrip("/")
         self.blobs = blobs
+        self.inline_limit = inline_limit
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/msgpack",
@@ -220,7 +221,9 @@ class RemoteStore:
         client = self._clients.get(id(loop))
         if client is None:
             timeout = self._httpx.Timeout(POLL_SECONDS + 30.0, connect=5.0)
-            client = self._httpx.AsyncClient(base_url=self.url, timeout=timeout)
+            # as many kept-alive connections as calls at once: a closed one costs a handshake
+            limits = self._httpx.Limits(max_connections=200, max_keepalive_connections=200)
+            client = self._httpx.AsyncClient(base_url=self.url, timeout=timeout, limits=limits)
             self._clients[id(loop)] = client
         return client
 
@@ -304,6 +307,14 @@ class RemoteStore:
         self._poller = self._session = None
         await self.detach()
 
+    async def offload(self, value: Value | None) -> Value | None:
+        """A value over the inline limit goes to the server's blob store now (in the step's
+        attempt); a smaller one travels with its record, no call needed."""
+        if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:
+            return value
+        offloaded: Value | None = await self.call("offload", value)
+        return offloaded
+
     async def advance_clock(self, seconds: float) -> None:
         raise errors.ConfigurationError("a remote store's clock is its server's: it cannot travel")
 
@@ -381,6 +392,7 @@ for _op in WORKER_OPERATIONS - set(vars(RemoteStore)):
     setattr(RemoteStore, _op, _operation(_op))
 
 
-def open_remote(url: str, *, api_key: str, blobs: BlobStore) -> Store:
+def open_remote(url: str, *, api_key: str, blobs: BlobStore, inline_limit: int) -> Store:
     """The store of a hybrid worker: the server at `url`, with a key of scope `worker`."""
-    return typing.cast(Store, RemoteStore(url, api_key=api_key, blobs=blobs))
+    store = RemoteStore(url, api_key=api_key, blobs=blobs, inline_limit=inline_limit)
+    return typing.cast(Store, store)
