@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from perdure.errors import PerdureError
 from perdure.store.remote import (
     CLOCK_HEADER,
     POLL_SECONDS,
+    Answer,
     ChangePoll,
     Changes,
     decode_call,
@@ -61,11 +63,25 @@ class WorkerApi:
         """The store's clock, which the workers keep their time by."""
         return self.app.store.now()
 
-    async def call(self, op: str, body: bytes) -> bytes:
-        """Run the store operation `op` with the arguments in `body`; its encoded result."""
-        arguments = decode_call(op, body)
-        result = await getattr(self.app.store, op)(**arguments)
-        return encode_result(result)
+    async def batch(self, body: bytes) -> bytes:
+        """Run the calls of a batch (each a store operation and its encoded arguments) at
+        once; their answers, in order: a result, or the perdure error a call raised."""
+        calls = msgspec.msgpack.decode(body, type=list[tuple[str, bytes]])
+        answers = await asyncio.gather(*(self._call(op, data) for op, data in calls))
+        return msgspec.msgpack.encode(answers)
+
+    async def _call(self, op: str, data: bytes) -> Answer:
+        try:
+            arguments = decode_call(op, data)
+            result = await getattr(self.app.store, op)(**arguments)
+            return Answer(data=encode_result(result))
+        except PerdureError as exc:
+            return Answer(error=type(exc).__name__, message=str(exc))
+        except msgspec.ValidationError as exc:
+            return Answer(error="PerdureError", message=f"{op}: arguments that do not fit: {exc}")
+        except Exception as exc:
+            log.exception("worker API call %s failed", op)
+            return Answer(error="PerdureError", message=f"{op} failed: {type(exc).__name__}: {exc}")
 
     async def changes(self, body: bytes) -> bytes:
         """Answer a change poll (ChangePoll) once something it asks about changed, or after

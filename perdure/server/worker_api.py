@@ -24,9 +24,8 @@ def _answer(app: App, body: bytes) -> Response:
     return Response(body, media_type=MSGPACK, headers={CLOCK_HEADER: clock})
 
 
-async def call(app: App, request: Request) -> Response:
-    op = request.path_params["op"]
-    return _answer(app, await app.worker_api.call(op, await request.body()))
+async def batch(app: App, request: Request) -> Response:
+    return _answer(app, await app.worker_api.batch(await request.body()))
 
 
 async def changes(app: App, request: Request) -> Response:
@@ -43,7 +42,7 @@ async def session(app: App, request: Request) -> Response:
 def worker_routes(app: App) -> list[BaseRoute]:
     """The worker API of `app`, under /api/v1/worker."""
     return [
-        Route("/api/v1/worker/call/{op}", _route(app, Scope.WORKER, call), methods=["POST"]),
+        Route("/api/v1/worker/batch", _route(app, Scope.WORKER, batch), methods=["POST"]),
         Route("/api/v1/worker/changes", _route(app, Scope.WORKER, changes), methods=["POST"]),
         Route(
             "/api/v1/worker/session/{worker_id}",

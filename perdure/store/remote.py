@@ -1,13 +1,13 @@
 """A store reached through a perdure server's worker API: what a hybrid worker
 (`perdure worker MODULE:APP --server URL --api-key KEY`) runs on, with no database of its own.
 
-Each `Store` operation a worker uses is one HTTP request, `POST /api/v1/worker/call/{op}`, its
-arguments and its result encoded with msgspec (MessagePack) and typed by the `Store` protocol's
-own annotations, so no operation is written twice: the server runs the same operation on its
-store, with the same lease fencing. Errors come back as the perdure errors the store raised.
-Change notifications arrive by long polling (`/api/v1/worker/changes`); the server's clock is
-the store's clock. Requests that cannot reach the server are retried with backoff until it is
-back.
+Each `Store` operation a worker uses is a call in `POST /api/v1/worker/batch` (the calls made at
+once share a request), its arguments and result encoded with msgspec (MessagePack) and typed by
+the `Store` protocol's own annotations, so no operation is written twice: the server runs the
+same operation on its store, with the same lease fencing. Errors come back as the perdure
+errors the store raised. Change notifications arrive by long polling (`/api/v1/worker/changes`);
+the server's clock is the store's clock. Requests that cannot reach the server are retried
+with backoff until it is back.
 """
 
 from __future__ import annotations
@@ -96,6 +96,18 @@ class ChangePoll(msgspec.Struct, frozen=True):
     since: int | None = None
     topics: list[str] | None = None
     timeout: float = POLL_SECONDS
+
+
+class Answer(msgspec.Struct, frozen=True):
+    """One call's answer in a batch: its encoded result, or the perdure error it raised."""
+
+    data: bytes | None = None
+    error: str | None = None
+    message: str | None = None
+
+
+BATCH_LIMIT = 256
+"""Calls sent in one request at most."""
 
 
 @functools.cache
@@ -213,6 +225,8 @@ class RemoteStore:
         self._poller: asyncio.Task[None] | None = None
         self._repoll = asyncio.Event()
         self._session: asyncio.Task[None] | None = None
+        self._batches: dict[int, list[tuple[str, bytes, asyncio.Future[bytes]]]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     # -- the calls ---------------------------------------------------------------------------
 
@@ -255,9 +269,44 @@ class RemoteStore:
             delay = min(delay * 2, 2.0)
 
     async def call(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        """Run the store operation `op` on the server's store."""
-        data = await self._post(f"/api/v1/worker/call/{op}", encode_call(op, args, kwargs))
-        return decode_result(op, data)
+        """Run the store operation `op` on the server's store. Calls made at once (the runs of
+        a worker, each at its own step) go in one request: as group commit does for the
+        database's fsyncs, a batch shares the cost of a round trip."""
+        loop = asyncio.get_running_loop()
+        batch = self._batches.setdefault(id(loop), [])
+        answer: asyncio.Future[bytes] = loop.create_future()
+        batch.append((op, encode_call(op, args, kwargs), answer))
+        if len(batch) == 1:
+            loop.call_soon(self._send_batch, loop)
+        return decode_result(op, await answer)
+
+    def _send_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._batches.pop(id(loop), [])
+        for start in range(0, len(batch), BATCH_LIMIT):
+            task = loop.create_task(self._send(batch[start : start + BATCH_LIMIT]))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, calls: list[tuple[str, bytes, asyncio.Future[bytes]]]) -> None:
+        body = msgspec.msgpack.encode([(op, data) for op, data, _answer in calls])
+        try:
+            answers = msgspec.msgpack.decode(
+                await self._post("/api/v1/worker/batch", body), type=list[Answer]
+            )
+        except BaseException as exc:  # (cancelled too: the callers hear of it)
+            for _op, _data, answer in calls:
+                if not answer.done():
+                    answer.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_op, _data, future), got in zip(calls, answers, strict=True):
+            if future.done():
+                continue  # its caller was cancelled
+            if got.error is not None:
+                future.set_exception(errors.from_name(got.error, got.message or ""))
+            else:
+                future.set_result(got.data or b"")
 
     # -- the worker's session: the server reaps it when the connection closes ------------
 
@@ -374,7 +423,12 @@ class RemoteStore:
                 log.warning("change poll refused: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if since is not None and (changes.changed is None or changes.changed):
+            if since is None:
+                # listening from now on: what changed before is unknown here, so anything may
+                # have (a spurious wake-up makes the waiters read again; a missed one would
+                # leave runs unclaimed until a timeout)
+                self._notifier.notify(None)
+            elif changes.changed is None or changes.changed:
                 self._notifier.notify(changes.changed)
             since = changes.token
 
