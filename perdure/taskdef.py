@@ -28,11 +28,11 @@ class TaskDef:
     """The task function."""
     hooks: Hooks = field(default_factory=Hooks)
     """Its own lifecycle hooks (the App's run first)."""
+    is_async: bool = field(init=False)
+    """True for `async def` tasks (worked out once: every execution asks)."""
 
-    @property
-    def is_async(self) -> bool:
-        """True for `async def` tasks."""
-        return inspect.iscoroutinefunction(self.fn)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
     def encode_call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Value:
         """The arguments of a run, checked and encoded: InvalidArguments, before anything is
