@@ -293,13 +293,15 @@ class RemoteStore:
             answers = msgspec.msgpack.decode(
                 await self._post("/api/v1/worker/batch", body), type=list[Answer]
             )
-        except BaseException as exc:  # (cancelled too: the callers hear of it)
+        except Exception as exc:  # the callers hear of it
             for _op, _data, answer in calls:
                 if not answer.done():
                     answer.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
             return
+        except BaseException:  # cancelled (the store closes): so are the calls
+            for _op, _data, answer in calls:
+                answer.cancel()
+            raise
         for (_op, _data, future), got in zip(calls, answers, strict=True):
             if future.done():
                 continue  # its caller was cancelled
