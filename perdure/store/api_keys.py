@@ -4,14 +4,12 @@ as an id and a hash, never the key."""
 from __future__ import annotations
 
 from perdure.records import ApiKey, Scope
-from perdure.store.connector import Connector, Operation, Query, Result, Row, rows_of
-from perdure.store.rows import RowMapping
+from perdure.store.connector import Operation, Query, Result, Row
+from perdure.store.rows import Operations
 
 
-class ApiKeyOperations(RowMapping):
+class ApiKeyOperations(Operations):
     """API keys over `db`."""
-
-    db: Connector
 
     async def create_api_key(self, key: ApiKey) -> None:
         params = {
@@ -28,11 +26,11 @@ class ApiKeyOperations(RowMapping):
         await self.db.write(create, "create_api_key")
 
     async def get_api_key(self, key_id: str) -> ApiKey | None:
-        rows = await self.db.read(lambda: rows_of(Query("api_key", {"id": key_id})), "api_key")
+        rows = await self._one("api_key", {"id": key_id}, "api_key")
         return _key(rows[0]) if rows else None
 
     async def list_api_keys(self) -> list[ApiKey]:
-        rows = await self.db.read(lambda: rows_of(Query("list_api_keys", {})), "list_api_keys")
+        rows = await self._one("list_api_keys", {}, "list_api_keys")
         return [_key(row) for row in rows]
 
     async def revoke_api_key(self, key_id: str) -> bool:

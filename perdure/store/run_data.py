@@ -9,15 +9,13 @@ from collections.abc import Sequence
 
 from perdure.errors import LeaseLost
 from perdure.records import Lease, Value
-from perdure.store.connector import Connector, Operation, Query, Result, rows_of
+from perdure.store.connector import Operation, Query, Result
 from perdure.store.notify import run_topic
-from perdure.store.rows import RowMapping
+from perdure.store.rows import Operations
 
 
-class RunDataOperations(RowMapping):
+class RunDataOperations(Operations):
     """Metadata, streams and hook marks over `db`."""
-
-    db: Connector
 
     async def set_metadata(self, run_id: str, lease: Lease, metadata: Value) -> None:
         params = {
@@ -80,7 +78,7 @@ class RunDataOperations(RowMapping):
     ) -> list[tuple[int, str, Value]]:
         params = {"run_id": run_id, "name": name, "after": after, "limit": limit}
 
-        rows = await self.db.read(lambda: rows_of(Query("read_stream", params)), "read_stream")
+        rows = await self._one("read_stream", params, "read_stream")
         chunks = []
         for row in rows:
             value = await self.values.from_columns(row, "data")

@@ -17,19 +17,17 @@ from typing import Any
 from perdure import cron, serde
 from perdure.ids import new_id
 from perdure.records import MissedTicks, NewRun, NewSchedule, ScheduleRecord, Value
-from perdure.store.connector import Connector, Operation, Query, Result, Row, rows_of
+from perdure.store.connector import Operation, Query, Result, Row, rows_of
 from perdure.store.notify import CLAIMABLE
-from perdure.store.rows import RowMapping, insert_run
+from perdure.store.rows import Operations, insert_run
 
 SKIP_GRACE = 60.0
 """Seconds late a tick may be and still run under MissedTicks.SKIP (a worker busy, a restart)."""
 _FIRE_AT_ONCE = 100  # due schedules fired in one write
 
 
-class ScheduleOperations(RowMapping):
+class ScheduleOperations(Operations):
     """Schedules over `db`."""
-
-    db: Connector
 
     async def put_schedule(self, schedule: NewSchedule) -> ScheduleRecord:
         """Create or replace a schedule (by app and key); one whose expression and time zone

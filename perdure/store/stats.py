@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from perdure.stats_records import PERCENTILES, SAMPLE, RunStats, TaskStats
-from perdure.store.connector import Batch, Connector, Operation, Query, Result, Row
-from perdure.store.rows import RowMapping
+from perdure.store.connector import Batch, Operation, Query, Result, Row
+from perdure.store.rows import Operations
 
 MAX_BUCKETS = 500
 """Throughput buckets at most: a wider window gets wider buckets."""
@@ -25,10 +25,8 @@ SCALE = 43.4
 """Duration buckets per unit of natural log: each is e^(1/43.4) ≈ 2.33% wide."""
 
 
-class StatsOperations(RowMapping):
+class StatsOperations(Operations):
     """Run statistics over `db`."""
-
-    db: Connector
 
     async def run_stats(
         self,

@@ -4,21 +4,19 @@ no live worker can resume, and moving a run to another version of the code."""
 from __future__ import annotations
 
 from perdure.records import RunRecord
-from perdure.store.connector import Connector, Operation, Query, Result, rows_of
+from perdure.store.connector import Operation, Query, Result
 from perdure.store.notify import CLAIMABLE
-from perdure.store.rows import RowMapping
+from perdure.store.rows import Operations
 
 
-class VersionOperations(RowMapping):
+class VersionOperations(Operations):
     """Runs by version over `db`."""
-
-    db: Connector
 
     async def stranded_runs(
         self, *, app: str | None = None, before: str | None = None, limit: int = 100
     ) -> list[RunRecord]:
         params = {"app": app, "before": before, "limit": limit}
-        rows = await self.db.read(lambda: rows_of(Query("stranded_runs", params)), "stranded")
+        rows = await self._one("stranded_runs", params, "stranded")
         return [await self._run_record(row, full=False) for row in rows]
 
     async def repin_run(self, run_id: str, *, lease: int, version: str) -> bool:

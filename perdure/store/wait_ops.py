@@ -27,9 +27,9 @@ from perdure.errors import (
     TokenNotFound,
 )
 from perdure.records import Lease, NewRun, RunStatus, Value
-from perdure.store.connector import Connector, Operation, Query, Row, rows_of
+from perdure.store.connector import Operation, Query, Row, rows_of
 from perdure.store.notify import CLAIMABLE
-from perdure.store.rows import RowMapping, check_held, insert_run
+from perdure.store.rows import Operations, check_held, insert_run
 from perdure.wait_records import (
     EventRecord,
     NewEvent,
@@ -49,10 +49,8 @@ _SIGNAL_LOCK_CLASS = 7_366_104  # (PostgreSQL) advisory lock class of waits and 
 _EVENT_SCAN = 1000  # events of one name a wait looks through at once
 
 
-class WaitOperations(RowMapping):
+class WaitOperations(Operations):
     """Tokens, events, mailboxes and waits over `db` (the part of SQLStore they make)."""
-
-    db: Connector
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -76,7 +74,7 @@ class WaitOperations(RowMapping):
         return await self._token(await self.db.write(create, "create_token"))
 
     async def get_token(self, token_id: str) -> TokenRecord:
-        rows = await self.db.read(lambda: rows_of(Query("token", {"id": token_id})), "get_token")
+        rows = await self._one("token", {"id": token_id}, "get_token")
         if not rows:
             raise TokenNotFound(f"no token with id {token_id!r}")
         return await self._token(rows[0])
@@ -96,7 +94,7 @@ class WaitOperations(RowMapping):
             "now": self.now(),
             "limit": limit,
         }
-        rows = await self.db.read(lambda: rows_of(Query("list_tokens", params)), "list_tokens")
+        rows = await self._one("list_tokens", params, "list_tokens")
         return [await self._token(row, fetch=False) for row in rows]
 
     async def complete_token(
@@ -191,7 +189,7 @@ class WaitOperations(RowMapping):
         self, *, app: str | None = None, name: str | None = None, limit: int = 100
     ) -> list[EventRecord]:
         params = {"app": app, "name": name, "limit": limit}
-        rows = await self.db.read(lambda: rows_of(Query("list_events", params)), "list_events")
+        rows = await self._one("list_events", params, "list_events")
         return [await self._event(row, fetch=False) for row in rows]
 
     # -- mailboxes ---------------------------------------------------------------------------
@@ -353,7 +351,7 @@ class WaitOperations(RowMapping):
 
     async def _events_since(self, app: str, name: str, since: float) -> list[Row]:
         params = {"app": app, "name": name, "since": since, "limit": _EVENT_SCAN}
-        return await self.db.read(lambda: rows_of(Query("events_since", params)), "events_since")
+        return await self._one("events_since", params, "events_since")
 
     async def _take_event(self, wait: Wait, event_id: str, lease: Lease) -> Row | None:
         """End `wait` with the event `event_id` (unless it ended already: then with its own)."""
