@@ -220,9 +220,4 @@ def _outcome(run_id: str, out: dict[str, Any]) -> Any:
 
 def _error(response: Any) -> errors.PerdureError:
     """The perdure error the server answered with (by its type's name)."""
-    try:
-        body = response.json()["error"]
-        kind, message = str(body["type"]), str(body["message"])
-    except (ValueError, KeyError, TypeError):
-        kind, message = "PerdureError", f"HTTP {response.status_code}: {response.text[:200]}"
-    return errors.from_name(kind, message)
+    return errors.from_answer(response.content, response.status_code)

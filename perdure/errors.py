@@ -34,6 +34,7 @@ catching `Exception` cannot swallow them.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -344,3 +345,15 @@ def from_name(kind: str, message: str) -> PerdureError:
         return cls(message)
     except TypeError:  # an error class with its own arguments
         return PerdureError(f"{kind}: {message}")
+
+
+def from_answer(body: bytes, status: int) -> PerdureError:
+    """The perdure error in a perdure server's error answer (`{"error": {"type", "message"}}`
+    with HTTP `status`), for the Python client and hybrid workers alike."""
+    try:
+        error = json.loads(body)["error"]
+        kind, message = str(error["type"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        text = body[:200].decode(errors="replace")
+        return PerdureError(f"HTTP {status}: {text}")
+    return from_name(kind, message)

@@ -40,6 +40,11 @@ def encode(value: Any, *, codec: serde.Codec, what: str, max_size: int | None) -
     return data
 
 
+def stays_inline(value: Value | None, inline_limit: int) -> bool:
+    """Whether `value` needs no blob: none, in a blob already, or no larger than the limit."""
+    return value is None or value.blob_key is not None or len(value.data) <= inline_limit
+
+
 class StoredValues:
     """Values to and from the columns of a row: PREFIX_codec, PREFIX (inline bytes),
     PREFIX_blob (blob key), PREFIX_raw_size and PREFIX_stored_size."""
@@ -52,8 +57,9 @@ class StoredValues:
 
     async def offload(self, value: Value | None) -> Value | None:
         """`value` with its bytes in the blob store when it is over the inline limit."""
-        if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:
+        if stays_inline(value, self.inline_limit):
             return value
+        assert value is not None
         ref = await self.blobs.put(value.data)
         return Value(
             codec=value.codec,

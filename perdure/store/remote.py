@@ -28,6 +28,7 @@ from perdure.blobs.base import BlobStore
 from perdure.records import Claimed, History, RunRecord, Value, WorkerRecord
 from perdure.store.base import ChangeToken, Store
 from perdure.store.notify import ChangeNotifier
+from perdure.values import stays_inline
 
 log = logging.getLogger("perdure.worker")
 
@@ -176,24 +177,6 @@ def decode_result(op: str, data: bytes) -> Any:
     return msgspec.msgpack.decode(data, type=returns)
 
 
-class _ErrorBody(msgspec.Struct):
-    type: str
-    message: str
-
-
-class _ErrorOut(msgspec.Struct):
-    error: _ErrorBody
-
-
-def _decode_error(data: bytes, status: int) -> errors.PerdureError:
-    """The perdure error in the server's error answer (the API's JSON error shape)."""
-    try:
-        body = msgspec.json.decode(data, type=_ErrorOut).error
-    except msgspec.DecodeError:
-        return errors.PerdureError(f"the worker API answered HTTP {status}: {data[:200]!r}")
-    return errors.from_name(body.type, body.message)
-
-
 class RemoteStore:
     """`Store` over a perdure server's worker API (see the module's docstring)."""
 
@@ -221,7 +204,7 @@ class RemoteStore:
         self._clients: dict[int, Any] = {}  # one per event loop (the heartbeat has its own)
         self._offset = 0.0  # the server's clock minus this machine's
         self._notifier = ChangeNotifier()
-        self._interest: dict[str | None, int] = {}
+        self._interest: set[str | None] = set()  # the topics asked about (None: anything)
         self._poller: asyncio.Task[None] | None = None
         self._repoll = asyncio.Event()
         self._session: asyncio.Task[None] | None = None
@@ -258,7 +241,7 @@ class RemoteStore:
                     content: bytes = response.content
                     return content
                 if response.status_code not in (502, 503, 504):
-                    raise _decode_error(response.content, response.status_code)
+                    raise errors.from_answer(response.content, response.status_code)
                 failure = f"HTTP {response.status_code}"
             if time.monotonic() - said > 10.0:
                 log.warning(
@@ -331,7 +314,7 @@ class RemoteStore:
             try:
                 async with self._client().stream("POST", path, headers=self._headers) as answer:
                     if answer.status_code >= 400:
-                        raise _decode_error(await answer.aread(), answer.status_code)
+                        raise errors.from_answer(await answer.aread(), answer.status_code)
                     async for _tick in answer.aiter_bytes():
                         pass
             except (self._httpx.TransportError, errors.PerdureError) as exc:
@@ -361,7 +344,7 @@ class RemoteStore:
     async def offload(self, value: Value | None) -> Value | None:
         """A value over the inline limit goes to the server's blob store now (in the step's
         attempt); a smaller one travels with its record, no call needed."""
-        if value is None or value.blob_key is not None or len(value.data) <= self.inline_limit:
+        if stays_inline(value, self.inline_limit):
             return value
         offloaded: Value | None = await self.call("offload", value)
         return offloaded
@@ -398,10 +381,9 @@ class RemoteStore:
 
     def _watch(self, topics: Collection[str] | None) -> None:
         """Make sure the long poll asks about `topics` from now on."""
-        new = [None] if topics is None else [t for t in topics if t not in self._interest]
-        for topic in new:
+        for topic in [None] if topics is None else topics:
             if topic not in self._interest:
-                self._interest[topic] = 1
+                self._interest.add(topic)
                 self._repoll.set()
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
