@@ -22,7 +22,7 @@ from perdure.schedules import Cron, Schedules
 from perdure.secrets import Secret
 from perdure.signals import Signals
 from perdure.step import Step
-from perdure.store import open_store
+from perdure.store import RedisTier, open_store
 from perdure.store.base import Store
 from perdure.store.remote import open_remote
 from perdure.task import Task
@@ -66,6 +66,10 @@ class App(HookDecorators):
     With `server` ($PERDURE_SERVER_URL) and `api_key` ($PERDURE_API_KEY, a key of scope
     `worker`), the App reaches its store through that perdure server's worker API instead of a
     database: a hybrid worker (perdure.store.remote); `database` is then not used.
+
+    With `redis` ($PERDURE_REDIS_URL, a redis:// URL; PostgreSQL only), wake-ups go between
+    processes through Redis and workers keep a presence there that expires within seconds of
+    their host's death (perdure.store.redis_tier); PostgreSQL stays the source of truth.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class App(HookDecorators):
         version: str | None = None,
         server: str | None = None,
         api_key: str | None = None,
+        redis: str | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("App needs a name")
@@ -87,6 +92,13 @@ class App(HookDecorators):
         self.blobs = blobs or os.environ.get("PERDURE_BLOB_URL") or DEFAULT_BLOB_URL
         self.server = server or os.environ.get("PERDURE_SERVER_URL") or None
         self.api_key = api_key or os.environ.get("PERDURE_API_KEY") or None
+        self.redis_url = redis or os.environ.get("PERDURE_REDIS_URL") or None
+        if self.server is not None and self.redis_url is not None:
+            raise ConfigurationError(
+                f"App {name!r} is a hybrid worker of the server {self.server}: it reaches "
+                "nothing but its server; give Redis to the server (unset redis= / "
+                "$PERDURE_REDIS_URL here)"
+            )
         if self.server is not None and not self.api_key:
             raise ConfigurationError(
                 f"App {name!r} reaches its store through the server {self.server}: it needs an "
@@ -115,6 +127,7 @@ class App(HookDecorators):
         self.schedules = Schedules(self)
         """Cron schedules: declared with @app.task(schedule=...), or made at run time."""
         self._store: Store | None = None
+        self._redis: RedisTier | None = None
         self._worker_api: WorkerApi | None = None
         self.hooks = Hooks()
         """Lifecycle hooks of every task (app.on_failure and the others; see perdure.hooks)."""
@@ -155,8 +168,16 @@ class App(HookDecorators):
                 blobs=open_blobs(self.blobs, keyring=keyring),
                 inline_limit=self.inline_limit,
                 keyring=keyring,
+                redis=self.redis,
             )
         return self._store
+
+    @property
+    def redis(self) -> RedisTier | None:
+        """The Redis tier (None without redis= / $PERDURE_REDIS_URL)."""
+        if self._redis is None and self.redis_url is not None:
+            self._redis = RedisTier(self.redis_url)
+        return self._redis
 
     @property
     def worker_api(self) -> WorkerApi:
@@ -439,6 +460,7 @@ class App(HookDecorators):
             },
             schedules=list(self.schedules.declared.values()),
             version=self.version,
+            presence=self.redis,
         )
 
     def executor(self, config: WorkerConfig | None = None) -> Executor:

@@ -55,6 +55,9 @@ class WorkerConfig:
     session is gone."""
     reap_interval: float = field(default_factory=lambda: env_float("PERDURE_REAP_INTERVAL", 0.5))
     """Seconds between checks for dead or stalled workers."""
+    presence_ttl: float = field(default_factory=lambda: env_float("PERDURE_PRESENCE_TTL", 1.2))
+    """With the Redis tier: seconds after its last presence beat (sent every quarter of this)
+    at which a worker counts as dead and its runs are taken over."""
     drain_timeout: float = field(default_factory=lambda: env_float("PERDURE_DRAIN_TIMEOUT", 30.0))
     """On SIGTERM/SIGINT, seconds to let running runs finish before releasing them."""
     retry_suspend_after: float = 5.0
@@ -76,6 +79,10 @@ class WorkerConfig:
             raise ConfigurationError(
                 f"drain_timeout (PERDURE_DRAIN_TIMEOUT) must be >= 0 seconds, got "
                 f"{self.drain_timeout}"
+            )
+        if self.presence_ttl <= 0:
+            raise ConfigurationError(
+                f"presence_ttl (PERDURE_PRESENCE_TTL) must be > 0 seconds, got {self.presence_ttl}"
             )
         if self.reap_interval <= 0:
             raise ConfigurationError(

@@ -23,7 +23,14 @@ from perdure import cron, metrics
 from perdure.config import WorkerConfig
 from perdure.errors import CancelSignal, LeaseLost, StoreError
 from perdure.ids import new_id
-from perdure.lease import LeaseKeeper, Liveness, new_worker_record, reap_dead_workers, tick
+from perdure.lease import (
+    LeaseKeeper,
+    Liveness,
+    confirm,
+    new_worker_record,
+    reap_dead_workers,
+    tick,
+)
 from perdure.records import (
     History,
     NewSchedule,
@@ -35,6 +42,7 @@ from perdure.records import (
 )
 from perdure.store.base import ChangeToken, Store
 from perdure.store.notify import CANCEL, CLAIMABLE
+from perdure.store.redis_tier import RedisTier
 
 log = logging.getLogger("perdure.worker")
 
@@ -126,8 +134,11 @@ class Worker:
         task_limits: dict[str, int] | None = None,
         schedules: list[NewSchedule] | None = None,
         version: str | None = None,
+        presence: RedisTier | None = None,
     ) -> None:
         self.store = store
+        self.presence = presence
+        """The Redis tier, where this worker keeps its presence (None: its heartbeats only)."""
         self.app = app
         self.version = version
         """The version of the app's code it runs: it starts runs of no other version (None: only
@@ -160,7 +171,9 @@ class Worker:
         """Set when run() has returned: every run finished or released."""
         self._force = False
         self.threads = StepThreads(config.concurrency * 2 + 4)
-        self.liveness = Liveness(config.stalled_after)
+        self.liveness = Liveness(
+            config.stalled_after, config.presence_ttl if presence is not None else None
+        )
         self._said_exhausted = False
 
     def stop(self) -> None:
@@ -205,6 +218,7 @@ class Worker:
                 sent = time.monotonic()
                 await self.store.register_worker(me)
                 self.liveness.confirmed(sent)
+                await self._enter_presence(me)
                 if self.queues:
                     await self.store.declare_queues(self.app, self.queues)
                 await self._declare_schedules()
@@ -214,6 +228,16 @@ class Worker:
             except StoreError as exc:
                 delay = await self._back_off(f"worker {self.id} cannot register", exc, delay)
         return None
+
+    async def _enter_presence(self, me: WorkerRecord) -> None:
+        """Take a presence in Redis (if Redis does not answer, heartbeats vouch for this
+        worker until it does: the heartbeat thread enters then)."""
+        if self.presence is None:
+            return
+        try:
+            await self.presence.enter(me.app, me.id, self.config.presence_ttl)
+        except self.presence.errors:
+            self.liveness.presence_up = False
 
     async def _declare_schedules(self) -> None:
         """Record the schedules this code declares (one that stays as it was keeps its next
@@ -284,6 +308,7 @@ class Worker:
             on_lost=lambda: self._call_soon(loop, self._on_lost),
             loop_age=lambda: time.monotonic() - stamp[0],
             liveness=self.liveness,
+            presence=self.presence,
         )
         keeper.start()
         self._serving = True
@@ -307,6 +332,9 @@ class Worker:
             if not self._lost.is_set():
                 with contextlib.suppress(StoreError):  # its lease expires instead
                     await self.store.deregister_worker(self.id)
+                if self.presence is not None:
+                    with contextlib.suppress(*self.presence.errors):  # (it expires)
+                        await self.presence.leave(self.app, self.id)
             log.info("worker %s stopped", self.id, extra={"action": "worker_stop"})
 
     @staticmethod
@@ -323,10 +351,16 @@ class Worker:
             if self._lost.is_set():
                 raise CancelSignal("lost")
             sent = time.monotonic()
+            presence = self.presence if self.liveness.presence_up else None
             try:
-                alive = await self.store.heartbeat(self.id)
+                alive = await confirm(self.store, presence, self.app, self.id, self.config)
             except StoreError as exc:
                 delay = await self._back_off("cannot confirm this worker's lease", exc, delay)
+                continue
+            except Exception as exc:
+                if presence is None or not isinstance(exc, presence.errors):
+                    raise
+                self.liveness.presence_up = False  # (the tier logs it) heartbeats vouch now
                 continue
             if not alive:
                 self._on_lost()

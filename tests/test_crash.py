@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -79,6 +80,18 @@ def _start(crash: CrashEnv, procs: list[WorkerProcess], **env: str) -> WorkerPro
     return proc
 
 
+async def _kill_after_a_while(proc: WorkerProcess, rng: random.Random) -> None:
+    """SIGKILL `proc` a random while after it started serving (timed from its start line:
+    the interpreter's start-up varies from machine to machine more than the work does)."""
+    await wait_until(functools.partial(_started, proc), timeout=30)
+    await asyncio.sleep(rng.uniform(0.05, 0.5))
+    proc.kill()
+
+
+def _started(proc: WorkerProcess) -> bool:
+    return " started: app " in proc.log.read_text(errors="replace")
+
+
 async def test_kill_during_step_3_of_5_resumes_after_step_2(
     crash: CrashEnv, worker_processes: list[WorkerProcess]
 ) -> None:
@@ -103,14 +116,12 @@ async def test_kill_during_step_3_of_5_resumes_after_step_2(
 async def test_kill_loop_loses_nothing_and_repeats_no_recorded_step(
     crash: CrashEnv, worker_processes: list[WorkerProcess]
 ) -> None:
-    runs, steps, kills = 50, 5, 20
+    runs, steps, kills = 50, 5, 12
     task = crash.app.get_task("pipeline")
     handles = [await task.trigger(f"k{i}", steps, 0.01) for i in range(runs)]
     rng = random.Random(20261125)
     for _ in range(kills):
-        proc = _start(crash, worker_processes)
-        await asyncio.sleep(rng.uniform(0.3, 0.9))  # includes the interpreter's start-up
-        proc.kill()
+        await _kill_after_a_while(_start(crash, worker_processes), rng)
     _start(crash, worker_processes)
     for handle in handles:
         key = f"k{handles.index(handle)}"
@@ -151,9 +162,7 @@ async def test_kill_loop_continues_each_chain_once_and_repeats_no_recorded_turn(
     handles = [await task.trigger(f"c{i}", 0, turns, every, 0.01) for i in range(chains)]
     rng = random.Random(20261130)
     for _ in range(kills):
-        proc = _start(crash, worker_processes)
-        await asyncio.sleep(rng.uniform(0.3, 0.9))
-        proc.kill()
+        await _kill_after_a_while(_start(crash, worker_processes), rng)
     _start(crash, worker_processes)
     for handle in handles:
         assert await handle.result(timeout=120) == turns

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from perdure.errors import ConfigurationError, StoreRefused, StoreUnavailable
 from perdure.store.notify import ChangeNotifier
+from perdure.store.redis_tier import RedisTier
 
 log = logging.getLogger("perdure.store")
 
@@ -78,6 +79,7 @@ class PostgresConnections:
     pool_size: int
     retry_for: float
     notifier: ChangeNotifier
+    redis: RedisTier | None
     _opened: bool
     _pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]]
     _listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]]
@@ -186,7 +188,7 @@ class PostgresConnections:
                 if not durable:  # a commit that need not wait for its WAL flush
                     await conn.execute("SET LOCAL synchronous_commit TO off")
                 result = await work(conn, pipeline)
-                if topics:  # delivered at commit, to every listening process
+                if topics and not self._redis_up():  # at commit, to every listening process
                     await conn.execute(
                         "SELECT pg_notify(%s, t) FROM unnest(%s::text[]) AS t",
                         (CHANNEL, list(topics)),
@@ -195,8 +197,18 @@ class PostgresConnections:
 
         result = await self._retrying(what, attempt, give_up_after=give_up_after)
         if topics:
-            self.notifier.notify(set(topics))  # this process need not wait for the echo
+            self.announce(topics)
         return result
+
+    def _redis_up(self) -> bool:
+        return self.redis is not None and self.redis.up
+
+    def announce(self, topics: Collection[str]) -> None:
+        """Committed changes of `topics`: wake this process's waiters now (they need not wait
+        for the echo) and, with the Redis tier, every other process's."""
+        self.notifier.notify(set(topics))
+        if self.redis is not None:
+            self.redis.announce(topics)
 
     def _redacted(self) -> str:
         info = psycopg.conninfo.conninfo_to_dict(self.url)
@@ -212,6 +224,8 @@ class PostgresConnections:
         pool = self._pools.pop(loop, None)
         if pool is not None:
             await pool.close()
+        if self.redis is not None:
+            await self.redis.detach()
 
     def _ensure_listener(self) -> None:
         loop = asyncio.get_running_loop()
@@ -220,6 +234,23 @@ class PostgresConnections:
             self._listeners[loop] = loop.create_task(self._listen(), name="perdure-listen")
 
     async def _listen(self) -> None:
+        """Turn the Redis tier's messages into wake-ups; while Redis is unreachable, listen
+        to NOTIFYs instead (the writes of processes that cannot reach Redis either come as
+        NOTIFYs; the others' are found by the waiters' timeouts)."""
+        if self.redis is None:
+            await self._listen_pg()
+            return
+        while True:
+            await self.redis.listen(self.notifier.notify)  # returns when the connection is lost
+            fallback = asyncio.get_running_loop().create_task(self._listen_pg())
+            try:
+                await self.redis.reachable()
+            finally:
+                fallback.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fallback
+
+    async def _listen_pg(self) -> None:
         """Turn NOTIFYs into wake-ups; reconnect with backoff when the connection drops."""
         delay = 0.1
         while True:

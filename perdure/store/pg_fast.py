@@ -171,7 +171,7 @@ class PostgresFastPaths:
                 return str(row["id"]), row["id"] == run_id
 
         created = await self.db._retrying("create_run", attempt, give_up_after=give_up_after)
-        self.db.notifier.notify({CLAIMABLE})
+        self.db.announce({CLAIMABLE})
         return created
 
     async def append_one(self, params: dict[str, Any]) -> bool:
@@ -195,7 +195,7 @@ class PostgresFastPaths:
 
         if not await self.db._retrying("finish_attempt", grouped):
             return False
-        self.db.notifier.notify(set(topics))
+        self.db.announce(topics)
         return True
 
     async def _in_group(

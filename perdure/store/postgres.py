@@ -37,6 +37,7 @@ from perdure.store.pg_connections import (
 )
 from perdure.store.pg_fast import PostgresFastPaths
 from perdure.store.queries import load_migrations, load_queries, pending_migrations
+from perdure.store.redis_tier import RedisTier
 from perdure.store.sql import SQLStore
 from perdure.values import DEFAULT_INLINE_LIMIT
 
@@ -65,8 +66,10 @@ class PostgresConnector(PostgresConnections):
         pool_size: int = 10,
         retry_for: float = 300.0,
         fast_paths: bool = True,
+        redis: RedisTier | None = None,
     ) -> None:
         self.url = url
+        self.redis = redis
         self.auto_migrate = auto_migrate
         self.pool_size = pool_size
         self.retry_for = retry_for
@@ -295,6 +298,7 @@ class PostgresStore(SQLStore):
         retry_for: float = 300.0,
         keyring: Keyring | None = None,
         fast_paths: bool = True,
+        redis: RedisTier | None = None,
     ) -> None:
         connector = PostgresConnector(
             url,
@@ -302,5 +306,6 @@ class PostgresStore(SQLStore):
             pool_size=pool_size,
             retry_for=retry_for,
             fast_paths=fast_paths,
+            redis=redis,
         )
         super().__init__(connector, blobs=blobs, inline_limit=inline_limit, keyring=keyring)
