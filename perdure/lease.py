@@ -149,6 +149,31 @@ async def confirm(
     return found is Beat.ALIVE
 
 
+async def vouch(
+    store: Store,
+    presence: RedisTier | None,
+    liveness: Liveness,
+    app: str,
+    worker_id: str,
+    config: WorkerConfig,
+) -> bool:
+    """Confirm now that the worker `worker_id` of `app` still holds its runs (see confirm:
+    through its presence while Redis answers, else a heartbeat); False if it was declared
+    dead."""
+    sent = time.monotonic()
+    current = presence if liveness.presence_up else None
+    try:
+        alive = await confirm(store, current, app, worker_id, config)
+    except Exception as exc:
+        if current is None or not isinstance(exc, current.errors):
+            raise
+        liveness.presence_up = False  # (the tier logs it) heartbeats vouch from now on
+        alive = await store.heartbeat(worker_id)
+    if alive:
+        liveness.confirmed(sent)
+    return alive
+
+
 async def tick(stamp: list[float]) -> None:
     """Run on the worker's loop: prove every second that the loop still runs."""
     while True:

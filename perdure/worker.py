@@ -26,10 +26,10 @@ from perdure.ids import new_id
 from perdure.lease import (
     LeaseKeeper,
     Liveness,
-    confirm,
     new_worker_record,
     reap_dead_workers,
     tick,
+    vouch,
 )
 from perdure.records import (
     History,
@@ -217,8 +217,7 @@ class Worker:
                 )
                 sent = time.monotonic()
                 await self.store.register_worker(me)
-                self.liveness.confirmed(sent)
-                await self._enter_presence(me)
+                self.liveness.confirmed(sent)  # (its presence: the heartbeat thread's)
                 if self.queues:
                     await self.store.declare_queues(self.app, self.queues)
                 await self._declare_schedules()
@@ -228,16 +227,6 @@ class Worker:
             except StoreError as exc:
                 delay = await self._back_off(f"worker {self.id} cannot register", exc, delay)
         return None
-
-    async def _enter_presence(self, me: WorkerRecord) -> None:
-        """Take a presence in Redis (if Redis does not answer, heartbeats vouch for this
-        worker until it does: the heartbeat thread enters then)."""
-        if self.presence is None:
-            return
-        try:
-            await self.presence.enter(me.app, me.id, self.config.presence_ttl)
-        except self.presence.errors:
-            self.liveness.presence_up = False
 
     async def _declare_schedules(self) -> None:
         """Record the schedules this code declares (one that stays as it was keeps its next
@@ -350,22 +339,16 @@ class Worker:
         while not self.liveness.fresh():
             if self._lost.is_set():
                 raise CancelSignal("lost")
-            sent = time.monotonic()
-            presence = self.presence if self.liveness.presence_up else None
             try:
-                alive = await confirm(self.store, presence, self.app, self.id, self.config)
+                alive = await vouch(
+                    self.store, self.presence, self.liveness, self.app, self.id, self.config
+                )
             except StoreError as exc:
                 delay = await self._back_off("cannot confirm this worker's lease", exc, delay)
-                continue
-            except Exception as exc:
-                if presence is None or not isinstance(exc, presence.errors):
-                    raise
-                self.liveness.presence_up = False  # (the tier logs it) heartbeats vouch now
                 continue
             if not alive:
                 self._on_lost()
                 raise CancelSignal("lost")
-            self.liveness.confirmed(sent)
 
     def _on_lost(self) -> None:
         """Another worker declared this one dead (found by the heartbeat thread or before a

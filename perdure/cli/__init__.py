@@ -21,6 +21,7 @@ from perdure.cli.common import (
     BlobOpt,
     DbOpt,
     JsonOpt,
+    RedisOpt,
     console,
     load_app,
     on_admin,
@@ -87,6 +88,7 @@ def worker(
         str | None,
         typer.Option(envvar="PERDURE_API_KEY", help="With --server: a key of scope worker."),
     ] = None,
+    redis: RedisOpt = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT or GET /drain (then drain: finish or release every
     run)."""
@@ -100,7 +102,14 @@ def worker(
             raise typer.BadParameter(
                 "a hybrid worker needs a key of scope worker", param_hint="--api-key"
             )
+        if redis is not None:
+            raise typer.BadParameter(
+                "a hybrid worker reaches nothing but its server: give Redis to the server",
+                param_hint="--redis",
+            )
         the_app.server, the_app.api_key = server, api_key
+    elif redis is not None:
+        the_app.redis_url = redis
 
     async def go() -> None:
         health = None

@@ -42,6 +42,18 @@ BlobOpt = Annotated[
 ]
 
 
+RedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        envvar="PERDURE_REDIS_URL",
+        help="The Redis tier (redis://host:6379/0): wake-ups between processes and worker "
+        "presence (PostgreSQL only; extra redis).",
+        show_default=False,
+    ),
+]
+
+
 AppNameOpt = Annotated[
     str | None,
     typer.Option("--app-name", help="App name (instead of --app MODULE:APP).", show_default=False),

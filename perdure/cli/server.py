@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from perdure.cli.common import AppOpt, BlobOpt, DbOpt, JsonOpt, console, load_app, on_admin
+from perdure.cli.common import (
+    AppOpt,
+    BlobOpt,
+    DbOpt,
+    JsonOpt,
+    RedisOpt,
+    console,
+    load_app,
+    on_admin,
+)
 from perdure.records import Scope
 
 api_keys_cli = typer.Typer(
@@ -23,6 +32,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
     dashboard: Annotated[bool, typer.Option(help="Serve the dashboard at /.")] = True,
+    redis: RedisOpt = None,
 ) -> None:
     """Serve the app's REST API under /api/v1 (OpenAPI at /api/v1/openapi.json) and its
     dashboard at /; every endpoint but /healthz and /readyz needs an API key (perdure api-keys
@@ -35,6 +45,8 @@ def serve(
         console.print("[red]error:[/red] the server needs its extra: pip install 'perdure[server]'")
         raise typer.Exit(1) from None
     the_app = load_app(app)
+    if redis is not None:
+        the_app.redis_url = redis
     server = create_app(the_app, dashboard=dashboard)
 
     class Server(uvicorn.Server):
