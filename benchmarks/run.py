@@ -43,7 +43,7 @@ elif TRACING == "on":
     _trace.set_tracer_provider(_Provider())  # spans made, ended, exported nowhere
 
 import perdure  # noqa: E402
-from benchmarks import dash, hybrid  # noqa: E402
+from benchmarks import dash, hybrid, scale  # noqa: E402
 from perdure.records import RunStatus  # noqa: E402
 from perdure.worker import Worker  # noqa: E402
 
@@ -683,6 +683,7 @@ WORKLOADS: dict[str, Callable[[Path, bool], Coroutine[Any, Any, list[Metric]]]] 
     "WAIT": wait_tokens,
     "LOOP": long_loop,
     "HYBRID": lambda workdir, quick: hybrid.hybrid_workers(_database, workdir, quick),
+    "SCALE": lambda workdir, quick: scale.scale(_database, workdir, quick),
     "DASH": lambda workdir, quick: dash.dashboard_at_scale(_database, workdir, quick),
 }
 
@@ -748,7 +749,7 @@ def main() -> int:
         "--only",
         default=",".join(WORKLOADS),
         help="comma-separated workloads (FLOOR, W1..W5, W1Q, FANOUT, SLEEP10K, WAIT, LOOP, HYBRID, "
-        "DASH)",
+        "SCALE, DASH)",
     )
     parser.add_argument(
         "--store",
