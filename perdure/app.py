@@ -157,9 +157,13 @@ class App(HookDecorators):
         """The store (opened on first use)."""
         if self._store is None and self.server is not None:
             assert self.api_key is not None
-            blobs = open_blobs(self.blobs, keyring=Keyring.from_env())
+            keyring = Keyring.from_env()
             self._store = open_remote(
-                self.server, api_key=self.api_key, blobs=blobs, inline_limit=self.inline_limit
+                self.server,
+                api_key=self.api_key,
+                blobs=open_blobs(self.blobs, keyring=keyring),
+                inline_limit=self.inline_limit,
+                keyring=keyring,
             )
         if self._store is None:
             keyring = Keyring.from_env()  # PERDURE_ENCRYPTION_KEY (and old keys)

@@ -158,9 +158,9 @@ class S3TestServerMissing(RuntimeError):
 
 
 @contextlib.contextmanager
-def s3_test_server() -> Iterator[str]:
+def s3_test_server(log: Path | None = None) -> Iterator[str]:
     """A local S3 API (moto_server, from the `moto[server]` package) on 127.0.0.1 with a free
-    port, for the block; yields its endpoint URL."""
+    port, for the block; yields its endpoint URL. With `log`, its request log goes there."""
     server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
         "moto_server"
     )
@@ -171,11 +171,8 @@ def s3_test_server() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -191,6 +188,8 @@ def s3_test_server() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+        if not isinstance(out, int):
+            out.close()
 
 
 def new_bucket(endpoint: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from perdure.errors import PerdureError
+from perdure.records import Value
 from perdure.store.remote import (
     CLOCK_HEADER,
     POLL_SECONDS,
@@ -74,6 +76,8 @@ class WorkerApi:
         try:
             arguments = decode_call(op, data)
             result = await getattr(self.app.store, op)(**arguments)
+            if isinstance(result, Value) and result.blob_key is not None:
+                result = dataclasses.replace(result, data=b"")  # (offload) its reference is enough
             return Answer(data=encode_result(result))
         except PerdureError as exc:
             return Answer(error=type(exc).__name__, message=str(exc))
@@ -82,6 +86,14 @@ class WorkerApi:
         except Exception as exc:
             log.exception("worker API call %s failed", op)
             return Answer(error="PerdureError", message=f"{op} failed: {type(exc).__name__}: {exc}")
+
+    async def upload(self, body: bytes) -> bytes:
+        """An UploadTicket (or None) for the blob whose content key the body holds: a hybrid
+        worker puts a large value into the object store itself, not through this server."""
+        key = msgspec.msgpack.decode(body, type=str)
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"upload: {key!r} is not a content key (64 hex digits)")
+        return msgspec.msgpack.encode(await self.app.store.blobs.upload_ticket(key))
 
     async def changes(self, body: bytes) -> bytes:
         """Answer a change poll (ChangePoll) once something it asks about changed, or after

@@ -7,6 +7,7 @@ $CRASH_GATE exists (N = $CRASH_GATE_STEP), so a test can kill the worker at a kn
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import time
@@ -144,3 +145,26 @@ limited = perdure.App("crash-limited")
 """The same pipeline on a queue with a concurrency limit (the chaos harness checks it holds)."""
 limited.queue("limited", concurrency=LIMIT)
 limited.task(name="pipeline", queue="limited")(pipeline.fn)
+
+
+def payload(seed: str, size: int) -> bytes:
+    """`size` bytes that do not compress, the same for the same seed."""
+    out = bytearray()
+    block = seed.encode()
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:size])
+
+
+@app.step(name="big")
+async def big(seed: str, size: int) -> bytes:
+    return payload(seed, size)
+
+
+@app.task(name="bigs")
+async def bigs(seed: str, size: int) -> str:
+    """Two large step results (over the inline limit: blobs); their digest."""
+    first = await big(f"{seed}-1", size)
+    second = await big(f"{seed}-2", size)
+    return hashlib.sha256(first + second).hexdigest()

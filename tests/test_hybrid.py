@@ -5,6 +5,7 @@ guarantees of a direct worker. Real processes on both stores."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -184,3 +185,61 @@ async def test_a_server_restarted_mid_load_loses_nothing(
     assert proc.proc.poll() is None  # the same worker throughout
     (only,) = await store.live_workers(app="crash")
     assert only.pid == proc.pid
+
+
+@pytest.mark.parametrize("worker_has_the_key", [True, False], ids=["direct", "through-server"])
+async def test_a_hybrid_worker_puts_large_values_into_the_object_store_itself(
+    tmp_path: Path,
+    worker_processes: list[WorkerProcess],
+    worker_has_the_key: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server's blobs are in a bucket (a private moto_server whose request log the test
+    reads), encrypted with its key. A hybrid worker with no bucket credentials and the same key
+    puts each large step result into the bucket itself, by a presigned URL the server hands
+    out, encrypted as the server would; the server receives only the reference. A worker
+    without the key cannot encrypt as the server does: its values go through the server."""
+    from perdure.blobs.base import content_key, written_with
+    from perdure.blobs.object import ObjectBlobStore
+    from perdure.crypto import Keyring, new_key, parse_key
+    from perdure.serde import decode
+    from perdure.testing import new_bucket, s3_test_server
+
+    key = new_key()
+    monkeypatch.setenv("PERDURE_ENCRYPTION_KEY", key)  # the server's, and the test's
+    size = 300 * 1024  # over the 256 KiB inline limit
+    moto_log = tmp_path / "moto.log"
+    with s3_test_server(log=moto_log) as endpoint:
+        bucket = new_bucket(endpoint)
+        database = f"sqlite:///{tmp_path}/perdure.db"
+        env = {"PERDURE_DATABASE_URL": database, "PERDURE_BLOB_URL": bucket}
+        app = perdure.App("crash", database=database, blobs=bucket)
+        app.task(name="bigs")(crashapp.bigs.fn)
+        _record, api_key = await app.admin.create_api_key(name="hybrid", scope="worker")
+        port = free_port()
+        server = ServerProcess("tests.crashapp:app", env, port=port, log=tmp_path / "server.log")
+        hybrid = Hybrid(f"http://127.0.0.1:{port}", api_key, app, tmp_path, server, env)
+        try:
+            await wait_until(lambda: _up(hybrid.url), timeout=30)
+            worker_env = {"PERDURE_ENCRYPTION_KEY": key if worker_has_the_key else ""}
+            proc = hybrid.worker(worker_processes, **worker_env)
+            handle = await app.get_task("bigs").trigger("b", size)
+            expected = crashapp.payload("b-1", size) + crashapp.payload("b-2", size)
+            assert await handle.result(timeout=60) == hashlib.sha256(expected).hexdigest()
+            journal = await app.store.load_journal(handle.id)
+            for entry, seed in zip(journal, ("b-1", "b-2"), strict=True):
+                value = entry.value
+                assert value is not None
+                assert value.blob_key == content_key(value.data)
+                decoded = decode(value.data, codec=value.codec, what="test")  # type: ignore[arg-type]
+                assert decoded == crashapp.payload(seed, size)
+                stored = await ObjectBlobStore(bucket)._stored(value.blob_key)
+                assert written_with(stored) == Keyring(parse_key(key, source="test")).current_id
+                path = f"{bucket.split('/')[2]}/blobs/{value.blob_key[:2]}/{value.blob_key[2:]}"
+                presigned = f"PUT /{path}?X-Amz-"
+                assert (presigned in moto_log.read_text()) is worker_has_the_key
+        finally:
+            hybrid.server.stop()
+            await app.close()
+    fallback = "values go through the server" in proc.log.read_text()
+    assert fallback is not worker_has_the_key

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
 import zstandard
 
 from perdure.crypto import KEY_ID_SIZE, Keyring, require
@@ -25,6 +26,18 @@ class BlobRef:
     """Size of the value before compression, in bytes."""
     stored_size: int
     """Size of what was written, in bytes."""
+
+
+class UploadTicket(msgspec.Struct, frozen=True, kw_only=True):
+    """How a process without a blob store's credentials (a hybrid worker) stores a blob in it
+    itself: not at all when it is there already (`stored_size`), else by an HTTP PUT of the
+    packed bytes (see pack: compressed at `level`, encrypted with the key whose id is `key_id`
+    when there is one) to the presigned `url`."""
+
+    stored_size: int | None = None
+    url: str | None = None
+    key_id: bytes | None = None
+    level: int = 3
 
 
 class BlobStore(Protocol):
@@ -52,6 +65,11 @@ class BlobStore(Protocol):
         already is; True if it was rewritten. For `perdure encryption rotate`."""
         ...
 
+    async def upload_ticket(self, key: str) -> UploadTicket | None:
+        """An UploadTicket for the blob `key` (a content key), valid for UPLOAD_FOR seconds;
+        None when this store cannot hand out such URLs (a local folder)."""
+        ...
+
     async def delete(self, keys: list[str], *, written_before: float) -> int:
         """Remove those of these blobs still last written before `written_before` (one that a
         put refreshed meanwhile is kept; missing ones are fine); returns how many went."""
@@ -71,6 +89,10 @@ REFRESH_AFTER = 600.0
 """Seconds after which a put of bytes already stored writes them again (a blob's last-written
 time is then never more than this behind its newest put); retention keeps blobs written within
 its grace period, which must be well above this."""
+
+
+UPLOAD_FOR = 900.0
+"""Seconds a presigned upload URL stays valid."""
 
 
 def content_key(data: bytes) -> str:

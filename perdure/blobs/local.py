@@ -13,6 +13,7 @@ from perdure.blobs.base import (
     PARTIAL_AFTER,
     REFRESH_AFTER,
     BlobRef,
+    UploadTicket,
     content_key,
     pack_parts,
     unpack,
@@ -147,6 +148,9 @@ class LocalBlobStore:
             return True
 
         return await asyncio.to_thread(rewrite)
+
+    async def upload_ticket(self, key: str) -> UploadTicket | None:
+        return None  # a folder of this machine: values come through its server
 
     async def remove_partial_writes(self) -> int:
         return await asyncio.to_thread(self._remove_partial_writes)

@@ -18,11 +18,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import obstore
-from obstore.store import from_url
+from obstore.store import AzureStore, GCSStore, S3Store, from_url
 
 from perdure.blobs.base import (
     REFRESH_AFTER,
+    UPLOAD_FOR,
     BlobRef,
+    UploadTicket,
     content_key,
     pack,
     pack_parts,
@@ -94,6 +96,31 @@ class ObjectBlobStore:
                 f"object store {self._where}: put of {path} failed: {exc}"
             ) from exc
         return BlobRef(key=key, raw_size=len(data), stored_size=len(header) + len(body))
+
+    async def upload_ticket(self, key: str) -> UploadTicket | None:
+        path = _path(key)
+        try:
+            head = await obstore.head_async(self._store, path)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise StoreUnavailable(f"object store {self._where}: head of {path}: {exc}") from exc
+        else:  # already there (and not about to be refreshed: see put)
+            if time.time() - head["last_modified"].timestamp() <= REFRESH_AFTER:
+                return UploadTicket(stored_size=int(head["size"]))
+        store = self._store
+        if not isinstance(store, S3Store | GCSStore | AzureStore):
+            return None
+        try:
+            url = await obstore.sign_async(store, "PUT", path, timedelta(seconds=UPLOAD_FOR))
+        except Exception:  # credentials that cannot sign: the value comes through the server
+            return None
+        keyring = self.keyring
+        return UploadTicket(
+            url=url,
+            key_id=keyring.current_id if keyring is not None and keyring.encrypts else None,
+            level=self.compression_level,
+        )
 
     async def get(self, key: str) -> bytes:
         path = _path(key)

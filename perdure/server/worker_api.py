@@ -32,6 +32,10 @@ async def changes(app: App, request: Request) -> Response:
     return _answer(app, await app.worker_api.changes(await request.body()))
 
 
+async def upload(app: App, request: Request) -> Response:
+    return _answer(app, await app.worker_api.upload(await request.body()))
+
+
 async def session(app: App, request: Request) -> Response:
     worker_id = request.path_params["worker_id"]
     clock = f"{app.worker_api.now():.6f}"
@@ -44,6 +48,7 @@ def worker_routes(app: App) -> list[BaseRoute]:
     return [
         Route("/api/v1/worker/batch", _route(app, Scope.WORKER, batch), methods=["POST"]),
         Route("/api/v1/worker/changes", _route(app, Scope.WORKER, changes), methods=["POST"]),
+        Route("/api/v1/worker/upload", _route(app, Scope.WORKER, upload), methods=["POST"]),
         Route(
             "/api/v1/worker/session/{worker_id}",
             _route(app, Scope.WORKER, session),

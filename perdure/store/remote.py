@@ -13,6 +13,7 @@ with backoff until it is back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
@@ -24,7 +25,8 @@ from typing import Any
 import msgspec
 
 from perdure import errors
-from perdure.blobs.base import BlobStore
+from perdure.blobs.base import BlobStore, UploadTicket, content_key, pack
+from perdure.crypto import Keyring
 from perdure.records import Claimed, History, RunRecord, Value, WorkerRecord
 from perdure.store.base import ChangeToken, Store
 from perdure.store.notify import ChangeNotifier
@@ -183,7 +185,15 @@ class RemoteStore:
     session_liveness = False
     """A remote worker's liveness is the server's business: it sees the worker's connection."""
 
-    def __init__(self, url: str, *, api_key: str, blobs: BlobStore, inline_limit: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str,
+        blobs: BlobStore,
+        inline_limit: int,
+        keyring: Keyring | None = None,
+    ) -> None:
         try:
             import httpx
         except ImportError:
@@ -197,6 +207,10 @@ class RemoteStore:
         self.url = url.rstrip("/")
         self.blobs = blobs
         self.inline_limit = inline_limit
+        self.keyring = keyring
+        """This worker's keys (PERDURE_ENCRYPTION_KEY): a value it puts into the object store
+        itself is encrypted as the server would, when its current key is the server's."""
+        self._said: set[str] = set()
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/msgpack",
@@ -343,11 +357,64 @@ class RemoteStore:
 
     async def offload(self, value: Value | None) -> Value | None:
         """A value over the inline limit goes to the server's blob store now (in the step's
-        attempt); a smaller one travels with its record, no call needed."""
+        attempt): put by this worker into the object store itself when the server hands out
+        presigned URLs (see upload), else through the server. A smaller one travels with its
+        record, no call needed. What comes back is the reference alone (no bytes: its record
+        needs no more, so the value does not travel again)."""
         if stays_inline(value, self.inline_limit):
             return value
-        offloaded: Value | None = await self.call("offload", value)
-        return offloaded
+        assert value is not None
+        offloaded: Value | None = await self._upload(value) or await self.call("offload", value)
+        assert offloaded is not None
+        assert offloaded.blob_key is not None
+        return dataclasses.replace(offloaded, data=b"")
+
+    async def _upload(self, value: Value) -> Value | None:
+        """Put `value`'s bytes into the server's object store by a presigned URL; None when
+        the server cannot hand one out (its blobs are in a folder), this worker cannot encrypt
+        as the server does, or the upload failed (then the server puts it)."""
+        key = await asyncio.to_thread(content_key, value.data)
+        body = await self._post("/api/v1/worker/upload", msgspec.msgpack.encode(key))
+        ticket = msgspec.msgpack.decode(body, type=UploadTicket | None)
+        if ticket is None:
+            return None
+        size = len(value.data)
+        if ticket.stored_size is not None:  # content-addressed: there already
+            return Value(
+                codec=value.codec,
+                data=b"",
+                blob_key=key,
+                raw_size=size,
+                stored_size=ticket.stored_size,
+            )
+        keyring = self.keyring if ticket.key_id is not None else None
+        if ticket.url is None or (
+            ticket.key_id is not None and (keyring is None or keyring.current_id != ticket.key_id)
+        ):
+            self._say_once(
+                "this worker's PERDURE_ENCRYPTION_KEY is not the server's current key: large "
+                "values go through the server"
+            )
+            return None
+        packed = await asyncio.to_thread(pack, value.data, ticket.level, keyring)
+        try:
+            answer = await self._client().put(ticket.url, content=packed)
+            answer.raise_for_status()
+        except self._httpx.HTTPError as exc:
+            self._say_once(
+                f"cannot put values into the object store directly ({exc}): large "
+                "values go through the server"
+            )
+            return None
+        log.debug("put blob %s (%d bytes) into the object store directly", key, len(packed))
+        return Value(
+            codec=value.codec, data=b"", blob_key=key, raw_size=size, stored_size=len(packed)
+        )
+
+    def _say_once(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            log.warning(message, extra={"action": "upload_fallback"})
 
     async def advance_clock(self, seconds: float) -> None:
         raise errors.ConfigurationError("a remote store's clock is its server's: it cannot travel")
@@ -430,7 +497,16 @@ for _op in WORKER_OPERATIONS - set(vars(RemoteStore)):
     setattr(RemoteStore, _op, _operation(_op))
 
 
-def open_remote(url: str, *, api_key: str, blobs: BlobStore, inline_limit: int) -> Store:
+def open_remote(
+    url: str,
+    *,
+    api_key: str,
+    blobs: BlobStore,
+    inline_limit: int,
+    keyring: Keyring | None = None,
+) -> Store:
     """The store of a hybrid worker: the server at `url`, with a key of scope `worker`."""
-    store = RemoteStore(url, api_key=api_key, blobs=blobs, inline_limit=inline_limit)
+    store = RemoteStore(
+        url, api_key=api_key, blobs=blobs, inline_limit=inline_limit, keyring=keyring
+    )
     return typing.cast(Store, store)
