@@ -142,6 +142,7 @@ class Workers:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env = env
+        self.path = log
         self.log = log.open("ab")
         self.procs: list[asyncio.subprocess.Process] = []
 
@@ -162,11 +163,23 @@ class Workers:
         for proc in self.procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                await asyncio.wait_for(proc.wait(), 60)
-        self.procs = []
-        self.log.close()
+        try:
+            for proc in self.procs:
+                try:
+                    await asyncio.wait_for(proc.wait(), 60)
+                except TimeoutError:
+                    proc.kill()
+                    text = await asyncio.to_thread(self.path.read_text, errors="replace")
+                    tail = text[-3000:]
+                    raise RuntimeError(
+                        f"worker {proc.pid} did not stop within 60 s of SIGTERM:\n{tail}"
+                    ) from None
+        finally:
+            for proc in self.procs:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            self.procs = []
+            self.log.close()
 
 
 def _transactions(database: str) -> int:
