@@ -1,6 +1,7 @@
-"""The SCALE benchmark's app, for its worker processes: W1's task of three trivial steps, and
-`hold`, a one-step task whose step notes when it starts (in $SCALE_LOG) and then waits while
-the file $SCALE_GATE exists (so a takeover can be timed from the step starting again)."""
+"""The SCALE benchmark's app, for its worker processes: the HYBRID app (W1's task of three
+trivial steps) and `hold`, a one-step task whose step notes when it starts (in $SCALE_LOG) and
+then waits while the file $SCALE_GATE exists (so a takeover can be timed from the step starting
+again)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,9 @@ import os
 import time
 
 import perdure
+from benchmarks.hybridapp import app
 
-app = perdure.App("bench")  # PERDURE_DATABASE_URL (and PERDURE_REDIS_URL, when measured with it)
-
-
-@app.step(name="noop")
-async def noop(i: int) -> int:
-    return i
-
-
-@app.task(name="three")
-async def three(i: int) -> int:
-    return await noop(i) + await noop(i) + await noop(i)
+__all__ = ["app"]
 
 
 @app.step(name="held", retry=perdure.Retry(max_attempts=1))

@@ -31,6 +31,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def healthy(url: str) -> bool:
+    """True once the server at `url` answers /healthz."""
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"{url}/healthz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 class ServerProcess:
     """`perdure server MODULE:APP` in a subprocess."""
 

@@ -18,7 +18,7 @@ from perdure.records import RunStatus
 
 from . import crashapp
 from .conftest import WorkerProcess, wait_until
-from .served import ServerProcess, free_port
+from .served import ServerProcess, free_port, healthy
 
 BOGUS_DATABASE = "postgresql://nobody:wrong@127.0.0.1:1/nothing"
 
@@ -41,7 +41,7 @@ class Hybrid:
         port = int(self.url.rsplit(":", 1)[1])
         log = self.tmp / "server.log"
         self.server = ServerProcess("tests.crashapp:app", self.env, port=port, log=log)
-        await wait_until(lambda: _up(self.url), timeout=30)
+        await wait_until(lambda: healthy(self.url), timeout=30)
 
     @property
     def log(self) -> Path:
@@ -81,21 +81,11 @@ async def hybrid(database_url: str, tmp_path: Path) -> AsyncIterator[Hybrid]:
     url = f"http://127.0.0.1:{port}"
     hybrid = Hybrid(url, key, app, tmp_path, server, env)
     try:
-        await wait_until(lambda: _up(url), timeout=30)
+        await wait_until(lambda: healthy(url), timeout=30)
         yield hybrid
     finally:
         hybrid.server.stop()
         await app.close()
-
-
-async def _up(url: str) -> bool:
-    import httpx
-
-    try:
-        async with httpx.AsyncClient() as client:
-            return (await client.get(f"{url}/healthz")).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 async def test_a_hybrid_worker_with_no_database_runs_50_runs_of_3_steps(
@@ -220,7 +210,7 @@ async def test_a_hybrid_worker_puts_large_values_into_the_object_store_itself(
         server = ServerProcess("tests.crashapp:app", env, port=port, log=tmp_path / "server.log")
         hybrid = Hybrid(f"http://127.0.0.1:{port}", api_key, app, tmp_path, server, env)
         try:
-            await wait_until(lambda: _up(hybrid.url), timeout=30)
+            await wait_until(lambda: healthy(hybrid.url), timeout=30)
             worker_env = {"PERDURE_ENCRYPTION_KEY": key if worker_has_the_key else ""}
             proc = hybrid.worker(worker_processes, **worker_env)
             handle = await app.get_task("bigs").trigger("b", size)

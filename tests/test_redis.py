@@ -27,7 +27,7 @@ from perdure.store.redis_tier import CHANNEL
 
 from . import crashapp
 from .conftest import WorkerProcess, running_worker, wait_until
-from .served import SECRETS, ServerProcess, free_port
+from .served import SECRETS, ServerProcess, free_port, healthy
 
 
 class RedisServer:
@@ -303,7 +303,7 @@ async def test_sse_streams_fan_out_across_server_replicas_through_redis(
         urls.append(f"http://127.0.0.1:{port}")
     try:
         for url in urls:
-            await wait_until(functools.partial(_healthy, url), timeout=30)
+            await wait_until(functools.partial(healthy, url), timeout=30)
         a = perdure.Client(urls[0], api_key=key)
         b = perdure.Client(urls[1], api_key=key)
         async with a, b:
@@ -326,16 +326,6 @@ async def test_sse_streams_fan_out_across_server_replicas_through_redis(
         for server in servers:
             server.stop()
         await app.close()
-
-
-async def _healthy(url: str) -> bool:
-    import httpx
-
-    try:
-        async with httpx.AsyncClient() as client:
-            return (await client.get(f"{url}/healthz")).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 async def _status(client: perdure.Client, run_id: str, status: str) -> bool:
