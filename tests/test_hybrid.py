@@ -233,3 +233,26 @@ async def test_a_hybrid_worker_puts_large_values_into_the_object_store_itself(
             await app.close()
     fallback = "values go through the server" in proc.log.read_text()
     assert fallback is not worker_has_the_key
+
+
+async def test_sigterm_drains_a_hybrid_worker_and_releases_what_outlasts_it(
+    hybrid: Hybrid, worker_processes: list[WorkerProcess]
+) -> None:
+    """SIGTERM a hybrid worker in step 2 of 3 with a short drain: it releases the run through
+    the server and exits 0 (not reaped: it said goodbye); another hybrid worker resumes the run
+    after step 1, which does not run again."""
+    (hybrid.tmp / "gate").touch()
+    proc = hybrid.worker(worker_processes, CRASH_GATE_STEP="2", PERDURE_DRAIN_TIMEOUT="0.3")
+    handle = await hybrid.app.get_task("pipeline").trigger("d", 3)
+    await wait_until(lambda: hybrid.count("start", "d", 2) == 1, timeout=30)
+    assert proc.terminate(timeout=30) == 0
+    run = await hybrid.app.store.get_run(handle.id)
+    assert run.status is RunStatus.QUEUED  # released, not lost and not failed
+    assert run.worker_id is None
+    assert "draining 1 run(s)" in proc.log.read_text()
+    assert await hybrid.app.store.live_workers(app="crash") == []  # it deregistered
+    (hybrid.tmp / "gate").unlink()
+    hybrid.worker(worker_processes)
+    assert await handle.result(timeout=60) == ["d:1", "d:2", "d:3"]
+    assert hybrid.count("start", "d", 1) == 1
+    assert hybrid.count("start", "d", 2) == 2
