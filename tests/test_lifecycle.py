@@ -5,6 +5,7 @@ only after the last retry, and a hook that raises fails nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Callable
@@ -153,11 +154,12 @@ async def test_on_failure_fires_after_the_last_retry_only_and_on_cancel_when_can
     async def fails() -> None:
         raise ValueError("broken")
 
+    past_the_sleep = asyncio.Event()
+
     @app.task(name="hangs")
     async def hangs() -> None:
         await perdure.sleep(0.01)
-        import asyncio
-
+        past_the_sleep.set()
         await asyncio.Event().wait()
 
     async with running_worker(app):
@@ -168,7 +170,9 @@ async def test_on_failure_fires_after_the_last_retry_only_and_on_cancel_when_can
         assert fired == [("failure", 2, "broken")]  # not at attempt 1: it was retried
 
         hung = await hangs.trigger()
-        await wait_until(lambda: _is(hung, RunStatus.RUNNING), timeout=30)
+        # running after its sleep (during the sleep it waits, and a waiting run is cancelled
+        # by the store alone: no worker runs its hooks)
+        await asyncio.wait_for(past_the_sleep.wait(), 30)
         await hung.cancel()
         await wait_until(lambda: _is(hung, RunStatus.CANCELLED), timeout=30)
         await wait_until(lambda: len(fired) == 2)
