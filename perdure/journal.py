@@ -191,21 +191,39 @@ class Journal:
     # -- recording ---------------------------------------------------------------------------
 
     def entry(
-        self, seq: int, kind: EntryKind, name: str, value: Any, started: float
+        self,
+        seq: int,
+        kind: EntryKind,
+        name: str,
+        value: Any,
+        started: float,
+        *,
+        attempt: tuple[int, float] | None = None,
     ) -> tuple[JournalEntry, bytes]:
         """A completed entry holding `value` (encoded under the task's codec and limits), and
-        its encoding."""
+        its encoding; for a step, with its `attempt` (number, start) that produced the value."""
         data = values.encode(
             value, codec=self.codec, what=f"{kind} {name!r}", max_size=self.max_value_size
         )
+        now = self.store.now()
         entry = JournalEntry(
             seq=seq,
             kind=kind,
             name=name,
             status=EntryStatus.COMPLETED,
-            value=Value(codec=str(self.codec), data=data, raw_size=len(data)),
+            value=Value(codec=self.codec.value, data=data, raw_size=len(data)),
             started_at=started,
-            finished_at=self.store.now(),
+            finished_at=now,
+            attempt=None
+            if attempt is None
+            else Attempt(
+                run_id=self.run.id,
+                run_attempt=self.run.attempt,
+                seq=seq,
+                attempt=attempt[0],
+                started_at=attempt[1],
+                finished_at=now,
+            ),
         )
         return entry, data
 
@@ -242,18 +260,6 @@ class Journal:
             finished_at=self.store.now(),
             error=error,
         )
-
-    def record_success(self, entry: JournalEntry, attempt: int, started: float) -> None:
-        """Record a step's value with the attempt that produced it."""
-        done = Attempt(
-            run_id=self.run.id,
-            run_attempt=self.run.attempt,
-            seq=entry.seq,
-            attempt=attempt,
-            started_at=started,
-            finished_at=entry.finished_at,
-        )
-        self.pending.append(replace(entry, attempt=done))
 
     def record_attempt(self, attempt: Attempt) -> None:
         """Record a failed attempt (the call is retried, or fails)."""

@@ -155,7 +155,9 @@ async def execute_step(
         span = tracing.step(ctx.span, ctx.run.id, ctx.task.name, step.name, seq, attempt)
         try:
             result = await _run_body(ctx, step, seq, attempt, args, kwargs)
-            entry, data = journal.entry(seq, EntryKind.STEP, step.name, result, first_started)
+            entry, data = journal.entry(
+                seq, EntryKind.STEP, step.name, result, first_started, attempt=(attempt, started)
+            )
             entry = await journal.offload(entry)
         except Exception as exc:
             info = error_info(exc, policy=step.retry)
@@ -197,7 +199,7 @@ async def execute_step(
         size, in_blob = (value.raw_size, value.blob_key is not None) if value else (0, False)
         span.end("completed", size=size, in_blob=in_blob)
         ctx.check_active()
-        journal.record_success(entry, attempt, started)
+        journal.record(entry)  # with the attempt that produced it
         metrics.step_ended(ctx.task.name, step.name, ctx.store.now() - started, "completed")
         metrics.stored(size, in_blob=in_blob)
         if ctx.config.replay_each_step:  # resume from the top now, as after a crash here

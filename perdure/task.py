@@ -79,6 +79,8 @@ class RunOptions:
     def pop(cls, kwargs: dict[str, Any]) -> RunOptions:
         """Take the options out of trigger()'s keyword arguments and check them."""
         given = {key: kwargs.pop(key) for key in TRIGGER_OPTIONS if key in kwargs}
+        if not given:
+            return _DEFAULTS  # (checked once)
         options = cls(**given)
         options.check()
         return options
@@ -160,6 +162,10 @@ class RunOptions:
             trace_context=tracing.capture(),
             version=self.pin_version,
         )
+
+
+_DEFAULTS = RunOptions()
+_DEFAULTS.check()
 
 
 class ChildOutcome(msgspec.Struct, frozen=True, array_like=True):

@@ -38,6 +38,8 @@ class TaskDef:
         """The arguments of a run, checked and encoded: InvalidArguments, before anything is
         stored, when they do not fit the signature or a worker could not convert them to the
         annotated types (for a trigger, a replay with new arguments, a continue-as-new)."""
+        if _exact(self.fn, args, kwargs):
+            return self.encode_args(tuple(args), {})
         try:
             given = _call_shape(self.fn)[1].bind(*args, **kwargs)
         except TypeError as exc:
@@ -69,7 +71,7 @@ class TaskDef:
         what = f"arguments of run {run_id}"
         raw = serde.decode(value.data, codec=codec, what=what)
         args, kwargs = list(raw[0]), dict(raw[1])
-        if codec is serde.Codec.PICKLE:
+        if codec is serde.Codec.PICKLE or _exact(self.fn, args, kwargs):
             return args, kwargs
         hints, signature = _call_shape(self.fn)
         if hints is None:
@@ -105,6 +107,34 @@ def check_args(task: TaskDef, value: Value, given: inspect.BoundArguments) -> No
 
 def _type_name(type_: Any) -> str:
     return type_.__name__ if isinstance(type_, type) else repr(type_).replace("typing.", "")
+
+
+def _exact(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    """Whether `args` fill every parameter of `fn`, all plain (no default, no *args, no
+    keyword-only), each with a value of its annotated class already: nothing to bind, check or
+    convert (the common call, on every trigger and every execution)."""
+    plain = _plain_parameters(fn)
+    return (
+        plain is not None
+        and not kwargs
+        and len(args) == len(plain)
+        and all(hint is None or type(arg) is hint for arg, hint in zip(args, plain, strict=True))
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_parameters(fn: Callable[..., Any]) -> tuple[Any, ...] | None:
+    """The annotated class (None: no annotation) of each of `fn`'s parameters when they are all
+    plain positional-or-keyword ones without defaults and its hints resolve; else None."""
+    hints, signature = _call_shape(fn)
+    if hints is None:
+        return None
+    plain = []
+    for name, param in signature.parameters.items():
+        if param.kind is not param.POSITIONAL_OR_KEYWORD or param.default is not param.empty:
+            return None
+        plain.append(hints.get(name))
+    return tuple(plain)
 
 
 @functools.lru_cache(maxsize=1024)

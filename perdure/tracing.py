@@ -22,6 +22,7 @@ returns at once."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,8 @@ _propagator: Any = TraceContextTextMapPropagator() if _trace is not None else No
 
 _provider_set = False
 """A tracer provider was seen (OpenTelemetry lets it be set once, never unset)."""
+_provider_from_env = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+"""OpenTelemetry loads the tracer provider this names on first use (read once, at import)."""
 
 
 def enabled() -> bool:
@@ -48,6 +51,10 @@ def enabled() -> bool:
     if _provider_set:
         return True
     if _trace is None:
+        return False
+    if getattr(_trace, "_TRACER_PROVIDER", False) is None and not _provider_from_env:
+        # none set, none to load from the environment: what get_tracer_provider() would find,
+        # without its look at os.environ (this is asked once per execution and per trigger)
         return False
     provider = _trace.get_tracer_provider()
     _provider_set = not isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider)

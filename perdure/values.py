@@ -104,10 +104,12 @@ class StoredValues:
     ) -> Value | None:
         """The value in `row`'s columns named as columns(prefix, ...) names them (a listing
         that leaves the bytes out has no `prefix` column: then, as with fetch=False)."""
-        keys = row.keys()
+        codec = row[f"{prefix}_codec"]
+        if codec is None:
+            return None
         return await self.resolve(
-            row[f"{prefix}_codec"],
-            row[prefix] if prefix in keys else None,
+            codec,
+            row.get(prefix),  # (a listing may leave the bytes out)
             row[f"{prefix}_blob"],
             row[f"{prefix}_raw_size"],
             row[f"{prefix}_stored_size"],

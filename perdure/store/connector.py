@@ -26,7 +26,7 @@ T = TypeVar("T")
 
 
 Row = Mapping[str, Any]
-"""A result row by column name (a sqlite3.Row, or a dict from psycopg)."""
+"""A result row: column name -> value (a dict, from either dialect)."""
 
 
 class Query(NamedTuple):

@@ -158,14 +158,15 @@ class RowMapping:
     async def _run_record(self, row: Row, *, full: bool, fetch: bool = True) -> RunRecord:
         """The run in `row`; with `full`, its arguments and result (`fetch`: see
         StoredValues.resolve)."""
-        keys = row.keys()
         args = result = None
         if full:
             args = await self.values.from_columns(row, "args", fetch=fetch)
             result = await self.values.from_columns(row, "result", fetch=fetch)
         metadata = None
-        if full and "metadata_codec" in keys:
+        if full and "metadata_codec" in row:
             metadata = await self.values.from_columns(row, "metadata", fetch=fetch)
+        get = row.get  # (columns a listing leaves out are absent)
+        error, tags = get("error"), get("tags")
         return RunRecord(
             id=row["id"],
             app=row["app"],
@@ -174,7 +175,7 @@ class RowMapping:
             status=RunStatus(row["status"]),
             args=args,
             result=result,
-            error=decode_error(row["error"], f"run {row['id']}") if "error" in keys else None,
+            error=None if error is None else decode_error(error, f"run {row['id']}"),
             idempotency_key=row["idempotency_key"],
             attempt=row["attempt"],
             lease=row["lease"],
@@ -186,17 +187,17 @@ class RowMapping:
             started_at=row["started_at"],
             updated_at=row["updated_at"],
             finished_at=row["finished_at"],
-            priority=row["priority"] if "priority" in keys else 0,
-            concurrency_key=row["concurrency_key"] if "concurrency_key" in keys else None,
-            expires_at=row["expires_at"] if "expires_at" in keys else None,
-            parent_id=row["parent_id"] if "parent_id" in keys else None,
-            signals=row["signals"] if "signals" in keys else 0,
-            waiting_for=row["waiting_for"] if "waiting_for" in keys else None,
-            tags=json.loads(row["tags"]) if "tags" in keys and row["tags"] else [],
-            trace_context=row["trace_context"] if "trace_context" in keys else None,
-            version=row["version"] if "version" in keys else None,
-            replay_of=row["replay_of"] if "replay_of" in keys else None,
-            continued_as=row["continued_as"] if "continued_as" in keys else None,
+            priority=get("priority", 0),
+            concurrency_key=get("concurrency_key"),
+            expires_at=get("expires_at"),
+            parent_id=get("parent_id"),
+            signals=get("signals", 0),
+            waiting_for=get("waiting_for"),
+            tags=json.loads(tags) if tags else [],
+            trace_context=get("trace_context"),
+            version=get("version"),
+            replay_of=get("replay_of"),
+            continued_as=get("continued_as"),
             metadata=metadata,
         )
 

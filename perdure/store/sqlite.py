@@ -49,12 +49,18 @@ _NO_ROWS: list[Any] = []  # what a statement without RETURNING returns (never ch
 
 
 def _query(execute: Callable[[str, Any], sqlite3.Cursor], query: Query) -> Result:
-    """One named query; lists go as JSON text (json_each reads them)."""
+    """One named query; lists go as JSON text (json_each reads them). Rows come back as dicts,
+    as they do from PostgreSQL: a sqlite3.Row finds a column by comparing names one by one,
+    and a run's row has some forty of them, each read."""
     params = query.params
     if query.name in _TAKES_LISTS:
         params = {k: json.dumps(v) if v.__class__ is list else v for k, v in params.items()}
     cur = execute(SQL[query.name], params)
-    return Result(cur.fetchall() if cur.description is not None else _NO_ROWS, cur.rowcount)
+    description = cur.description
+    if description is None:
+        return Result(_NO_ROWS, cur.rowcount)
+    names = [column[0] for column in description]
+    return Result([dict(zip(names, row, strict=True)) for row in cur.fetchall()], cur.rowcount)
 
 
 class ReaderThreads:
@@ -157,7 +163,6 @@ class SQLiteConnector:
             )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
-        conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA synchronous = FULL")
         return conn
