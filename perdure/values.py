@@ -8,6 +8,7 @@ limit, in the blob store (which compresses and encrypts it itself).
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -45,6 +46,14 @@ def stays_inline(value: Value | None, inline_limit: int) -> bool:
     return value is None or value.blob_key is not None or len(value.data) <= inline_limit
 
 
+_SUFFIXES = ("_codec", "", "_blob", "_raw_size", "_stored_size")
+
+
+@functools.cache
+def _column_names(prefix: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}{suffix}" for suffix in _SUFFIXES)
+
+
 class StoredValues:
     """Values to and from the columns of a row: PREFIX_codec, PREFIX (inline bytes),
     PREFIX_blob (blob key), PREFIX_raw_size and PREFIX_stored_size."""
@@ -69,35 +78,23 @@ class StoredValues:
             stored_size=ref.stored_size,
         )
 
-    def columns(self, prefix: str, value: Value | None) -> dict[str, Any]:
-        """The columns of an offloaded `value` (see offload), encrypted when inline."""
+    def stored(self, value: Value | None) -> tuple[str | None, bytes | None, str | None, int, int]:
+        """The columns of an offloaded `value` (see offload), encrypted when inline: codec,
+        inline bytes, blob key, raw size, stored size."""
         if value is None:
-            return {
-                f"{prefix}_codec": None,
-                prefix: None,
-                f"{prefix}_blob": None,
-                f"{prefix}_raw_size": 0,
-                f"{prefix}_stored_size": 0,
-            }
+            return None, None, None, 0, 0
         if value.blob_key is not None:  # the blob store encrypted it
-            return {
-                f"{prefix}_codec": value.codec,
-                prefix: None,
-                f"{prefix}_blob": value.blob_key,
-                f"{prefix}_raw_size": value.raw_size,
-                f"{prefix}_stored_size": value.stored_size,
-            }
+            return value.codec, None, value.blob_key, value.raw_size, value.stored_size
         codec, data = value.codec, value.data
         if self.keyring is not None and self.keyring.encrypts:
             data = self.keyring.encrypt(data, aad=codec.encode())
             codec += ENCRYPTED_CODEC
-        return {
-            f"{prefix}_codec": codec,
-            prefix: data,
-            f"{prefix}_blob": None,
-            f"{prefix}_raw_size": len(value.data),
-            f"{prefix}_stored_size": len(data),
-        }
+        return codec, data, None, len(value.data), len(data)
+
+    def columns(self, prefix: str, value: Value | None) -> dict[str, Any]:
+        """The columns of an offloaded `value` as stored() makes them, named PREFIX_codec,
+        PREFIX, PREFIX_blob, PREFIX_raw_size and PREFIX_stored_size."""
+        return dict(zip(_column_names(prefix), self.stored(value), strict=True))
 
     async def from_columns(
         self, row: Mapping[str, Any], prefix: str, *, fetch: bool = True

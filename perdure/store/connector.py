@@ -17,7 +17,7 @@ operation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from perdure.store.notify import ChangeNotifier
@@ -120,7 +120,7 @@ class Connector(Protocol):
         queries)."""
         ...
 
-    async def write(
+    def write(
         self,
         make: OperationFactory[T],
         what: str,
@@ -128,7 +128,7 @@ class Connector(Protocol):
         *,
         durable: bool = True,
         give_up_after: float | None = None,
-    ) -> T:
+    ) -> Awaitable[T]:
         """Run an operation in one transaction; announce `topics` when it commits. With
         durable=False the commit need not reach the disk before it returns (losing it to a
         power cut must be harmless: a claim, a heartbeat). While the database cannot take

@@ -32,7 +32,7 @@ from perdure.records import (
 )
 from perdure.store.connector import Connector, Operation, Query, Result, Row, rows_of
 from perdure.store.notify import CLAIMABLE, run_topic
-from perdure.values import StoredValues
+from perdure.values import StoredValues, stays_inline
 
 log = logging.getLogger("perdure.store")
 
@@ -303,27 +303,31 @@ class RowMapping:
 
     async def _entry_params(self, run_id: str, entries: list[JournalEntry]) -> list[dict[str, Any]]:
         params = []
+        values = self.values
         for entry in entries:
-            value = await self.values.offload(entry.value)
-            vp = self.values.columns("value", value)
+            value = entry.value
+            if not stays_inline(value, values.inline_limit):  # (a step's is offloaded already)
+                value = await values.offload(value)
+            codec, data, blob_key, raw_size, stored_size = values.stored(value)
+            attempt = entry.attempt
             params.append(
                 {
                     "run_id": run_id,
                     "seq": entry.seq,
-                    "kind": str(entry.kind),
+                    "kind": entry.kind.value,
                     "name": entry.name,
-                    "status": str(entry.status),
-                    "codec": vp["value_codec"],
-                    "value": vp["value"],
-                    "blob_key": vp["value_blob"],
-                    "raw_size": vp["value_raw_size"],
-                    "stored_size": vp["value_stored_size"],
+                    "status": entry.status.value,
+                    "codec": codec,
+                    "value": data,
+                    "blob_key": blob_key,
+                    "raw_size": raw_size,
+                    "stored_size": stored_size,
                     "error": encode_error(entry.error),
                     "started_at": entry.started_at,
                     "finished_at": entry.finished_at,
-                    "run_attempt": entry.attempt.run_attempt if entry.attempt else 1,
-                    "attempt": entry.attempt.attempt if entry.attempt else 0,
-                    "attempt_started_at": entry.attempt.started_at if entry.attempt else None,
+                    "run_attempt": attempt.run_attempt if attempt else 1,
+                    "attempt": attempt.attempt if attempt else 0,
+                    "attempt_started_at": attempt.started_at if attempt else None,
                 }
             )
         return params

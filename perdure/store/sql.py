@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from typing import Any
 
 from perdure.blobs.base import BlobStore
@@ -341,14 +341,14 @@ class SQLStore(
 
         await self.db.write(append, "append")
 
-    async def _append_fenced(self, fenced: dict[str, Any]) -> bool:
+    def _append_fenced(self, fenced: dict[str, Any]) -> Awaitable[bool]:
         """One journal entry, fenced by the lease in the statement; True when inserted."""
 
         def append() -> Operation[bool]:
             result: Result = yield Query("append_entry_fenced", fenced)
             return bool(result.rows)
 
-        return await self.db.write(append, "append")
+        return self.db.write(append, "append")
 
     async def finish_attempt(
         self,

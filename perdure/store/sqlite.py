@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,7 @@ class SQLiteConnector:
         assert self._readers is not None
         return await self._readers.submit(lambda conn: self._read(conn, make))
 
-    async def write(
+    def write(
         self,
         make: OperationFactory[T],
         what: str,
@@ -216,18 +216,27 @@ class SQLiteConnector:
         *,
         durable: bool = True,
         give_up_after: float | None = None,
-    ) -> T:
+    ) -> Awaitable[T]:
+        # the writer's future itself, once open: no coroutine of its own on the hottest path
         if self.writer is None:
-            await self.open()
-        assert self.writer is not None
-
-        def run(conn: sqlite3.Connection) -> T:
-            return self._run(conn, make())
-
-        result: T = await self.writer.submit(
-            run, topics, durable=durable, give_up_after=give_up_after
+            return self._open_then_write(make, what, topics, durable, give_up_after)
+        return self.writer.submit(
+            lambda conn: self._run(conn, make()),
+            topics,
+            durable=durable,
+            give_up_after=give_up_after,
         )
-        return result
+
+    async def _open_then_write(
+        self,
+        make: OperationFactory[T],
+        what: str,
+        topics: Collection[str],
+        durable: bool,
+        give_up_after: float | None,
+    ) -> T:
+        await self.open()
+        return await self.write(make, what, topics, durable=durable, give_up_after=give_up_after)
 
     async def watch(self) -> None:
         # commits of other processes reach the notifier through the writer's data_version watch
