@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,17 +67,30 @@ class RunContext:
     """What wraps each attempt of a step's body (perdure.middleware)."""
     closed: bool = False
     """Set when the execution ended; late step calls (orphans of a gather) then stop."""
-    data: progress.RunData = field(init=False)
-    """Its metadata and streams (perdure.metadata, perdure.stream)."""
+    _data: progress.RunData | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.data = progress.RunData(self)
+    @property
+    def data(self) -> progress.RunData:
+        """Its metadata, streams and log lines (perdure.metadata, perdure.stream, run logs),
+        made on first use (from the loop or a step's thread): most runs use none of them."""
+        if self._data is None:
+            with _making_data:
+                if self._data is None:
+                    self._data = progress.RunData(self)
+        return self._data
+
+    async def flush_data(self) -> None:
+        """Wait for its metadata and log lines being written (see RunData.flush)."""
+        if self._data is not None:
+            await self._data.flush()
 
     def check_active(self) -> None:
         """Stop the run here if it was cancelled, released or has ended."""
         if self.closed or self.control.stop_reason is not None:
             raise CancelSignal(self.control.stop_reason or "closed")
 
+
+_making_data = threading.Lock()
 
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
     "perdure_run", default=None

@@ -142,7 +142,7 @@ class Executor:
         transition = await self._run(task, ctx, started)
         if transition is None:
             return
-        await ctx.data.flush()  # its metadata is written before its end
+        await ctx.flush_data()  # its metadata is written before its end
         after = _AFTER.get(transition.status)  # its hooks: recorded while it holds the run
         key = ctx.journal.seq if after == "wait" else 0
         if (
@@ -360,10 +360,13 @@ class Executor:
         try:
             assert run.args is not None
             args, kwargs = task.decode_args(run.id, run.args)
-            call = Call(kind="run", run_id=run.id, task=run.task, attempt=run.attempt)
-            result = await around(
-                self.middleware, call, lambda: self._call(task, ctx.control, args, kwargs)
-            )
+            if self.middleware:
+                call = Call(kind="run", run_id=run.id, task=run.task, attempt=run.attempt)
+                result = await around(
+                    self.middleware, call, lambda: self._call(task, ctx.control, args, kwargs)
+                )
+            else:
+                result = await self._call(task, ctx.control, args, kwargs)
             data = values.encode(
                 result,
                 codec=task.options.codec,
