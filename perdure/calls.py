@@ -49,10 +49,12 @@ async def call_body(
     swallows that and returns later, the value is dropped), a sync body cannot be interrupted,
     so its thread is left to it, counted by `threads` until it returns."""
     if is_async:
-        body = _contained(fn(*args, **kwargs), what)
         if timeout is None:  # no task of its own: cancellation reaches the body directly
-            return await body
-        call: asyncio.Future[Any] = asyncio.ensure_future(body)
+            try:
+                return await fn(*args, **kwargs)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                raise exited(exc, what) from exc
+        call: asyncio.Future[Any] = asyncio.ensure_future(_contained(fn(*args, **kwargs), what))
         thread: concurrent.futures.Future[Any] | None = None
     else:
         context = contextvars.copy_context()

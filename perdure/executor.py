@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -82,10 +82,13 @@ class Executor:
         self.hooks = hooks or Hooks()
         """The App's lifecycle hooks (each task's run after them)."""
 
-    async def __call__(self, run: RunRecord, control: RunControl) -> None:
+    def __call__(self, run: RunRecord, control: RunControl) -> Awaitable[None]:
         if not tracing.enabled():
-            await self._execute(run, control, None)
-            return
+            return self._execute(run, control, None)
+        return self._traced(run, control)
+
+    async def _traced(self, run: RunRecord, control: RunControl) -> None:
+        """Execute the run inside its execution's span."""
         requeued = run.note if run.note and run.note.startswith("requeued:") else None
         with tracing.execution(
             run.id,

@@ -56,6 +56,8 @@ class Step(Generic[P, R]):
         self.retry = retry or DEFAULT_RETRY
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.what = f"step {name!r}"
+        """The step in messages."""
         self._return_type: Any = None
         functools.update_wrapper(self, fn)
 
@@ -110,7 +112,7 @@ async def _run_body(
             args,
             kwargs,
             is_async=step.is_async,
-            what=f"step {step.name!r}",
+            what=step.what,
             timeout=step.timeout,
             threads=ctx.control.threads,
         )

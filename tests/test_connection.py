@@ -4,6 +4,8 @@ the CLI; a server that is down is waited for (a worker starts once it is up)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -84,3 +86,28 @@ async def test_a_worker_started_while_the_database_is_down_waits_for_it(
         assert await handle.result(timeout=30) == ["up:1"]
         await app.close()
         assert worker.terminate() == 0
+
+
+async def test_after_a_restart_one_failure_replaces_every_broken_pooled_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server restart cuts every connection of a pool. The first operation to find one
+    broken has the pool test its idle ones and replace the broken: the operations after it
+    are not each failed by a dead connection of their own, a backoff apart (a worker took a
+    pool's worth of retries, half a minute, to recover from a restart)."""
+    with PrivateCluster() as cluster:
+        app = perdure.App("restart", database=cluster.url(), blobs=f"file://{tmp_path}/blobs")
+        store = app.store
+        await store.open()
+        pool = await store.db._pool()  # type: ignore[attr-defined]
+        async with contextlib.AsyncExitStack() as held:  # the pool grows to 8 connections
+            for _ in range(8):
+                await held.enter_async_context(pool.connection())
+        assert pool.get_stats()["pool_available"] >= 8
+        await asyncio.to_thread(cluster.restart)
+        with caplog.at_level(logging.WARNING, logger="perdure.store"):
+            for _ in range(8):  # each would take a broken connection of its own
+                await store.list_runs(limit=1)
+        retries = [r for r in caplog.records if getattr(r, "action", None) == "store_retry"]
+        assert 1 <= len(retries) <= 2, [r.getMessage() for r in retries]
+        await app.close()

@@ -72,6 +72,11 @@ def translate(exc: psycopg.Error, what: str, *, first_connect: bool = False) -> 
     return exc
 
 
+async def _check(pool: AsyncConnectionPool[Conn]) -> None:
+    with contextlib.suppress(Exception):  # (a pool closing meanwhile: nothing to check)
+        await pool.check()
+
+
 class PostgresConnections:
     """Connections, retries, LISTEN and session locks; the store's queries live above it."""
 
@@ -83,6 +88,7 @@ class PostgresConnections:
     _opened: bool
     _pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]]
     _listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]]
+    _checks: dict[asyncio.AbstractEventLoop, asyncio.Task[None]]
     _session_locks: dict[str, psycopg.Connection[Any]]
 
     async def open(self) -> None:
@@ -137,9 +143,21 @@ class PostgresConnections:
             translated = translate(exc, what)
             if translated is exc:
                 raise
+            if isinstance(exc, psycopg.OperationalError):
+                self._check_idle(pool)
             raise translated from exc
         except UnicodeError as exc:  # a str PostgreSQL cannot hold (a lone surrogate)
             raise StoreRefused(f"PostgreSQL refused {what}: {exc}") from exc
+
+    def _check_idle(self, pool: AsyncConnectionPool[Conn]) -> None:
+        """A connection failed: test the pool's idle connections now, in the background, and
+        replace the broken ones. A server restart cuts every one of them, and each would
+        otherwise be found broken by a retry of its own, a backoff apart (recovering from a
+        restart took a pool's worth of retries)."""
+        loop = asyncio.get_running_loop()
+        running = self._checks.get(loop)
+        if running is None or running.done():
+            self._checks[loop] = loop.create_task(_check(pool), name="perdure-pool-check")
 
     async def _retrying(
         self,
@@ -216,11 +234,11 @@ class PostgresConnections:
 
     async def detach(self) -> None:
         loop = asyncio.get_running_loop()
-        listener = self._listeners.pop(loop, None)
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        for task in (self._listeners.pop(loop, None), self._checks.pop(loop, None)):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         pool = self._pools.pop(loop, None)
         if pool is not None:
             await pool.close()

@@ -76,6 +76,7 @@ class PostgresConnector(PostgresConnections):
         self.notifier = ChangeNotifier()
         self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Conn]] = {}
         self._listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+        self._checks: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         self._session_locks: dict[str, psycopg.Connection[Any]] = {}
         self._opened = False
         self._clock_offset = 0.0
@@ -212,6 +213,7 @@ class PostgresConnector(PostgresConnections):
         await self.detach()
         self._pools.clear()  # other loops' pools end with their loops
         self._listeners.clear()
+        self._checks.clear()
         self._opened = False
 
     async def vacuum(self) -> None:
