@@ -286,8 +286,13 @@ class Journal:
             self.flushing = asyncio.ensure_future(
                 self.store.append(self.run.id, self.run.held, entries=entries, attempts=attempts)
             )
-        if self.flushing is not None:
-            await asyncio.shield(self.flushing)
+        flushing = self.flushing
+        if flushing is not None:
+            await asyncio.shield(flushing)
+            if self.flushing is flushing:
+                # written: nothing to wait for any more (and the task, whose context holds the
+                # run's, no longer keeps the run's objects in a cycle for the collector)
+                self.flushing = None
 
 
 def error_info(
