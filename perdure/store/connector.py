@@ -17,7 +17,15 @@ operation.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from perdure.store.notify import ChangeNotifier
@@ -48,7 +56,7 @@ class Result(NamedTuple):
     """What a query returned: its rows (none for a write without RETURNING) and how many rows
     it changed (-1 for a read)."""
 
-    rows: list[Row]
+    rows: Sequence[Row]
     rowcount: int
 
     @property
@@ -66,7 +74,7 @@ OperationFactory = Callable[[], Operation[T]]
 (a deadlock victim, a batch rolled back because the file was busy)."""
 
 
-def rows_of(query: Query) -> Operation[list[Row]]:
+def rows_of(query: Query) -> Operation[Sequence[Row]]:
     """The operation of one read query: its rows."""
     result: Result = yield query
     return result.rows

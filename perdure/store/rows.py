@@ -476,7 +476,7 @@ class Operations(RowMapping):
 
     db: Connector
 
-    async def _one(self, query: str, params: dict[str, Any], what: str) -> list[Row]:
+    async def _one(self, query: str, params: dict[str, Any], what: str) -> Sequence[Row]:
         """The rows of one read query."""
         return await self.db.read(lambda: rows_of(Query(query, params)), what)
 

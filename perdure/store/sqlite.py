@@ -17,9 +17,9 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
@@ -48,10 +48,36 @@ slower reads (a cold cache, a slow disk) go to the reader threads until they are
 _NO_ROWS: list[Any] = []  # what a statement without RETURNING returns (never changed)
 
 
+class Rows(Sequence[dict[str, Any]]):
+    """A result's rows, each a dict (as from PostgreSQL) made when it is read: a sqlite3.Row
+    finds a column by comparing names one by one (and a run's row has some forty, each read),
+    while dicts made all at once would hold a listing of thousands of runs several times over."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: list[str], values: list[tuple[Any, ...]]) -> None:
+        self._names = names
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [dict(zip(self._names, row, strict=True)) for row in self._values[index]]
+        return dict(zip(self._names, self._values[index], strict=True))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        names = self._names
+        return (dict(zip(names, row, strict=True)) for row in self._values)
+
+
 def _query(execute: Callable[[str, Any], sqlite3.Cursor], query: Query) -> Result:
-    """One named query; lists go as JSON text (json_each reads them). Rows come back as dicts,
-    as they do from PostgreSQL: a sqlite3.Row finds a column by comparing names one by one,
-    and a run's row has some forty of them, each read."""
+    """One named query; lists go as JSON text (json_each reads them)."""
     params = query.params
     if query.name in _TAKES_LISTS:
         params = {k: json.dumps(v) if v.__class__ is list else v for k, v in params.items()}
@@ -59,8 +85,7 @@ def _query(execute: Callable[[str, Any], sqlite3.Cursor], query: Query) -> Resul
     description = cur.description
     if description is None:
         return Result(_NO_ROWS, cur.rowcount)
-    names = [column[0] for column in description]
-    return Result([dict(zip(names, row, strict=True)) for row in cur.fetchall()], cur.rowcount)
+    return Result(Rows([column[0] for column in description], cur.fetchall()), cur.rowcount)
 
 
 class ReaderThreads:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from perdure.stats_records import PERCENTILES, SAMPLE, RunStats, TaskStats
@@ -97,7 +97,7 @@ class StatsOperations(Operations):
         return RunStats(since=since, until=until, tasks=tasks, bucket=bucket, throughput=series)
 
 
-def _by_task(rows: list[Row]) -> dict[str, list[Row]]:
+def _by_task(rows: Sequence[Row]) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {}
     for row in rows:
         out.setdefault(row["task"], []).append(row)

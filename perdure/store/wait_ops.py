@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from perdure import serde
@@ -349,7 +349,7 @@ class WaitOperations(Operations):
                 return None
             since = events[-1]["created_at"]  # (ties are read again: harmless)
 
-    async def _events_since(self, app: str, name: str, since: float) -> list[Row]:
+    async def _events_since(self, app: str, name: str, since: float) -> Sequence[Row]:
         params = {"app": app, "name": name, "since": since, "limit": _EVENT_SCAN}
         return await self._one("events_since", params, "events_since")
 
