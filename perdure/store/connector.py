@@ -52,6 +52,12 @@ class Batch(tuple[Query, ...]):
         return super().__new__(cls, queries)
 
 
+class Last(Batch):
+    """An operation's last queries: it returns as soon as their Results are in, and raises
+    nothing from them. A connector may then send them with the transaction's COMMIT, before
+    reading their Results (PostgreSQL: one round trip for the whole write instead of two)."""
+
+
 class Result(NamedTuple):
     """What a query returned: its rows (none for a write without RETURNING) and how many rows
     it changed (-1 for a read)."""
@@ -68,7 +74,7 @@ class Result(NamedTuple):
 Step = Query | Batch
 Operation = Generator[Step, Any, T]
 """A store operation: yields a Query (and receives its Result) or a Batch (and receives a list
-of Results); returns its answer."""
+of Results; a Last batch ends it); returns its answer."""
 OperationFactory = Callable[[], Operation[T]]
 """Makes the operation afresh: a connector runs it again when the database asked for a retry
 (a deadlock victim, a batch rolled back because the file was busy)."""

@@ -11,7 +11,7 @@ import logging
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -70,6 +70,13 @@ def translate(exc: psycopg.Error, what: str, *, first_connect: bool = False) -> 
     if isinstance(exc, psycopg.OperationalError | PoolTimeout):
         return StoreUnavailable(f"PostgreSQL unavailable during {what}: {exc}")
     return exc
+
+
+class Deferred(Generic[T]):
+    """A write's answer that waits on results sent with its COMMIT (see connector.Last)."""
+
+    def __init__(self, answer: Callable[[], Awaitable[T]]) -> None:
+        self.answer = answer
 
 
 async def _check(pool: AsyncConnectionPool[Conn]) -> None:
@@ -187,7 +194,7 @@ class PostgresConnections:
     async def _write(
         self,
         what: str,
-        work: Callable[[Conn, Pipeline], Awaitable[T]],
+        work: Callable[[Conn, Pipeline], Awaitable[T | Deferred[T]]],
         topics: Collection[str] = (),
         *,
         durable: bool = True,
@@ -195,23 +202,23 @@ class PostgresConnections:
     ) -> T:
         """`work` in one transaction, in pipeline mode: what it sends goes to the server when
         it syncs the pipeline (the transaction's BEGIN with its first queries, the topics'
-        NOTIFY with its COMMIT)."""
+        NOTIFY with its COMMIT). When `work` defers its last queries' results, they are read
+        after the COMMIT is queued: the last queries and the COMMIT take one round trip."""
 
         async def attempt() -> T:
-            async with (
-                self._connection(what) as conn,
-                conn.pipeline() as pipeline,
-                conn.transaction(),
-            ):
-                if not durable:  # a commit that need not wait for its WAL flush
-                    await conn.execute("SET LOCAL synchronous_commit TO off")
-                result = await work(conn, pipeline)
-                if topics and not self._redis_up():  # at commit, to every listening process
-                    await conn.execute(
-                        "SELECT pg_notify(%s, t) FROM unnest(%s::text[]) AS t",
-                        (CHANNEL, list(topics)),
-                    )
-            return result
+            async with self._connection(what) as conn, conn.pipeline() as pipeline:
+                async with conn.transaction():
+                    if not durable:  # a commit that need not wait for its WAL flush
+                        await conn.execute("SET LOCAL synchronous_commit TO off")
+                    result = await work(conn, pipeline)
+                    if topics and not self._redis_up():  # at commit, to every listening process
+                        await conn.execute(
+                            "SELECT pg_notify(%s, t) FROM unnest(%s::text[]) AS t",
+                            (CHANNEL, list(topics)),
+                        )
+                if isinstance(result, Deferred):  # (a failed query fails the commit, and this)
+                    return await result.answer()
+                return result
 
         result = await self._retrying(what, attempt, give_up_after=give_up_after)
         if topics:

@@ -12,6 +12,7 @@ are in pg_connections.py; the fast paths of the hottest writes in pg_fast.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Collection
@@ -24,12 +25,23 @@ from psycopg_pool import AsyncConnectionPool
 from perdure.blobs.base import BlobStore
 from perdure.crypto import Keyring
 from perdure.errors import ConfigurationError, SchemaOutdated
-from perdure.store.connector import Batch, OperationFactory, Query, Result, Row, T, rows_of
+from perdure.store.connector import (
+    Batch,
+    Last,
+    Operation,
+    OperationFactory,
+    Query,
+    Result,
+    Row,
+    T,
+    rows_of,
+)
 from perdure.store.notify import ChangeNotifier
 from perdure.store.pg_connections import (
     LOCK_CLASS,
     SCHEMA,
     Conn,
+    Deferred,
     Pipeline,
     PostgresConnections,
     session_key,
@@ -95,9 +107,12 @@ class PostgresConnector(PostgresConnections):
             for cur in cursors
         ]
 
-    async def _drive(self, conn: Conn, pipeline: Pipeline | None, make: OperationFactory[T]) -> T:
+    async def _drive(
+        self, conn: Conn, pipeline: Pipeline | None, make: OperationFactory[T]
+    ) -> T | Deferred[T]:
         """Run the operation on `conn`; each step's queries are sent together (in `pipeline`,
-        or in one of their own) and synced once."""
+        or in one of their own) and synced once; in a transaction's pipeline, the Last ones
+        are left for the COMMIT to carry (their results then come with a Deferred)."""
         operation = make()
         try:
             step = next(operation)
@@ -108,6 +123,8 @@ class PostgresConnector(PostgresConnections):
                     continue
                 if pipeline is not None:
                     cursors = [await conn.execute(SQL[q.name], q.params) for q in queries]
+                    if isinstance(step, Last):
+                        return Deferred(functools.partial(self._last, operation, cursors))
                     await pipeline.sync()
                 elif len(queries) == 1:
                     cursors = [await conn.execute(SQL[queries[0].name], queries[0].params)]
@@ -121,10 +138,21 @@ class PostgresConnector(PostgresConnections):
             result: T = stop.value
             return result
 
+    async def _last(self, operation: Operation[T], cursors: list[psycopg.AsyncCursor[Any]]) -> T:
+        """The answer of `operation` from the results of its Last queries."""
+        try:
+            operation.send(await self._results(cursors))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        raise RuntimeError("a store operation went on after its Last queries")
+
     async def read(self, make: OperationFactory[T], what: str) -> T:
         async def attempt() -> T:
             async with self._connection(what) as conn:
-                return await self._drive(conn, None, make)
+                result = await self._drive(conn, None, make)
+                assert not isinstance(result, Deferred)  # (no pipeline: every step is synced)
+                return result
 
         return await self._retrying(what, attempt)
 
@@ -137,7 +165,7 @@ class PostgresConnector(PostgresConnections):
         durable: bool = True,
         give_up_after: float | None = None,
     ) -> T:
-        async def work(conn: Conn, pipeline: Pipeline) -> T:
+        async def work(conn: Conn, pipeline: Pipeline) -> T | Deferred[T]:
             return await self._drive(conn, pipeline, make)
 
         return await self._write(what, work, topics, durable=durable, give_up_after=give_up_after)

@@ -30,7 +30,7 @@ from perdure.records import (
     Value,
     WorkerRecord,
 )
-from perdure.store.connector import Connector, Operation, Query, Result, Row, rows_of
+from perdure.store.connector import Connector, Last, Operation, Query, Result, Row, rows_of
 from perdure.store.notify import CLAIMABLE, run_topic
 from perdure.values import StoredValues, stays_inline
 
@@ -491,8 +491,8 @@ class Operations(RowMapping):
         """One write query; how many rows it changed."""
 
         def write() -> Operation[int]:
-            result: Result = yield Query(query, params)
-            return result.rowcount
+            results: list[Result] = yield Last([Query(query, params)])
+            return results[0].rowcount
 
         return await self.db.write(write, query, topics, durable=durable)
 

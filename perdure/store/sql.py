@@ -31,7 +31,7 @@ from perdure.records import (
 from perdure.store.admission import CANDIDATE_SCAN, Turns, admit, limits_apply, rate_window
 from perdure.store.api_keys import ApiKeyOperations
 from perdure.store.base import ChangeToken, trigger_timeout
-from perdure.store.connector import Batch, Connector, Operation, Query, Result, Row
+from perdure.store.connector import Batch, Connector, Last, Operation, Query, Result, Row
 from perdure.store.notify import CANCEL, CLAIMABLE, run_topic
 from perdure.store.rows import (
     UNKNOWN,
@@ -223,7 +223,7 @@ class SQLStore(
         def claim() -> Operation[ClaimAnswer]:
             if not limited:
                 # with the look at what is left (the worker's next read)
-                _expired, claimed, left = yield Batch(
+                _expired, claimed, left = yield Last(
                     [Query(name, params) for name in ("expire_runs", "claim_runs", "next_wake_at")]
                 )
                 return claimed.rows, None, wake_time(left.rows)
@@ -266,7 +266,7 @@ class SQLStore(
         )
         for query, ids, more in admission.cancellations(now):
             yield Query(query, {**more, "ids": ids})
-        claimed = yield Query("claim_ids", {**params, "ids": admission.claim})
+        (claimed,) = yield Last([Query("claim_ids", {**params, "ids": admission.claim})])
         return claimed.rows, admission.retry_at, UNKNOWN
 
     async def _queues(self, app: str) -> dict[str, QueueConfig]:
@@ -345,7 +345,7 @@ class SQLStore(
         """One journal entry, fenced by the lease in the statement; True when inserted."""
 
         def append() -> Operation[bool]:
-            result: Result = yield Query("append_entry_fenced", fenced)
+            (result,) = yield Last([Query("append_entry_fenced", fenced)])
             return bool(result.rows)
 
         return self.db.write(append, "append")

@@ -199,10 +199,10 @@ class SQLiteConnector:
         try:
             step = next(operation)
             while True:
-                if step.__class__ is Batch:
+                if isinstance(step, Batch):  # (or the Last one: committed with the batch's)
                     step = operation.send([_query(execute, query) for query in step])
                 else:
-                    step = operation.send(_query(execute, step))  # type: ignore[arg-type]
+                    step = operation.send(_query(execute, step))
         except StopIteration as stop:
             result: T = stop.value
             return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from perdure.records import WorkerRecord
-from perdure.store.connector import Batch, Operation, Query, Result
+from perdure.store.connector import Batch, Last, Operation, Query, Result
 from perdure.store.notify import CLAIMABLE
 from perdure.store.rows import Operations
 
@@ -25,7 +25,8 @@ class WorkerOperations(Operations):
         params = {"id": worker_id, "now": self.now()}
 
         def beat() -> Operation[float | None]:
-            row = (yield Query("heartbeat", params)).first
+            (result,) = yield Last([Query("heartbeat", params)])
+            row = result.first
             return None if row is None else float(row["server_now"])
 
         server_now = await self.db.write(beat, "heartbeat", durable=False)
