@@ -214,16 +214,7 @@ class Journal:
             value=Value(codec=self.codec.value, data=data, raw_size=len(data)),
             started_at=started,
             finished_at=now,
-            attempt=None
-            if attempt is None
-            else Attempt(
-                run_id=self.run.id,
-                run_attempt=self.run.attempt,
-                seq=seq,
-                attempt=attempt[0],
-                started_at=attempt[1],
-                finished_at=now,
-            ),
+            attempt=None if attempt is None else self.attempt(seq, *attempt, finished=now),
         )
         return entry, data
 
@@ -248,16 +239,23 @@ class Journal:
         self.pending.append(entry)
 
     def attempt(
-        self, seq: int, attempt: int, started: float, error: ErrorInfo | None = None
+        self,
+        seq: int,
+        attempt: int,
+        started: float,
+        error: ErrorInfo | None = None,
+        *,
+        finished: float | None = None,
     ) -> Attempt:
-        """An attempt of the call at `seq` (in the run's current task attempt), ending now."""
+        """An attempt of the call at `seq` (in the run's current task attempt), ending now (or
+        at `finished`)."""
         return Attempt(
             run_id=self.run.id,
             run_attempt=self.run.attempt,
             seq=seq,
             attempt=attempt,
             started_at=started,
-            finished_at=self.store.now(),
+            finished_at=self.store.now() if finished is None else finished,
             error=error,
         )
 
