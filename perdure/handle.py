@@ -57,6 +57,8 @@ async def _detached(app: App, coro: Coroutine[Any, Any, T]) -> T:
 class RunHandle(Generic[R]):
     """A run: its id, and ways to follow it."""
 
+    __slots__ = ("_app", "_result_type", "_since", "created", "id")  # (batches of thousands)
+
     def __init__(
         self, app: App, run_id: str, result_type: Any = Any, *, since: ChangeToken | None = None
     ) -> None:

@@ -140,6 +140,58 @@ def wake_time(rows: Sequence[Row]) -> float | None:
     return None if value is None else float(value)
 
 
+def run_record(
+    row: Row,
+    *,
+    args: Value | None = None,
+    result: Value | None = None,
+    metadata: Value | None = None,
+) -> RunRecord:
+    """The run in `row`, with the values read from its columns (a listing reads none)."""
+    get = row.get  # (columns a listing leaves out are absent)
+    error, tags = get("error"), get("tags")
+    return RunRecord(
+        id=row["id"],
+        app=row["app"],
+        task=row["task"],
+        queue=row["queue"],
+        status=RunStatus(row["status"]),
+        args=args,
+        result=result,
+        error=None if error is None else decode_error(error, f"run {row['id']}"),
+        idempotency_key=row["idempotency_key"],
+        attempt=row["attempt"],
+        lease=row["lease"],
+        worker_id=row["worker_id"],
+        available_at=row["available_at"],
+        cancel_requested=bool(row["cancel_requested"]),
+        note=row["note"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        priority=get("priority", 0),
+        concurrency_key=get("concurrency_key"),
+        expires_at=get("expires_at"),
+        parent_id=get("parent_id"),
+        signals=get("signals", 0),
+        waiting_for=get("waiting_for"),
+        tags=json.loads(tags) if tags else [],
+        trace_context=get("trace_context"),
+        version=get("version"),
+        replay_of=get("replay_of"),
+        continued_as=get("continued_as"),
+        metadata=metadata,
+    )
+
+
+def runs_of(query: Query) -> Operation[list[RunRecord]]:
+    """The operation of a listing: its runs, without values. Made where the rows are read (a
+    reader thread), so the rows of a long listing are let go before its caller goes on."""
+    result: Result = yield query
+    return [run_record(row) for row in result.rows]
+
+
 class Unknown:
     """Not read (as opposed to None, read and absent)."""
 
@@ -155,50 +207,19 @@ class RowMapping:
     def now(self) -> float:
         raise NotImplementedError
 
-    async def _run_record(self, row: Row, *, full: bool, fetch: bool = True) -> RunRecord:
-        """The run in `row`; with `full`, its arguments and result (`fetch`: see
+    async def _run_record(self, row: Row, *, fetch: bool = True) -> RunRecord:
+        """The run in `row` with its values: arguments, result and metadata (`fetch`: see
         StoredValues.resolve)."""
-        args = result = None
-        if full:
-            args = await self.values.from_columns(row, "args", fetch=fetch)
-            result = await self.values.from_columns(row, "result", fetch=fetch)
-        metadata = None
-        if full and "metadata_codec" in row:
-            metadata = await self.values.from_columns(row, "metadata", fetch=fetch)
-        get = row.get  # (columns a listing leaves out are absent)
-        error, tags = get("error"), get("tags")
-        return RunRecord(
-            id=row["id"],
-            app=row["app"],
-            task=row["task"],
-            queue=row["queue"],
-            status=RunStatus(row["status"]),
-            args=args,
-            result=result,
-            error=None if error is None else decode_error(error, f"run {row['id']}"),
-            idempotency_key=row["idempotency_key"],
-            attempt=row["attempt"],
-            lease=row["lease"],
-            worker_id=row["worker_id"],
-            available_at=row["available_at"],
-            cancel_requested=bool(row["cancel_requested"]),
-            note=row["note"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            updated_at=row["updated_at"],
-            finished_at=row["finished_at"],
-            priority=get("priority", 0),
-            concurrency_key=get("concurrency_key"),
-            expires_at=get("expires_at"),
-            parent_id=get("parent_id"),
-            signals=get("signals", 0),
-            waiting_for=get("waiting_for"),
-            tags=json.loads(tags) if tags else [],
-            trace_context=get("trace_context"),
-            version=get("version"),
-            replay_of=get("replay_of"),
-            continued_as=get("continued_as"),
-            metadata=metadata,
+        values = self.values
+        return run_record(
+            row,
+            args=await values.from_columns(row, "args", fetch=fetch),
+            result=await values.from_columns(row, "result", fetch=fetch),
+            metadata=(
+                await values.from_columns(row, "metadata", fetch=fetch)
+                if "metadata_codec" in row
+                else None
+            ),
         )
 
     async def _claimed(
@@ -209,9 +230,9 @@ class RowMapping:
         claimed = Claimed()
         for row in rows:
             try:
-                claimed.append(await self._run_record(row, full=True))
+                claimed.append(await self._run_record(row))
             except Exception as exc:  # the claim stands: the worker gives the run back
-                claimed.append(await self._run_record(row, full=False))
+                claimed.append(run_record(row))
                 claimed.unreadable[row["id"]] = exc
         claimed.retry_at = retry_at
         if not isinstance(next_at, Unknown):
@@ -248,7 +269,7 @@ class RowMapping:
         missing = [run_id for run_id in run_ids if run_id not in by_id]
         if missing:
             raise RunNotFound(f"no run with id {missing[0]!r}")
-        return [await self._run_record(by_id[run_id], full=True) for run_id in run_ids]
+        return [await self._run_record(by_id[run_id]) for run_id in run_ids]
 
     async def _journal_entries(
         self, run_id: str, rows: Iterable[Row], *, values: bool = True

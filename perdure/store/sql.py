@@ -41,6 +41,7 @@ from perdure.store.rows import (
     insert_run,
     purge_params,
     refused_finish,
+    runs_of,
     set_queue_params,
     wake_time,
 )
@@ -166,7 +167,7 @@ class SQLStore(
         rows = await self._one("get_run", {"id": run_id}, "get_run")
         if not rows:
             raise RunNotFound(f"no run with id {run_id!r} in {self.db.where}")
-        return await self._run_record(rows[0], full=True, fetch=values)
+        return await self._run_record(rows[0], fetch=values)
 
     async def get_runs(self, run_ids: list[str]) -> list[RunRecord]:
         rows = await self._one("get_runs", {"ids": run_ids}, "get_runs")
@@ -193,8 +194,7 @@ class SQLStore(
             "limit": limit,
         }
         query = "list_runs" if tag is None else "list_runs_tagged"  # (by the tag's index)
-        rows = await self._one(query, params, "list_runs")
-        return [await self._run_record(row, full=False) for row in rows]
+        return await self.db.read(lambda: runs_of(Query(query, params)), "list_runs")
 
     # -- claims ------------------------------------------------------------------------------
 

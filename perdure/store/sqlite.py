@@ -39,6 +39,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 _TAKES_LISTS = frozenset(name for name, sql in SQL.items() if "json_each" in sql)
 """The queries that take lists (read with json_each): their lists are passed as JSON text."""
 _READERS = 2  # reader threads (each with its own connection and page cache)
+_READ_CACHE_KIB = 256  # a read connection's page cache (see _read_connection)
 QUICK_READ = 0.001
 """Seconds under which reads count as quick, on average: the loop reads itself while they do
 (a hand-off to a reader thread and back costs about 0.06 ms here, ten times a small read);
@@ -192,6 +193,14 @@ class SQLiteConnector:
         conn.execute("PRAGMA synchronous = FULL")
         return conn
 
+    def _read_connection(self) -> sqlite3.Connection:
+        """A connection for reads, with a small page cache: SQLite empties a reader's cache
+        whenever another connection has written since its last read (WAL), which in a busy
+        engine is nearly always, so the default 2 MB per connection held memory, not speed."""
+        conn = self._connect()
+        conn.execute(f"PRAGMA cache_size = -{_READ_CACHE_KIB}")
+        return conn
+
     @staticmethod
     def _run(conn: sqlite3.Connection, operation: Operation[T]) -> T:
         """Run `operation` on `conn`, each step's queries one after the other."""
@@ -220,7 +229,7 @@ class SQLiteConnector:
         """The calling thread's own read connection (an event loop's, for quick reads)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = self._connect()
+            conn = self._local.conn = self._read_connection()
             with self._open_lock:
                 self._loop_conns.append(conn)
         return conn
@@ -231,7 +240,11 @@ class SQLiteConnector:
         if self._reads.quick:
             return self._read(self._loop_connection(), make)
         assert self._readers is not None
-        return await self._readers.submit(lambda conn: self._read(conn, make))
+        # in a box emptied here: the loop's handle that resumes this task keeps the future (and
+        # its result) for the rest of the task's step, and the thread its last outcome until
+        # its next read; a listing of 10,000 runs would stay in memory with them
+        box = await self._readers.submit(lambda conn: [self._read(conn, make)])
+        return box.pop()
 
     def write(
         self,
@@ -347,7 +360,7 @@ class SQLiteConnector:
                 path=self.path,
             )
             writer.start()
-            self._readers = ReaderThreads(self._connect, _READERS)
+            self._readers = ReaderThreads(self._read_connection, _READERS)
             self.writer = writer
 
     async def open(self) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -385,6 +386,36 @@ async def test_the_loop_reads_itself_only_while_reads_are_quick(
     assert where[0] == where[1] == where[4] == loop_thread
     assert where[2].startswith("perdure-read")
     assert where[3].startswith("perdure-read")
+    await store.close()
+
+
+class _Listing:
+    """A read's result that can be watched for release (weakref)."""
+
+
+async def test_a_reader_thread_holds_no_read_result_once_handed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read done on a reader thread is let go by the store once its caller has it: neither
+    the thread (waiting for the next read) nor the loop's future (kept until the caller's
+    task yields) holds it, so a long listing is freed as soon as its caller drops it."""
+    store = _store(tmp_path)
+    await store.open()
+    monkeypatch.setattr(sqlite_store, "QUICK_READ", 0.0)  # every read counts as slow
+
+    def read() -> Operation[_Listing]:
+        yield Query(
+            "list_runs",
+            {k: None for k in ("status", "task", "tag", "before")}
+            | {"since": None, "until": None, "limit": 1},
+        )
+        return _Listing()
+
+    await store.db.read(read, "test")  # on the loop (slow: the next ones go to the threads)
+    listing = await store.db.read(read, "test")
+    released = weakref.ref(listing)
+    del listing
+    assert released() is None  # (no await in between: the future is still the loop's)
     await store.close()
 
 
