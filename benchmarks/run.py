@@ -480,7 +480,9 @@ async def sleep_10k(workdir: Path, quick: bool) -> list[Metric]:
             handles += await nap.batch_trigger([(wake_at,)] * min(1000, runs - chunk))
 
         asleep = 0
-        while asleep < runs:  # every run has started and suspended
+        # every run has started and suspended; or the moment came first (a slow start: runs
+        # that woke and finished would never be counted asleep, and the loop never ended)
+        while asleep < runs and time.time() < wake_at:
             await asyncio.sleep(0.1)
             asleep = len(await app.store.list_runs(status=RunStatus.WAITING, limit=runs))
         start_seconds = time.perf_counter() - started
