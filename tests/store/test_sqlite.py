@@ -403,16 +403,16 @@ async def test_a_reader_thread_holds_no_read_result_once_handed_over(
     await store.open()
     monkeypatch.setattr(sqlite_store, "QUICK_READ", 0.0)  # every read counts as slow
 
+    where: list[str] = []
+
     def read() -> Operation[_Listing]:
-        yield Query(
-            "list_runs",
-            {k: None for k in ("status", "task", "tag", "before")}
-            | {"since": None, "until": None, "limit": 1},
-        )
+        where.append(threading.current_thread().name)
+        yield Query("get_run", {"id": "nothing"})
         return _Listing()
 
     await store.db.read(read, "test")  # on the loop (slow: the next ones go to the threads)
     listing = await store.db.read(read, "test")
+    assert where[-1].startswith("perdure-read")
     released = weakref.ref(listing)
     del listing
     assert released() is None  # (no await in between: the future is still the loop's)
