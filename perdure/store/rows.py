@@ -501,6 +501,10 @@ class Operations(RowMapping):
         """The rows of one read query."""
         return await self.db.read(lambda: rows_of(Query(query, params)), what)
 
+    async def _runs(self, query: str, params: dict[str, Any], what: str) -> list[RunRecord]:
+        """The runs of one listing query, without values (see runs_of)."""
+        return await self.db.read(lambda: runs_of(Query(query, params)), what)
+
     async def _count(
         self,
         query: str,

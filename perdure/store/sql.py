@@ -41,7 +41,6 @@ from perdure.store.rows import (
     insert_run,
     purge_params,
     refused_finish,
-    runs_of,
     set_queue_params,
     wake_time,
 )
@@ -194,7 +193,7 @@ class SQLStore(
             "limit": limit,
         }
         query = "list_runs" if tag is None else "list_runs_tagged"  # (by the tag's index)
-        return await self.db.read(lambda: runs_of(Query(query, params)), "list_runs")
+        return await self._runs(query, params, "list_runs")
 
     # -- claims ------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from perdure.records import RunRecord
 from perdure.store.connector import Operation, Query, Result
 from perdure.store.notify import CLAIMABLE
-from perdure.store.rows import Operations, runs_of
+from perdure.store.rows import Operations
 
 
 class VersionOperations(Operations):
@@ -16,7 +16,7 @@ class VersionOperations(Operations):
         self, *, app: str | None = None, before: str | None = None, limit: int = 100
     ) -> list[RunRecord]:
         params = {"app": app, "before": before, "limit": limit}
-        return await self.db.read(lambda: runs_of(Query("stranded_runs", params)), "stranded")
+        return await self._runs("stranded_runs", params, "stranded")
 
     async def repin_run(self, run_id: str, *, lease: int, version: str) -> bool:
         params = {"id": run_id, "lease": lease, "version": version, "now": self.now()}
