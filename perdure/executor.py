@@ -393,7 +393,7 @@ class Executor:
                     available_at=self.store.now(),
                     priority=run.priority,
                     concurrency_key=run.concurrency_key,
-                    tags=run.tags,
+                    tags=list(run.tags),
                 ),
             )
         except Suspend as suspend:

@@ -231,7 +231,7 @@ class RunRecord:
     waiting_for: str | None = None
     """While WAITING: what for ("sleep", "children", or a signal key: "token:ID",
     "event:NAME", "message:TOPIC"; see wait_key)."""
-    tags: list[str] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
     """Tags given at trigger."""
     trace_context: str | None = None
     """The W3C traceparent of the code that triggered it, if it was traced."""

@@ -32,7 +32,7 @@ async def test_runs_are_found_by_their_tags(make_app: Callable[..., perdure.App]
     await job.trigger(3)
     assert [r.id for r in await app.admin.list_runs(tag="user:42")] == [a.id]
     assert [r.id for r in await app.admin.list_runs(tag="user:7")] == [b.id]
-    assert (await app.store.get_run(a.id)).tags == ["user:42", "beta"]
+    assert (await app.store.get_run(a.id)).tags == ("user:42", "beta")
     assert len(await app.admin.list_runs()) == 3
     assert await app.admin.list_runs(tag="nobody") == []
     assert sorted(table_rows(app, "run_tags")) == sorted(

@@ -96,7 +96,7 @@ async def test_replay_runs_the_task_again_with_the_same_arguments(
         assert await again.result(timeout=30) == "x3"
     assert seen == [(3, "x"), (3, "x")]
     new = await app.store.get_run(again.id, values=False)
-    assert new.tags == ["user:1"]
+    assert new.tags == ("user:1",)
     assert new.priority == 5
     assert (await app.store.get_run(first.id, values=False)).status is RunStatus.FAILED
     with pytest.raises(RunNotFound):

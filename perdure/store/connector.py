@@ -43,6 +43,10 @@ class Query(NamedTuple):
 
     name: str
     params: dict[str, Any]
+    each: Callable[[Row], Any] | None = None
+    """What to make of each row as it is read: the Result's rows are then what it made, and
+    the rows themselves are let go one by one (a listing of thousands of runs is not held
+    twice over, as rows and as records)."""
 
 
 class Batch(tuple[Query, ...]):
@@ -59,8 +63,8 @@ class Last(Batch):
 
 
 class Result(NamedTuple):
-    """What a query returned: its rows (none for a write without RETURNING) and how many rows
-    it changed (-1 for a read)."""
+    """What a query returned: its rows (none for a write without RETURNING; what its `each`
+    made of them, if it has one) and how many rows it changed (-1 for a read)."""
 
     rows: Sequence[Row]
     rowcount: int

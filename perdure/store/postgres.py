@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import psycopg
@@ -63,6 +63,17 @@ SESSION_GRACE = 10.0  # seconds after a server start during which missing locks 
 _CLOCK_READ_QUICK = 0.05  # seconds: a clock reading answered within this sets the offset
 
 
+async def _rows(query: Query, cur: psycopg.AsyncCursor[Any]) -> list[Any]:
+    """The rows `cur` returned for `query` (none for a write without RETURNING), or what the
+    query's `each` made of them as they were read."""
+    if cur.description is None:
+        return []
+    each = query.each
+    if each is None:
+        return await cur.fetchall()
+    return [each(row) async for row in cur]
+
+
 class PostgresConnector(PostgresConnections):
     """`Connector` on PostgreSQL."""
 
@@ -101,10 +112,12 @@ class PostgresConnector(PostgresConnections):
     # -- running operations ------------------------------------------------------------------
 
     @staticmethod
-    async def _results(cursors: list[psycopg.AsyncCursor[Any]]) -> list[Result]:
+    async def _results(
+        queries: Sequence[Query], cursors: list[psycopg.AsyncCursor[Any]]
+    ) -> list[Result]:
         return [
-            Result(await cur.fetchall() if cur.description is not None else [], cur.rowcount)
-            for cur in cursors
+            Result(await _rows(query, cur), cur.rowcount)
+            for query, cur in zip(queries, cursors, strict=True)
         ]
 
     async def _drive(
@@ -124,7 +137,7 @@ class PostgresConnector(PostgresConnections):
                 if pipeline is not None:
                     cursors = [await conn.execute(SQL[q.name], q.params) for q in queries]
                     if isinstance(step, Last):
-                        return Deferred(functools.partial(self._last, operation, cursors))
+                        return Deferred(functools.partial(self._last, operation, queries, cursors))
                     await pipeline.sync()
                 elif len(queries) == 1:
                     cursors = [await conn.execute(SQL[queries[0].name], queries[0].params)]
@@ -132,16 +145,21 @@ class PostgresConnector(PostgresConnections):
                     async with conn.pipeline() as batch:
                         cursors = [await conn.execute(SQL[q.name], q.params) for q in queries]
                         await batch.sync()
-                results = await self._results(cursors)
+                results = await self._results(queries, cursors)
                 step = operation.send(results if isinstance(step, Batch) else results[0])
         except StopIteration as stop:
             result: T = stop.value
             return result
 
-    async def _last(self, operation: Operation[T], cursors: list[psycopg.AsyncCursor[Any]]) -> T:
+    async def _last(
+        self,
+        operation: Operation[T],
+        queries: Sequence[Query],
+        cursors: list[psycopg.AsyncCursor[Any]],
+    ) -> T:
         """The answer of `operation` from the results of its Last queries."""
         try:
-            operation.send(await self._results(cursors))
+            operation.send(await self._results(queries, cursors))
         except StopIteration as stop:
             result: T = stop.value
             return result

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
+from sys import intern
+from typing import Any, cast
 
 import msgspec
 
@@ -140,6 +141,13 @@ def wake_time(rows: Sequence[Row]) -> float | None:
     return None if value is None else float(value)
 
 
+def _shared(text: str | None) -> str | None:
+    """The one copy of a text that many runs hold alike (what they wait for, the version or
+    worker they are pinned to; intern() for those never None: app, task, queue): a listing of
+    10,000 runs then holds each once, not 10,000 times."""
+    return None if text is None else intern(text)
+
+
 def run_record(
     row: Row,
     *,
@@ -152,9 +160,9 @@ def run_record(
     error, tags = get("error"), get("tags")
     return RunRecord(
         id=row["id"],
-        app=row["app"],
-        task=row["task"],
-        queue=row["queue"],
+        app=intern(row["app"]),
+        task=intern(row["task"]),
+        queue=intern(row["queue"]),
         status=RunStatus(row["status"]),
         args=args,
         result=result,
@@ -162,7 +170,7 @@ def run_record(
         idempotency_key=row["idempotency_key"],
         attempt=row["attempt"],
         lease=row["lease"],
-        worker_id=row["worker_id"],
+        worker_id=_shared(row["worker_id"]),
         available_at=row["available_at"],
         cancel_requested=bool(row["cancel_requested"]),
         note=row["note"],
@@ -175,10 +183,10 @@ def run_record(
         expires_at=get("expires_at"),
         parent_id=get("parent_id"),
         signals=get("signals", 0),
-        waiting_for=get("waiting_for"),
-        tags=json.loads(tags) if tags else [],
+        waiting_for=_shared(get("waiting_for")),
+        tags=tuple(json.loads(tags)) if tags else (),
         trace_context=get("trace_context"),
-        version=get("version"),
+        version=_shared(get("version")),
         replay_of=get("replay_of"),
         continued_as=get("continued_as"),
         metadata=metadata,
@@ -186,10 +194,11 @@ def run_record(
 
 
 def runs_of(query: Query) -> Operation[list[RunRecord]]:
-    """The operation of a listing: its runs, without values. Made where the rows are read (a
-    reader thread), so the rows of a long listing are let go before its caller goes on."""
-    result: Result = yield query
-    return [run_record(row) for row in result.rows]
+    """The operation of a listing: its runs, without values. Each is made as its row is read
+    (on SQLite's reader thread, if the read goes there), so a long listing's rows are never all
+    held at once, nor beside its records."""
+    result: Result = yield query._replace(each=run_record)
+    return cast("list[RunRecord]", result.rows)
 
 
 class Unknown:

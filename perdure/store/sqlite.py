@@ -86,7 +86,11 @@ def _query(execute: Callable[[str, Any], sqlite3.Cursor], query: Query) -> Resul
     description = cur.description
     if description is None:
         return Result(_NO_ROWS, cur.rowcount)
-    return Result(Rows([column[0] for column in description], cur.fetchall()), cur.rowcount)
+    names = [column[0] for column in description]
+    each = query.each
+    if each is not None:
+        return Result([each(dict(zip(names, row, strict=True))) for row in cur], cur.rowcount)
+    return Result(Rows(names, cur.fetchall()), cur.rowcount)
 
 
 class ReaderThreads:

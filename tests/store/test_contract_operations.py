@@ -49,6 +49,22 @@ async def test_list_runs_newest_first_without_values(store: Store) -> None:
     assert {r.id for r in await store.list_runs(status=RunStatus.QUEUED)} == set(ids)
 
 
+async def test_a_listing_holds_the_text_its_runs_share_once(store: Store) -> None:
+    """Runs of one task share one copy of their app, task and queue names in a listing (one
+    of 10,000 runs would hold each 10,000 times, each read afresh from its row); tags read as
+    a tuple, the empty one when a run has none."""
+    for _ in range(3):
+        await store.create_run(_new_run(task="nightly"))
+    tagged, _ = await store.create_run(
+        dataclasses.replace(_new_run(task="nightly"), tags=["a", "b"])
+    )
+    listed = await store.list_runs()
+    for field in ("app", "task", "queue"):
+        assert len({id(getattr(r, field)) for r in listed}) == 1, field
+    assert [r.tags for r in listed] == [("a", "b"), (), (), ()]
+    assert listed[0].id == tagged
+
+
 async def test_offload_and_referenced_blobs(store: Store) -> None:
     """A value over the inline limit goes to the blob store (the same bytes, with their key);
     a smaller one is left as it is; referenced_blobs names the keys some row still holds."""
