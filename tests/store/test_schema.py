@@ -161,39 +161,83 @@ async def test_postgres_upgraded_step_by_step_equals_fresh(
 def _claim_select(dialect: str) -> str:
     """The claim's choice of runs (the subquery of claim_runs)."""
     claim = load_queries(dialect)["claim_runs"]
-    return claim[claim.index("SELECT id") : claim.index("\n)")]
+    start = claim.index("WITH RECURSIVE") if "WITH RECURSIVE" in claim else claim.index("SELECT id")
+    return claim[start : claim.index("\n)\n")]
+
+
+_INSERT_RUN = (
+    "INSERT INTO runs (id, app, task, queue, status, args_codec, args, available_at, "
+    "created_at, updated_at, attempt, lease, priority, cancel_requested) VALUES "
+    "({p}, 'app', 'nap', 'default', 'waiting', 'msgpack', {empty}, {p}, 1, 1, 1, 1, {p}, 0)"
+)
+"""A waiting run of task "nap": its id, when it is due, its priority."""
+
+
+def _sqlite_claim_work(path: Path, params: dict[str, object]) -> tuple[int, list[str]]:
+    """What SQLite's claim chooses, and the work it does to choose: virtual-machine steps (in
+    hundreds), counted, not timed."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.set_progress_handler(count, 100)
+        chosen = [row[0] for row in conn.execute(_claim_select("sqlite"), params)]
+    finally:
+        conn.close()
+    return steps, chosen
+
+
+async def _sqlite_runs(path: Path, runs: list[tuple[str, float, int]]) -> None:
+    store = SQLiteStore(path, blobs=LocalBlobStore(path.parent / "b"))
+    await store.migrate()
+    conn = sqlite3.connect(path)
+    conn.executemany(_INSERT_RUN.format(p="?", empty="x''"), runs)
+    conn.commit()
+    conn.close()
 
 
 async def test_a_claim_reads_only_the_runs_it_takes(tmp_path: Path, postgres_url: str) -> None:
     """10,000 runs due at the same moment (say, sleeps that end together): the claim walks
     the claim-order index and stops after its limit, on both dialects, instead of reading and
     sorting every due run on each claim."""
-    store = SQLiteStore(tmp_path / "p.db", blobs=LocalBlobStore(tmp_path / "b"))
-    await store.migrate()
-    insert = (
-        "INSERT INTO runs (id, app, task, queue, status, args_codec, args, available_at, "
-        "created_at, updated_at, attempt, lease, priority, cancel_requested) VALUES "
-        "({p}, 'app', 'nap', 'default', 'waiting', 'msgpack', {empty}, 100.0, 1, 1, 1, 1, 0, 0)"
-    )
-    ids = [(f"{i:08d}",) for i in range(10_000)]
-    conn = sqlite3.connect(tmp_path / "p.db")
-    conn.executemany(insert.format(p="?", empty="x''"), ids)
-    conn.commit()
     params = {"app": "app", "tasks": '["nap"]', "now": 1000.0, "limit": 50, "version": "v1"}
-    plan = " | ".join(
-        row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _claim_select("sqlite"), params)
-    )
-    conn.close()
-    assert "runs_claim_order" in plan, plan
-    assert "TEMP B-TREE" not in plan, plan
+    few = [(f"{i:08d}", 100.0, 0) for i in range(50)]
+    ids = [(f"{i:08d}", 100.0, 0) for i in range(10_000)]
+    await _sqlite_runs(tmp_path / "few.db", few)
+    await _sqlite_runs(tmp_path / "many.db", ids)
+    work_few, chosen_few = _sqlite_claim_work(tmp_path / "few.db", params)
+    work_many, chosen_many = _sqlite_claim_work(tmp_path / "many.db", params)
+    assert chosen_many == chosen_few == [run[0] for run in few]
+    assert work_many < 2 * work_few, (work_few, work_many)  # (reading all: ~200 times as much)
 
     with psycopg.connect(postgres_url, autocommit=True) as pg:
         pg.execute("SET search_path = perdure")
         with pg.cursor() as cur:
-            cur.executemany(insert.format(p="%s", empty="''::bytea"), ids)
+            cur.executemany(_INSERT_RUN.format(p="%s", empty="''::bytea"), ids)
         pg.execute("ANALYZE runs")
         params = {**params, "tasks": ["nap"]}
         lines = pg.execute("EXPLAIN " + _claim_select("postgres"), params).fetchall()
     plan = " | ".join(line[0] for line in lines)
     assert "runs_claim_order" in plan, plan
     assert "Sort" not in plan, plan
+
+
+async def test_a_claim_does_not_walk_the_runs_not_due_yet(tmp_path: Path) -> None:
+    """10,000 runs asleep (or waiting for a person) at several priorities, and three due: a
+    claim reads the due ones, in claim order, with about the work it takes when only those
+    three exist (the claim-order index is ordered by priority first, so walking it for the
+    runs due now would read every run asleep above and between them)."""
+    params = {"app": "app", "tasks": '["nap"]', "now": 1000.0, "limit": 50, "version": "v1"}
+    due = [("d-low", 10.0, -3), ("d-late", 20.0, 0), ("d-early", 10.0, 0)]
+    asleep = [(f"{i:08d}", 2000.0 + i, (5, 0, -3)[i % 3]) for i in range(10_000)]
+    await _sqlite_runs(tmp_path / "due.db", due)
+    await _sqlite_runs(tmp_path / "asleep.db", due + asleep)
+    work_due, chosen_due = _sqlite_claim_work(tmp_path / "due.db", params)
+    work_asleep, chosen_asleep = _sqlite_claim_work(tmp_path / "asleep.db", params)
+    assert chosen_asleep == chosen_due == ["d-early", "d-late", "d-low"]
+    assert work_asleep < 2 * work_due, (work_due, work_asleep)  # (walking: ~1,000 times as much)

@@ -78,18 +78,33 @@ ORDER BY t.run_id DESC
 LIMIT :limit;
 
 -- name: claim_runs
--- no limit applies: the first claimable runs, higher priority first
+-- no limit applies: the first claimable runs, higher priority first. The priorities of the
+-- app's claimable runs are found one index seek each, highest first; within each, only the runs
+-- due by now are read (a range of the claim-order index), in claim order, and no more than the
+-- claim takes. So a claim never walks the runs not due yet (thousands asleep, or waiting for a
+-- person): the index cannot bound "due by now" across priorities, only within one.
 UPDATE runs
 SET status = 'running', worker_id = :worker_id, lease = lease + 1,
     version = coalesce(version, :version),  -- pinned to the code that first runs it
     note = CASE WHEN substr(note, 1, 9) = 'requeued:' THEN note END,  -- (kept: why it runs again)
     started_at = coalesce(started_at, :now), updated_at = :now
 WHERE id IN (
-    SELECT id FROM runs INDEXED BY runs_claim_order  -- in claim order: no sort of all due runs
-    WHERE app = :app AND status IN ('queued', 'waiting') AND available_at <= :now
-      AND task IN (SELECT value FROM json_each(:tasks))
-      AND (version IS NULL OR version = :version)  -- runs of its own version
-    ORDER BY priority DESC, available_at, id
+    WITH RECURSIVE levels(priority) AS (
+        SELECT max(priority) FROM runs INDEXED BY runs_claim_order
+        WHERE app = :app AND status IN ('queued', 'waiting')
+        UNION ALL
+        SELECT (SELECT max(priority) FROM runs INDEXED BY runs_claim_order
+                WHERE app = :app AND status IN ('queued', 'waiting')
+                  AND priority < levels.priority)
+        FROM levels WHERE levels.priority IS NOT NULL
+    )
+    SELECT r.id
+    FROM levels CROSS JOIN runs AS r INDEXED BY runs_claim_order  -- (CROSS JOIN: levels outside)
+    WHERE r.app = :app AND r.status IN ('queued', 'waiting')
+      AND r.priority = levels.priority AND r.available_at <= :now
+      AND r.task IN (SELECT value FROM json_each(:tasks))
+      AND (r.version IS NULL OR r.version = :version)  -- runs of its own version
+    ORDER BY r.priority DESC, r.available_at, r.id
     LIMIT :limit
 )
   AND EXISTS (SELECT 1 FROM workers  -- a worker declared dead claims nothing
