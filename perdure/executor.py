@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import msgspec
+
 from perdure import hooks, metrics, run_logs, serde, tracing, values
 from perdure.calls import call_body
 from perdure.config import WorkerConfig
@@ -266,7 +268,7 @@ class Executor:
                 message=f"task {run.task!r} is not in this code",
             )
         # a lease no worker holds: should the body reach the store, the write is refused
-        fenced = replace(run, worker_id=_CHECK_WORKER)
+        fenced = msgspec.structs.replace(run, worker_id=_CHECK_WORKER)
         control = RunControl(worker_id=_CHECK_WORKER, history=history)
         ctx = await self._context(fenced, control, task, None, check_only=True)
         journal = ctx.journal
