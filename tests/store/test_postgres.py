@@ -4,6 +4,7 @@ across processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -241,4 +242,25 @@ async def test_a_write_chosen_as_a_deadlock_victim_goes_again(
     assert tries == 2
     assert (await store.get_run(first.id)).priority == 2
     assert (await store.get_run(second.id)).priority == 2
+    await store.close()
+
+
+async def test_a_write_cancelled_midway_leaves_its_connection_fit_for_the_next(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A run cancelled while its body writes (a trigger in flight) cancels that write at one
+    of its awaits, maybe while its pipeline syncs. Its connection must not go back to the pool
+    in pipeline mode: the next read's query would only be queued, and read no rows (a run that
+    exists, "not found"). One connection, cancelled at each await in turn."""
+    store = PostgresStore(postgres_url, blobs=LocalBlobStore(tmp_path), pool_size=1)
+    await store.open()
+    kept, _created = await store.create_run(_new_run())
+    for turns in range(40):
+        write = asyncio.create_task(store.create_runs([_new_run(), _new_run()]))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        write.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await write
+        assert (await store.get_run(kept)).id == kept, turns
     await store.close()
