@@ -274,7 +274,7 @@ class Task(HookDecorators, Generic[P, R]):
         Inside a task the trigger is journaled: a replay returns the same run.
         """
         options = RunOptions.pop(kwargs)
-        (handle,) = await self._start([(args, kwargs)], options, awaited=False, single=True)
+        (handle,), _ = await self._start([(args, kwargs)], options, awaited=False, single=True)
         return handle
 
     @overload
@@ -333,8 +333,8 @@ class Task(HookDecorators, Generic[P, R]):
         journaled. Raises ChildFailed if the child failed, was cancelled or expired."""
         options = RunOptions.pop(kwargs)
         start, wait = self._two_positions("trigger_and_wait")
-        (handle,) = await self._start([(args, kwargs)], options, awaited=True, seq=start)
-        (outcome,) = await self._wait_for([handle.id], wait)
+        (handle,), made_now = await self._start([(args, kwargs)], options, awaited=True, seq=start)
+        (outcome,) = await self._wait_for([handle.id], wait, made_now=made_now)
         if isinstance(outcome, ChildFailed):
             raise outcome
         result: R = outcome
@@ -347,7 +347,8 @@ class Task(HookDecorators, Generic[P, R]):
         run_options = RunOptions.pop(options)
         if options:
             raise InvalidArguments(f"unknown batch options: {', '.join(sorted(options))}")
-        return await self._start(_calls(items), run_options, awaited=False)
+        handles, _ = await self._start(_calls(items), run_options, awaited=False)
+        return handles
 
     async def batch_trigger_and_wait(
         self, items: Sequence[Any], **options: Any
@@ -360,8 +361,8 @@ class Task(HookDecorators, Generic[P, R]):
         if options:
             raise InvalidArguments(f"unknown batch options: {', '.join(sorted(options))}")
         start, wait = self._two_positions("batch_trigger_and_wait")
-        handles = await self._start(_calls(items), run_options, awaited=True, seq=start)
-        return await self._wait_for([h.id for h in handles], wait)
+        handles, made_now = await self._start(_calls(items), run_options, awaited=True, seq=start)
+        return await self._wait_for([h.id for h in handles], wait, made_now=made_now)
 
     def _two_positions(self, what: str) -> tuple[int, int]:
         """The journal positions of a trigger and its wait, both taken at call time (before
@@ -387,7 +388,9 @@ class Task(HookDecorators, Generic[P, R]):
         awaited: bool,
         single: bool = False,
         seq: int | None = None,
-    ) -> list[RunHandle[R]]:
+    ) -> tuple[list[RunHandle[R]], bool]:
+        """The handles of the runs started, and whether this call made every one of them
+        (inside a task: none replayed from the journal, none an existing run found by its key)."""
         values = [self.encode_args(args, kwargs) for args, kwargs in calls]
         since = self.app.store.change_token()
         ctx = current()
@@ -398,10 +401,11 @@ class Task(HookDecorators, Generic[P, R]):
                 for index, v in enumerate(values)
             ]
             created = await self.app.store.create_runs(news)
-            return [
+            handles: list[RunHandle[R]] = [
                 RunHandle(self.app, run_id, self.result_type, since=since if new else None)
                 for run_id, new in created
             ]
+            return handles, all(new for _run_id, new in created)
         # inside a task: journaled, so a replay returns the same runs instead of new ones
         ctx.check_active()
         journal = ctx.journal
@@ -409,6 +413,7 @@ class Task(HookDecorators, Generic[P, R]):
             seq = journal.next_seq()
         kind = EntryKind.TRIGGER if single and not awaited else EntryKind.CHILDREN
         entry = journal.recorded(seq, kind, self.name)
+        made_now = entry is None
         if entry is not None:
             if kind is EntryKind.TRIGGER:
                 ids = [journal.decode(entry, str)]
@@ -429,27 +434,34 @@ class Task(HookDecorators, Generic[P, R]):
                         self, value, idempotency_key=key, parent_id=ctx.run.id, awaited=awaited
                     )
                 )
-            ids = [run_id for run_id, _new in await self.app.store.create_runs(news)]
+            created = await self.app.store.create_runs(news)
+            ids = [run_id for run_id, _new in created]
+            made_now = all(new for _run_id, new in created)
             recorded: Any = ids[0] if kind is EntryKind.TRIGGER else (ids, awaited)
             new_entry, _data = journal.entry(seq, kind, self.name, recorded, ctx.store.now())
             journal.record(new_entry)
         if awaited:
             journal.awaited_children += len(ids)
-        return [RunHandle(self.app, run_id, self.result_type) for run_id in ids]
+        return [RunHandle(self.app, run_id, self.result_type) for run_id in ids], made_now
 
     def encode_args(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Value:
         """The arguments of a run, encoded; InvalidArguments when they do not fit the task
         (refused here, not on a worker)."""
         return self.definition.encode_call(args, kwargs)
 
-    async def _wait_for(self, ids: list[str], seq: int) -> list[Any]:
-        """The outcomes of awaited children, once all have ended (else the run suspends)."""
+    async def _wait_for(self, ids: list[str], seq: int, *, made_now: bool) -> list[Any]:
+        """The outcomes of awaited children, once all have ended (else the run suspends).
+        Children this very call made (`made_now`) are not read: they were created a moment
+        ago, so the run suspends at once; if some ended meanwhile the store counted it, and a
+        parent whose awaited children have all ended is claimable at once."""
         ctx = self._in_task_body("wait")
         ctx.check_active()
         journal = ctx.journal
         entry = journal.recorded(seq, EntryKind.CHILD_RESULTS, self.name)
         if entry is not None:
             outcomes = journal.decode(entry, list[ChildOutcome])
+        elif made_now and ids:
+            raise Suspend(None, children=journal.awaited_children)
         else:
             runs = await self.app.store.get_runs(ids) if ids else []
             if not all(run.status.terminal for run in runs):

@@ -11,7 +11,7 @@ import pytest
 
 import perdure
 from perdure.errors import ChildFailed, InvalidArguments, RunExpired
-from perdure.records import RunStatus
+from perdure.records import RunRecord, RunStatus
 
 from .conftest import running_worker, wait_until
 
@@ -230,6 +230,29 @@ async def test_a_parent_waits_for_its_children(make_app: Callable[..., perdure.A
     async with running_worker(app, concurrency=8):
         handle = await app.get_task("parent").trigger(5)
         assert await handle.result(timeout=30) == [10, 0, 10, 20, 30, 40]
+
+
+async def test_children_just_made_are_read_once_they_have_ended(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    """A wait right after the trigger that made its children suspends the parent without
+    reading them (they were made a moment ago: a fan-out of 1,000 saves a read of 1,000 runs);
+    the parent reads them once, when they have all ended. A replayed trigger's wait reads."""
+    app = family(make_app)
+    reads: list[int] = []
+    get_runs = app.store.get_runs
+
+    async def counted(ids: list[str]) -> list[RunRecord]:
+        reads.append(len(ids))
+        return await get_runs(ids)
+
+    app.store.get_runs = counted  # type: ignore[method-assign,assignment]
+    async with running_worker(app, concurrency=8):
+        handle = await app.get_task("parent").trigger(5)
+        assert await handle.result(timeout=30) == [10, 0, 10, 20, 30, 40]
+    # the first wait's child once; the batch's five once (the parent's third pass), and the
+    # first child's recorded result is not read again
+    assert reads == [1, 5]
 
 
 async def test_a_failed_child_takes_its_place_and_the_others_are_kept(
