@@ -80,16 +80,6 @@ class Deferred(Generic[T]):
         self.answer = answer
 
 
-async def _reset(conn: Conn) -> None:
-    """A connection given back to the pool is taken again only out of pipeline mode. A write
-    cancelled while its pipeline synced (a run cancelled in the middle of a trigger) gives its
-    connection back idle but still in pipeline mode, and the pool checks only the transaction:
-    the next read's query was then queued, not run, and it read no rows (a run that exists was
-    "not found"). Raising here makes the pool close the connection."""
-    if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-        raise psycopg.ProgrammingError("given back in pipeline mode")
-
-
 async def _check(pool: AsyncConnectionPool[Conn]) -> None:
     with contextlib.suppress(Exception):  # (a pool closing meanwhile: nothing to check)
         await pool.check()
@@ -139,7 +129,6 @@ class PostgresConnections:
                 max_size=self.pool_size if home else 2,
                 timeout=5.0,  # a checkout waits this long, then the retry loop says why
                 kwargs=self._kwargs(),
-                reset=_reset,
                 open=False,
                 name=f"perdure-{len(self._pools)}",
                 connection_class=psycopg.AsyncConnection[dict[str, Any]],
@@ -157,7 +146,16 @@ class PostgresConnections:
         pool = await self._pool()
         try:
             async with pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+                        # a write cancelled while its pipeline synced (a run cancelled in the
+                        # middle of a trigger) leaves it in pipeline mode, and the pool checks
+                        # only the transaction: the next read's query would only be queued and
+                        # read no rows. Closed, the pool replaces it. (Not the pool's `reset`:
+                        # with one, every connection goes back through a task of the pool.)
+                        await conn.close()
         except psycopg.Error as exc:
             translated = translate(exc, what)
             if translated is exc:
