@@ -241,3 +241,9 @@ async def test_a_claim_does_not_walk_the_runs_not_due_yet(tmp_path: Path) -> Non
     work_asleep, chosen_asleep = _sqlite_claim_work(tmp_path / "asleep.db", params)
     assert chosen_asleep == chosen_due == ["d-early", "d-late", "d-low"]
     assert work_asleep < 2 * work_due, (work_due, work_asleep)  # (walking: ~1,000 times as much)
+    conn = sqlite3.connect(tmp_path / "asleep.db")
+    conn.execute("ANALYZE")  # (someone's maintenance: the planner then has statistics)
+    conn.close()
+    work_analyzed, chosen_analyzed = _sqlite_claim_work(tmp_path / "asleep.db", params)
+    assert chosen_analyzed == chosen_due
+    assert work_analyzed < 2 * work_due, (work_due, work_analyzed)

@@ -96,7 +96,10 @@ WHERE id IN (
         SELECT (SELECT max(priority) FROM runs INDEXED BY runs_claim_order
                 WHERE app = :app AND status IN ('queued', 'waiting')
                   AND priority < levels.priority)
-        FROM levels WHERE levels.priority IS NOT NULL
+        FROM levels
+        -- (a hint: few levels, so the planner builds no Bloom filter of the runs per claim,
+        -- as it would once `ANALYZE` has run)
+        WHERE likelihood(levels.priority IS NOT NULL, 0.0001)
     )
     SELECT r.id
     FROM levels CROSS JOIN runs AS r INDEXED BY runs_claim_order  -- (CROSS JOIN: levels outside)
