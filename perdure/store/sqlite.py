@@ -195,6 +195,10 @@ class SQLiteConnector:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA synchronous = FULL")
+        # temporary tables (the claim's priorities and its sort, a listing's sort) in memory:
+        # with the default, each statement that makes one first sets up a temporary database,
+        # which made a claim of one run cost ~4 times as much (~0.2 ms of ~0.05)
+        conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
     def _read_connection(self) -> sqlite3.Connection:
