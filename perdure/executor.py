@@ -298,6 +298,7 @@ class Executor:
                 replayed=len(journal.replayed),
             )
         finally:
+            ctx.control.interruptible = False  # its end is written whatever comes meanwhile
             ctx.closed = True
             _current.reset(token)
         skipped = sorted(set(journal.entries) - journal.replayed)
@@ -363,6 +364,8 @@ class Executor:
         run = ctx.run
         token = activate(ctx)
         try:
+            ctx.check_active()  # cancelled while its history was read or its start hooks ran
+            ctx.control.interruptible = True
             assert run.args is not None
             args, kwargs = task.decode_args(run.id, run.args)
             if self.middleware:
@@ -434,6 +437,7 @@ class Executor:
         except Exception as exc:
             return self._failure(task, ctx, started, exc)
         finally:
+            ctx.control.interruptible = False  # its end is written whatever comes meanwhile
             ctx.closed = True
             _current.reset(token)
         return Transition(

@@ -107,6 +107,12 @@ class RunControl:
     """The worker executing the run."""
     stop_reason: str | None = None
     """Set before the run's task is cancelled: "cancel" (user request) or "release" (drain)."""
+    interruptible: bool = False
+    """Its code is running (the task's body, its middleware): a cancel request cancels the
+    run's asyncio task. Before (its history being read, its start hooks) and after (its end
+    being written) the executor sees `stop_reason` itself: a task cancelled there would end
+    without writing the run's end, and the run would stay running until the worker's
+    housekeeping (~5 s) released it."""
     history: History | None = None
     """The run's journal and attempts, read with its claim (None: read them)."""
     threads: StepThreads | None = None
@@ -547,7 +553,8 @@ class Worker:
             entry = self._active.get(run_id)
             if entry is not None and entry[1].stop_reason is None:
                 entry[1].stop_reason = "cancel"
-                entry[0].cancel()
+                if entry[1].interruptible:  # (else the executor sees it: see RunControl)
+                    entry[0].cancel()
 
     async def _release_strays(self) -> None:
         """Requeue runs leased to this worker that it does not run: claims whose answer a

@@ -100,6 +100,45 @@ async def test_cancel_a_running_run_stops_it_at_its_next_await(
     assert after == []
 
 
+async def test_a_cancel_before_the_body_starts_ends_the_run_at_once(
+    make_app: Callable[..., perdure.App],
+) -> None:
+    """A cancel that reaches the worker while a claimed run is being set up (its history read,
+    its start hooks run) ends it as soon as the setup is over, its body never entered; it is
+    not left running until the worker's housekeeping (every 5 s) finds it."""
+    app = make_app()
+    in_hook, go_on = asyncio.Event(), asyncio.Event()
+    seen: list[str] = []
+
+    @app.task
+    async def job() -> None:
+        seen.append("body")
+
+    @job.on_start
+    async def hold(_: perdure.Lifecycle) -> None:
+        in_hook.set()
+        try:
+            await go_on.wait()
+        except asyncio.CancelledError:
+            seen.append("setup interrupted")
+            raise
+
+    async with running_worker(app) as worker:
+        handle = await job.trigger()
+        await asyncio.wait_for(in_hook.wait(), 10)
+        assert await handle.cancel() is RunStatus.RUNNING
+
+        def heard() -> bool:  # the worker has read the request (its run's control says so)
+            entry = worker._active.get(handle.id)
+            return entry is None or entry[1].stop_reason == "cancel"
+
+        await wait_until(heard)
+        go_on.set()
+        with pytest.raises(RunCancelled):
+            await handle.result(timeout=3)  # (before the worker's housekeeping)
+    assert seen == []
+
+
 async def test_cancel_a_sleeping_run(make_app: Callable[..., perdure.App]) -> None:
     app = make_app()
 
