@@ -298,7 +298,6 @@ class Executor:
                 replayed=len(journal.replayed),
             )
         finally:
-            ctx.control.interruptible = False  # its end is written whatever comes meanwhile
             ctx.closed = True
             _current.reset(token)
         skipped = sorted(set(journal.entries) - journal.replayed)
