@@ -130,8 +130,10 @@ class SQLStore(
 
     async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
         now = self.now()
-        # large arguments go to the blob store side by side
-        all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
+        if len(runs) == 1:  # (gathered, it would be a task of its own: two more loop turns)
+            all_params = [await self._new_run_params(runs[0], now)]
+        else:  # large arguments go to the blob store side by side
+            all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
         fast = self.db.fast
         if (
             fast is not None
