@@ -363,7 +363,9 @@ class Executor:
         run = ctx.run
         token = activate(ctx)
         try:
-            ctx.check_active()  # cancelled while its history was read or its start hooks ran
+            # cancelled while its history was read or its start hooks ran: its task was not
+            # (a task cancelled there ends without writing the cancel), so it stops here
+            ctx.check_active()
             ctx.control.interruptible = True
             assert run.args is not None
             args, kwargs = task.decode_args(run.id, run.args)

@@ -108,11 +108,7 @@ class RunControl:
     stop_reason: str | None = None
     """Set before the run's task is cancelled: "cancel" (user request) or "release" (drain)."""
     interruptible: bool = False
-    """Its code is running (the task's body, its middleware): a cancel request cancels the
-    run's asyncio task. Before (its history being read, its start hooks) and after (its end
-    being written) the executor sees `stop_reason` itself: a task cancelled there would end
-    without writing the run's end, and the run would stay running until the worker's
-    housekeeping (~5 s) released it."""
+    """Its code runs: a cancel cancels its task (before and after, the executor checks)."""
     history: History | None = None
     """The run's journal and attempts, read with its claim (None: read them)."""
     threads: StepThreads | None = None
