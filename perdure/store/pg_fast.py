@@ -233,7 +233,7 @@ class PostgresFastPaths:
             async with self.db._connection("append") as conn:
                 if len(group) == 1:
                     cur = await conn.execute(SQL["append_entry_fenced"], group[0][0])
-                    inserted = [await cur.fetchone() is not None]
+                    inserted = [cur.rowcount == 1]
                 else:
                     async with conn.pipeline():
                         async with conn.transaction():
@@ -241,7 +241,7 @@ class PostgresFastPaths:
                                 await conn.execute(SQL["append_entry_fenced"], params)
                                 for params, _ in group
                             ]
-                        inserted = [await cur.fetchone() is not None for cur in cursors]
+                        inserted = [cur.rowcount == 1 for cur in cursors]
         except Exception as exc:
             for _params, fut in group:
                 if not fut.done():

@@ -320,7 +320,7 @@ class SQLStore(
             ]
         )
         for params, result in zip(entries, inserted, strict=False):
-            if result.first is None:  # the position is taken (ON CONFLICT DO NOTHING)
+            if result.rowcount == 0:  # the position is taken (ON CONFLICT DO NOTHING)
                 existing = (yield Query("entry_at", params)).first
                 check_same_entry(run_id, params, existing, self.values)
 
@@ -346,8 +346,8 @@ class SQLStore(
         """One journal entry, fenced by the lease in the statement; True when inserted."""
 
         def append() -> Operation[bool]:
-            (result,) = yield Last([Query("append_entry_fenced", fenced)])
-            return bool(result.rows)
+            results: list[Result] = yield Last([Query("append_entry_fenced", fenced)])
+            return results[0].rowcount == 1
 
         return self.db.write(append, "append")
 

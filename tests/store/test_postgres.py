@@ -47,6 +47,40 @@ async def test_concurrent_step_records_share_a_commit(tmp_path: Path, postgres_u
     await store.close()
 
 
+async def test_the_fast_step_record_tells_inserted_from_refused(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The fast path says, alone and in a group, whether it inserted the record: refused for a
+    stale lease and for a taken position (the shared operation then says why)."""
+    store = PostgresStore(postgres_url, blobs=LocalBlobStore(tmp_path), inline_limit=1024)
+    await store.open()
+    fast = _fast(store)
+    leases = []
+    for _ in range(3):
+        await store.create_run(_new_run())
+        leases.append(await _claim_one(store))
+
+    async def params(run_id: str, number: int, seq: int) -> dict[str, Any]:
+        (entry,) = await store._entry_params(run_id, [_entry(seq)])
+        return {**entry, "lease": number, "worker_id": "w1"}
+
+    (held, lease), (stale, stale_lease), (taken, taken_lease) = leases
+    assert await fast.append_one(await params(held, lease.number, 1))  # alone
+    assert not await fast.append_one(await params(held, lease.number, 1))  # taken
+    assert not await fast.append_one(await params(stale, stale_lease.number + 1, 1))  # stale
+    grouped = await asyncio.gather(
+        fast.append_one(await params(held, lease.number, 2)),
+        fast.append_one(await params(stale, stale_lease.number + 1, 1)),
+        fast.append_one(await params(taken, taken_lease.number, 1)),
+        fast.append_one(await params(held, lease.number, 1)),
+    )
+    assert list(grouped) == [True, False, True, False]
+    assert fast.append_groups < fast.grouped_appends  # (the four went together)
+    assert [e.seq for e in await store.load_journal(held)] == [1, 2]
+    assert await store.load_journal(stale) == []
+    await store.close()
+
+
 async def test_concurrent_completions_share_a_statement(tmp_path: Path, postgres_url: str) -> None:
     """Completions submitted together go as one statement, and each keeps its own outcome:
     finished with its entries and attempts, suspended, a stale lease (LeaseLost), or an entry

@@ -222,8 +222,7 @@ INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, ra
 VALUES (%(run_id)s, %(seq)s, %(kind)s, %(name)s, %(status)s, %(codec)s, %(value)s, %(blob_key)s, %(raw_size)s,
         %(stored_size)s, %(error)s, %(started_at)s, %(finished_at)s, %(run_attempt)s, %(attempt)s,
         %(attempt_started_at)s)
-ON CONFLICT (run_id, seq) DO NOTHING
-RETURNING seq;
+ON CONFLICT (run_id, seq) DO NOTHING;
 
 -- name: insert_attempt
 INSERT INTO attempts (run_id, run_attempt, seq, attempt, started_at, finished_at, error)
@@ -379,7 +378,8 @@ RETURNING id;
 
 -- name: append_entry_fenced
 -- One journal entry in one statement, fenced by the run's lease (the share lock on the run
--- orders it against a concurrent claim): no rows back means a lost lease or a taken position.
+-- orders it against a concurrent claim): a row count of 0 means a lost lease or a taken
+-- position.
 INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
                      stored_size, error, started_at, finished_at, run_attempt, attempt,
                      attempt_started_at)
@@ -390,8 +390,7 @@ FROM runs
 WHERE id = %(run_id)s AND lease = %(lease)s AND worker_id = %(worker_id)s
   AND status = 'running'
 FOR SHARE
-ON CONFLICT (run_id, seq) DO NOTHING
-RETURNING seq;
+ON CONFLICT (run_id, seq) DO NOTHING;
 
 -- name: insert_run_notify
 -- insert_run and its wake-up in one statement (one round trip, autocommit)

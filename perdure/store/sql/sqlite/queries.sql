@@ -228,8 +228,7 @@ INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, ra
 VALUES (:run_id, :seq, :kind, :name, :status, :codec, :value, :blob_key, :raw_size,
         :stored_size, :error, :started_at, :finished_at, :run_attempt, :attempt,
         :attempt_started_at)
-ON CONFLICT (run_id, seq) DO NOTHING
-RETURNING seq;
+ON CONFLICT (run_id, seq) DO NOTHING;
 
 -- name: insert_attempt
 INSERT INTO attempts (run_id, run_attempt, seq, attempt, started_at, finished_at, error)
@@ -501,8 +500,8 @@ SELECT NULL WHERE 0;
 SELECT NULL WHERE 0;
 
 -- name: append_entry_fenced
--- One journal entry in one statement, fenced by the run's lease: no rows back means a lost
--- lease or a taken position.
+-- One journal entry in one statement, fenced by the run's lease: a row count of 0 means a lost
+-- lease or a taken position (told by the count, not RETURNING: that costs SQLite ~5 us more)
 INSERT INTO journal (run_id, seq, kind, name, status, codec, value, blob_key, raw_size,
                      stored_size, error, started_at, finished_at, run_attempt, attempt,
                      attempt_started_at)
@@ -511,8 +510,7 @@ SELECT :run_id, :seq, :kind, :name, :status, :codec, :value, :blob_key, :raw_siz
        :attempt_started_at
 FROM runs
 WHERE id = :run_id AND lease = :lease AND worker_id = :worker_id AND status = 'running'
-ON CONFLICT (run_id, seq) DO NOTHING
-RETURNING seq;
+ON CONFLICT (run_id, seq) DO NOTHING;
 
 -- Waits on the outside world: tokens, events, mailboxes (schema 6) ---------------------------
 
