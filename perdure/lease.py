@@ -258,7 +258,7 @@ class LeaseKeeper:
         me: WorkerRecord,
         config: WorkerConfig,
         *,
-        on_lost: Callable[[], None],
+        on_lost: Callable[[], object],
         loop_age: Callable[[], float],
         liveness: Liveness,
         presence: RedisTier | None = None,

@@ -158,6 +158,7 @@ class Worker:
         self._active: dict[str, tuple[asyncio.Task[None], RunControl]] = {}
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self._wake: asyncio.Future[None] | None = None  # (while the claim loop waits: _wait)
         self._last_cancel_check = 0.0
         self._cancels_seen: ChangeToken = -1
         """The change token before the last read of cancel requests."""
@@ -183,6 +184,7 @@ class Worker:
         if self._stopping.is_set():
             self._force = True
         self._stopping.set()
+        self._poke()
 
     async def run(self, *, install_signal_handlers: bool = True) -> None:
         """Run until stop() (or SIGTERM/SIGINT), then drain."""
@@ -296,7 +298,7 @@ class Worker:
             self.store,
             me,
             self.config,
-            on_lost=lambda: self._call_soon(loop, self._on_lost),
+            on_lost=lambda: loop.call_soon_threadsafe(self._on_lost),
             loop_age=lambda: time.monotonic() - stamp[0],
             liveness=self.liveness,
             presence=self.presence,
@@ -327,10 +329,6 @@ class Worker:
                     with contextlib.suppress(*self.presence.errors):  # (it expires)
                         await self.presence.leave(self.app, self.id)
             log.info("worker %s stopped", self.id, extra={"action": "worker_stop"})
-
-    @staticmethod
-    def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-        loop.call_soon_threadsafe(fn)
 
     async def _vouch(self) -> None:
         """Before a step body starts: make sure this worker still holds its runs (see
@@ -457,20 +455,19 @@ class Worker:
             await self._wait(token, timeout)
 
     async def _wait(self, token: ChangeToken, timeout: float) -> None:
-        """Until a run may be claimable or cancelled, a slot frees, stop(), or `timeout`."""
-        waits = [
-            asyncio.ensure_future(self._stopping.wait()),
-            asyncio.ensure_future(self._slot_freed.wait()),
-            asyncio.ensure_future(
-                self.store.wait_for_change(timeout, topics=_WAKE_TOPICS, since=token)
-            ),
-        ]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for fut in waits:
-            if not fut.done():
-                fut.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fut
+        """Until a run may be claimable or cancelled, a slot frees, stop(), or `timeout`: one
+        future that each of them resolves (a task per event cost ~25 us a wake-up)."""
+        if self._stopping.is_set() or self._slot_freed.is_set():
+            return
+        self._wake = wake = asyncio.get_running_loop().create_future()
+        try:
+            await self.store.wait_for_change(timeout, topics=_WAKE_TOPICS, since=token, wake=wake)
+        finally:
+            self._wake = None
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)  # (the claim loop's _wait ends)
 
     async def _start(self, run: RunRecord, history: History | None = None) -> None:
         previous = self._active.get(run.id)
@@ -512,6 +509,7 @@ class Worker:
             if self._active.get(run.id, (None,))[0] is asyncio.current_task():
                 del self._active[run.id]
             self._slot_freed.set()
+            self._poke()
             metrics.slots(len(self._active), self.config.concurrency)
 
     async def _release(self, run: RunRecord, *, delay: float, note: str | None = None) -> None:

@@ -9,6 +9,7 @@ never record into it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
@@ -492,8 +493,10 @@ class Store(Protocol):
         *,
         topics: Collection[str] | None = None,
         since: ChangeToken | None = None,
+        wake: asyncio.Future[None] | None = None,
     ) -> bool:
         """Return True as soon as `topics` (see store.notify; None: anything) may have changed
         since `since` (default: now), here or in another process; False after `timeout`
-        seconds. May wake spuriously: callers re-read the state they wait on."""
+        seconds, or once the caller resolves `wake` (a future of its own, for its own events).
+        May wake spuriously: callers re-read the state they wait on."""
         ...

@@ -64,7 +64,11 @@ class ChangeNotifier:
                 else:
                     kept.append(waiter)
             self._waiters = kept
+        here = asyncio._get_running_loop()
         for _topics, loop, fut in woken:
+            if loop is here:  # (no wake-up of the loop's selector: it is running this)
+                loop.call_soon(_resolve, fut)
+                continue
             with contextlib.suppress(RuntimeError):  # a closed loop's waiter is gone with it
                 loop.call_soon_threadsafe(_resolve, fut)
 
@@ -85,10 +89,18 @@ class ChangeNotifier:
             return self._generation != since
         return any(self._topics.get(topic, 0) > since for topic in topics)
 
-    async def wait(self, since: int, topics: frozenset[str] | None, timeout: float) -> bool:
-        """Wait until `topics` changed after `since`, at most `timeout` seconds."""
+    async def wait(
+        self,
+        since: int,
+        topics: frozenset[str] | None,
+        timeout: float,
+        wake: asyncio.Future[None] | None = None,
+    ) -> bool:
+        """Wait until `topics` changed after `since`, at most `timeout` seconds, or until the
+        caller resolves `wake` (a future of its own: its events end the wait as a change does,
+        without a task per event)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[None] = loop.create_future() if wake is None else wake
         entry = (topics, loop, fut)
         with self._lock:
             if self.changed_since(since, topics):

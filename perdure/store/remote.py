@@ -440,11 +440,12 @@ class RemoteStore:
         *,
         topics: Collection[str] | None = None,
         since: ChangeToken | None = None,
+        wake: asyncio.Future[None] | None = None,
     ) -> bool:
         wanted = None if topics is None else frozenset(topics)
         start = self._notifier.token() if since is None else since
         self._watch(topics)
-        return await self._notifier.wait(start, wanted, timeout)
+        return await self._notifier.wait(start, wanted, timeout, wake)
 
     def _watch(self, topics: Collection[str] | None) -> None:
         """Make sure the long poll asks about `topics` from now on."""

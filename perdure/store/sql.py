@@ -519,8 +519,10 @@ class SQLStore(
         *,
         topics: Collection[str] | None = None,
         since: ChangeToken | None = None,
+        wake: asyncio.Future[None] | None = None,
     ) -> bool:
         await self.db.watch()
         notifier = self.db.notifier
         wanted = None if topics is None else frozenset(topics)
-        return await notifier.wait(notifier.token() if since is None else since, wanted, timeout)
+        start = notifier.token() if since is None else since
+        return await notifier.wait(start, wanted, timeout, wake)

@@ -352,6 +352,21 @@ async def test_wait_for_change_wakes_on_a_commit(store: Store) -> None:
     assert not await store.wait_for_change(0.05)
 
 
+async def test_wait_for_change_ends_when_its_caller_wakes_it(store: Store) -> None:
+    """The caller's own future ends the wait (a worker's stop or freed slot), with nothing
+    changed; a change resolves that future too."""
+    loop = asyncio.get_running_loop()
+    wake: asyncio.Future[None] = loop.create_future()
+    loop.call_later(0.05, wake.set_result, None)
+    await asyncio.wait_for(store.wait_for_change(60.0, topics=["nothing here"], wake=wake), 10.0)
+    wake = loop.create_future()
+    waiter = asyncio.create_task(store.wait_for_change(60.0, wake=wake))
+    await asyncio.sleep(0.05)
+    await store.create_run(_new_run())
+    assert await asyncio.wait_for(waiter, 10.0)
+    assert wake.done()
+
+
 async def test_reaping_cancels_runs_whose_cancel_was_pending(store: Store) -> None:
     await store.create_run(_new_run())
     run_id, _ = await _claim_one(store, "w1")
