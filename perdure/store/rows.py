@@ -31,7 +31,16 @@ from perdure.records import (
     Value,
     WorkerRecord,
 )
-from perdure.store.connector import Connector, Last, Operation, Query, Result, Row, rows_of
+from perdure.store.connector import (
+    Batch,
+    Connector,
+    Last,
+    Operation,
+    Query,
+    Result,
+    Row,
+    rows_of,
+)
 from perdure.store.notify import CLAIMABLE, run_topic
 from perdure.values import StoredValues, stays_inline
 
@@ -531,14 +540,25 @@ class Operations(RowMapping):
         return await self.db.write(write, query, topics, durable=durable)
 
 
+def insert_runs(runs: list[dict[str, Any]]) -> Operation[list[bool]]:
+    """Insert new runs (insert_run's parameters) together (one round trip on PostgreSQL) and,
+    for those inserted, their tags (run_tags) and, for a replay, the journal entries it reuses
+    from the run it replays; whether each was inserted (False: its id or idempotency key was
+    taken)."""
+    results: list[Result] = yield Batch([Query("insert_run", params) for params in runs])
+    inserted = [result.rowcount == 1 for result in results]
+    more = []
+    for params, new in zip(runs, inserted, strict=True):
+        if new and params["tags"] is not None:
+            more.append(Query("insert_run_tags", {"run_id": params["id"], "tags": params["tags"]}))
+        if new and params["reuse_before"] > 1:  # a replay: the recorded results it reuses
+            more.append(Query("copy_journal", params))
+    if more:
+        yield Batch(more)
+    return inserted
+
+
 def insert_run(params: dict[str, Any]) -> Operation[bool]:
-    """Insert a new run (insert_run's parameters) and, if it has tags, its tags (run_tags), if
-    it replays a run, the journal entries it reuses from it; whether it was inserted (False:
-    its id or idempotency key was taken)."""
-    result: Result = yield Query("insert_run", params)
-    inserted = result.rowcount == 1
-    if inserted and params["tags"] is not None:
-        yield Query("insert_run_tags", {"run_id": params["id"], "tags": params["tags"]})
-    if inserted and params["reuse_before"] > 1:  # a replay: the recorded results it reuses
-        yield Query("copy_journal", params)
+    """Insert one new run (see insert_runs); whether it was inserted."""
+    (inserted,) = yield from insert_runs([params])
     return inserted

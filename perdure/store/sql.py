@@ -39,6 +39,7 @@ from perdure.store.rows import (
     check_held,
     check_same_entry,
     insert_run,
+    insert_runs,
     purge_params,
     refused_finish,
     set_queue_params,
@@ -50,7 +51,7 @@ from perdure.store.stats import StatsOperations
 from perdure.store.version_ops import VersionOperations
 from perdure.store.wait_ops import WaitOperations
 from perdure.store.worker_ops import WorkerOperations
-from perdure.values import StoredValues
+from perdure.values import StoredValues, stays_inline
 
 _QUEUES_FRESH_FOR = 1.0  # seconds a store trusts its copy of an app's queues to pick the claim path
 _CLAIM_LOCK_CLASS = 7_366_103  # (PostgreSQL) advisory lock class of the claims of one app
@@ -130,10 +131,14 @@ class SQLStore(
 
     async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
         now = self.now()
-        if len(runs) == 1:  # (gathered, it would be a task of its own: two more loop turns)
-            all_params = [await self._new_run_params(runs[0], now)]
-        else:  # large arguments go to the blob store side by side
-            all_params = await asyncio.gather(*(self._new_run_params(run, now) for run in runs))
+        args: list[Value | None] = [run.args for run in runs]
+        limit = self.values.inline_limit
+        big = [i for i, value in enumerate(args) if not stays_inline(value, limit)]
+        if big:  # large arguments go to the blob store side by side (small ones need no task)
+            stored = await asyncio.gather(*(self.values.offload(args[i]) for i in big))
+            for i, value in zip(big, stored, strict=True):
+                args[i] = value
+        all_params = [self._run_params(r, now, value) for r, value in zip(runs, args, strict=True)]
         fast = self.db.fast
         if (
             fast is not None
@@ -143,6 +148,8 @@ class SQLStore(
             return [await fast.create_one(all_params[0], give_up_after=trigger_timeout())]
 
         def create() -> Operation[list[tuple[str, bool]]]:
+            plain = [params for params in all_params if params["debounce_key"] is None]
+            inserted = iter((yield from insert_runs(plain)) if plain else [])
             out = []
             for params in all_params:
                 if params["debounce_key"] is not None:
@@ -152,7 +159,7 @@ class SQLStore(
                         tags = {"run_id": params["id"], "tags": params["tags"]}
                         yield Query("insert_run_tags", tags)
                     out.append((str(row["id"]), created))
-                elif (yield from insert_run(params)):
+                elif next(inserted):
                     out.append((params["id"], True))
                 else:
                     row = (yield Query("run_by_idempotency_key", params)).first

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -137,6 +138,36 @@ async def test_creating_one_run_makes_no_task_of_its_own(store: Store) -> None:
     assert created
     assert (await store.get_run(run_id)).status is RunStatus.QUEUED
     assert made == []
+
+
+async def test_creating_runs_together_answers_each_in_order(store: Store) -> None:
+    """Runs created together (one round trip of inserts on PostgreSQL) each get their own
+    answer, in order: new, an existing run found by its key, with tags, debounced, and large
+    arguments (offloaded to the blob store)."""
+    taken, _ = await store.create_run(_new_run(key="taken"))
+    big = _value(bytes(range(256)) * 8)  # over the store's inline limit (1024)
+    runs = [
+        _new_run(),
+        _new_run(key="taken"),
+        replace(_new_run(), tags=["blue", "green"]),
+        replace(_new_run(), debounce_key="burst"),
+        replace(_new_run(key="fresh"), args=big),
+        _new_run(),
+    ]
+    created = await store.create_runs(runs)
+    assert created == [
+        (runs[0].id, True),
+        (taken, False),
+        (runs[2].id, True),
+        (runs[3].id, True),
+        (runs[4].id, True),
+        (runs[5].id, True),
+    ]
+    assert (await store.get_run(runs[2].id)).tags == ("blue", "green")
+    stored = await store.get_run(runs[4].id)
+    assert stored.args is not None
+    assert (stored.args.data, stored.args.blob_key is not None) == (big.data, True)
+    assert len(await store.list_runs(status=RunStatus.QUEUED, limit=100)) == 6
 
 
 async def test_claim_respects_tasks_time_and_limit(store: Store) -> None:
