@@ -448,6 +448,7 @@ class Worker:
             await self._note_unknown_tasks()
             await self._release_strays()
             await self.store.expire_runs()
+            await self.store.refresh_statistics()
         timeout = min(_IDLE_WAIT, max(0.0, self._next_fire - time.monotonic()))
         if wake_at is not None:
             timeout = max(0.005 if blocked else 0.0, min(timeout, wake_at - self.store.now()))

@@ -205,6 +205,12 @@ class Store(Protocol):
         """Expire runs past their TTL that never started; returns how many."""
         ...
 
+    async def refresh_statistics(self) -> bool:
+        """Give the database's query planner statistics of the runs table when it has none yet
+        and holds enough runs for a claim's plan to matter; whether it did (never on SQLite,
+        whose claim's plan the query itself fixes)."""
+        ...
+
     async def purge_runs(
         self,
         *,

@@ -47,6 +47,7 @@ WORKER_OPERATIONS = frozenset(
         "claim_runs",
         "next_wake_at",
         "expire_runs",
+        "refresh_statistics",
         "cancel_requests",
         "declare_queues",
         "put_schedule",

@@ -54,6 +54,9 @@ from perdure.store.worker_ops import WorkerOperations
 from perdure.values import StoredValues, stays_inline
 
 _QUEUES_FRESH_FOR = 1.0  # seconds a store trusts its copy of an app's queues to pick the claim path
+_STATISTICS_AFTER = 1000
+"""Runs in a table without statistics from which the store analyzes it (see refresh_statistics):
+PostgreSQL's planner guesses until then, and a guess can sort every due run on each claim."""
 _CLAIM_LOCK_CLASS = 7_366_103  # (PostgreSQL) advisory lock class of the claims of one app
 
 _RUN_PARTS = (
@@ -465,6 +468,13 @@ class SQLStore(
 
     async def expire_runs(self) -> int:
         return await self._count("expire_runs", {"app": None, "now": self.now()}, (CLAIMABLE,))
+
+    async def refresh_statistics(self) -> bool:
+        enough = {"enough": _STATISTICS_AFTER}
+        if not (await self._one("runs_lack_statistics", enough, "statistics"))[0]["lacking"]:
+            return False
+        await self._count("analyze_runs", {})
+        return True
 
     # -- retention ---------------------------------------------------------------------------
 

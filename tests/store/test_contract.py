@@ -170,6 +170,21 @@ async def test_creating_runs_together_answers_each_in_order(store: Store) -> Non
     assert len(await store.list_runs(status=RunStatus.QUEUED, limit=100)) == 6
 
 
+async def test_a_filled_runs_table_gets_statistics_once(store: Store) -> None:
+    """PostgreSQL's planner has no statistics of a new table until autovacuum's first ANALYZE;
+    the store gives it some once the table holds enough runs (SQLite: never needed)."""
+    postgres = not isinstance(store, SQLiteStore)
+    await store.create_runs([_new_run() for _ in range(999)])
+    assert not await store.refresh_statistics()  # too few to matter
+    await store.create_run(_new_run())
+    assert await store.refresh_statistics() is postgres
+    assert not await store.refresh_statistics()  # it has them now
+    if postgres:  # the planner knows how many runs there are
+        assert isinstance(store, SQLStore)
+        rows = await store._one("runs_lack_statistics", {"enough": 1}, "test")
+        assert not rows[0]["lacking"]
+
+
 async def test_claim_respects_tasks_time_and_limit(store: Store) -> None:
     await store.create_run(_new_run(task="other"))
     later, _ = await store.create_run(_new_run(at=time.time() + 60))

@@ -157,6 +157,17 @@ SET status = 'expired', worker_id = NULL, available_at = NULL, updated_at = %(no
 WHERE (%(app)s::text IS NULL OR app = %(app)s::text) AND expires_at <= %(now)s
   AND started_at IS NULL AND status = 'queued';
 
+-- name: runs_lack_statistics
+-- the runs table was never analyzed and holds at least :enough runs: until autovacuum's first
+-- ANALYZE (up to a minute after the table filled) the planner guesses, and a guess can read
+-- and sort every due run on each claim instead of walking the claim order (docs/performance.md)
+SELECT (SELECT reltuples < 0 FROM pg_class WHERE oid = 'runs'::regclass)
+   AND (SELECT count(*) FROM (SELECT 1 FROM runs LIMIT %(enough)s) AS counted) >= %(enough)s
+       AS lacking;
+
+-- name: analyze_runs
+ANALYZE runs;
+
 -- name: app_queues
 SELECT * FROM queues WHERE app = %(app)s;
 

@@ -165,6 +165,13 @@ SET status = 'expired', worker_id = NULL, available_at = NULL, updated_at = :now
 WHERE (:app IS NULL OR app = :app) AND expires_at <= :now AND started_at IS NULL
   AND status = 'queued';
 
+-- name: runs_lack_statistics
+-- never: perdure does not analyze SQLite's tables (the claim's plan is fixed by the query)
+SELECT 0 AS lacking;
+
+-- name: analyze_runs
+SELECT NULL WHERE 0;
+
 -- name: app_queues
 SELECT * FROM queues WHERE app = :app;
 
