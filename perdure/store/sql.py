@@ -101,6 +101,7 @@ class SQLStore(
         self.session_liveness = db.session_liveness
         self._turns = Turns()
         self._queue_cache: dict[str, tuple[float, dict[str, QueueConfig]]] = {}
+        self._analyzed = False  # (once per process: a role that may not analyze only warns)
 
     async def advance_clock(self, seconds: float) -> None:
         self.db.advance_clock(seconds)
@@ -471,9 +472,12 @@ class SQLStore(
 
     async def refresh_statistics(self) -> bool:
         enough = {"enough": _STATISTICS_AFTER}
+        if self._analyzed:
+            return False
         if not (await self._one("runs_lack_statistics", enough, "statistics"))[0]["lacking"]:
             return False
         await self._count("analyze_runs", {})
+        self._analyzed = True
         return True
 
     # -- retention ---------------------------------------------------------------------------
