@@ -4,6 +4,7 @@ run the queries."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Collection, Iterable, Sequence
@@ -443,8 +444,21 @@ class RowMapping:
             topics.append(CLAIMABLE)
         return params, [self._attempt_params(a) for a in ended], topics
 
+    async def _new_runs_params(self, runs: Sequence[NewRun], now: float) -> list[dict[str, Any]]:
+        """insert_run's parameters of `runs`: large arguments go to the blob store side by side
+        (a task each: only theirs, small ones stay inline and need none)."""
+        args: list[Value | None] = [run.args for run in runs]
+        limit = self.values.inline_limit
+        big = [i for i, value in enumerate(args) if not stays_inline(value, limit)]
+        if big:
+            stored = await asyncio.gather(*(self.values.offload(args[i]) for i in big))
+            for i, value in zip(big, stored, strict=True):
+                args[i] = value
+        return [self._run_params(run, now, value) for run, value in zip(runs, args, strict=True)]
+
     async def _new_run_params(self, run: NewRun, now: float) -> dict[str, Any]:
-        return self._run_params(run, now, await self.values.offload(run.args))
+        (params,) = await self._new_runs_params([run], now)
+        return params
 
     def _run_params(self, run: NewRun, now: float, args: Value | None) -> dict[str, Any]:
         """insert_run's parameters, with `args` already offloaded (or small enough)."""

@@ -51,7 +51,7 @@ from perdure.store.stats import StatsOperations
 from perdure.store.version_ops import VersionOperations
 from perdure.store.wait_ops import WaitOperations
 from perdure.store.worker_ops import WorkerOperations
-from perdure.values import StoredValues, stays_inline
+from perdure.values import StoredValues
 
 _QUEUES_FRESH_FOR = 1.0  # seconds a store trusts its copy of an app's queues to pick the claim path
 _STATISTICS_AFTER = 1000
@@ -134,15 +134,7 @@ class SQLStore(
         return created
 
     async def create_runs(self, runs: list[NewRun]) -> list[tuple[str, bool]]:
-        now = self.now()
-        args: list[Value | None] = [run.args for run in runs]
-        limit = self.values.inline_limit
-        big = [i for i, value in enumerate(args) if not stays_inline(value, limit)]
-        if big:  # large arguments go to the blob store side by side (small ones need no task)
-            stored = await asyncio.gather(*(self.values.offload(args[i]) for i in big))
-            for i, value in zip(big, stored, strict=True):
-                args[i] = value
-        all_params = [self._run_params(r, now, value) for r, value in zip(runs, args, strict=True)]
+        all_params = await self._new_runs_params(runs, self.now())
         fast = self.db.fast
         if (
             fast is not None
@@ -471,9 +463,9 @@ class SQLStore(
         return await self._count("expire_runs", {"app": None, "now": self.now()}, (CLAIMABLE,))
 
     async def refresh_statistics(self) -> bool:
-        enough = {"enough": _STATISTICS_AFTER}
         if self._analyzed:
             return False
+        enough = {"enough": _STATISTICS_AFTER}
         if not (await self._one("runs_lack_statistics", enough, "statistics"))[0]["lacking"]:
             return False
         await self._count("analyze_runs", {})

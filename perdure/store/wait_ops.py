@@ -157,7 +157,7 @@ class WaitOperations(Operations):
             **self.values.columns("payload", await self.values.offload(event.payload)),
         }
         # the runs it triggers are created with it, or not at all (a repeated key: neither)
-        triggered = [await self._new_run_params(run, now) for run in runs or []]
+        triggered = await self._new_runs_params(runs or [], now)
         lock = {"lock_class": _SIGNAL_LOCK_CLASS, "key": f"{event.app}:event:{event.name}"}
 
         payload = _decoded(event.payload, f"event {event.name!r}")
